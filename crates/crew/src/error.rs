@@ -1,0 +1,360 @@
+//! crew's error types.
+//!
+//! Every error is an opaque struct with a private kind and `is_*` predicates, so
+//! that new kinds (the process backend's crashes and protocol errors) can be added
+//! without breaking callers. `Display` is one sentence and never repeats `source()`.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+
+/// Why a task did not produce its output.
+///
+/// `E` is the worker's own error type (`Worker::Error`); for closures it is
+/// [`Infallible`]. The user's error is kept as it was returned, reachable through
+/// [`TaskError::user_error`], [`TaskError::into_user_error`] and `source()`.
+pub struct TaskError<E = Infallible> {
+    repr: Repr<E>,
+}
+
+enum Repr<E> {
+    User(E),
+    Failure(Failure),
+}
+
+/// The failures crew itself detects. They carry no user type, so the scheduler can
+/// resolve any task with one of them without knowing its output type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The task panicked; the panic's message.
+    Panicked(String),
+    /// `Task::cancel` (or the pool's `terminate`) resolved it.
+    Cancelled,
+    /// It ran longer than its timeout.
+    TimedOut,
+    /// The pool was closed before the task could run.
+    Closed,
+    /// No worker could be started to run it; the last start error's message.
+    StartFailed(String),
+    /// `Pool::kill_worker` retired the worker that was running it.
+    Killed,
+}
+
+impl<E> TaskError<E> {
+    pub(crate) fn user(error: E) -> Self {
+        TaskError {
+            repr: Repr::User(error),
+        }
+    }
+
+    pub(crate) fn failure(failure: Failure) -> Self {
+        TaskError {
+            repr: Repr::Failure(failure),
+        }
+    }
+
+    /// The task ran and returned the worker's own error.
+    pub fn is_user(&self) -> bool {
+        matches!(self.repr, Repr::User(_))
+    }
+
+    /// The task panicked. [`TaskError::panic_message`] gives the message.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Panicked(_)))
+    }
+
+    /// The task was cancelled, by [`Task::cancel`](crate::Task::cancel) or by
+    /// [`Pool::terminate`](crate::Pool::terminate).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Cancelled))
+    }
+
+    /// The task ran past its timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::TimedOut))
+    }
+
+    /// The pool was shut down before the task could run.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Closed))
+    }
+
+    /// No worker could be started to run the task: `Worker::start` kept failing.
+    pub fn is_start_failure(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::StartFailed(_)))
+    }
+
+    /// The worker running the task was retired by
+    /// [`Pool::kill_worker`](crate::Pool::kill_worker).
+    pub fn is_killed(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Killed))
+    }
+
+    pub(crate) fn outcome(&self) -> crate::task::cell::Outcome {
+        use crate::task::cell::Outcome;
+        match &self.repr {
+            Repr::User(_) => Outcome::UserError,
+            Repr::Failure(Failure::Panicked(_)) => Outcome::Panicked,
+            Repr::Failure(Failure::Cancelled) => Outcome::Cancelled,
+            Repr::Failure(Failure::TimedOut) => Outcome::TimedOut,
+            Repr::Failure(Failure::Closed) => Outcome::Closed,
+            Repr::Failure(Failure::StartFailed(_)) => Outcome::StartFailed,
+            Repr::Failure(Failure::Killed) => Outcome::Killed,
+        }
+    }
+
+    /// The worker's own error, if the task returned one.
+    pub fn user_error(&self) -> Option<&E> {
+        match &self.repr {
+            Repr::User(e) => Some(e),
+            Repr::Failure(_) => None,
+        }
+    }
+
+    /// Takes the worker's own error out, or gives `self` back if this is another kind.
+    pub fn into_user_error(self) -> Result<E, Self> {
+        match self.repr {
+            Repr::User(e) => Ok(e),
+            repr => Err(TaskError { repr }),
+        }
+    }
+
+    /// The panic's message, if the task panicked. A payload that was neither a
+    /// `&str` nor a `String` is reported as `"Box<dyn Any>"`.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::Failure(Failure::Panicked(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The message of the last `Worker::start` error, if no worker could start.
+    pub fn start_error_message(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::Failure(Failure::StartFailed(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Converts the user error with `f`, keeping every other kind as it is.
+    pub fn map_user<F, O>(self, f: O) -> TaskError<F>
+    where
+        O: FnOnce(E) -> F,
+    {
+        match self.repr {
+            Repr::User(e) => TaskError::user(f(e)),
+            Repr::Failure(x) => TaskError::failure(x),
+        }
+    }
+}
+
+/// Turns a caught panic payload into the message a caller will read.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+impl<E> fmt::Debug for TaskError<E> {
+    // Hand-written so that `TaskError<E>: Debug` needs no `E: Debug`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::User(_) => f.write_str("TaskError::User(..)"),
+            Repr::Failure(x) => write!(f, "TaskError::{x:?}"),
+        }
+    }
+}
+
+impl<E> fmt::Display for TaskError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::User(_) => f.write_str("the task returned an error"),
+            Repr::Failure(Failure::Panicked(m)) => write!(f, "the task panicked: {m}"),
+            Repr::Failure(Failure::Cancelled) => f.write_str("the task was cancelled"),
+            Repr::Failure(Failure::TimedOut) => f.write_str("the task ran past its timeout"),
+            Repr::Failure(Failure::Closed) => {
+                f.write_str("the pool was shut down before the task could run")
+            }
+            Repr::Failure(Failure::StartFailed(m)) => {
+                write!(f, "no worker could be started to run the task: {m}")
+            }
+            Repr::Failure(Failure::Killed) => f.write_str("the worker running the task was killed"),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for TaskError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.repr {
+            Repr::User(e) => Some(e),
+            Repr::Failure(_) => None,
+        }
+    }
+}
+
+impl<E: PartialEq> PartialEq for TaskError<E> {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.repr, &other.repr) {
+            (Repr::User(a), Repr::User(b)) => a == b,
+            (Repr::Failure(a), Repr::Failure(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A submission the pool did not take. The input comes back inside.
+pub struct SubmitError<T> {
+    input: T,
+    kind: SubmitErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubmitErrorKind {
+    Closed,
+    Full,
+}
+
+impl<T> SubmitError<T> {
+    pub(crate) fn closed(input: T) -> Self {
+        SubmitError {
+            input,
+            kind: SubmitErrorKind::Closed,
+        }
+    }
+
+    #[allow(dead_code)] // used once the queue capacity is enforced by `try_submit`
+    pub(crate) fn full(input: T) -> Self {
+        SubmitError {
+            input,
+            kind: SubmitErrorKind::Full,
+        }
+    }
+
+    /// The pool is shut down (or shutting down) and takes no new work.
+    pub fn is_closed(&self) -> bool {
+        self.kind == SubmitErrorKind::Closed
+    }
+
+    /// The queue is at its capacity (only from the `try_` submission calls).
+    pub fn is_full(&self) -> bool {
+        self.kind == SubmitErrorKind::Full
+    }
+
+    /// The input that was not taken.
+    pub fn into_inner(self) -> T {
+        self.input
+    }
+
+    /// A reference to the input that was not taken.
+    pub fn input(&self) -> &T {
+        &self.input
+    }
+}
+
+impl<T> fmt::Debug for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            SubmitErrorKind::Closed => f.write_str("the pool is shut down and takes no new work"),
+            SubmitErrorKind::Full => f.write_str("the pool's queue is full"),
+        }
+    }
+}
+
+impl<T> StdError for SubmitError<T> {}
+
+/// A pool setting that cannot work, reported by `PoolBuilder::build`.
+#[derive(Debug)]
+pub struct BuildError {
+    kind: BuildErrorKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum BuildErrorKind {
+    /// `workers(0)`, or a `min..=max` range that is empty or has `max == 0`.
+    NoWorkers,
+    /// `queue_capacity(0)`.
+    ZeroCapacity,
+    /// A zero duration where a positive one is needed; the setting's name.
+    ZeroDuration(&'static str),
+    /// `start_attempts(0)`.
+    ZeroStartAttempts,
+    /// The OS would not start a worker thread.
+    Spawn(std::io::Error),
+}
+
+impl BuildError {
+    pub(crate) fn new(kind: BuildErrorKind) -> Self {
+        BuildError { kind }
+    }
+
+    /// A setting was out of range (as opposed to the OS refusing a thread).
+    pub fn is_invalid_setting(&self) -> bool {
+        !matches!(self.kind, BuildErrorKind::Spawn(_))
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BuildErrorKind::NoWorkers => f.write_str("a pool needs at least one worker"),
+            BuildErrorKind::ZeroCapacity => {
+                f.write_str("a queue capacity must be at least 1 (leave it unset for no bound)")
+            }
+            BuildErrorKind::ZeroDuration(what) => write!(f, "`{what}` must be longer than zero"),
+            BuildErrorKind::ZeroStartAttempts => f.write_str("`start_attempts` must be at least 1"),
+            BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
+        }
+    }
+}
+
+impl StdError for BuildError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.kind {
+            BuildErrorKind::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// `Pool::shutdown_timeout` ran out of time. Every task has still been resolved:
+/// what had not run was resolved as closed, what was running as cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownTimedOut {
+    pub(crate) still_running: usize,
+}
+
+impl ShutdownTimedOut {
+    /// How many worker threads were still running user code when time ran out.
+    /// They are left to finish on their own.
+    pub fn still_running(&self) -> usize {
+        self.still_running
+    }
+}
+
+impl fmt::Display for ShutdownTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the pool did not drain in time; {} worker thread(s) were still running",
+            self.still_running
+        )
+    }
+}
+
+impl StdError for ShutdownTimedOut {}
+
+/// The error type `Worker::start` returns.
+pub type StartError = Box<dyn StdError + Send + Sync + 'static>;

@@ -1,0 +1,72 @@
+//! # crew: a worker pool for Rust
+//!
+//! crew runs work off your thread and hands every task's result back: by blocking,
+//! with a timeout, or as a `Future`. Each task can be cancelled, timed out and
+//! prioritised; each worker can hold state built once by its own init; a panic is
+//! caught and reported, and the worker rebuilt.
+//!
+//! ```
+//! let pool = crew::Pool::builder().workers(2).build()?;
+//! let task = pool.spawn(|| (1..=10u64).product::<u64>());
+//! assert_eq!(task.join()?, 3_628_800);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # How a task flows
+//!
+//! 1. **Submit.** [`Pool::submit`] (an input for a [`Worker`]) or [`Pool::spawn`]
+//!    (a closure) allocates one *cell*: the input, the task's state word and its
+//!    result slot, in a single allocation (`task::cell`). The queue gets one
+//!    reference to it, the caller's [`Task`] handle another.
+//! 2. **Queue.** The cell goes to the global injector of its [`Priority`], or, when
+//!    a task spawns a task, to the current worker's own deque
+//!    (`scheduler::queues`). A sleeping worker is woken only if no worker is
+//!    already searching (`scheduler::sleep`, with its protocol and proof in
+//!    `README.md` beside it).
+//! 3. **Run.** A worker pops the cell, *claims* it (one atomic `fetch_or`: a task
+//!    cancelled while queued is already claimed and is skipped), and runs it with
+//!    its own `&mut W` and a [`Context`]. A panic is caught there.
+//! 4. **Resolve.** Whoever first produces an outcome (the worker's output, a
+//!    cancel, a timeout, a kill, a shutdown) writes the result slot; everyone later
+//!    is ignored. The handle is woken only if it is actually waiting.
+//! 5. **Join.** [`Task::join`] spins briefly, then parks; `.await` registers a
+//!    waker. Either takes the result out of the cell.
+//!
+//! Timeouts and thread replacement are handled by a per-pool monitor thread that
+//! exists only once a task has a timeout (`threads::monitor`).
+//!
+//! # Which errors
+//!
+//! [`TaskError`] says why a task has no output: the worker's own error (kept, not
+//! flattened), a panic with its message, cancelled, timed out, pool closed, worker
+//! killed, or no worker could start. Submitting to a closed pool gives the input back
+//! in a [`SubmitError`].
+//!
+//! # Threads cannot be killed
+//!
+//! A thread stuck in user code cannot be stopped from outside. When a task times
+//! out (or its worker is killed), its handle resolves at once and the task sees
+//! [`Context::is_cancelled`]. If it has not returned after the pool's
+//! `abandon_grace`, the pool *abandons* the thread (it leaves when it returns, if
+//! ever) and starts a replacement, so the pool keeps its size.
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod builder;
+mod error;
+mod pool;
+mod scheduler;
+mod stats;
+mod sync;
+mod task;
+mod threads;
+mod worker;
+
+pub use builder::PoolBuilder;
+pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
+pub use pool::{Idle, JobBuilder, Pool, TaskBuilder};
+pub use stats::{Stats, WorkerStats};
+pub use task::{Priority, Task, TaskId};
+pub use worker::{Closures, Context, Worker, WorkerId};

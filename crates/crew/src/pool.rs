@@ -1,0 +1,376 @@
+//! `Pool`, the handle users hold.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as PollContext, Poll};
+use std::time::{Duration, Instant};
+
+use crate::builder::{Config, PoolBuilder};
+use crate::error::{BuildError, BuildErrorKind, ShutdownTimedOut, SubmitError};
+use crate::stats::Stats;
+use crate::sync::Arc;
+use crate::task::cell::{new_cell, Call, Input, Job};
+use crate::task::{Priority, Task, TaskId, TaskOptions};
+use crate::threads::{IdleFuture, Shared};
+use crate::worker::{Closures, Context, Worker, WorkerId};
+
+/// A pool of workers. Cheap to clone (all clones share one pool), `Send + Sync`.
+///
+/// `Pool` alone means `Pool<Closures>`: a pool for [`spawn`](Pool::spawn)ing
+/// closures. `Pool<W>` runs a [`Worker`] type with per-worker state; it takes inputs
+/// through [`submit`](Pool::submit).
+///
+/// # Shutting down
+///
+/// - [`shutdown`](Pool::shutdown): take no new work, run everything queued, run
+///   every `Worker::stop`, join the threads.
+/// - [`shutdown_timeout`](Pool::shutdown_timeout): the same, but past the deadline
+///   the rest is terminated.
+/// - [`terminate`](Pool::terminate): take no new work; queued tasks resolve as
+///   closed, running ones as cancelled.
+/// - **Dropping the last `Pool` handle drains**: it closes the pool the way
+///   `shutdown` does, but does not wait; queued tasks still run and their handles
+///   still resolve, and the threads exit when the queue is empty. (Draining is the
+///   choice that never turns a submitted task into an error behind the caller's
+///   back; call `terminate` first for the other behaviour.)
+pub struct Pool<W: Worker = Closures> {
+    inner: Arc<Inner<W>>,
+}
+
+/// The part whose drop means "the last handle is gone".
+struct Inner<W: Worker> {
+    shared: Arc<Shared<W>>,
+}
+
+impl<W: Worker> Drop for Inner<W> {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl<W: Worker> Clone for Pool<W> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<W: Worker> Pool<W> {
+    /// A builder for a pool of `W` workers: `Pool::builder()` for closures,
+    /// `Pool::<MyWorker>::builder()` for a worker type.
+    pub fn builder() -> PoolBuilder<W> {
+        PoolBuilder::new()
+    }
+
+    pub(crate) fn start(config: Config) -> Result<Self, BuildError> {
+        let shared =
+            Shared::start(config).map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
+        Ok(Pool {
+            inner: Arc::new(Inner { shared }),
+        })
+    }
+
+    #[inline]
+    fn shared(&self) -> &Arc<Shared<W>> {
+        &self.inner.shared
+    }
+
+    /// Submits one input for `Worker::run`. The input comes back inside the error if
+    /// the pool is shut down.
+    #[inline]
+    pub fn submit(
+        &self,
+        input: W::Input,
+    ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
+        self.shared()
+            .submit(Input(input), TaskOptions::default())
+            .map_err(|e| SubmitError::closed(e.into_inner().0))
+    }
+
+    /// Starts a task with options: `pool.task(input).priority(..).timeout(..).submit()`.
+    pub fn task(&self, input: W::Input) -> TaskBuilder<'_, W> {
+        TaskBuilder {
+            pool: self,
+            input,
+            options: TaskOptions::default(),
+        }
+    }
+
+    /// Blocks until no task is queued or running.
+    ///
+    /// Tasks still running after their handle resolved (cancelled, timed out but
+    /// within `abandon_grace`) count as running; threads the pool abandoned do not.
+    pub fn wait_idle(&self) {
+        self.shared().wait_idle(None);
+    }
+
+    /// Like [`wait_idle`](Pool::wait_idle), for at most `timeout`. True if the pool
+    /// became idle.
+    pub fn wait_idle_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        match deadline {
+            Some(d) => self.shared().wait_idle(Some(d)),
+            None => {
+                self.shared().wait_idle(None);
+                true
+            }
+        }
+    }
+
+    /// A future that completes when no task is queued or running (work-pool's
+    /// `whenIdle`). Needs no particular runtime.
+    pub fn idle(&self) -> Idle<W> {
+        Idle {
+            inner: self.shared().idle_future(),
+        }
+    }
+
+    /// Takes no new work, runs everything queued, runs every `Worker::stop`, and
+    /// joins the worker threads. Every task resolves.
+    ///
+    /// Called from inside one of this pool's own tasks, it closes the pool but
+    /// cannot wait (the calling thread is one of those it would wait for).
+    pub fn shutdown(&self) {
+        if self.on_own_worker() {
+            self.shared().close();
+            return;
+        }
+        let _ = self.shared().shutdown(None);
+    }
+
+    /// Like [`shutdown`](Pool::shutdown), but if the queue has not drained within
+    /// `timeout`, the rest is terminated (queued tasks resolve as closed, running
+    /// ones as cancelled) and the threads still running are left to finish on their
+    /// own.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), ShutdownTimedOut> {
+        if self.on_own_worker() {
+            self.shared().close();
+            return Ok(());
+        }
+        let deadline = Instant::now().checked_add(timeout);
+        self.shared().shutdown(deadline)
+    }
+
+    /// Takes no new work; every queued task resolves as closed and every running one
+    /// as cancelled (it sees [`Context::is_cancelled`]). Returns at once; worker
+    /// threads exit as soon as their current task returns, running `Worker::stop`.
+    pub fn terminate(&self) {
+        self.shared().terminate();
+    }
+
+    /// Whether the pool has been shut down (or is shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.shared().is_closed()
+    }
+
+    /// Retires one worker and starts a replacement (parallelcode's `kill`). A task it
+    /// was running resolves as killed at once
+    /// ([`TaskError::is_killed`](crate::TaskError::is_killed)) and sees
+    /// [`Context::is_cancelled`]; the thread, which cannot be stopped from outside,
+    /// exits when that task returns. False if no live worker has this id.
+    pub fn kill_worker(&self, id: WorkerId) -> bool {
+        self.shared().kill_worker(id)
+    }
+
+    /// The workers the pool counts now, by id.
+    pub fn workers(&self) -> Vec<WorkerId> {
+        self.shared().worker_ids()
+    }
+
+    /// The number of workers the pool keeps.
+    pub fn size(&self) -> usize {
+        self.shared().config.workers
+    }
+
+    /// A snapshot of the pool's state and counters.
+    pub fn stats(&self) -> Stats {
+        self.shared().stats()
+    }
+
+    fn on_own_worker(&self) -> bool {
+        // A task that holds a clone of its own pool calls `shutdown` on the thread it
+        // would have to join.
+        crate::threads::is_worker_of(self.shared())
+    }
+}
+
+/// Closures: `Pool` without a type argument is `Pool<Closures>`, a pool that runs
+/// any `FnOnce` and hands back its result. (Closures cannot cross into another
+/// process, so they are offered only here; a worker type's pool takes inputs.)
+impl Pool<Closures> {
+    /// Runs a closure on the pool and returns its handle.
+    ///
+    /// On a shut-down pool the closure is dropped and the task is already resolved
+    /// as closed ([`TaskError::is_closed`](crate::TaskError::is_closed)). A closure
+    /// spawned from inside one of this pool's tasks goes to that worker's own queue.
+    #[inline]
+    pub fn spawn<F, T>(&self, f: F) -> Task<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_call(move |_: &mut Context<'_>| f(), TaskOptions::default())
+    }
+
+    /// Like [`spawn`](Pool::spawn), for a closure that wants the [`Context`] (to check
+    /// [`Context::is_cancelled`], or to know its worker).
+    pub fn spawn_with<F, T>(&self, f: F) -> Task<T>
+    where
+        F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_call(f, TaskOptions::default())
+    }
+
+    /// Starts a closure task with options:
+    /// `pool.job(|ctx| ..).priority(..).timeout(..).spawn()`.
+    pub fn job<F, T>(&self, f: F) -> JobBuilder<'_, F>
+    where
+        F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        JobBuilder {
+            pool: self,
+            f,
+            options: TaskOptions::default(),
+        }
+    }
+
+    #[inline]
+    fn spawn_call<F, T>(&self, f: F, options: TaskOptions) -> Task<T>
+    where
+        F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.shared().submit(Call::new(f), options) {
+            Ok(task) => task,
+            Err(e) => closed_task(e.into_inner()),
+        }
+    }
+}
+
+/// A task that never queued: the pool was closed.
+fn closed_task<F, T>(call: Call<F, T>) -> Task<T>
+where
+    F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let cell = new_cell::<_, T, std::convert::Infallible>(TaskId(0), Priority::Normal, None, call);
+    let task = Task::new(cell.clone());
+    // Resolve as closed by dropping the only queue reference without running it.
+    drop(Job::<Closures>::new(cell));
+    debug_assert!(task.is_finished());
+    task
+}
+
+impl<W: Worker> fmt::Debug for Pool<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("worker", &std::any::type_name::<W>())
+            .field("size", &self.size())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for one input; from [`Pool::task`].
+#[must_use = "a TaskBuilder does nothing until `.submit()`"]
+pub struct TaskBuilder<'a, W: Worker> {
+    pool: &'a Pool<W>,
+    input: W::Input,
+    options: TaskOptions,
+}
+
+impl<W: Worker> TaskBuilder<'_, W> {
+    /// The task's priority (default `Normal`).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.options.priority = priority;
+        self
+    }
+
+    /// The task's timeout, overriding the pool's default. The clock starts when the
+    /// task starts running.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Submits it.
+    pub fn submit(self) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
+        self.pool
+            .shared()
+            .submit(Input(self.input), self.options)
+            .map_err(|e| SubmitError::closed(e.into_inner().0))
+    }
+}
+
+impl<W: Worker> fmt::Debug for TaskBuilder<'_, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for one closure; from [`Pool::job`].
+#[must_use = "a JobBuilder does nothing until `.spawn()`"]
+pub struct JobBuilder<'a, F> {
+    pool: &'a Pool<Closures>,
+    f: F,
+    options: TaskOptions,
+}
+
+impl<F, T> JobBuilder<'_, F>
+where
+    F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    /// The task's priority (default `Normal`).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.options.priority = priority;
+        self
+    }
+
+    /// The task's timeout, overriding the pool's default. The clock starts when the
+    /// task starts running.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Spawns it; on a shut-down pool the task is already resolved as closed.
+    pub fn spawn(self) -> Task<T> {
+        self.pool.spawn_call(self.f, self.options)
+    }
+}
+
+impl<F> fmt::Debug for JobBuilder<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobBuilder")
+            .field("f", &"<closure>")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future from [`Pool::idle`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Idle<W: Worker> {
+    inner: IdleFuture<W>,
+}
+
+impl<W: Worker> Future for Idle<W> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<()> {
+        Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
+impl<W: Worker> fmt::Debug for Idle<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idle").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,60 @@
+//! The synchronization primitives crew is written against.
+//!
+//! Most of crew uses `std`'s directly. The primitives of the lock-free sleep/wake
+//! protocol come from [`modelled`], which is loom's under `RUSTFLAGS="--cfg loom"`,
+//! so the loom model in `scheduler/sleep.rs` explores every interleaving of the real
+//! protocol code, not of a copy.
+//!
+//! Lock-poisoning policy: crew never runs user code while holding one of its own
+//! locks, so a poisoned lock can only mean a panic inside crew between two
+//! consistent states. [`lock`] takes the guard anyway (`PoisonError::into_inner`):
+//! resolving every task matters more than stopping at the first broken invariant,
+//! and the invariants crew checks abort instead of panicking.
+
+pub(crate) use std::sync::{
+    atomic::{AtomicBool, AtomicU64, AtomicUsize},
+    Arc, Condvar, Mutex, MutexGuard,
+};
+
+/// Locks `mutex`, ignoring poisoning (see the module docs for why).
+#[inline]
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The primitives of the modelled protocols: loom's under `cfg(loom)`.
+pub(crate) mod modelled {
+    #[cfg(loom)]
+    pub(crate) use loom::{
+        sync::{
+            atomic::{fence, AtomicBool, AtomicUsize},
+            Arc, Mutex, MutexGuard,
+        },
+        thread::{current, park, Thread},
+    };
+    #[cfg(not(loom))]
+    pub(crate) use std::{
+        sync::{
+            atomic::{fence, AtomicBool, AtomicUsize},
+            Arc, Mutex, MutexGuard,
+        },
+        thread::{current, park, Thread},
+    };
+
+    /// Locks `mutex`, ignoring poisoning, as [`super::lock`] does.
+    #[inline]
+    pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        #[cfg(loom)]
+        {
+            mutex.lock().unwrap()
+        }
+        #[cfg(not(loom))]
+        {
+            mutex
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+}

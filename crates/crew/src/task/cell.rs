@@ -1,0 +1,556 @@
+//! The task cell: one allocation per task that holds its input, its state and its
+//! result slot, shared by the queue (as a [`Job`]) and the caller (as a `Task`).
+//!
+//! # The state machine
+//!
+//! `Header::state` is a set of bits. Each bit is set at most once and never cleared,
+//! so every transition is a single `fetch_or`, and whoever sees the bit clear in the
+//! value `fetch_or` returns is the one thread that made the transition.
+//!
+//! | bit | set by | means |
+//! |---|---|---|
+//! | [`CLAIMED`] | the worker that starts the task, or whoever discards it | the payload has one owner, who takes it |
+//! | [`RESOLVING`] | the first thread to produce an outcome | that thread, alone, writes the result slot |
+//! | [`RESOLVED`] | the `RESOLVING` thread, after writing the slot (`Release`) | the handle may read the slot (`Acquire`) |
+//! | [`CANCEL`] | `cancel`, a timeout, a kill, `terminate` | `Context::is_cancelled()` answers true |
+//! | [`WAITER`] | the handle, after storing a waker or thread in `waiter` | the resolver must wake it |
+//!
+//! Exactly-once resolution follows from `RESOLVING`: a worker finishing a task, a
+//! `cancel`, a timeout and a shutdown may race, but only one of them sees the bit
+//! clear; the others drop their outcome (a cancelled task's late output is
+//! discarded this way).
+//!
+//! No lost wake-up: the resolver does `fetch_or(RESOLVED)` and wakes if `WAITER` was
+//! set; the handle stores its waiter, then does `fetch_or(WAITER)` and does not sleep
+//! if `RESOLVED` was set. Both are read-modify-writes of one atomic, so one of them
+//! comes first in its modification order, and whichever comes second sees the other.
+//!
+//! A [`Job`] that is dropped without having been run (a queue torn down, a bug)
+//! resolves its task as closed, so no handle can wait for ever.
+
+use std::cell::UnsafeCell;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::task::Waker;
+use std::thread::Thread;
+use std::time::Duration;
+
+use crate::error::{panic_message, Failure, TaskError};
+use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex};
+use crate::task::{Priority, TaskId};
+use crate::worker::{Context, Worker, WorkerId};
+
+/// The payload has exactly one owner: the worker that runs it, or the thread that
+/// discards it. Set once.
+pub(crate) const CLAIMED: usize = 1 << 0;
+/// One thread has won the right to write the result slot. Set once.
+pub(crate) const RESOLVING: usize = 1 << 1;
+/// The result slot is written and may be read. Set once, after `RESOLVING`.
+pub(crate) const RESOLVED: usize = 1 << 2;
+/// Cancellation was requested; `Context::is_cancelled` reads this bit.
+pub(crate) const CANCEL: usize = 1 << 3;
+/// The handle has a waiter stored in `waiter` and must be woken.
+pub(crate) const WAITER: usize = 1 << 4;
+/// Bits `OUTCOME_SHIFT..` hold an [`Outcome`] code, written together with
+/// `RESOLVED` in the same `fetch_or`, so stats can tell how each task ended.
+const OUTCOME_SHIFT: u32 = 8;
+
+/// How a task ended, as counted in stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum Outcome {
+    Ok = 1,
+    UserError = 2,
+    Panicked = 3,
+    Cancelled = 4,
+    TimedOut = 5,
+    Closed = 6,
+    StartFailed = 7,
+    Killed = 8,
+}
+
+impl Outcome {
+    /// One past the largest code, for arrays indexed by outcome.
+    pub(crate) const SLOTS: usize = 9;
+
+    fn of<T, E>(result: &Result<T, TaskError<E>>) -> Self {
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome(),
+        }
+    }
+
+    fn from_code(code: usize) -> Option<Self> {
+        Some(match code {
+            1 => Outcome::Ok,
+            2 => Outcome::UserError,
+            3 => Outcome::Panicked,
+            4 => Outcome::Cancelled,
+            5 => Outcome::TimedOut,
+            6 => Outcome::Closed,
+            7 => Outcome::StartFailed,
+            8 => Outcome::Killed,
+            _ => return None,
+        })
+    }
+}
+
+/// What every task has regardless of its types: identity, options, state.
+pub(crate) struct Header {
+    /// The state bits above. Written by worker, handle, canceller, monitor; see
+    /// the module docs for who sets which bit.
+    state: AtomicUsize,
+    id: TaskId,
+    /// The worker that claimed it (`WorkerId::raw`), 0 until then. Written once by
+    /// that worker, read by the handle.
+    worker: AtomicU64,
+    pub(crate) priority: Priority,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Header {
+    #[inline]
+    fn new(id: TaskId, priority: Priority, timeout: Option<Duration>) -> Self {
+        Header {
+            state: AtomicUsize::new(0),
+            id,
+            worker: AtomicU64::new(0),
+            priority,
+            timeout,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn id(&self) -> TaskId {
+        self.id
+    }
+
+    #[inline]
+    pub(crate) fn is_cancel_requested(&self) -> bool {
+        self.state.load(Relaxed) & CANCEL != 0
+    }
+
+    #[inline]
+    pub(crate) fn is_resolved(&self) -> bool {
+        self.state.load(Acquire) & RESOLVED != 0
+    }
+
+    /// Whether an outcome has been chosen (it may still be being written).
+    #[inline]
+    pub(crate) fn is_decided(&self) -> bool {
+        self.state.load(Acquire) & (RESOLVING | RESOLVED) != 0
+    }
+
+    /// How the task ended; `None` until it has resolved.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        let state = self.state.load(Acquire);
+        if state & RESOLVED == 0 {
+            return None;
+        }
+        Outcome::from_code(state >> OUTCOME_SHIFT)
+    }
+
+    /// Waits out the short window between another thread's `RESOLVING` and its
+    /// `RESOLVED` (straight-line crew code, no user code runs there), then reads the
+    /// outcome.
+    pub(crate) fn settled_outcome(&self) -> Outcome {
+        let backoff = crossbeam_utils::Backoff::new();
+        loop {
+            if let Some(o) = self.outcome() {
+                return o;
+            }
+            backoff.snooze();
+        }
+    }
+
+    pub(crate) fn worker(&self) -> Option<WorkerId> {
+        WorkerId::from_raw(self.worker.load(Relaxed))
+    }
+
+    /// Takes ownership of the payload. True for exactly one caller.
+    #[inline]
+    fn claim(&self) -> bool {
+        self.state.fetch_or(CLAIMED, AcqRel) & CLAIMED == 0
+    }
+}
+
+/// Who is waiting for a task's result.
+enum Waiter {
+    Thread(Thread),
+    Waker(Waker),
+}
+
+impl Waiter {
+    fn wake(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Waker(w) => w.wake(),
+        }
+    }
+}
+
+/// The typed half of a cell: result slot and waiter. Generic over the output only,
+/// so the handle (`Task<T, E>`) can reach it without knowing the payload type.
+pub(crate) struct Core<T, E> {
+    header: Header,
+    /// Written once by the `RESOLVING` thread, read once by the handle after it
+    /// sees `RESOLVED`.
+    result: UnsafeCell<Option<Result<T, TaskError<E>>>>,
+    /// The handle's waiter. Locked only on the slow path: a handle that finds the
+    /// task unresolved, and a resolver that finds `WAITER` set.
+    waiter: Mutex<Option<Waiter>>,
+}
+
+// SAFETY: the result slot is written by exactly one thread (the one that set
+// RESOLVING) before RESOLVED is published with Release, and read by the unique
+// handle only after it observes RESOLVED with Acquire; so no two threads access it
+// at once, and `T`/`E` only cross threads by value (they are `Send`).
+unsafe impl<T: Send, E: Send> Sync for Core<T, E> {}
+
+impl<T, E> Core<T, E> {
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Writes `outcome` if no other outcome was chosen first. True if it did.
+    pub(crate) fn resolve(&self, outcome: Result<T, TaskError<E>>) -> bool {
+        if self.header.state.fetch_or(RESOLVING, AcqRel) & RESOLVING != 0 {
+            return false; // someone else resolved it; `outcome` is discarded
+        }
+        let code = (Outcome::of(&outcome) as usize) << OUTCOME_SHIFT;
+        // SAFETY: we set RESOLVING, so we are the only writer, and the handle does not
+        // read before RESOLVED, which we have not set yet.
+        unsafe { *self.result.get() = Some(outcome) };
+        let prev = self.header.state.fetch_or(RESOLVED | code, AcqRel);
+        if prev & WAITER != 0 {
+            self.wake_waiter();
+        }
+        true
+    }
+
+    #[cold]
+    fn wake_waiter(&self) {
+        let waiter = lock(&self.waiter).take();
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+
+    /// Resolves with one of crew's own failures, also raising `CANCEL` so code that
+    /// is still running sees `is_cancelled()`.
+    pub(crate) fn fail(&self, failure: Failure) -> bool {
+        self.header.state.fetch_or(CANCEL, AcqRel);
+        self.resolve(Err(TaskError::failure(failure)))
+    }
+
+    /// Takes the result.
+    ///
+    /// # Safety
+    /// Only the task's unique handle may call this, at most once, and only after
+    /// `header().is_resolved()` returned true on this thread.
+    pub(crate) unsafe fn take_result(&self) -> Result<T, TaskError<E>> {
+        // SAFETY: per this function's contract, RESOLVED was observed with Acquire,
+        // so the resolver's write happened before, and no one else reads.
+        let slot = unsafe { (*self.result.get()).take() };
+        match slot {
+            Some(r) => r,
+            None => unreachable_state("a resolved task had no result"),
+        }
+    }
+
+    /// Stores `waiter` and publishes `WAITER`. Returns false, without storing the
+    /// need to sleep, if the task is already resolved.
+    fn register(&self, waiter: Waiter) -> bool {
+        {
+            let mut slot = lock(&self.waiter);
+            if let (Some(Waiter::Waker(old)), Waiter::Waker(new)) = (&*slot, &waiter) {
+                if old.will_wake(new) && self.header.state.load(Acquire) & WAITER != 0 {
+                    return !self.header.is_resolved();
+                }
+            }
+            *slot = Some(waiter);
+        }
+        self.header.state.fetch_or(WAITER, AcqRel) & RESOLVED == 0
+    }
+
+    pub(crate) fn register_thread(&self) -> bool {
+        self.register(Waiter::Thread(std::thread::current()))
+    }
+
+    pub(crate) fn register_waker(&self, waker: &Waker) -> bool {
+        self.register(Waiter::Waker(waker.clone()))
+    }
+}
+
+/// Aborts: a state crew's own protocol makes impossible was reached. Continuing
+/// could resolve a task twice or never.
+#[cold]
+#[inline(never)]
+pub(crate) fn unreachable_state(what: &str) -> ! {
+    eprintln!("crew: internal invariant broken: {what}; aborting");
+    std::process::abort()
+}
+
+/// How a payload turns into an output on a worker: the two kinds of task.
+pub(crate) trait Payload<W: Worker>: Send + 'static {
+    type Output: Send + 'static;
+    type Error: Send + 'static;
+    fn execute(self, worker: &mut W, ctx: &mut Context<'_>) -> Result<Self::Output, Self::Error>;
+}
+
+/// An input for the pool's `Worker::run`.
+pub(crate) struct Input<I>(pub(crate) I);
+
+impl<W: Worker> Payload<W> for Input<W::Input> {
+    type Output = W::Output;
+    type Error = W::Error;
+    #[inline]
+    fn execute(self, worker: &mut W, ctx: &mut Context<'_>) -> Result<W::Output, W::Error> {
+        worker.run(self.0, ctx)
+    }
+}
+
+/// A closure; it runs on any pool and never sees the worker's state.
+pub(crate) struct Call<F, T>(pub(crate) F, PhantomData<fn() -> T>);
+
+impl<F, T> Call<F, T> {
+    pub(crate) fn new(f: F) -> Self {
+        Call(f, PhantomData)
+    }
+}
+
+impl<W, F, T> Payload<W> for Call<F, T>
+where
+    W: Worker,
+    F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    type Output = T;
+    type Error = std::convert::Infallible;
+    #[inline]
+    fn execute(self, _worker: &mut W, ctx: &mut Context<'_>) -> Result<T, Self::Error> {
+        Ok((self.0)(ctx))
+    }
+}
+
+/// The whole allocation: the typed core plus the payload.
+pub(crate) struct Cell<P, T, E> {
+    core: Core<T, E>,
+    /// Taken by whoever sets `CLAIMED`.
+    payload: UnsafeCell<Option<P>>,
+}
+
+// SAFETY: the payload is accessed only by the one thread that set CLAIMED (a
+// fetch_or with AcqRel, so it also sees the submitter's write); the core is Sync on
+// its own terms above. `P: Send` because it moves to that thread.
+unsafe impl<P: Send, T: Send, E: Send> Sync for Cell<P, T, E> {}
+
+impl<P, T, E> Cell<P, T, E> {
+    /// Takes the payload back if nobody has claimed it yet (a submission that raced
+    /// with shutdown), resolving the task as closed. Its queue entry stays behind as
+    /// a tombstone.
+    pub(crate) fn take_back(&self) -> Option<P> {
+        let payload = self.claim_payload()?;
+        self.core.fail(Failure::Closed);
+        Some(payload)
+    }
+
+    /// Takes the payload if this call wins the claim.
+    fn claim_payload(&self) -> Option<P> {
+        if !self.core.header.claim() {
+            return None;
+        }
+        // SAFETY: we set CLAIMED, so we are the payload's only owner.
+        unsafe { (*self.payload.get()).take() }
+    }
+}
+
+/// What the worker loop learns from running one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ran {
+    /// Someone else had claimed it (cancelled while queued): nothing ran.
+    Skipped,
+    /// It ran and returned (an output or the user's error).
+    Returned,
+    /// It panicked; the worker's state may be half-updated.
+    Panicked,
+}
+
+/// The queue's view of a task: run it on a `W`, or discard it.
+pub(crate) trait Runnable<W>: Send + Sync {
+    fn header(&self) -> &Header;
+    /// Claims and runs the task on `worker`, resolving it with what it returns.
+    fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Ran;
+    /// Claims the task without running it (dropping its payload) and resolves it with
+    /// `failure`. False if it was already claimed.
+    fn discard(&self, failure: Failure) -> bool;
+    /// Resolves a task that may be running with `failure` (timeout, kill, terminate).
+    fn fail(&self, failure: Failure) -> bool;
+}
+
+/// The handle's view of a task: its core, and cancellation (which needs the payload
+/// type to drop the input early).
+pub(crate) trait Handle<T, E>: Send + Sync {
+    fn core(&self) -> &Core<T, E>;
+    fn cancel(&self) -> bool;
+}
+
+impl<W, P> Runnable<W> for Cell<P, P::Output, P::Error>
+where
+    W: Worker,
+    P: Payload<W>,
+{
+    #[inline]
+    fn header(&self) -> &Header {
+        &self.core.header
+    }
+
+    fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Ran {
+        let Some(payload) = self.claim_payload() else {
+            return Ran::Skipped;
+        };
+        self.core
+            .header
+            .worker
+            .store(ctx.worker_id().raw(), Relaxed);
+        let outcome = catch_unwind(AssertUnwindSafe(|| payload.execute(worker, ctx)));
+        match outcome {
+            Ok(Ok(output)) => {
+                self.core.resolve(Ok(output));
+                Ran::Returned
+            }
+            Ok(Err(error)) => {
+                self.core.resolve(Err(TaskError::user(error)));
+                Ran::Returned
+            }
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                // Drop the payload outside any lock; a panicking Drop here would
+                // escape the worker loop's catch, so it is caught too.
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                self.core
+                    .resolve(Err(TaskError::failure(Failure::Panicked(message))));
+                Ran::Panicked
+            }
+        }
+    }
+
+    fn discard(&self, failure: Failure) -> bool {
+        match self.claim_payload() {
+            Some(payload) => {
+                // Resolve first: between claim and resolve only crew code runs, which
+                // `Header::settled_outcome` relies on. The user's Drop runs after.
+                let resolved = self.core.fail(failure);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                resolved
+            }
+            None => false,
+        }
+    }
+
+    fn fail(&self, failure: Failure) -> bool {
+        self.core.fail(failure)
+    }
+}
+
+impl<T, E, P> Handle<T, E> for Cell<P, T, E>
+where
+    P: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    #[inline]
+    fn core(&self) -> &Core<T, E> {
+        &self.core
+    }
+
+    fn cancel(&self) -> bool {
+        // Raise CANCEL first so code that is already running sees it.
+        self.core.header.state.fetch_or(CANCEL, AcqRel);
+        match self.claim_payload() {
+            Some(payload) => {
+                // Queued: the input is dropped now; the queue entry stays behind as a
+                // tombstone that the worker who pops it will skip. Resolve before the
+                // user's Drop runs (see `discard`).
+                let resolved = self.core.fail(Failure::Cancelled);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                resolved
+            }
+            None => self.core.fail(Failure::Cancelled),
+        }
+    }
+}
+
+/// A queue entry: a shared pointer to a task cell, seen as something to run on `W`.
+///
+/// Dropping a `Job` whose task is unresolved resolves it as closed, so a handle
+/// never waits for a task that no queue holds any more.
+pub(crate) struct Job<W>(Arc<dyn Runnable<W>>);
+
+impl<W> Job<W> {
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        self.0.header()
+    }
+
+    #[inline]
+    pub(crate) fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Ran {
+        self.0.run(worker, ctx)
+    }
+
+    pub(crate) fn discard(&self, failure: Failure) -> bool {
+        self.0.discard(failure)
+    }
+
+    pub(crate) fn fail(&self, failure: Failure) -> bool {
+        self.0.fail(failure)
+    }
+}
+
+impl<W> Clone for Job<W> {
+    #[inline]
+    fn clone(&self) -> Self {
+        Job(Arc::clone(&self.0))
+    }
+}
+
+impl<W> Drop for Job<W> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.0.header().is_decided() {
+            // Only unclaimed tasks are affected: a claimed one is being run or was
+            // discarded by someone who resolves it. An unclaimed one whose queue
+            // entry is gone would otherwise never resolve.
+            self.0.discard(Failure::Closed);
+        }
+    }
+}
+
+impl<W: Worker> Job<W> {
+    /// The queue's reference to `cell`.
+    #[inline]
+    pub(crate) fn new<P: Payload<W>>(cell: Arc<Cell<P, P::Output, P::Error>>) -> Self {
+        Job(cell)
+    }
+}
+
+/// Allocates one task. The caller makes the queue's [`Job`] and the user's handle
+/// from clones of it; all three share the one allocation.
+#[inline]
+pub(crate) fn new_cell<P, T, E>(
+    id: TaskId,
+    priority: Priority,
+    timeout: Option<Duration>,
+    payload: P,
+) -> Arc<Cell<P, T, E>> {
+    Arc::new(Cell {
+        core: Core {
+            header: Header::new(id, priority, timeout),
+            result: UnsafeCell::new(None),
+            waiter: Mutex::new(None),
+        },
+        payload: UnsafeCell::new(Some(payload)),
+    })
+}

@@ -1,0 +1,215 @@
+//! `Task`, the handle to one submitted task, and the per-task options.
+
+pub(crate) mod cell;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as PollContext, Poll};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
+
+use crate::error::TaskError;
+use crate::sync::Arc;
+use crate::worker::WorkerId;
+use cell::Handle;
+
+/// A task's number, unique within its pool and increasing in submission order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub(crate) u64);
+
+impl TaskId {
+    /// The number itself.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task-{}", self.0)
+    }
+}
+
+/// How soon a task runs relative to others. Higher levels run first, but lower
+/// levels are never starved: see the scheduler docs ("Priorities").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Runs when nothing else waits, and at a guaranteed minimum share otherwise.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Runs before `Normal` and `Low` tasks that are still queued.
+    High,
+}
+
+impl Priority {
+    /// The number of levels.
+    pub(crate) const LEVELS: usize = 3;
+
+    /// Index into per-level arrays, 0 = highest.
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+/// The handle to one submitted task.
+///
+/// - Get the result by blocking, [`join`](Task::join) or
+///   [`join_timeout`](Task::join_timeout), or by `.await` (a `Task` is a `Future`
+///   that needs no particular runtime).
+/// - [`cancel`](Task::cancel) it: a queued task resolves `Cancelled` at once and
+///   never runs; a running one resolves `Cancelled` at once and sees
+///   [`Context::is_cancelled`](crate::Context::is_cancelled); whatever it returns
+///   later is discarded.
+///
+/// **Dropping a `Task` detaches it**: the task still runs (or stays queued) and its
+/// result is dropped when it is produced. This matches `std::thread::JoinHandle` and
+/// tokio's `JoinHandle`, and keeps fire-and-forget work cheap; call
+/// [`cancel`](Task::cancel) first if the work should not happen.
+///
+/// `E` is the worker's error type; for closures it is [`Infallible`].
+pub struct Task<T, E = Infallible> {
+    handle: Arc<dyn Handle<T, E>>,
+    /// Set once the result has been taken by `poll`; the handle is then spent.
+    done: bool,
+}
+
+impl<T, E> Task<T, E> {
+    pub(crate) fn new(handle: Arc<dyn Handle<T, E>>) -> Self {
+        Task {
+            handle,
+            done: false,
+        }
+    }
+
+    /// This task's id.
+    pub fn id(&self) -> TaskId {
+        self.handle.core().header().id()
+    }
+
+    /// The worker that ran (or is running) this task; `None` while it is queued, and
+    /// for a task that was resolved without running.
+    pub fn worker(&self) -> Option<WorkerId> {
+        self.handle.core().header().worker()
+    }
+
+    /// Whether the task has resolved (`join` would not block).
+    pub fn is_finished(&self) -> bool {
+        self.handle.core().header().is_resolved()
+    }
+
+    /// Cancels the task. Returns true if this call resolved it (as `Cancelled`), false
+    /// if it had already resolved.
+    ///
+    /// A queued task is removed from consideration and its input dropped now. A
+    /// running task is asked to stop through
+    /// [`Context::is_cancelled`](crate::Context::is_cancelled); threads cannot be
+    /// stopped from outside, so it runs until it checks or returns, and its output is
+    /// then discarded.
+    pub fn cancel(&self) -> bool {
+        self.handle.cancel()
+    }
+
+    /// Blocks until the task resolves and returns its result.
+    pub fn join(self) -> Result<T, TaskError<E>> {
+        match self.wait_until(None) {
+            Ok(r) => r,
+            Err(_) => unreachable!("a wait without a deadline returned early"),
+        }
+    }
+
+    /// Blocks for at most `timeout`. Gives the handle back if the task has not
+    /// resolved by then; the task itself is unaffected.
+    pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, TaskError<E>>, Self> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.wait_until(Some(deadline.unwrap_or_else(far_future)))
+    }
+
+    fn wait_until(mut self, deadline: Option<Instant>) -> Result<Result<T, TaskError<E>>, Self> {
+        assert!(!self.done, "crew::Task joined after its result was taken");
+        let core = self.handle.core();
+        // Results usually arrive within microseconds; a short spin saves the
+        // park/unpark pair (two syscalls) on the common path.
+        let backoff = Backoff::new();
+        while !core.header().is_resolved() {
+            if backoff.is_completed() {
+                return self.park_until(deadline);
+            }
+            backoff.snooze();
+        }
+        Ok(self.take())
+    }
+
+    #[cold]
+    fn park_until(mut self, deadline: Option<Instant>) -> Result<Result<T, TaskError<E>>, Self> {
+        let core = self.handle.core();
+        if core.register_thread() {
+            while !core.header().is_resolved() {
+                match deadline {
+                    None => std::thread::park(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            return Err(self);
+                        }
+                        std::thread::park_timeout(d - now);
+                    }
+                }
+            }
+        }
+        Ok(self.take())
+    }
+
+    fn take(&mut self) -> Result<T, TaskError<E>> {
+        self.done = true;
+        // SAFETY: `Task` is the unique handle (it is not Clone), `done` guards against a
+        // second take, and every caller checked `is_resolved()` on this thread.
+        unsafe { self.handle.core().take_result() }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(60 * 60 * 24 * 365 * 30)
+}
+
+impl<T, E> Future for Task<T, E> {
+    type Output = Result<T, TaskError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Self::Output> {
+        assert!(!self.done, "crew::Task polled after it completed");
+        let core = self.handle.core();
+        if core.header().is_resolved() || !core.register_waker(cx.waker()) {
+            return Poll::Ready(self.take());
+        }
+        Poll::Pending
+    }
+}
+
+// A `Task` holds no pinned state.
+impl<T, E> Unpin for Task<T, E> {}
+
+impl<T, E> fmt::Debug for Task<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id())
+            .field("worker", &self.worker())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// Per-task settings; the pool's defaults apply where one is not set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TaskOptions {
+    pub(crate) priority: Priority,
+    pub(crate) timeout: Option<Duration>,
+}

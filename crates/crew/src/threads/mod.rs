@@ -1,0 +1,724 @@
+//! The thread backend: worker threads in this process.
+//!
+//! - [`Shared`] is everything the pool handle, the workers and the monitor share:
+//!   the queues, the sleep state, the lifecycle, the worker registry and the
+//!   counters.
+//! - `worker_loop` is the body of each worker thread.
+//! - `monitor` is a helper thread, started on first need, that enforces running
+//!   tasks' timeouts and replaces threads that had to be abandoned.
+//!
+//! # Who owns what
+//!
+//! - A worker's `W` instance and its own deque (`crossbeam_deque::Worker`) are owned
+//!   by its thread and never leave it (so `W` need not be `Send`).
+//! - A worker's [`Slot`] is shared: the pool reads its counters, steals from its
+//!   deque through the slot's `Stealer`, and kills it through `running`.
+//! - Each task's cell is shared by the queue entry, the running slot, and the
+//!   caller's handle (see `task::cell`).
+//!
+//! # Counting, and why `wait_idle` needs no per-task shared write
+//!
+//! Every queue entry is counted exactly once, by whoever finishes with it: the
+//! worker that ran it (or popped its tombstone) in its own slot's counters, the
+//! thread that drained it, or the thread that abandoned the worker running it, in
+//! `Shared::counts`. The pool is idle when those counts add up to `submitted`. A
+//! worker writes only its own cache line per task; the sum is taken under the
+//! registry lock on the slow path (`is_idle`, `stats`).
+
+mod idle;
+mod monitor;
+mod worker_loop;
+
+use std::cell::Cell as StdCell;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::Weak;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_deque::{Stealer, Worker as Deque};
+use crossbeam_utils::CachePadded;
+
+use crate::builder::Config;
+use crate::error::{Failure, ShutdownTimedOut, SubmitError};
+use crate::scheduler::queues::Injectors;
+use crate::scheduler::sleep::{Sleep, Sleeper};
+use crate::stats::{Stats, WorkerStats};
+use crate::sync::{lock, modelled, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex};
+use crate::task::cell::{new_cell, Job, Outcome, Payload};
+use crate::task::{Priority, Task, TaskId, TaskOptions};
+use crate::worker::{Worker, WorkerId};
+
+use idle::Idle;
+pub(crate) use idle::IdleFuture;
+use monitor::Monitor;
+
+/// Lifecycle bit: no new work is taken; workers drain the queue, then exit.
+const CLOSING: usize = 1 << 0;
+/// Lifecycle bit: queued work is being discarded; workers exit after their task.
+/// Always set together with or after `CLOSING`.
+const TERMINATING: usize = 1 << 1;
+/// Lifecycle bit: `start_attempts` consecutive starts failed and no worker is
+/// alive; tasks fail at once with a start error. Cleared by the next good start.
+const BROKEN: usize = 1 << 2;
+
+/// Per-outcome counters; index = `Outcome as usize`.
+type Counts = [AtomicU64; Outcome::SLOTS];
+
+fn new_counts() -> Counts {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// One worker's shared face.
+pub(crate) struct Slot<W> {
+    pub(crate) id: WorkerId,
+    /// The other end of the worker's own deque.
+    stealer: Stealer<Job<W>>,
+    pub(crate) sleeper: modelled::Arc<Sleeper>,
+    /// The task being run, published so a timeout or a kill can resolve it. Written
+    /// by the worker around each task; taken by `abandon`. Whoever takes the entry
+    /// counts the task, so it is counted once even when the two race.
+    running: Mutex<Option<Running<W>>>,
+    /// Set once, by `abandon`: the pool no longer counts this worker; its thread
+    /// exits as soon as it gets control back.
+    abandoned: AtomicBool,
+    /// `Worker::start` succeeded and `stop` has not run. Written under the registry
+    /// lock.
+    started: AtomicBool,
+    /// Tasks this worker finished, by outcome. Written only by the worker thread.
+    counts: CachePadded<Counts>,
+}
+
+struct Running<W> {
+    job: Job<W>,
+    deadline: Option<Instant>,
+    /// Set by the monitor when it resolved the task as timed out: abandon the
+    /// thread if it is still in this task at this instant.
+    abandon_at: Option<Instant>,
+}
+
+impl<W> Slot<W> {
+    fn finished(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Acquire)).sum()
+    }
+
+    /// Adds one to the worker's own counter for `outcome` (single writer).
+    #[inline]
+    fn count(&self, outcome: Outcome) {
+        let c = &self.counts[outcome as usize];
+        c.store(c.load(Relaxed) + 1, Release);
+    }
+}
+
+/// The registry of workers. Guarded by `Shared::registry`.
+struct Registry<W> {
+    /// Workers the pool counts: starting, running or idle.
+    live: Vec<Arc<Slot<W>>>,
+    /// Threads given up on (timed out, killed) that have not exited yet. Their
+    /// deques stay stealable.
+    abandoned: Vec<Arc<Slot<W>>>,
+    /// Join handles of threads that were not abandoned.
+    handles: Vec<JoinHandle<()>>,
+    /// Counts of workers that have exited.
+    retired: [u64; Outcome::SLOTS],
+    /// Live workers whose `start` succeeded.
+    started: usize,
+    /// Consecutive failed starts, pool-wide.
+    start_failures: u32,
+    last_start_error: Option<String>,
+    /// Replacement workers that could not be spawned yet; the monitor retries.
+    missing: usize,
+    /// Stealers of every worker, for searching workers to copy.
+    peers: Arc<Vec<(WorkerId, Stealer<Job<W>>)>>,
+}
+
+/// What the pool handle, the workers and the monitor share.
+pub(crate) struct Shared<W: Worker> {
+    pub(crate) config: Config,
+    injectors: Injectors<Job<W>>,
+    pub(crate) sleep: Sleep,
+    /// `CLOSING` / `TERMINATING` / `BROKEN`.
+    lifecycle: AtomicUsize,
+    /// Tasks accepted; also the source of task ids. Written by submitters.
+    submitted: CachePadded<AtomicU64>,
+    /// Outcomes counted outside the workers: drained and abandoned tasks.
+    counts: Counts,
+    registry: Mutex<Registry<W>>,
+    /// Signalled when a worker exits.
+    exited: Condvar,
+    /// Bumped whenever `Registry::peers` changes, so workers know to re-copy it.
+    peers_epoch: AtomicUsize,
+    next_worker: AtomicU64,
+    idle: Idle,
+    monitor: Monitor,
+    /// Back-reference for spawning workers from `&self` contexts.
+    this: Weak<Shared<W>>,
+}
+
+thread_local! {
+    /// On a worker thread: (address of its pool's `Shared`, its own deque). Lets a
+    /// task spawned from inside a worker go to that worker's deque.
+    static CURRENT: StdCell<(usize, *const ())> = const { StdCell::new((0, std::ptr::null())) };
+}
+
+impl<W: Worker> Shared<W> {
+    /// Creates the shared state and starts `config.workers` threads.
+    pub(crate) fn start(config: Config) -> std::io::Result<Arc<Self>> {
+        let workers = config.workers;
+        let shared = Arc::new_cyclic(|this| Shared {
+            config,
+            injectors: Injectors::new(),
+            sleep: Sleep::new(),
+            lifecycle: AtomicUsize::new(0),
+            submitted: CachePadded::new(AtomicU64::new(0)),
+            counts: new_counts(),
+            registry: Mutex::new(Registry {
+                live: Vec::new(),
+                abandoned: Vec::new(),
+                handles: Vec::new(),
+                retired: [0; Outcome::SLOTS],
+                started: 0,
+                start_failures: 0,
+                last_start_error: None,
+                missing: 0,
+                peers: Arc::new(Vec::new()),
+            }),
+            exited: Condvar::new(),
+            peers_epoch: AtomicUsize::new(0),
+            next_worker: AtomicU64::new(0),
+            idle: Idle::new(),
+            monitor: Monitor::new(),
+            this: this.clone(),
+        });
+        for _ in 0..workers {
+            if let Err(e) = shared.spawn_worker() {
+                shared.terminate();
+                return Err(e);
+            }
+        }
+        Ok(shared)
+    }
+
+    fn key(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    fn arc(&self) -> Option<Arc<Self>> {
+        self.this.upgrade()
+    }
+
+    // ------------------------------------------------------------ submitting
+
+    /// Queues `payload` as one task.
+    #[inline]
+    pub(crate) fn submit<P>(
+        &self,
+        payload: P,
+        options: TaskOptions,
+    ) -> Result<Task<P::Output, P::Error>, SubmitError<P>>
+    where
+        P: Payload<W>,
+    {
+        let lifecycle = self.lifecycle.load(Acquire);
+        if lifecycle & CLOSING != 0 {
+            return Err(SubmitError::closed(payload));
+        }
+        let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
+        let timeout = options.timeout.or(self.config.default_timeout);
+        let cell = new_cell(id, options.priority, timeout, payload);
+        let task = Task::new(cell.clone());
+        self.push(Job::new(cell.clone()), options.priority);
+        // `push` ended with a SeqCst fence (in `notify_work`), so this read and a
+        // concurrent `close` or breaker trip cannot both miss each other.
+        let lifecycle = self.lifecycle.load(SeqCst);
+        if lifecycle & (CLOSING | BROKEN) != 0 {
+            if lifecycle & CLOSING != 0 {
+                if let Some(payload) = cell.take_back() {
+                    return Err(SubmitError::closed(payload));
+                }
+            } else {
+                self.drain(Failure::StartFailed(self.last_start_error()));
+            }
+        }
+        Ok(task)
+    }
+
+    /// Puts a job on the calling worker's own deque (a `Normal` task spawned from
+    /// inside this pool) or on the injector of its level, then wakes a worker if
+    /// one is needed.
+    #[inline]
+    fn push(&self, job: Job<W>, priority: Priority) {
+        let job = if priority == Priority::Normal {
+            match self.push_local(job) {
+                None => return self.sleep.notify_work(),
+                Some(job) => job,
+            }
+        } else {
+            job
+        };
+        self.injectors.push(job, priority);
+        self.sleep.notify_work();
+    }
+
+    /// Pushes onto the current thread's deque if it is a worker of this pool;
+    /// gives the job back otherwise.
+    #[inline]
+    fn push_local(&self, job: Job<W>) -> Option<Job<W>> {
+        let (key, deque) = CURRENT.with(StdCell::get);
+        if key != self.key() {
+            return Some(job);
+        }
+        // SAFETY: `CURRENT` holds this pool's key only on one of its worker threads,
+        // between `CurrentGuard::enter` and the guard's drop, and then points at
+        // that thread's deque, which lives on the worker's stack for that whole span
+        // and has type `Deque<Job<W>>` for this very `Shared<W>`. We are on that
+        // thread, so the (non-`Sync`) deque is used from its owning thread only.
+        let deque = unsafe { &*(deque as *const Deque<Job<W>>) };
+        deque.push(job);
+        None
+    }
+
+    // ------------------------------------------------------------ workers
+
+    /// Starts one more worker thread.
+    pub(crate) fn spawn_worker(&self) -> std::io::Result<()> {
+        let Some(shared) = self.arc() else {
+            return Ok(()); // the pool is being dropped
+        };
+        let id = WorkerId::new(self.next_worker.fetch_add(1, Relaxed) + 1);
+        let deque = Deque::new_fifo();
+        let slot = Arc::new(Slot {
+            id,
+            stealer: deque.stealer(),
+            sleeper: modelled::Arc::new(Sleeper::new()),
+            running: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            counts: CachePadded::new(new_counts()),
+        });
+        let mut builder =
+            std::thread::Builder::new().name(format!("{}-{}", self.config.thread_name, id.raw()));
+        if let Some(size) = self.config.stack_size {
+            builder = builder.stack_size(size);
+        }
+        let mut reg = lock(&self.registry);
+        reg.live.push(Arc::clone(&slot));
+        self.publish_peers(&mut reg);
+        let thread_slot = Arc::clone(&slot);
+        match builder.spawn(move || worker_loop::run(shared, thread_slot, deque)) {
+            Ok(handle) => {
+                reg.handles.retain(|h| !h.is_finished());
+                reg.handles.push(handle);
+                Ok(())
+            }
+            Err(e) => {
+                reg.live.retain(|s| !Arc::ptr_eq(s, &slot));
+                self.publish_peers(&mut reg);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a replacement for a worker that left; on failure the monitor retries.
+    fn replace_worker(&self) {
+        if self.lifecycle.load(Acquire) & TERMINATING != 0 {
+            return;
+        }
+        if self.spawn_worker().is_err() {
+            lock(&self.registry).missing += 1;
+            if let Some(shared) = self.arc() {
+                self.monitor
+                    .wake_at(&shared, Instant::now() + self.config.start_backoff);
+            }
+        }
+    }
+
+    /// Retries replacements that failed to spawn. Returns when to try again.
+    fn respawn_missing(&self) -> Option<Instant> {
+        let missing = std::mem::take(&mut lock(&self.registry).missing);
+        for _ in 0..missing {
+            self.replace_worker();
+        }
+        (lock(&self.registry).missing > 0).then(|| Instant::now() + self.config.start_backoff)
+    }
+
+    fn publish_peers(&self, reg: &mut Registry<W>) {
+        let peers = reg
+            .live
+            .iter()
+            .chain(reg.abandoned.iter())
+            .map(|s| (s.id, s.stealer.clone()))
+            .collect();
+        reg.peers = Arc::new(peers);
+        self.peers_epoch.fetch_add(1, Release);
+    }
+
+    /// The current peer list and its epoch.
+    fn peers(&self) -> (usize, Arc<Vec<(WorkerId, Stealer<Job<W>>)>>) {
+        let reg = lock(&self.registry);
+        (self.peers_epoch.load(Acquire), Arc::clone(&reg.peers))
+    }
+
+    /// Gives up on a worker: its running task (if any) resolves with `failure`, the
+    /// pool stops counting it, and a replacement starts. The thread exits when it
+    /// gets control back; if it never does, it is left behind (threads cannot be
+    /// killed). Returns false if the worker was not live.
+    pub(crate) fn abandon(&self, slot: &Arc<Slot<W>>, failure: Failure) -> bool {
+        {
+            let mut reg = lock(&self.registry);
+            let Some(at) = reg.live.iter().position(|s| Arc::ptr_eq(s, slot)) else {
+                return false;
+            };
+            slot.abandoned.store(true, SeqCst);
+            let slot = reg.live.swap_remove(at);
+            if slot.started.swap(false, SeqCst) {
+                reg.started -= 1;
+            }
+            reg.abandoned.push(slot);
+        }
+        let running = lock(&slot.running).take();
+        if let Some(running) = running {
+            running.job.fail(failure);
+            self.count(running.job.header().settled_outcome());
+        }
+        self.sleep.wake_worker(&slot.sleeper);
+        self.replace_worker();
+        // Its deque may hold work and every other worker may be asleep.
+        self.sleep.notify_work();
+        self.notify_idle();
+        true
+    }
+
+    /// `Pool::kill_worker`.
+    pub(crate) fn kill_worker(&self, id: WorkerId) -> bool {
+        let slot = lock(&self.registry)
+            .live
+            .iter()
+            .find(|s| s.id == id)
+            .cloned();
+        slot.is_some_and(|slot| self.abandon(&slot, Failure::Killed))
+    }
+
+    /// The ids of the workers the pool counts, oldest first.
+    pub(crate) fn worker_ids(&self) -> Vec<WorkerId> {
+        let mut ids: Vec<WorkerId> = lock(&self.registry).live.iter().map(|s| s.id).collect();
+        ids.sort();
+        ids
+    }
+
+    // ------------------------------------------------------------ starting
+
+    fn on_started(&self, slot: &Slot<W>) -> bool {
+        let mut reg = lock(&self.registry);
+        if slot.abandoned.load(SeqCst) {
+            return false;
+        }
+        slot.started.store(true, SeqCst);
+        reg.started += 1;
+        reg.start_failures = 0;
+        self.lifecycle.fetch_and(!BROKEN, SeqCst);
+        true
+    }
+
+    fn on_start_failed(&self, message: String) {
+        let trip = {
+            let mut reg = lock(&self.registry);
+            reg.start_failures += 1;
+            reg.last_start_error = Some(message.clone());
+            reg.start_failures >= self.config.start_attempts && reg.started == 0
+        };
+        if trip {
+            self.lifecycle.fetch_or(BROKEN, SeqCst);
+            self.drain(Failure::StartFailed(message));
+        }
+    }
+
+    fn last_start_error(&self) -> String {
+        lock(&self.registry)
+            .last_start_error
+            .clone()
+            .unwrap_or_else(|| "Worker::start failed".to_owned())
+    }
+
+    fn on_stopped(&self, slot: &Slot<W>) {
+        let mut reg = lock(&self.registry);
+        if slot.started.swap(false, SeqCst) {
+            reg.started -= 1;
+        }
+    }
+
+    // ------------------------------------------------------------ lifecycle
+
+    #[inline]
+    fn lifecycle(&self) -> usize {
+        self.lifecycle.load(Acquire)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lifecycle() & CLOSING != 0
+    }
+
+    /// Stops taking new work; workers drain the queue and exit. Does not wait.
+    pub(crate) fn close(&self) {
+        self.lifecycle.fetch_or(CLOSING, SeqCst);
+        self.wake_everyone();
+    }
+
+    fn wake_everyone(&self) {
+        self.sleep.wake_all();
+        let slots: Vec<Arc<Slot<W>>> = {
+            let reg = lock(&self.registry);
+            reg.live
+                .iter()
+                .chain(reg.abandoned.iter())
+                .cloned()
+                .collect()
+        };
+        for slot in slots {
+            slot.sleeper.unpark(); // workers waiting out a start backoff
+        }
+    }
+
+    /// Closes the pool and waits for every worker to finish the queue and exit, at
+    /// most until `deadline`; past it, terminates.
+    pub(crate) fn shutdown(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+        self.close();
+        let drained = self.wait_for_exit(deadline);
+        if !drained {
+            self.terminate();
+        }
+        let handles = {
+            let mut reg = lock(&self.registry);
+            std::mem::take(&mut reg.handles)
+        };
+        let mut still_running = 0;
+        for handle in handles {
+            if handle.is_finished() || drained {
+                let _ = handle.join();
+            } else {
+                still_running += 1; // detached: it runs user code that has not returned
+            }
+        }
+        self.monitor.stop();
+        self.notify_idle();
+        if drained {
+            Ok(())
+        } else {
+            Err(ShutdownTimedOut { still_running })
+        }
+    }
+
+    /// Waits until no live worker is left. False if `deadline` passed first.
+    fn wait_for_exit(&self, deadline: Option<Instant>) -> bool {
+        let mut reg = lock(&self.registry);
+        while !reg.live.is_empty() {
+            reg = match deadline {
+                None => self.exited.wait(reg).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    self.exited
+                        .wait_timeout(reg, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    /// Resolves every queued task as closed and every running one as cancelled;
+    /// workers exit when they get control back. Does not wait for them.
+    pub(crate) fn terminate(&self) {
+        self.lifecycle.fetch_or(CLOSING | TERMINATING, SeqCst);
+        self.drain(Failure::Closed);
+        let slots: Vec<Arc<Slot<W>>> = lock(&self.registry).live.clone();
+        for slot in &slots {
+            if let Some(running) = lock(&slot.running).as_ref() {
+                running.job.fail(Failure::Cancelled);
+            }
+        }
+        self.wake_everyone();
+        self.notify_idle();
+    }
+
+    /// Takes every queued job out of every queue and resolves it with `failure`.
+    fn drain(&self, failure: Failure) {
+        while let Some(job) = self.injectors.steal_any() {
+            self.discard(job, &failure);
+        }
+        let (_, peers) = self.peers();
+        for (_, stealer) in peers.iter() {
+            loop {
+                match stealer.steal() {
+                    crossbeam_deque::Steal::Success(job) => self.discard(job, &failure),
+                    crossbeam_deque::Steal::Retry => continue,
+                    crossbeam_deque::Steal::Empty => break,
+                }
+            }
+        }
+        self.notify_idle();
+    }
+
+    fn discard(&self, job: Job<W>, failure: &Failure) {
+        job.discard(failure.clone());
+        self.count(job.header().settled_outcome());
+    }
+
+    /// Counts one task finished outside a worker (drained or abandoned).
+    fn count(&self, outcome: Outcome) {
+        self.counts[outcome as usize].fetch_add(1, SeqCst);
+    }
+
+    // ------------------------------------------------------------ idle
+
+    /// True when every accepted task has been finished with, or when the pool is
+    /// closed and no worker is left to run anything.
+    pub(crate) fn is_idle(&self) -> bool {
+        let reg = lock(&self.registry);
+        if self.lifecycle() & CLOSING != 0 && reg.live.is_empty() {
+            return true;
+        }
+        let done = self.done(&reg);
+        done >= self.submitted.load(SeqCst)
+    }
+
+    fn done(&self, reg: &Registry<W>) -> u64 {
+        let slots: u64 = reg
+            .live
+            .iter()
+            .chain(reg.abandoned.iter())
+            .map(|s| s.finished())
+            .sum();
+        let shared: u64 = self.counts.iter().map(|c| c.load(SeqCst)).sum();
+        slots + shared + reg.retired.iter().sum::<u64>()
+    }
+
+    pub(crate) fn notify_idle(&self) {
+        self.idle.notify(|| self.is_idle());
+    }
+
+    pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
+        self.idle.wait(|| self.is_idle(), deadline)
+    }
+
+    pub(crate) fn idle_future(self: &Arc<Self>) -> IdleFuture<W> {
+        IdleFuture::new(Arc::clone(self))
+    }
+
+    // ------------------------------------------------------------ stats
+
+    pub(crate) fn stats(&self) -> Stats {
+        let reg = lock(&self.registry);
+        let mut by_outcome = reg.retired;
+        for (i, c) in self.counts.iter().enumerate() {
+            by_outcome[i] += c.load(SeqCst);
+        }
+        let mut workers = Vec::with_capacity(reg.live.len());
+        for slot in reg.live.iter().chain(reg.abandoned.iter()) {
+            let abandoned = slot.abandoned.load(Relaxed);
+            let running = lock(&slot.running).as_ref().map(|r| r.job.header().id());
+            let mut done = 0;
+            for (i, c) in slot.counts.iter().enumerate() {
+                let n = c.load(Acquire);
+                by_outcome[i] += n;
+                done += n;
+            }
+            if !abandoned {
+                workers.push(WorkerStats {
+                    id: slot.id,
+                    started: slot.started.load(Relaxed),
+                    current_task: running,
+                    tasks_done: done,
+                });
+            }
+        }
+        workers.sort_by_key(|w| w.id);
+        let submitted = self.submitted.load(SeqCst);
+        let done: u64 = by_outcome.iter().sum();
+        let busy = workers.iter().filter(|w| w.current_task.is_some()).count();
+        let in_flight = submitted.saturating_sub(done);
+        Stats {
+            workers: workers.len(),
+            busy,
+            idle: workers.len() - busy,
+            queued: in_flight.saturating_sub(busy as u64) as usize,
+            submitted,
+            completed: by_outcome[Outcome::Ok as usize],
+            failed: by_outcome[Outcome::UserError as usize],
+            panicked: by_outcome[Outcome::Panicked as usize],
+            cancelled: by_outcome[Outcome::Cancelled as usize],
+            timed_out: by_outcome[Outcome::TimedOut as usize],
+            killed: by_outcome[Outcome::Killed as usize],
+            closed: by_outcome[Outcome::Closed as usize],
+            start_failed: by_outcome[Outcome::StartFailed as usize],
+            abandoned_threads: reg.abandoned.len(),
+            per_worker: workers,
+        }
+    }
+
+    // ------------------------------------------------------------ monitor
+
+    /// Enforces timeouts of running tasks. Returns the next instant it must look
+    /// again. Called by the monitor thread.
+    fn check_deadlines(&self, now: Instant) -> Option<Instant> {
+        let slots: Vec<Arc<Slot<W>>> = lock(&self.registry).live.clone();
+        let mut next: Option<Instant> = None;
+        let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for slot in slots {
+            let mut abandon = false;
+            {
+                let mut running = lock(&slot.running);
+                let Some(r) = running.as_mut() else { continue };
+                let Some(deadline) = r.deadline else { continue };
+                match r.abandon_at {
+                    None if deadline <= now => {
+                        if r.job.fail(Failure::TimedOut) {
+                            let at = now + self.config.abandon_grace;
+                            r.abandon_at = Some(at);
+                            earliest(at);
+                        } else {
+                            r.deadline = None; // it finished first
+                        }
+                    }
+                    None => earliest(deadline),
+                    Some(at) if at <= now => abandon = true,
+                    Some(at) => earliest(at),
+                }
+            }
+            if abandon {
+                self.abandon(&slot, Failure::TimedOut);
+            }
+        }
+        next
+    }
+}
+
+impl<W: Worker> Drop for Shared<W> {
+    fn drop(&mut self) {
+        self.monitor.stop();
+    }
+}
+
+/// Whether the calling thread is one of `shared`'s workers.
+pub(crate) fn is_worker_of<W: Worker>(shared: &Shared<W>) -> bool {
+    CURRENT.with(StdCell::get).0 == shared.key()
+}
+
+/// Sets `CURRENT` for a worker thread and clears it on every exit path.
+struct CurrentGuard;
+
+impl CurrentGuard {
+    fn enter<W: Worker>(shared: &Shared<W>, deque: &Deque<Job<W>>) -> Self {
+        let ptr = deque as *const Deque<Job<W>> as *const ();
+        CURRENT.with(|c| c.set((shared.key(), ptr)));
+        CurrentGuard
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set((0, std::ptr::null())));
+    }
+}

@@ -1,0 +1,276 @@
+//! The body of one worker thread.
+//!
+//! ```text
+//! start (retry with backoff) ──► loop { find a job ─► run it } ──► stop ──► exit
+//!              ▲                           │ panicked
+//!              └──── stop, start again ◄───┘
+//! ```
+//!
+//! Finding a job: own deque and the injectors first; if empty, become a searcher
+//! and spin a bounded number of rounds; then park through the sleep protocol
+//! (`scheduler/sleep/README.md`). The thread leaves the loop when the pool is
+//! terminating, when it is closing and no work is left, or when it was abandoned.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::time::Instant;
+
+use crossbeam_deque::{Stealer, Worker as Deque};
+use crossbeam_utils::Backoff;
+
+use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
+use crate::error::{panic_message, Failure};
+use crate::sync::{lock, Arc};
+use crate::task::cell::{Job, Ran};
+use crate::worker::{Context, Worker, WorkerId};
+
+/// The worker thread's own, unshared state.
+struct Local<W: Worker> {
+    shared: Arc<Shared<W>>,
+    slot: Arc<Slot<W>>,
+    deque: Deque<Job<W>>,
+    /// Picks so far; drives the priority rotation.
+    tick: u32,
+    /// Copy of the pool's peer stealers (without our own) and its epoch.
+    peers: Vec<Stealer<Job<W>>>,
+    peers_epoch: usize,
+    /// Whether this worker is counted as searching in the sleep state.
+    searching: bool,
+}
+
+/// Runs a worker thread to completion.
+pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: Deque<Job<W>>) {
+    slot.sleeper.bind();
+    let mut local = Local {
+        shared,
+        slot,
+        deque,
+        tick: 0,
+        peers: Vec::new(),
+        peers_epoch: usize::MAX,
+        searching: false,
+    };
+    let guard = CurrentGuard::enter(&local.shared, &local.deque);
+    let mut worker = local.start();
+    while let Some(w) = worker.as_mut() {
+        let Some(job) = local.next_job() else { break };
+        if local.run_job(&job, w) == Ran::Panicked {
+            // The instance may be half-updated: retire it and build a fresh one.
+            local.stop(worker.take());
+            worker = local.start();
+        }
+    }
+    local.stop(worker);
+    drop(guard);
+    local.exit();
+}
+
+impl<W: Worker> Local<W> {
+    fn id(&self) -> WorkerId {
+        self.slot.id
+    }
+
+    /// Whether this thread should leave its loop now, regardless of work.
+    #[inline]
+    fn must_leave(&self) -> bool {
+        self.slot.abandoned.load(Acquire) || self.shared.lifecycle() & TERMINATING != 0
+    }
+
+    // ------------------------------------------------------------ start / stop
+
+    /// Builds the worker's state, retrying with backoff. `None` if the thread should
+    /// exit instead (shutdown, abandoned).
+    fn start(&mut self) -> Option<W> {
+        let config = &self.shared.config;
+        let mut delay = config.start_backoff;
+        loop {
+            if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
+                return None;
+            }
+            let mut ctx = Context::new(self.id(), None);
+            let message = match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
+                Ok(Ok(worker)) => {
+                    if self.shared.on_started(&self.slot) {
+                        return Some(worker);
+                    }
+                    // Abandoned while starting: undo the start and leave.
+                    self.stop(Some(worker));
+                    return None;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("Worker::start panicked: {}", panic_message(&*panic)),
+            };
+            self.shared.on_start_failed(message);
+            let until = Instant::now() + delay;
+            while Instant::now() < until && !self.must_leave() && !self.shared.is_closed() {
+                std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+            }
+            delay = (delay * 2).min(config.max_start_backoff);
+        }
+    }
+
+    fn stop(&self, worker: Option<W>) {
+        let Some(mut worker) = worker else { return };
+        let mut ctx = Context::new(self.id(), None);
+        let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(worker)));
+        self.shared.on_stopped(&self.slot);
+    }
+
+    // ------------------------------------------------------------ running
+
+    #[inline]
+    fn run_job(&mut self, job: &Job<W>, worker: &mut W) -> Ran {
+        self.tick = self.tick.wrapping_add(1);
+        let header = job.header();
+        if header.is_decided() {
+            // A tombstone: cancelled (or taken back) while queued.
+            self.slot.count(header.settled_outcome());
+            return Ran::Skipped;
+        }
+        let deadline = header.timeout.map(|t| Instant::now() + t);
+        *lock(&self.slot.running) = Some(Running {
+            job: job.clone(),
+            deadline,
+            abandon_at: None,
+        });
+        if let Some(deadline) = deadline {
+            self.shared.monitor.wake_at(&self.shared, deadline);
+        }
+        let mut ctx = Context::new(self.id(), Some(header));
+        let ran = job.run(worker, &mut ctx);
+        let mine = lock(&self.slot.running).take().is_some();
+        if mine {
+            self.slot.count(header.settled_outcome());
+        }
+        // else: the pool abandoned this thread mid-task and counted the task;
+        // `must_leave` is now true and the loop ends.
+        ran
+    }
+
+    // ------------------------------------------------------------ finding work
+
+    fn refresh_peers(&mut self) {
+        let epoch = self.shared.peers_epoch.load(Acquire);
+        if epoch == self.peers_epoch {
+            return;
+        }
+        let (epoch, peers) = self.shared.peers();
+        let me = self.id();
+        self.peers = peers
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(_, s)| s.clone())
+            .collect();
+        self.peers_epoch = epoch;
+    }
+
+    #[inline]
+    fn find(&mut self) -> Option<Job<W>> {
+        self.shared
+            .injectors
+            .find(&self.deque, &self.peers, self.tick)
+    }
+
+    /// Whether any queue this worker can reach holds work (a snapshot).
+    fn has_work(&self) -> bool {
+        !self.deque.is_empty()
+            || !self.shared.injectors.is_empty()
+            || self.peers.iter().any(|s| !s.is_empty())
+    }
+
+    /// The next job, or `None` if the thread should exit.
+    #[inline]
+    fn next_job(&mut self) -> Option<Job<W>> {
+        if !self.must_leave() {
+            if let Some(job) = self.find() {
+                return Some(job);
+            }
+        }
+        self.search()
+    }
+
+    /// Searches (spin, then park) until a job turns up or the thread must exit.
+    #[cold]
+    fn search(&mut self) -> Option<Job<W>> {
+        self.shared.sleep.start_searching();
+        self.searching = true;
+        loop {
+            self.refresh_peers();
+            let backoff = Backoff::new();
+            loop {
+                if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
+                    return None;
+                }
+                if let Some(job) = self.find() {
+                    self.stop_searching();
+                    return Some(job);
+                }
+                if backoff.is_completed() {
+                    break;
+                }
+                backoff.snooze();
+            }
+            self.refresh_peers();
+            let shared = Arc::clone(&self.shared);
+            let slot = Arc::clone(&self.slot);
+            shared.sleep.park(
+                &slot.sleeper,
+                || self.has_work(),
+                || slot.abandoned.load(SeqCst) || shared.lifecycle() & CLOSING != 0,
+                || shared.notify_idle(),
+            );
+            // Woken (or nothing to sleep for): counted as searching again.
+        }
+    }
+
+    fn stop_searching(&mut self) {
+        if !self.searching {
+            return;
+        }
+        self.searching = false;
+        if self.shared.sleep.stop_searching() {
+            self.refresh_peers();
+            self.shared.sleep.wake_if_work(|| self.has_work());
+        }
+    }
+
+    // ------------------------------------------------------------ exit
+
+    fn exit(mut self) {
+        self.stop_searching();
+        // Leave nothing behind in our deque.
+        let terminating = self.shared.lifecycle() & TERMINATING != 0;
+        let mut handed_back = false;
+        while let Some(job) = self.deque.pop() {
+            if terminating {
+                self.shared.discard(job, &Failure::Closed);
+            } else {
+                self.shared
+                    .injectors
+                    .push(job, crate::task::Priority::Normal);
+                handed_back = true;
+            }
+        }
+        if handed_back {
+            self.shared.sleep.notify_work();
+        }
+        let last = {
+            let mut reg = lock(&self.shared.registry);
+            reg.live.retain(|s| !Arc::ptr_eq(s, &self.slot));
+            reg.abandoned.retain(|s| !Arc::ptr_eq(s, &self.slot));
+            for (i, c) in self.slot.counts.iter().enumerate() {
+                reg.retired[i] += c.load(Acquire);
+            }
+            self.shared.publish_peers(&mut reg);
+            reg.live.is_empty()
+        };
+        if last && self.shared.is_closed() {
+            // A submission that raced with close takes itself back; anything else
+            // still queued has no worker left to run it.
+            self.shared.drain(Failure::Closed);
+        }
+        self.shared.exited.notify_all();
+        self.shared.notify_idle();
+    }
+}

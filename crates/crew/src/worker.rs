@@ -1,0 +1,173 @@
+//! The user's side of a worker: the [`Worker`] trait, and the [`Context`] its code
+//! receives.
+
+use std::convert::Infallible;
+use std::fmt;
+
+use crate::error::StartError;
+use crate::task::cell::Header;
+use crate::task::TaskId;
+
+/// A worker's identity. Every worker a pool starts gets a new one, so a replacement
+/// for a crashed or killed worker has a different id than the worker it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(u64);
+
+impl WorkerId {
+    /// Ids start at 1; 0 is never a worker.
+    pub(crate) fn new(raw: u64) -> Self {
+        debug_assert!(raw != 0);
+        WorkerId(raw)
+    }
+
+    pub(crate) fn from_raw(raw: u64) -> Option<Self> {
+        (raw != 0).then_some(WorkerId(raw))
+    }
+
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The number itself.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker-{}", self.0)
+    }
+}
+
+/// A worker entrypoint with per-worker state.
+///
+/// The pool runs one instance per worker, on that worker's thread:
+///
+/// 1. [`start`](Worker::start) builds the instance: the per-worker init (open a
+///    connection, load a model). If it fails, the worker retries with backoff; if
+///    starts keep failing and no worker is alive, waiting tasks fail with
+///    [`TaskError::is_start_failure`](crate::TaskError::is_start_failure) rather than
+///    hang.
+/// 2. [`run`](Worker::run) handles one task at a time with `&mut self`.
+/// 3. [`stop`](Worker::stop) tears down when the worker retires (shutdown, resize,
+///    kill). Every successful `start` is matched by exactly one `stop`, except on a
+///    thread that was abandoned in a task that never returned.
+///
+/// **After a panic** in `run`, the instance may be half-updated, so the pool calls
+/// `stop` on it and builds a fresh one with `start` before the worker takes its next
+/// task. The panicking task resolves with the panic's message.
+///
+/// The instance never leaves its thread, so `Self` need not be `Send`.
+///
+/// ```
+/// use crew::{Context, Pool, StartError, Worker};
+///
+/// struct Doubler {
+///     calls: u64,
+/// }
+///
+/// impl Worker for Doubler {
+///     type Input = u64;
+///     type Output = u64;
+///     type Error = std::convert::Infallible;
+///
+///     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+///         Ok(Doubler { calls: 0 })
+///     }
+///
+///     fn run(&mut self, input: u64, _ctx: &mut Context<'_>) -> Result<u64, Self::Error> {
+///         self.calls += 1;
+///         Ok(input * 2)
+///     }
+/// }
+///
+/// let pool = Pool::<Doubler>::builder().workers(2).build()?;
+/// assert_eq!(pool.submit(21)?.join()?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Worker: Sized + 'static {
+    /// What one task receives.
+    type Input: Send + 'static;
+    /// What one task produces.
+    type Output: Send + 'static;
+    /// The worker's own error; it reaches the caller inside
+    /// [`TaskError`](crate::TaskError), unflattened.
+    type Error: Send + 'static;
+
+    /// Builds this worker's state. Runs on the worker's thread.
+    fn start(ctx: &mut Context<'_>) -> Result<Self, StartError>;
+
+    /// Handles one task.
+    fn run(
+        &mut self,
+        input: Self::Input,
+        ctx: &mut Context<'_>,
+    ) -> Result<Self::Output, Self::Error>;
+
+    /// Tears down the worker's state. The default does nothing (the value is then
+    /// dropped).
+    fn stop(&mut self, ctx: &mut Context<'_>) {
+        let _ = ctx;
+    }
+}
+
+/// The worker type of a pool that runs closures only: `Pool<Closures>`, which is
+/// what `Pool` means without a type argument. It has no state and takes no inputs;
+/// use [`Pool::spawn`](crate::Pool::spawn).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Closures;
+
+impl Worker for Closures {
+    type Input = Infallible;
+    type Output = Infallible;
+    type Error = Infallible;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Closures)
+    }
+
+    fn run(&mut self, input: Infallible, _ctx: &mut Context<'_>) -> Result<Infallible, Infallible> {
+        match input {}
+    }
+}
+
+/// What worker code gets from the pool: who it is, and whether its task was
+/// cancelled.
+pub struct Context<'a> {
+    worker: WorkerId,
+    task: Option<&'a Header>,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(worker: WorkerId, task: Option<&'a Header>) -> Self {
+        Context { worker, task }
+    }
+
+    /// The worker this code runs on.
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker
+    }
+
+    /// The task being run; `None` in `start` and `stop`.
+    pub fn task_id(&self) -> Option<TaskId> {
+        self.task.map(Header::id)
+    }
+
+    /// Whether the current task was cancelled, timed out or killed, so the code
+    /// should stop early. Its handle has already resolved; anything the task returns
+    /// now is discarded. Always false in `start` and `stop`.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.task.is_some_and(Header::is_cancel_requested)
+    }
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("worker", &self.worker)
+            .field("task", &self.task_id())
+            .finish()
+    }
+}
