@@ -22,7 +22,7 @@
 //!    a task spawns a task, to the current worker's own deque
 //!    (`scheduler::queues`). A sleeping worker is woken only if no worker is
 //!    already searching (`scheduler::sleep`, with its protocol and proof in
-//!    `README.md` beside it).
+//!    `sleep.md` beside it).
 //! 3. **Run.** A worker pops the cell, *claims* it (one atomic `fetch_or`: a task
 //!    cancelled while queued is already claimed and is skipped), and runs it with
 //!    its own `&mut W` and a [`Context`]. A panic is caught there.

@@ -1,7 +1,7 @@
 //! The synchronization primitives crew is written against.
 //!
 //! Most of crew uses `std`'s directly. The primitives of the lock-free sleep/wake
-//! protocol come from [`modelled`], which is loom's under `RUSTFLAGS="--cfg loom"`,
+//! protocol come from [`modelled`], which is loom's under `RUSTFLAGS="--cfg crew_loom"`,
 //! so the loom model in `scheduler/sleep.rs` explores every interleaving of the real
 //! protocol code, not of a copy.
 //!
@@ -24,33 +24,33 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The primitives of the modelled protocols: loom's under `cfg(loom)`.
+/// The primitives of the modelled protocols: loom's under `cfg(crew_loom)`.
 pub(crate) mod modelled {
-    #[cfg(loom)]
+    #[cfg(crew_loom)]
     pub(crate) use loom::{
         sync::{
             atomic::{fence, AtomicBool, AtomicUsize},
-            Arc, Mutex, MutexGuard,
+            Arc, Condvar, Mutex, MutexGuard,
         },
-        thread::{current, park, Thread},
+        thread::{current, Thread},
     };
-    #[cfg(not(loom))]
+    #[cfg(not(crew_loom))]
     pub(crate) use std::{
         sync::{
             atomic::{fence, AtomicBool, AtomicUsize},
-            Arc, Mutex, MutexGuard,
+            Arc, Condvar, Mutex, MutexGuard,
         },
-        thread::{current, park, Thread},
+        thread::{current, Thread},
     };
 
     /// Locks `mutex`, ignoring poisoning, as [`super::lock`] does.
     #[inline]
     pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-        #[cfg(loom)]
+        #[cfg(crew_loom)]
         {
             mutex.lock().unwrap()
         }
-        #[cfg(not(loom))]
+        #[cfg(not(crew_loom))]
         {
             mutex
                 .lock()

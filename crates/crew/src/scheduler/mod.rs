@@ -1,6 +1,6 @@
 //! The thread backend's scheduler: where queued tasks wait ([`queues`]) and when
-//! idle workers sleep and wake ([`sleep`], protocol in `sleep/README.md`... see
-//! `README.md` beside this file).
+//! idle workers sleep and wake ([`sleep`], protocol and proof in `sleep.md`
+//! beside this file).
 //!
 //! The boundary to the rest of crew is narrow: the pool pushes jobs with
 //! [`queues::Injectors::push`] and then calls [`sleep::Sleep::notify_work`]; a
@@ -9,3 +9,4 @@
 
 pub(crate) mod queues;
 pub(crate) mod sleep;
+pub(crate) mod spin;

@@ -1,15 +1,15 @@
 //! The sleep/wake protocol: when an idle worker parks, and who wakes it.
 //!
 //! The protocol, its rules and the proof that no task is left queued while every
-//! worker sleeps are in `README.md` beside this file; the sections named in the
-//! comments below are that file's.
+//! worker sleeps are in `sleep.md` beside this file; the sections named in quotes
+//! in the comments below are that file's.
 
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 
 use crossbeam_utils::CachePadded;
 
 use crate::sync::modelled::{
-    current, fence, lock, park, Arc, AtomicBool, AtomicUsize, Mutex, Thread,
+    current, fence, lock, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Thread,
 };
 
 /// `counts` packs two numbers into one word so both change in one atomic step.
@@ -30,14 +30,22 @@ fn sleeping(counts: usize) -> usize {
 }
 
 /// One worker's parking spot.
+///
+/// It parks on its own mutex and condition variable rather than on the thread's
+/// park token: user code running on the worker may call `thread::park` itself (a
+/// task joining another task does), and must not consume the pool's wake-ups.
 #[derive(Debug)]
 pub(crate) struct Sleeper {
-    /// The worker's thread; set when the thread starts (`bind`).
+    /// The worker's thread, for nudges during start backoff; set by `bind`.
     thread: Mutex<Option<Thread>>,
-    /// Set (by a waker) when this sleeper was taken off the sleepers list and
-    /// counted as searching on its behalf; cleared by the sleeper. Read by the
-    /// sleeper to tell a real wake-up from a spurious `park` return.
+    /// Set (by a waker, under `sleepers`) when this sleeper was taken off the
+    /// sleepers list and counted as searching on its behalf; cleared by the
+    /// sleeper. Guarded by `wake_lock` for the purpose of waiting.
     notified: AtomicBool,
+    /// Held while checking `notified` and while setting it, so a wake-up between
+    /// the check and the wait is not lost.
+    wake_lock: Mutex<()>,
+    wake_cond: Condvar,
 }
 
 impl Sleeper {
@@ -45,7 +53,43 @@ impl Sleeper {
         Sleeper {
             thread: Mutex::new(None),
             notified: AtomicBool::new(false),
+            wake_lock: Mutex::new(()),
+            wake_cond: Condvar::new(),
         }
+    }
+
+    /// Marks this sleeper woken and signals it. Must be called with `sleepers`
+    /// held (lock order: `sleepers`, then `wake_lock`).
+    fn notify(&self) {
+        let _guard = lock(&self.wake_lock);
+        self.notified.store(true, Relaxed);
+        self.wake_cond.notify_one();
+    }
+
+    /// Waits until `notified` is set (then clears it and returns true) or until
+    /// `interrupted()` (returns false). The caller re-checks `interrupted` after a
+    /// nudge; see `Sleep::interrupt`.
+    fn wait(&self, interrupted: impl Fn() -> bool) -> bool {
+        let mut guard = lock(&self.wake_lock);
+        loop {
+            if self.notified.swap(false, Acquire) {
+                return true;
+            }
+            if interrupted() {
+                return false;
+            }
+            guard = self
+                .wake_cond
+                .wait(guard)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Wakes the thread so it re-checks its `interrupted` condition, without
+    /// changing any count.
+    fn interrupt(&self) {
+        let _guard = lock(&self.wake_lock);
+        self.wake_cond.notify_one();
     }
 
     /// Records the calling thread as this sleeper's thread.
@@ -53,9 +97,10 @@ impl Sleeper {
         *lock(&self.thread) = Some(current());
     }
 
-    /// Unparks the thread without changing any count (a nudge: the thread
-    /// re-checks its own conditions).
+    /// Nudges the thread without changing any count: it re-checks its own
+    /// conditions, whether it is parked here or waiting out a start backoff.
     pub(crate) fn unpark(&self) {
+        self.interrupt();
         if let Some(t) = lock(&self.thread).as_ref() {
             t.unpark();
         }
@@ -85,22 +130,22 @@ impl Sleep {
     /// A worker that found no work in its own queue begins searching.
     #[inline]
     pub(crate) fn start_searching(&self) {
-        self.counts.fetch_add(SEARCHING_ONE, SeqCst);
+        self.counts.fetch_add(SEARCHING_ONE, AcqRel);
     }
 
     /// A searching worker found work (or is leaving). Returns true if it was the
     /// last searcher; it must then call [`Sleep::wake_if_work`] ("Handing over").
     #[inline]
     pub(crate) fn stop_searching(&self) -> bool {
-        searching(self.counts.fetch_sub(SEARCHING_ONE, SeqCst)) == 1
+        searching(self.counts.fetch_sub(SEARCHING_ONE, AcqRel)) == 1
     }
 
     /// "Handing over": the last searcher found work. If more work is visible and
     /// someone sleeps, wake one, so queued work always has a searcher.
     #[inline]
     pub(crate) fn wake_if_work(&self, has_work: impl FnOnce() -> bool) {
-        fence(SeqCst);
-        if sleeping(self.counts.load(SeqCst)) > 0 && has_work() {
+        fence(std::sync::atomic::Ordering::SeqCst);
+        if sleeping(self.counts.load(Acquire)) > 0 && has_work() {
             self.wake_one();
         }
     }
@@ -109,8 +154,8 @@ impl Sleep {
     /// worker is searching (a searcher will find the work itself).
     #[inline]
     pub(crate) fn notify_work(&self) {
-        fence(SeqCst);
-        let counts = self.counts.load(SeqCst);
+        fence(std::sync::atomic::Ordering::SeqCst);
+        let counts = self.counts.load(Acquire);
         if searching(counts) == 0 && sleeping(counts) > 0 {
             self.wake_one();
         }
@@ -119,29 +164,24 @@ impl Sleep {
     /// Takes one sleeper off the list, counts it as searching, and unparks it.
     #[cold]
     pub(crate) fn wake_one(&self) {
-        let sleeper = {
-            let mut list = lock(&self.sleepers);
-            let Some(s) = list.pop() else { return };
-            self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, SeqCst);
-            s.notified.store(true, SeqCst);
-            s
-        };
-        sleeper.unpark();
+        // `notify` runs under the list lock: a sleeper that leaves the list by
+        // itself (`unregister`) takes the same lock first, so it either is still on
+        // the list here or has already consumed this notification. Notifying after
+        // the unlock would let a stale `notified` end its *next* wait while it is
+        // listed and counted as sleeping, corrupting the counts.
+        let mut list = lock(&self.sleepers);
+        let Some(s) = list.pop() else { return };
+        self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, AcqRel);
+        s.notify();
     }
 
     /// Wakes every sleeper (shutdown, terminate). Each is counted as searching.
     #[cold]
     pub(crate) fn wake_all(&self) {
-        let woken: Vec<Arc<Sleeper>> = {
-            let mut list = lock(&self.sleepers);
-            for s in list.iter() {
-                self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, SeqCst);
-                s.notified.store(true, SeqCst);
-            }
-            std::mem::take(&mut *list)
-        };
-        for s in woken {
-            s.unpark();
+        let mut list = lock(&self.sleepers);
+        for s in list.drain(..) {
+            self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, AcqRel);
+            s.notify(); // under the list lock, as in `wake_one`
         }
     }
 
@@ -153,8 +193,9 @@ impl Sleep {
             let mut list = lock(&self.sleepers);
             if let Some(at) = list.iter().position(|s| Arc::ptr_eq(s, target)) {
                 list.swap_remove(at);
-                self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, SeqCst);
-                target.notified.store(true, SeqCst);
+                self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, AcqRel);
+                target.notify(); // under the list lock, as in `wake_one`
+                return;
             }
         }
         target.unpark();
@@ -178,27 +219,20 @@ impl Sleep {
             list.push(Arc::clone(me));
             // Searching -> sleeping in one step, so a submitter never sees this
             // worker as neither (which could make it skip a needed wake).
-            self.counts.fetch_add(SLEEPING_ONE - SEARCHING_ONE, SeqCst);
+            self.counts.fetch_add(SLEEPING_ONE - SEARCHING_ONE, AcqRel);
         }
         // The re-check must come after the registration above ("Proof").
-        fence(SeqCst);
+        fence(std::sync::atomic::Ordering::SeqCst);
         if has_work() || should_stay_awake() {
             self.unregister(me);
             return;
         }
         before_sleep();
-        loop {
-            park();
-            if me.notified.swap(false, SeqCst) {
-                return; // the waker counted us as searching
-            }
-            if should_stay_awake() {
-                self.unregister(me);
-                return;
-            }
-            // A spurious return: we are still on the list and still counted as
-            // sleeping, so any new work will wake someone.
+        if !me.wait(&should_stay_awake) {
+            // Interrupted (shutdown, abandoned) while still on the list.
+            self.unregister(me);
         }
+        // Else the waker took us off the list and counted us as searching.
     }
 
     /// Leaves the sleepers list (if a waker has not already taken us off it) and
@@ -207,17 +241,118 @@ impl Sleep {
         let mut list = lock(&self.sleepers);
         if let Some(at) = list.iter().position(|s| Arc::ptr_eq(s, me)) {
             list.swap_remove(at);
-            self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, SeqCst);
+            self.counts.fetch_sub(SLEEPING_ONE - SEARCHING_ONE, AcqRel);
         } else {
-            // A waker took us off and already counted us as searching; its unpark
-            // token may still be pending, which only causes one spurious return.
-            me.notified.store(false, SeqCst);
+            // A waker took us off and already counted us as searching, and (under
+            // the list lock we hold now) already set `notified`; consume it so it
+            // does not end a later wait early.
+            let _guard = lock(&me.wake_lock);
+            me.notified.store(false, Relaxed);
         }
     }
 
     /// (searching, sleeping), for stats and tests.
     pub(crate) fn snapshot(&self) -> (usize, usize) {
-        let c = self.counts.load(SeqCst);
+        let c = self.counts.load(Acquire);
         (searching(c), sleeping(c))
+    }
+}
+
+#[cfg(all(test, crew_loom))]
+mod loom_model {
+    //! Every interleaving of one submitter and two workers over two tasks. A lost
+    //! wake-up shows up as loom's "deadlock" (every thread blocked in `park`).
+
+    use super::*;
+    use loom::sync::atomic::Ordering::{AcqRel, Acquire};
+
+    const TASKS: usize = 2;
+
+    struct Model {
+        sleep: Sleep,
+        queued: AtomicUsize,
+        taken: AtomicUsize,
+    }
+
+    impl Model {
+        fn try_take(&self) -> bool {
+            let mut n = self.queued.load(Acquire);
+            while n > 0 {
+                match self.queued.compare_exchange(n, n - 1, AcqRel, Acquire) {
+                    Ok(_) => return true,
+                    Err(now) => n = now,
+                }
+            }
+            false
+        }
+    }
+
+    fn worker(m: Arc<Model>) {
+        let me = Arc::new(Sleeper::new());
+        me.bind();
+        let mut searching = false;
+        loop {
+            if m.taken.load(Acquire) == TASKS {
+                if searching {
+                    m.sleep.stop_searching();
+                }
+                break;
+            }
+            if m.try_take() {
+                if searching {
+                    searching = false;
+                    if m.sleep.stop_searching() {
+                        m.sleep.wake_if_work(|| m.queued.load(Acquire) > 0);
+                    }
+                }
+                if m.taken.fetch_add(1, AcqRel) + 1 == TASKS {
+                    // The model's shutdown: everything ran, release the others.
+                    m.sleep.wake_all();
+                }
+                continue;
+            }
+            if !searching {
+                m.sleep.start_searching();
+                searching = true;
+                continue; // one spin round
+            }
+            m.sleep.park(
+                &me,
+                || m.queued.load(Acquire) > 0,
+                || m.taken.load(Acquire) == TASKS,
+                || {},
+            );
+        }
+    }
+
+    #[test]
+    fn no_task_is_left_queued_while_every_worker_sleeps() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let m = Arc::new(Model {
+                sleep: Sleep::new(),
+                queued: AtomicUsize::new(0),
+                taken: AtomicUsize::new(0),
+            });
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let m = Arc::clone(&m);
+                    loom::thread::spawn(move || worker(m))
+                })
+                .collect();
+            for _ in 0..TASKS {
+                m.queued.fetch_add(1, AcqRel);
+                m.sleep.notify_work();
+            }
+            for w in workers {
+                w.join().unwrap();
+            }
+            assert_eq!(m.taken.load(Acquire), TASKS);
+            // Every worker left the sleep state it entered: the counts balance and
+            // nobody is still listed as parked.
+            assert_eq!(m.sleep.snapshot(), (0, 0));
+            assert!(lock(&m.sleep.sleepers).is_empty());
+        });
     }
 }

@@ -9,9 +9,8 @@ use std::pin::Pin;
 use std::task::{Context as PollContext, Poll};
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::Backoff;
-
 use crate::error::TaskError;
+use crate::scheduler::spin::{Spin, JOIN_YIELD_ROUNDS};
 use crate::sync::Arc;
 use crate::worker::WorkerId;
 use cell::Handle;
@@ -139,12 +138,11 @@ impl<T, E> Task<T, E> {
         let core = self.handle.core();
         // Results usually arrive within microseconds; a short spin saves the
         // park/unpark pair (two syscalls) on the common path.
-        let backoff = Backoff::new();
+        let mut spin = Spin::new(JOIN_YIELD_ROUNDS);
         while !core.header().is_resolved() {
-            if backoff.is_completed() {
+            if !spin.next() {
                 return self.park_until(deadline);
             }
-            backoff.snooze();
         }
         Ok(self.take())
     }

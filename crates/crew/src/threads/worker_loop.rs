@@ -8,7 +8,7 @@
 //!
 //! Finding a job: own deque and the injectors first; if empty, become a searcher
 //! and spin a bounded number of rounds; then park through the sleep protocol
-//! (`scheduler/sleep/README.md`). The thread leaves the loop when the pool is
+//! (`scheduler/sleep.md`). The thread leaves the loop when the pool is
 //! terminating, when it is closing and no work is left, or when it was abandoned.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,10 +16,10 @@ use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::time::Instant;
 
 use crossbeam_deque::{Stealer, Worker as Deque};
-use crossbeam_utils::Backoff;
 
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
 use crate::error::{panic_message, Failure};
+use crate::scheduler::spin::{Spin, WORKER_YIELD_ROUNDS};
 use crate::sync::{lock, Arc};
 use crate::task::cell::{Job, Ran};
 use crate::worker::{Context, Worker, WorkerId};
@@ -197,7 +197,7 @@ impl<W: Worker> Local<W> {
         self.searching = true;
         loop {
             self.refresh_peers();
-            let backoff = Backoff::new();
+            let mut spin = Spin::new(WORKER_YIELD_ROUNDS);
             loop {
                 if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
                     return None;
@@ -206,10 +206,9 @@ impl<W: Worker> Local<W> {
                     self.stop_searching();
                     return Some(job);
                 }
-                if backoff.is_completed() {
+                if !spin.next() {
                     break;
                 }
-                backoff.snooze();
             }
             self.refresh_peers();
             let shared = Arc::clone(&self.shared);

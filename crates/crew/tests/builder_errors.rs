@@ -1,0 +1,78 @@
+//! `PoolBuilder::build` rejects settings that cannot work with a `BuildError` that
+//! says so, and accepts the smallest ones that can.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use crew::{BuildError, Closures, Pool, PoolBuilder};
+
+fn builder() -> PoolBuilder<Closures> {
+    Pool::<Closures>::builder()
+}
+
+fn rejected(b: PoolBuilder<Closures>, what: &str) -> BuildError {
+    let err = b.build().expect_err(&format!("{what} must be rejected"));
+    assert!(err.is_invalid_setting(), "{what}: {err:?}");
+    assert!(
+        err.source().is_none(),
+        "{what}: a setting error has no source"
+    );
+    assert!(!err.to_string().is_empty());
+    err
+}
+
+#[test]
+fn zero_workers_is_rejected() {
+    rejected(builder().workers(0), "workers(0)");
+}
+
+#[test]
+fn zero_queue_capacity_is_rejected() {
+    rejected(builder().workers(1).queue_capacity(0), "queue_capacity(0)");
+}
+
+#[test]
+fn zero_timeout_is_rejected() {
+    let err = rejected(builder().workers(1).timeout(Duration::ZERO), "timeout(0)");
+    assert!(err.to_string().contains("timeout"), "{err}");
+}
+
+#[test]
+fn zero_start_attempts_and_backoff_are_rejected() {
+    rejected(builder().workers(1).start_attempts(0), "start_attempts(0)");
+    rejected(
+        builder().workers(1).start_backoff(Duration::ZERO),
+        "start_backoff(0)",
+    );
+}
+
+#[test]
+fn the_smallest_valid_settings_build() {
+    let pool = builder()
+        .workers(1)
+        .queue_capacity(1)
+        .timeout(Duration::from_secs(5))
+        .start_attempts(1)
+        .start_backoff(Duration::from_millis(1))
+        .thread_name("tiny")
+        .build()
+        .unwrap();
+    assert_eq!(pool.size(), 1);
+    assert_eq!(pool.spawn(|| 3).join().unwrap(), 3);
+    let name = pool
+        .spawn(|| std::thread::current().name().map(str::to_owned))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(name.starts_with("tiny-"), "{name}");
+    pool.shutdown();
+}
+
+#[test]
+fn default_size_is_the_available_parallelism() {
+    let pool = builder().build().unwrap();
+    let expected = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(pool.size(), expected);
+    assert_eq!(pool.workers().len(), expected);
+    pool.shutdown();
+}
