@@ -227,11 +227,19 @@ impl<T> SubmitError<T> {
         }
     }
 
-    #[allow(dead_code)] // used once the queue capacity is enforced by `try_submit`
     pub(crate) fn full(input: T) -> Self {
         SubmitError {
             input,
             kind: SubmitErrorKind::Full,
+        }
+    }
+
+    /// The same error around a different input (to unwrap crew's internal payload
+    /// types before handing the error to the user).
+    pub(crate) fn map_input<U>(self, f: impl FnOnce(T) -> U) -> SubmitError<U> {
+        SubmitError {
+            input: f(self.input),
+            kind: self.kind,
         }
     }
 
@@ -291,6 +299,8 @@ pub(crate) enum BuildErrorKind {
     ZeroDuration(&'static str),
     /// `start_attempts(0)`.
     ZeroStartAttempts,
+    /// `grow_backlog(0)`.
+    ZeroGrowBacklog,
     /// The OS would not start a worker thread.
     Spawn(std::io::Error),
 }
@@ -315,6 +325,7 @@ impl fmt::Display for BuildError {
             }
             BuildErrorKind::ZeroDuration(what) => write!(f, "`{what}` must be longer than zero"),
             BuildErrorKind::ZeroStartAttempts => f.write_str("`start_attempts` must be at least 1"),
+            BuildErrorKind::ZeroGrowBacklog => f.write_str("`grow_backlog` must be at least 1"),
             BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
         }
     }

@@ -64,7 +64,7 @@ mod task;
 mod threads;
 mod worker;
 
-pub use builder::PoolBuilder;
+pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use pool::{Idle, JobBuilder, Pool, TaskBuilder};
 pub use stats::{Stats, WorkerStats};

@@ -10,9 +10,9 @@ use crate::builder::{Config, PoolBuilder};
 use crate::error::{BuildError, BuildErrorKind, ShutdownTimedOut, SubmitError};
 use crate::stats::Stats;
 use crate::sync::Arc;
-use crate::task::cell::{new_cell, Call, Input, Job};
+use crate::task::cell::{new_cell, Call, Input, Job, Payload, Plain};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
-use crate::threads::{IdleFuture, Shared};
+use crate::threads::{Admission, IdleFuture, Shared};
 use crate::worker::{Closures, Context, Worker, WorkerId};
 
 /// A pool of workers. Cheap to clone (all clones share one pool), `Send + Sync`.
@@ -77,16 +77,74 @@ impl<W: Worker> Pool<W> {
         &self.inner.shared
     }
 
-    /// Submits one input for `Worker::run`. The input comes back inside the error if
-    /// the pool is shut down.
+    /// Submits one input for `Worker::run`.
+    ///
+    /// With a [`queue_capacity`](PoolBuilder::queue_capacity), waits while the queue
+    /// is full (or runs the task on this thread under
+    /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)). The input comes back
+    /// inside the error if the pool is shut down.
     #[inline]
     pub fn submit(
         &self,
         input: W::Input,
     ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
+        self.submit_with(input, TaskOptions::default(), Admission::Wait)
+    }
+
+    /// Like [`submit`](Pool::submit), but never waits: a full queue gives the input
+    /// back ([`SubmitError::is_full`]).
+    #[inline]
+    pub fn try_submit(
+        &self,
+        input: W::Input,
+    ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
+        self.submit_with(input, TaskOptions::default(), Admission::Try)
+    }
+
+    /// Like [`submit`](Pool::submit), but waits for room in the queue without
+    /// blocking the thread. Needs no particular runtime.
+    pub fn submit_async(&self, input: W::Input) -> SubmitAsync<'_, W> {
+        SubmitAsync {
+            pool: self,
+            input: Some(input),
+            options: TaskOptions::default(),
+            registered: false,
+        }
+    }
+
+    /// Submits many inputs with one wake-up and one id reservation (cheaper than
+    /// a loop of `submit`). Waits for room like `submit` when the queue is bounded.
+    ///
+    /// If the pool shuts down part-way, the error holds the input that was
+    /// refused; the inputs after it are dropped, and the tasks queued before it
+    /// keep running, detached.
+    pub fn submit_batch<I>(
+        &self,
+        inputs: I,
+    ) -> Result<Vec<Task<W::Output, W::Error>>, SubmitError<W::Input>>
+    where
+        I: IntoIterator<Item = W::Input>,
+    {
+        let payloads: Vec<Input<W::Input>> = inputs.into_iter().map(Input).collect();
+        let (tasks, rejected) =
+            self.shared()
+                .submit_batch(payloads, TaskOptions::default(), Admission::Wait);
+        match rejected {
+            None => Ok(tasks),
+            Some((error, _rest)) => Err(error.map_input(|p| p.0)),
+        }
+    }
+
+    #[inline]
+    fn submit_with(
+        &self,
+        input: W::Input,
+        options: TaskOptions,
+        admission: Admission,
+    ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
         self.shared()
-            .submit(Input(input), TaskOptions::default())
-            .map_err(|e| SubmitError::closed(e.into_inner().0))
+            .submit(Input(input), options, admission)
+            .map_err(|e| e.map_input(|p| p.0))
     }
 
     /// Starts a task with options: `pool.task(input).priority(..).timeout(..).submit()`.
@@ -202,16 +260,58 @@ impl<W: Worker> Pool<W> {
 impl Pool<Closures> {
     /// Runs a closure on the pool and returns its handle.
     ///
-    /// On a shut-down pool the closure is dropped and the task is already resolved
-    /// as closed ([`TaskError::is_closed`](crate::TaskError::is_closed)). A closure
-    /// spawned from inside one of this pool's tasks goes to that worker's own queue.
+    /// With a [`queue_capacity`](PoolBuilder::queue_capacity), waits while the queue
+    /// is full (or runs the closure right here under
+    /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)). On a shut-down pool
+    /// the closure is dropped and the task is already resolved as closed
+    /// ([`TaskError::is_closed`](crate::TaskError::is_closed)). A closure spawned
+    /// from inside one of this pool's tasks goes to that worker's own queue.
     #[inline]
     pub fn spawn<F, T>(&self, f: F) -> Task<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.spawn_call(move |_: &mut Context<'_>| f(), TaskOptions::default())
+        match self
+            .shared()
+            .submit(Plain(f), TaskOptions::default(), Admission::Wait)
+        {
+            Ok(task) => task,
+            Err(e) => closed_task(e.into_inner()),
+        }
+    }
+
+    /// Like [`spawn`](Pool::spawn), but never waits: a full queue or a shut-down
+    /// pool gives the closure back.
+    #[inline]
+    pub fn try_spawn<F, T>(&self, f: F) -> Result<Task<T>, SubmitError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.shared()
+            .submit(Plain(f), TaskOptions::default(), Admission::Try)
+            .map_err(|e| e.map_input(|p| p.0))
+    }
+
+    /// Spawns many closures with one wake-up and one id reservation (cheaper than
+    /// a loop of `spawn`). Returns a handle per closure, in order; on a shut-down
+    /// pool the remaining ones are resolved as closed.
+    pub fn spawn_batch<I, F, T>(&self, closures: I) -> Vec<Task<T>>
+    where
+        I: IntoIterator<Item = F>,
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let payloads: Vec<Plain<F>> = closures.into_iter().map(Plain).collect();
+        let (mut tasks, rejected) =
+            self.shared()
+                .submit_batch(payloads, TaskOptions::default(), Admission::Wait);
+        if let Some((error, rest)) = rejected {
+            tasks.push(closed_task(error.into_inner()));
+            tasks.extend(rest.into_iter().map(closed_task));
+        }
+        tasks
     }
 
     /// Like [`spawn`](Pool::spawn), for a closure that wants the [`Context`] (to check
@@ -244,7 +344,7 @@ impl Pool<Closures> {
         F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
         T: Send + 'static,
     {
-        match self.shared().submit(Call::new(f), options) {
+        match self.shared().submit(Call::new(f), options, Admission::Wait) {
             Ok(task) => task,
             Err(e) => closed_task(e.into_inner()),
         }
@@ -252,12 +352,17 @@ impl Pool<Closures> {
 }
 
 /// A task that never queued: the pool was closed.
-fn closed_task<F, T>(call: Call<F, T>) -> Task<T>
+fn closed_task<P>(payload: P) -> Task<P::Output>
 where
-    F: FnOnce(&mut Context<'_>) -> T + Send + 'static,
-    T: Send + 'static,
+    P: Payload<Closures, Error = std::convert::Infallible>,
 {
-    let cell = new_cell::<_, T, std::convert::Infallible>(TaskId(0), Priority::Normal, None, call);
+    let cell = new_cell::<_, P::Output, std::convert::Infallible>(
+        TaskId(0),
+        Priority::Normal,
+        None,
+        false,
+        payload,
+    );
     let task = Task::new(cell.clone());
     // Resolve as closed by dropping the only queue reference without running it.
     drop(Job::<Closures>::new(cell));
@@ -283,7 +388,7 @@ pub struct TaskBuilder<'a, W: Worker> {
     options: TaskOptions,
 }
 
-impl<W: Worker> TaskBuilder<'_, W> {
+impl<'a, W: Worker> TaskBuilder<'a, W> {
     /// The task's priority (default `Normal`).
     pub fn priority(mut self, priority: Priority) -> Self {
         self.options.priority = priority;
@@ -297,12 +402,26 @@ impl<W: Worker> TaskBuilder<'_, W> {
         self
     }
 
-    /// Submits it.
+    /// Submits it, waiting while the queue is full (as [`Pool::submit`]).
     pub fn submit(self) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
         self.pool
-            .shared()
-            .submit(Input(self.input), self.options)
-            .map_err(|e| SubmitError::closed(e.into_inner().0))
+            .submit_with(self.input, self.options, Admission::Wait)
+    }
+
+    /// Submits it without waiting (as [`Pool::try_submit`]).
+    pub fn try_submit(self) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
+        self.pool
+            .submit_with(self.input, self.options, Admission::Try)
+    }
+
+    /// Submits it, waiting for room without blocking (as [`Pool::submit_async`]).
+    pub fn submit_async(self) -> SubmitAsync<'a, W> {
+        SubmitAsync {
+            pool: self.pool,
+            input: Some(self.input),
+            options: self.options,
+            registered: false,
+        }
     }
 }
 
@@ -350,6 +469,64 @@ impl<F> fmt::Debug for JobBuilder<'_, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobBuilder")
             .field("f", &"<closure>")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future from [`Pool::submit_async`]: resolves to the submission's result
+/// once the queue has room.
+#[must_use = "futures do nothing unless awaited"]
+pub struct SubmitAsync<'a, W: Worker> {
+    pool: &'a Pool<W>,
+    input: Option<W::Input>,
+    options: TaskOptions,
+    /// Whether this future is counted among the capacity's waiters.
+    registered: bool,
+}
+
+impl<W: Worker> Future for SubmitAsync<'_, W> {
+    type Output = Result<Task<W::Output, W::Error>, SubmitError<W::Input>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let input = this
+            .input
+            .take()
+            .expect("SubmitAsync polled after completion");
+        let shared = this.pool.shared();
+        match shared.poll_capacity(cx, &mut this.registered) {
+            Poll::Pending => {
+                this.input = Some(input);
+                Poll::Pending
+            }
+            Poll::Ready(false) => Poll::Ready(Err(SubmitError::closed(input))),
+            Poll::Ready(true) => {
+                let result = this
+                    .pool
+                    .submit_with(input, this.options, Admission::Acquired);
+                if matches!(&result, Err(e) if e.is_closed()) {
+                    shared.release_reserved();
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl<W: Worker> Drop for SubmitAsync<'_, W> {
+    fn drop(&mut self) {
+        self.pool
+            .shared()
+            .forget_capacity_waiter(&mut self.registered);
+    }
+}
+
+impl<W: Worker> Unpin for SubmitAsync<'_, W> {}
+
+impl<W: Worker> fmt::Debug for SubmitAsync<'_, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitAsync")
             .field("options", &self.options)
             .finish_non_exhaustive()
     }

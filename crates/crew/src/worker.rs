@@ -14,6 +14,10 @@ use crate::task::TaskId;
 pub struct WorkerId(u64);
 
 impl WorkerId {
+    /// The id reported for a task that ran on the submitting thread under
+    /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns).
+    pub const CALLER: WorkerId = WorkerId(u64::MAX);
+
     /// Ids start at 1; 0 is never a worker.
     pub(crate) fn new(raw: u64) -> Self {
         debug_assert!(raw != 0);

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 
+use std::time::{Duration, Instant};
+
 use crossbeam_utils::CachePadded;
 
 use crate::sync::modelled::{
@@ -66,22 +68,34 @@ impl Sleeper {
         self.wake_cond.notify_one();
     }
 
-    /// Waits until `notified` is set (then clears it and returns true) or until
-    /// `interrupted()` (returns false). The caller re-checks `interrupted` after a
-    /// nudge; see `Sleep::interrupt`.
-    fn wait(&self, interrupted: impl Fn() -> bool) -> bool {
+    /// Waits until `notified` is set (then clears it and returns `Woken`), until
+    /// `interrupted()`, or until `timeout` has passed.
+    fn wait(&self, interrupted: impl Fn() -> bool, timeout: Option<Duration>) -> Parked {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut guard = lock(&self.wake_lock);
         loop {
             if self.notified.swap(false, Acquire) {
-                return true;
+                return Parked::Woken;
             }
             if interrupted() {
-                return false;
+                return Parked::Interrupted;
             }
-            guard = self
-                .wake_cond
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
+            guard = match deadline {
+                None => self
+                    .wake_cond
+                    .wait(guard)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Parked::TimedOut;
+                    }
+                    self.wake_cond
+                        .wait_timeout(guard, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 
@@ -105,6 +119,19 @@ impl Sleeper {
             t.unpark();
         }
     }
+}
+
+/// How a `park` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// A waker took this worker off the list; it is counted as searching.
+    Woken,
+    /// Work was visible, or `should_stay_awake` held; counted as searching.
+    Interrupted,
+    /// The timeout passed with nothing to do. The worker is *still on the list
+    /// and counted as sleeping*: it must call [`Sleep::park_again`] or
+    /// [`Sleep::leave`].
+    TimedOut,
 }
 
 /// The pool-wide sleep state.
@@ -151,14 +178,21 @@ impl Sleep {
     }
 
     /// "Submitting": called after work was pushed. Wakes a sleeper only if no
-    /// worker is searching (a searcher will find the work itself).
+    /// worker is searching (a searcher will find the work itself). Returns true if
+    /// no worker was idle at all (none searching, none parked): every worker is
+    /// busy, which is when an elastic pool considers growing.
     #[inline]
-    pub(crate) fn notify_work(&self) {
+    pub(crate) fn notify_work(&self) -> bool {
         fence(std::sync::atomic::Ordering::SeqCst);
         let counts = self.counts.load(Acquire);
-        if searching(counts) == 0 && sleeping(counts) > 0 {
-            self.wake_one();
+        if searching(counts) == 0 {
+            if sleeping(counts) > 0 {
+                self.wake_one();
+                return false;
+            }
+            return true;
         }
+        false
     }
 
     /// Takes one sleeper off the list, counts it as searching, and unparks it.
@@ -213,7 +247,8 @@ impl Sleep {
         has_work: impl Fn() -> bool,
         should_stay_awake: impl Fn() -> bool,
         before_sleep: impl FnOnce(),
-    ) {
+        timeout: Option<Duration>,
+    ) -> Parked {
         {
             let mut list = lock(&self.sleepers);
             list.push(Arc::clone(me));
@@ -225,14 +260,52 @@ impl Sleep {
         fence(std::sync::atomic::Ordering::SeqCst);
         if has_work() || should_stay_awake() {
             self.unregister(me);
-            return;
+            return Parked::Interrupted;
         }
         before_sleep();
-        if !me.wait(&should_stay_awake) {
-            // Interrupted (shutdown, abandoned) while still on the list.
-            self.unregister(me);
+        self.wait_listed(me, &should_stay_awake, timeout)
+    }
+
+    /// Waits again after `Parked::TimedOut` (the worker is still listed).
+    pub(crate) fn park_again(
+        &self,
+        me: &Arc<Sleeper>,
+        should_stay_awake: impl Fn() -> bool,
+        timeout: Option<Duration>,
+    ) -> Parked {
+        self.wait_listed(me, &should_stay_awake, timeout)
+    }
+
+    fn wait_listed(
+        &self,
+        me: &Arc<Sleeper>,
+        should_stay_awake: &impl Fn() -> bool,
+        timeout: Option<Duration>,
+    ) -> Parked {
+        match me.wait(should_stay_awake, timeout) {
+            // The waker took us off the list and counted us as searching.
+            Parked::Woken => {
+                // The invariant a stale notification would break (see `wake_one`).
+                #[cfg(any(debug_assertions, crew_loom))]
+                assert!(
+                    !lock(&self.sleepers).iter().any(|s| Arc::ptr_eq(s, me)),
+                    "a woken sleeper is still on the sleepers list"
+                );
+                Parked::Woken
+            }
+            Parked::Interrupted => {
+                self.unregister(me);
+                Parked::Interrupted
+            }
+            Parked::TimedOut => Parked::TimedOut,
         }
-        // Else the waker took us off the list and counted us as searching.
+    }
+
+    /// A worker that timed out in `park` stops waiting: it leaves the list (if a
+    /// waker has not taken it off already) and is counted as searching again, so
+    /// its `stop_searching` hands any work that woke it over to another worker.
+    pub(crate) fn stop_waiting(&self, me: &Arc<Sleeper>) {
+        self.unregister(me);
     }
 
     /// Leaves the sleepers list (if a waker has not already taken us off it) and
@@ -251,7 +324,8 @@ impl Sleep {
         }
     }
 
-    /// (searching, sleeping), for stats and tests.
+    /// (searching, sleeping), for the loom model's final check.
+    #[cfg(crew_loom)]
     pub(crate) fn snapshot(&self) -> (usize, usize) {
         let c = self.counts.load(Acquire);
         (searching(c), sleeping(c))
@@ -321,6 +395,7 @@ mod loom_model {
                 || m.queued.load(Acquire) > 0,
                 || m.taken.load(Acquire) == TASKS,
                 || {},
+                None,
             );
         }
     }

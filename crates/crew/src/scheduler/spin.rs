@@ -30,11 +30,16 @@ fn multicore() -> bool {
     *MULTICORE.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get) > 1)
 }
 
+/// Busy-spin rounds before yielding. `Backoff::spin` doubles its pause up to
+/// 2^6 iterations and then stays there (it never reports `is_completed`), so the
+/// round count is ours: 7 rounds cover 1 + 2 + … + 64 pauses, about 1–3 µs.
+const SPIN_ROUNDS: u32 = 7;
+
 /// One idle episode: call [`Spin::next`] between looks; it returns false when the
 /// thread should park.
 pub(crate) struct Spin {
     backoff: Backoff,
-    spinning: bool,
+    spins_left: u32,
     yields_left: u32,
 }
 
@@ -42,7 +47,7 @@ impl Spin {
     pub(crate) fn new(yield_rounds: u32) -> Self {
         Spin {
             backoff: Backoff::new(),
-            spinning: multicore(),
+            spins_left: if multicore() { SPIN_ROUNDS } else { 0 },
             yields_left: yield_rounds,
         }
     }
@@ -50,12 +55,10 @@ impl Spin {
     /// Waits one round. False once the budget is spent: time to park.
     #[inline]
     pub(crate) fn next(&mut self) -> bool {
-        if self.spinning {
-            if !self.backoff.is_completed() {
-                self.backoff.spin();
-                return true;
-            }
-            self.spinning = false;
+        if self.spins_left > 0 {
+            self.spins_left -= 1;
+            self.backoff.spin();
+            return true;
         }
         if self.yields_left == 0 {
             return false;
@@ -63,5 +66,18 @@ impl Spin {
         self.yields_left -= 1;
         std::thread::yield_now();
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_episode_ends() {
+        let mut spin = Spin::new(WORKER_YIELD_ROUNDS);
+        let rounds = (0..10_000).take_while(|_| spin.next()).count();
+        assert!(rounds < 10_000, "Spin::next never said to park");
+        assert!(rounds >= WORKER_YIELD_ROUNDS as usize);
     }
 }

@@ -107,17 +107,20 @@ pub(crate) struct Header {
     worker: AtomicU64,
     pub(crate) priority: Priority,
     pub(crate) timeout: Option<Duration>,
+    /// Holds a place in the pool's queue capacity until popped.
+    pub(crate) bounded: bool,
 }
 
 impl Header {
     #[inline]
-    fn new(id: TaskId, priority: Priority, timeout: Option<Duration>) -> Self {
+    fn new(id: TaskId, priority: Priority, timeout: Option<Duration>, bounded: bool) -> Self {
         Header {
             state: AtomicUsize::new(0),
             id,
             worker: AtomicU64::new(0),
             priority,
             timeout,
+            bounded,
         }
     }
 
@@ -335,6 +338,25 @@ where
     }
 }
 
+/// A closure that does not take the `Context` (`Pool::spawn`). Its own type, rather
+/// than a wrapping closure, so a rejected submission can give the user's closure
+/// back.
+pub(crate) struct Plain<F>(pub(crate) F);
+
+impl<W, F, T> Payload<W> for Plain<F>
+where
+    W: Worker,
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    type Output = T;
+    type Error = std::convert::Infallible;
+    #[inline]
+    fn execute(self, _worker: &mut W, _ctx: &mut Context<'_>) -> Result<T, Self::Error> {
+        Ok((self.0)())
+    }
+}
+
 /// The whole allocation: the typed core plus the payload.
 pub(crate) struct Cell<P, T, E> {
     core: Core<T, E>,
@@ -543,11 +565,12 @@ pub(crate) fn new_cell<P, T, E>(
     id: TaskId,
     priority: Priority,
     timeout: Option<Duration>,
+    bounded: bool,
     payload: P,
 ) -> Arc<Cell<P, T, E>> {
     Arc::new(Cell {
         core: Core {
-            header: Header::new(id, priority, timeout),
+            header: Header::new(id, priority, timeout, bounded),
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
         },

@@ -25,11 +25,13 @@
 //! worker writes only its own cache line per task; the sum is taken under the
 //! registry lock on the slow path (`is_idle`, `stats`).
 
+mod capacity;
 mod idle;
 mod monitor;
 mod worker_loop;
 
 use std::cell::Cell as StdCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::Weak;
 use std::thread::JoinHandle;
@@ -38,16 +40,17 @@ use std::time::Instant;
 use crossbeam_deque::{Stealer, Worker as Deque};
 use crossbeam_utils::CachePadded;
 
-use crate::builder::Config;
-use crate::error::{Failure, ShutdownTimedOut, SubmitError};
+use crate::builder::{Config, WhenFull};
+use crate::error::{panic_message, Failure, ShutdownTimedOut, SubmitError};
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
 use crate::stats::{Stats, WorkerStats};
 use crate::sync::{lock, modelled, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex};
 use crate::task::cell::{new_cell, Job, Outcome, Payload};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
-use crate::worker::{Worker, WorkerId};
+use crate::worker::{Context, Worker, WorkerId};
 
+use capacity::Capacity;
 use idle::Idle;
 pub(crate) use idle::IdleFuture;
 use monitor::Monitor;
@@ -60,6 +63,21 @@ const TERMINATING: usize = 1 << 1;
 /// Lifecycle bit: `start_attempts` consecutive starts failed and no worker is
 /// alive; tasks fail at once with a start error. Cleared by the next good start.
 const BROKEN: usize = 1 << 2;
+
+/// The part of a batch the pool did not take: the refused payload and the ones
+/// after it.
+pub(crate) type Rejected<P> = (SubmitError<P>, Vec<P>);
+
+/// How a submission treats a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Block (or run on the caller, per `WhenFull`).
+    Wait,
+    /// Give the payload back as `Full`.
+    Try,
+    /// The caller already reserved a place (`poll_capacity`).
+    Acquired,
+}
 
 /// Per-outcome counters; index = `Outcome as usize`.
 type Counts = [AtomicU64; Outcome::SLOTS];
@@ -116,8 +134,10 @@ struct Registry<W> {
     /// Threads given up on (timed out, killed) that have not exited yet. Their
     /// deques stay stealable.
     abandoned: Vec<Arc<Slot<W>>>,
-    /// Join handles of threads that were not abandoned.
-    handles: Vec<JoinHandle<()>>,
+    /// Join handles of threads that were not abandoned, by worker. `abandon`
+    /// drops a thread's handle (detaching it), so `shutdown` never waits for a
+    /// thread stuck in user code.
+    handles: Vec<(WorkerId, JoinHandle<()>)>,
     /// Counts of workers that have exited.
     retired: [u64; Outcome::SLOTS],
     /// Live workers whose `start` succeeded.
@@ -150,6 +170,13 @@ pub(crate) struct Shared<W: Worker> {
     next_worker: AtomicU64,
     idle: Idle,
     monitor: Monitor,
+    /// The queue bound, if `queue_capacity` was set.
+    capacity: Option<Capacity>,
+    /// `Registry::live.len()`, readable without the lock (elastic sizing).
+    live_count: AtomicUsize,
+    /// Set while one thread is growing the pool, so a burst adds one worker at a
+    /// time.
+    growing: AtomicBool,
     /// Back-reference for spawning workers from `&self` contexts.
     this: Weak<Shared<W>>,
 }
@@ -164,6 +191,7 @@ impl<W: Worker> Shared<W> {
     /// Creates the shared state and starts `config.workers` threads.
     pub(crate) fn start(config: Config) -> std::io::Result<Arc<Self>> {
         let workers = config.workers;
+        let capacity = config.queue_capacity.map(Capacity::new);
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             injectors: Injectors::new(),
@@ -187,6 +215,9 @@ impl<W: Worker> Shared<W> {
             next_worker: AtomicU64::new(0),
             idle: Idle::new(),
             monitor: Monitor::new(),
+            capacity,
+            live_count: AtomicUsize::new(0),
+            growing: AtomicBool::new(false),
             this: this.clone(),
         });
         for _ in 0..workers {
@@ -208,27 +239,67 @@ impl<W: Worker> Shared<W> {
 
     // ------------------------------------------------------------ submitting
 
-    /// Queues `payload` as one task.
+    /// Queues `payload` as one task. With a queue capacity, a full queue makes
+    /// `Admission::Wait` block (or run the task on the caller, per `when_full`)
+    /// and `Admission::Try` give the payload back.
     #[inline]
     pub(crate) fn submit<P>(
         &self,
         payload: P,
         options: TaskOptions,
+        admission: Admission,
     ) -> Result<Task<P::Output, P::Error>, SubmitError<P>>
     where
         P: Payload<W>,
     {
-        let lifecycle = self.lifecycle.load(Acquire);
-        if lifecycle & CLOSING != 0 {
+        if self.lifecycle.load(Acquire) & CLOSING != 0 {
             return Err(SubmitError::closed(payload));
         }
+        let bounded = match &self.capacity {
+            Some(capacity) if !is_worker_of(self) => {
+                if admission != Admission::Acquired && !capacity.try_acquire() {
+                    match admission {
+                        Admission::Try | Admission::Acquired => {
+                            return Err(SubmitError::full(payload))
+                        }
+                        Admission::Wait if self.config.when_full == WhenFull::CallerRuns => {
+                            return Ok(self.run_on_caller(payload, options));
+                        }
+                        Admission::Wait => {
+                            if !capacity.acquire(|| self.is_closed()) {
+                                return Err(SubmitError::closed(payload));
+                            }
+                        }
+                    }
+                }
+                true
+            }
+            _ => false,
+        };
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
+        self.enqueue(id, payload, options, bounded, true)
+    }
+
+    /// Allocates task `id`, pushes it (waking a worker if `notify`), and takes it
+    /// back if the pool closed meanwhile.
+    #[inline]
+    fn enqueue<P>(
+        &self,
+        id: TaskId,
+        payload: P,
+        options: TaskOptions,
+        bounded: bool,
+        notify: bool,
+    ) -> Result<Task<P::Output, P::Error>, SubmitError<P>>
+    where
+        P: Payload<W>,
+    {
         let timeout = options.timeout.or(self.config.default_timeout);
-        let cell = new_cell(id, options.priority, timeout, payload);
-        let task = Task::new(cell.clone());
-        self.push(Job::new(cell.clone()), options.priority);
-        // `push` ended with a SeqCst fence (in `notify_work`), so this read and a
-        // concurrent `close` or breaker trip cannot both miss each other.
+        let cell = new_cell(id, options.priority, timeout, bounded, payload);
+        self.push(Job::new(cell.clone()), options.priority, notify);
+        // After `push` (and its SeqCst fence when notifying; `submit_batch` fences
+        // once at the end) this read and a concurrent `close` or breaker trip
+        // cannot both miss each other.
         let lifecycle = self.lifecycle.load(SeqCst);
         if lifecycle & (CLOSING | BROKEN) != 0 {
             if lifecycle & CLOSING != 0 {
@@ -239,24 +310,188 @@ impl<W: Worker> Shared<W> {
                 self.drain(Failure::StartFailed(self.last_start_error()));
             }
         }
-        Ok(task)
+        Ok(Task::new(cell))
+    }
+
+    /// Queues many tasks with one id reservation and one wake-up. Stops at the
+    /// first one the pool does not take (closed, or full with `Admission::Try`)
+    /// and returns the tasks queued so far with the rejected payload and the rest.
+    pub(crate) fn submit_batch<P>(
+        &self,
+        payloads: Vec<P>,
+        options: TaskOptions,
+        admission: Admission,
+    ) -> (Vec<Task<P::Output, P::Error>>, Option<Rejected<P>>)
+    where
+        P: Payload<W>,
+    {
+        let mut tasks = Vec::with_capacity(payloads.len());
+        let mut rest = payloads.into_iter();
+        let bounded = self.capacity.is_some() && !is_worker_of(self);
+        let first = self.submitted.fetch_add(rest.len() as u64, Relaxed) + 1;
+        let mut rejected: Option<Rejected<P>> = None;
+        let mut ids = first..;
+        while let Some(payload) = rest.next() {
+            let id = TaskId(ids.next().unwrap_or(u64::MAX));
+            if bounded {
+                let capacity = self.capacity.as_ref().unwrap_or_else(|| unreachable!());
+                let acquired = capacity.try_acquire()
+                    || (admission == Admission::Wait && {
+                        // About to block: let the workers see what is queued.
+                        self.sleep.notify_work();
+                        capacity.acquire(|| self.is_closed())
+                    });
+                if !acquired {
+                    let error = if self.is_closed() {
+                        SubmitError::closed(payload)
+                    } else {
+                        SubmitError::full(payload)
+                    };
+                    rejected = Some((error, rest.collect::<Vec<P>>()));
+                    break;
+                }
+            }
+            match self.enqueue(id, payload, options, bounded, false) {
+                Ok(task) => tasks.push(task),
+                Err(error) => {
+                    rejected = Some((error, rest.collect()));
+                    break;
+                }
+            }
+        }
+        if let Some((_, rest)) = &rejected {
+            // Ids reserved for tasks that were never queued count as closed, so
+            // `submitted` and the outcome counters still add up.
+            for _ in 0..rest.len() + 1 {
+                self.count(Outcome::Closed);
+            }
+        }
+        self.sleep.notify_work();
+        (tasks, rejected)
+    }
+
+    /// `WhenFull::CallerRuns`: runs the task here, on a fresh worker instance.
+    #[cold]
+    fn run_on_caller<P>(&self, payload: P, options: TaskOptions) -> Task<P::Output, P::Error>
+    where
+        P: Payload<W>,
+    {
+        let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
+        let cell = new_cell(id, options.priority, None, false, payload);
+        let task = Task::new(cell.clone());
+        let job = Job::<W>::new(cell);
+        let mut ctx = Context::new(WorkerId::CALLER, None);
+        match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
+            Ok(Ok(mut worker)) => {
+                let mut ctx = Context::new(WorkerId::CALLER, Some(job.header()));
+                job.run(&mut worker, &mut ctx);
+                let mut ctx = Context::new(WorkerId::CALLER, None);
+                let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
+            }
+            Ok(Err(e)) => {
+                job.discard(Failure::StartFailed(e.to_string()));
+            }
+            Err(panic) => {
+                let message = format!("Worker::start panicked: {}", panic_message(&*panic));
+                job.discard(Failure::StartFailed(message));
+            }
+        }
+        self.count(job.header().settled_outcome());
+        task
+    }
+
+    /// Waits for a place in the queue (async). `Ready(false)`: the pool closed.
+    pub(crate) fn poll_capacity(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        registered: &mut bool,
+    ) -> std::task::Poll<bool> {
+        match &self.capacity {
+            None => std::task::Poll::Ready(!self.is_closed()),
+            Some(_) if is_worker_of(self) => std::task::Poll::Ready(!self.is_closed()),
+            Some(capacity) => capacity.poll_acquire(cx, registered, || self.is_closed()),
+        }
+    }
+
+    /// Drops an async submitter's registration (its future went away).
+    pub(crate) fn forget_capacity_waiter(&self, registered: &mut bool) {
+        if let Some(capacity) = &self.capacity {
+            capacity.forget(registered);
+        }
+    }
+
+    /// Returns a place reserved by `poll_capacity` that was not used.
+    pub(crate) fn release_reserved(&self) {
+        if let Some(capacity) = &self.capacity {
+            capacity.release();
+        }
+    }
+
+    /// A queue entry was taken out of the queues (to run, skip, or discard).
+    #[inline]
+    fn popped(&self, bounded: bool) {
+        if bounded {
+            if let Some(capacity) = &self.capacity {
+                capacity.release();
+            }
+        }
     }
 
     /// Puts a job on the calling worker's own deque (a `Normal` task spawned from
     /// inside this pool) or on the injector of its level, then wakes a worker if
     /// one is needed.
     #[inline]
-    fn push(&self, job: Job<W>, priority: Priority) {
+    fn push(&self, job: Job<W>, priority: Priority, notify: bool) {
         let job = if priority == Priority::Normal {
-            match self.push_local(job) {
-                None => return self.sleep.notify_work(),
-                Some(job) => job,
-            }
+            self.push_local(job)
         } else {
-            job
+            Some(job)
         };
-        self.injectors.push(job, priority);
-        self.sleep.notify_work();
+        if let Some(job) = job {
+            self.injectors.push(job, priority);
+        }
+        if notify && self.sleep.notify_work() && self.config.is_elastic() {
+            self.maybe_grow();
+        }
+    }
+
+    /// Every worker is busy: add one if the backlog per worker is above the
+    /// threshold and the pool is below its maximum. A spawn failure is not an
+    /// error here; the next busy submission tries again.
+    #[cold]
+    fn maybe_grow(&self) {
+        let live = self.live_count.load(Relaxed);
+        if live >= self.config.max_workers
+            || self.injectors.len() <= self.config.grow_backlog * live.max(1)
+            || self.lifecycle() & CLOSING != 0
+            || self.growing.swap(true, Acquire)
+        {
+            return;
+        }
+        if lock(&self.registry).live.len() < self.config.max_workers {
+            let _ = self.spawn_worker();
+        }
+        self.growing.store(false, Release);
+    }
+
+    /// An idle worker of an elastic pool asks to retire. Granted (and the worker
+    /// removed from the pool's count) only while the pool is above its minimum.
+    fn try_retire(&self, slot: &Arc<Slot<W>>) -> bool {
+        let mut reg = lock(&self.registry);
+        if reg.live.len() <= self.config.workers || slot.abandoned.load(SeqCst) {
+            return false;
+        }
+        let Some(at) = reg.live.iter().position(|s| Arc::ptr_eq(s, slot)) else {
+            return false;
+        };
+        // It exits at once and hands its own deque back to the injector.
+        reg.live.swap_remove(at);
+        self.live_count.store(reg.live.len(), Relaxed);
+        if slot.started.swap(false, SeqCst) {
+            reg.started -= 1;
+        }
+        self.publish_peers(&mut reg);
+        true
     }
 
     /// Pushes onto the current thread's deque if it is a worker of this pool;
@@ -302,16 +537,23 @@ impl<W: Worker> Shared<W> {
         }
         let mut reg = lock(&self.registry);
         reg.live.push(Arc::clone(&slot));
+        self.live_count.store(reg.live.len(), Relaxed);
         self.publish_peers(&mut reg);
         let thread_slot = Arc::clone(&slot);
-        match builder.spawn(move || worker_loop::run(shared, thread_slot, deque)) {
+        let body = move || worker_loop::run(shared, thread_slot, deque);
+        let spawned = match &self.config.spawn_handler {
+            Some(handler) => handler(builder, Box::new(body)),
+            None => builder.spawn(body),
+        };
+        match spawned {
             Ok(handle) => {
-                reg.handles.retain(|h| !h.is_finished());
-                reg.handles.push(handle);
+                reg.handles.retain(|(_, h)| !h.is_finished());
+                reg.handles.push((id, handle));
                 Ok(())
             }
             Err(e) => {
                 reg.live.retain(|s| !Arc::ptr_eq(s, &slot));
+                self.live_count.store(reg.live.len(), Relaxed);
                 self.publish_peers(&mut reg);
                 Err(e)
             }
@@ -370,6 +612,8 @@ impl<W: Worker> Shared<W> {
             };
             slot.abandoned.store(true, SeqCst);
             let slot = reg.live.swap_remove(at);
+            self.live_count.store(reg.live.len(), Relaxed);
+            reg.handles.retain(|(id, _)| *id != slot.id); // detach
             if slot.started.swap(false, SeqCst) {
                 reg.started -= 1;
             }
@@ -461,6 +705,9 @@ impl<W: Worker> Shared<W> {
     pub(crate) fn close(&self) {
         self.lifecycle.fetch_or(CLOSING, SeqCst);
         self.wake_everyone();
+        if let Some(capacity) = &self.capacity {
+            capacity.wake(true); // blocked submitters give their input back
+        }
     }
 
     fn wake_everyone(&self) {
@@ -491,7 +738,7 @@ impl<W: Worker> Shared<W> {
             std::mem::take(&mut reg.handles)
         };
         let mut still_running = 0;
-        for handle in handles {
+        for (_, handle) in handles {
             if handle.is_finished() || drained {
                 let _ = handle.join();
             } else {
@@ -535,8 +782,11 @@ impl<W: Worker> Shared<W> {
         self.drain(Failure::Closed);
         let slots: Vec<Arc<Slot<W>>> = lock(&self.registry).live.clone();
         for slot in &slots {
-            if let Some(running) = lock(&slot.running).as_ref() {
-                running.job.fail(Failure::Cancelled);
+            // Resolve outside the lock: resolving wakes the caller's waker, which is
+            // user code.
+            let job = lock(&slot.running).as_ref().map(|r| r.job.clone());
+            if let Some(job) = job {
+                job.fail(Failure::Cancelled);
             }
         }
         self.wake_everyone();
@@ -562,6 +812,7 @@ impl<W: Worker> Shared<W> {
     }
 
     fn discard(&self, job: Job<W>, failure: &Failure) {
+        self.popped(job.header().bounded);
         job.discard(failure.clone());
         self.count(job.header().settled_outcome());
     }
@@ -667,28 +918,47 @@ impl<W: Worker> Shared<W> {
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for slot in slots {
-            let mut abandon = false;
-            {
-                let mut running = lock(&slot.running);
-                let Some(r) = running.as_mut() else { continue };
+            enum Due<J> {
+                Expire(J),
+                Abandon,
+            }
+            let due = {
+                let running = lock(&slot.running);
+                let Some(r) = running.as_ref() else { continue };
                 let Some(deadline) = r.deadline else { continue };
                 match r.abandon_at {
-                    None if deadline <= now => {
-                        if r.job.fail(Failure::TimedOut) {
-                            let at = now + self.config.abandon_grace;
-                            r.abandon_at = Some(at);
-                            earliest(at);
-                        } else {
-                            r.deadline = None; // it finished first
+                    None if deadline <= now => Due::Expire(r.job.clone()),
+                    None => {
+                        earliest(deadline);
+                        continue;
+                    }
+                    Some(at) if at <= now => Due::Abandon,
+                    Some(at) => {
+                        earliest(at);
+                        continue;
+                    }
+                }
+            };
+            match due {
+                // Resolved outside the lock: resolving wakes the caller's waker.
+                Due::Expire(job) => {
+                    let timed_out = job.fail(Failure::TimedOut);
+                    let mut running = lock(&slot.running);
+                    if let Some(r) = running.as_mut() {
+                        if r.job.header().id() == job.header().id() {
+                            if timed_out {
+                                let at = now + self.config.abandon_grace;
+                                r.abandon_at = Some(at);
+                                earliest(at);
+                            } else {
+                                r.deadline = None; // it finished first
+                            }
                         }
                     }
-                    None => earliest(deadline),
-                    Some(at) if at <= now => abandon = true,
-                    Some(at) => earliest(at),
                 }
-            }
-            if abandon {
-                self.abandon(&slot, Failure::TimedOut);
+                Due::Abandon => {
+                    self.abandon(&slot, Failure::TimedOut);
+                }
             }
         }
         next

@@ -12,13 +12,14 @@
 //! terminating, when it is closing and no work is left, or when it was abandoned.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::Instant;
 
 use crossbeam_deque::{Stealer, Worker as Deque};
 
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
 use crate::error::{panic_message, Failure};
+use crate::scheduler::sleep::Parked;
 use crate::scheduler::spin::{Spin, WORKER_YIELD_ROUNDS};
 use crate::sync::{lock, Arc};
 use crate::task::cell::{Job, Ran};
@@ -123,6 +124,7 @@ impl<W: Worker> Local<W> {
     fn run_job(&mut self, job: &Job<W>, worker: &mut W) -> Ran {
         self.tick = self.tick.wrapping_add(1);
         let header = job.header();
+        self.shared.popped(header.bounded);
         if header.is_decided() {
             // A tombstone: cancelled (or taken back) while queued.
             self.slot.count(header.settled_outcome());
@@ -213,12 +215,25 @@ impl<W: Worker> Local<W> {
             self.refresh_peers();
             let shared = Arc::clone(&self.shared);
             let slot = Arc::clone(&self.slot);
-            shared.sleep.park(
+            let stay_awake = || slot.abandoned.load(SeqCst) || shared.lifecycle() & CLOSING != 0;
+            // An elastic pool's extra workers park with a timeout and retire when it
+            // passes with nothing to do.
+            let elastic = shared.config.is_elastic();
+            let timeout = elastic.then_some(shared.config.idle_timeout);
+            let mut parked = shared.sleep.park(
                 &slot.sleeper,
                 || self.has_work(),
-                || slot.abandoned.load(SeqCst) || shared.lifecycle() & CLOSING != 0,
+                stay_awake,
                 || shared.notify_idle(),
+                timeout,
             );
+            while parked == Parked::TimedOut {
+                if shared.try_retire(&slot) {
+                    shared.sleep.stop_waiting(&slot.sleeper);
+                    return None; // `exit` hands over anything that woke us
+                }
+                parked = shared.sleep.park_again(&slot.sleeper, stay_awake, timeout);
+            }
             // Woken (or nothing to sleep for): counted as searching again.
         }
     }
@@ -245,9 +260,8 @@ impl<W: Worker> Local<W> {
             if terminating {
                 self.shared.discard(job, &Failure::Closed);
             } else {
-                self.shared
-                    .injectors
-                    .push(job, crate::task::Priority::Normal);
+                let priority = job.header().priority;
+                self.shared.injectors.push(job, priority);
                 handed_back = true;
             }
         }
@@ -257,6 +271,7 @@ impl<W: Worker> Local<W> {
         let last = {
             let mut reg = lock(&self.shared.registry);
             reg.live.retain(|s| !Arc::ptr_eq(s, &self.slot));
+            self.shared.live_count.store(reg.live.len(), Relaxed);
             reg.abandoned.retain(|s| !Arc::ptr_eq(s, &self.slot));
             for (i, c) in self.slot.counts.iter().enumerate() {
                 reg.retired[i] += c.load(Acquire);
