@@ -154,10 +154,11 @@ impl Sleep {
         }
     }
 
-    /// A worker that found no work in its own queue begins searching.
+    /// A worker that found no work in its own queue begins searching. Returns how
+    /// many workers were searching already (the spin policy uses it).
     #[inline]
-    pub(crate) fn start_searching(&self) {
-        self.counts.fetch_add(SEARCHING_ONE, AcqRel);
+    pub(crate) fn start_searching(&self) -> usize {
+        searching(self.counts.fetch_add(SEARCHING_ONE, AcqRel))
     }
 
     /// A searching worker found work (or is leaving). Returns true if it was the

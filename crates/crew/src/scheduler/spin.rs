@@ -3,51 +3,62 @@
 //! Parking and waking cost a futex syscall on each side (10–50 µs on the VMs crew
 //! is measured on), so a thread that runs out of work keeps looking for a while:
 //!
-//! 1. a few rounds of busy-spinning with exponential backoff (crossbeam's
-//!    `Backoff::spin`), which catch work that arrives within a microsecond or two;
-//! 2. then up to `yield_rounds` rounds of `yield_now`. A yield gives the core away
-//!    at once if any other thread wants it, so on a machine with fewer cores than
-//!    busy threads this phase costs the others almost nothing, while on an idle
-//!    machine it keeps the thread responsive for tens of microseconds (the gap
-//!    between a result and the next submission in a request/response loop).
+//! 1. `WORKER_SPIN_ROUNDS` rounds of busy-spinning, each `PAUSES_PER_ROUND` pause
+//!    instructions (≈ 0.5 µs) between two looks, about 50 µs in all. Short fixed
+//!    rounds rather than an exponential ramp: a round of 64 pauses (crossbeam's
+//!    `Backoff` at its cap) is 1–2 µs on these machines, which showed up directly
+//!    as round-trip latency (1.1 µs p50 against 0.4 µs with short rounds).
+//! 2. then up to `yield_rounds` rounds of `yield_now`, which give the core away at
+//!    once if any other thread wants it.
 //!
-//! On a single core the busy-spin phase is skipped: spinning there only delays the
-//! thread that would produce the work. The numbers follow rayon-core's idle loop
-//! (32 yield rounds before a worker becomes sleepy).
+//! **Adapting to the core count.** Busy-spinning only pays while a core is free.
+//! So at most `cores - 1` workers spin at a time (the submitting thread needs a
+//! core of its own); a worker that starts searching while that many already do
+//! skips phase 1 ([`may_spin`]), and on a single core nobody spins. Measured on 2
+//! cores: letting both workers spin halved W1 throughput during idle gaps, and
+//! yielding alone (no spin) cost ~9 µs per round trip, because a `sched_yield`
+//! between the submitter and a worker sharing a core is a context switch.
 
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
 
-use crossbeam_utils::Backoff;
+/// Busy-spin rounds before yielding (phase 1), for a worker looking for work.
+pub(crate) const WORKER_SPIN_ROUNDS: u32 = 100;
+/// Busy-spin rounds for a caller waiting on a result: short, because that caller
+/// may share a core with the very worker it waits for (measured: a 50 µs join
+/// spin pushed a 1.6 µs round trip to 84 µs on a loaded 2-core machine).
+pub(crate) const JOIN_SPIN_ROUNDS: u32 = 8;
+/// Pause instructions per spin round.
+const PAUSES_PER_ROUND: u32 = 16;
 
 /// Yield rounds for a worker that found no work.
 pub(crate) const WORKER_YIELD_ROUNDS: u32 = 32;
 /// Yield rounds for a caller waiting on a task's result.
 pub(crate) const JOIN_YIELD_ROUNDS: u32 = 16;
 
-fn multicore() -> bool {
-    static MULTICORE: OnceLock<bool> = OnceLock::new();
-    *MULTICORE.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get) > 1)
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
-/// Busy-spin rounds before yielding. `Backoff::spin` doubles its pause up to
-/// 2^6 iterations and then stays there (it never reports `is_completed`), so the
-/// round count is ours: 7 rounds cover 1 + 2 + … + 64 pauses, about 1–3 µs.
-const SPIN_ROUNDS: u32 = 7;
+/// Whether a thread may busy-spin when `already_spinning` others do.
+#[inline]
+pub(crate) fn may_spin(already_spinning: usize) -> bool {
+    already_spinning < cores().saturating_sub(1)
+}
 
 /// One idle episode: call [`Spin::next`] between looks; it returns false when the
 /// thread should park.
 pub(crate) struct Spin {
-    backoff: Backoff,
     spins_left: u32,
     yields_left: u32,
 }
 
 impl Spin {
-    pub(crate) fn new(yield_rounds: u32) -> Self {
+    /// `spin_rounds` for phase 1 (0 to skip it; see [`may_spin`]).
+    pub(crate) fn new(spin_rounds: u32, yield_rounds: u32) -> Self {
         Spin {
-            backoff: Backoff::new(),
-            spins_left: if multicore() { SPIN_ROUNDS } else { 0 },
+            spins_left: if cores() > 1 { spin_rounds } else { 0 },
             yields_left: yield_rounds,
         }
     }
@@ -57,7 +68,9 @@ impl Spin {
     pub(crate) fn next(&mut self) -> bool {
         if self.spins_left > 0 {
             self.spins_left -= 1;
-            self.backoff.spin();
+            for _ in 0..PAUSES_PER_ROUND {
+                std::hint::spin_loop();
+            }
             return true;
         }
         if self.yields_left == 0 {
@@ -75,7 +88,7 @@ mod tests {
 
     #[test]
     fn an_idle_episode_ends() {
-        let mut spin = Spin::new(WORKER_YIELD_ROUNDS);
+        let mut spin = Spin::new(WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS);
         let rounds = (0..10_000).take_while(|_| spin.next()).count();
         assert!(rounds < 10_000, "Spin::next never said to park");
         assert!(rounds >= WORKER_YIELD_ROUNDS as usize);

@@ -10,7 +10,7 @@ use std::task::{Context as PollContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::TaskError;
-use crate::scheduler::spin::{Spin, JOIN_YIELD_ROUNDS};
+use crate::scheduler::spin::{Spin, JOIN_SPIN_ROUNDS, JOIN_YIELD_ROUNDS};
 use crate::sync::Arc;
 use crate::worker::WorkerId;
 use cell::Handle;
@@ -138,7 +138,7 @@ impl<T, E> Task<T, E> {
         let core = self.handle.core();
         // Results usually arrive within microseconds; a short spin saves the
         // park/unpark pair (two syscalls) on the common path.
-        let mut spin = Spin::new(JOIN_YIELD_ROUNDS);
+        let mut spin = Spin::new(JOIN_SPIN_ROUNDS, JOIN_YIELD_ROUNDS);
         while !core.header().is_resolved() {
             if !spin.next() {
                 return self.park_until(deadline);

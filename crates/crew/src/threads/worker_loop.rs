@@ -20,7 +20,7 @@ use crossbeam_deque::{Stealer, Worker as Deque};
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
 use crate::error::{panic_message, Failure};
 use crate::scheduler::sleep::Parked;
-use crate::scheduler::spin::{Spin, WORKER_YIELD_ROUNDS};
+use crate::scheduler::spin::{self, Spin, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS};
 use crate::sync::{lock, Arc};
 use crate::task::cell::{Job, Ran};
 use crate::worker::{Context, Worker, WorkerId};
@@ -195,11 +195,13 @@ impl<W: Worker> Local<W> {
     /// Searches (spin, then park) until a job turns up or the thread must exit.
     #[cold]
     fn search(&mut self) -> Option<Job<W>> {
-        self.shared.sleep.start_searching();
+        let others_searching = self.shared.sleep.start_searching();
         self.searching = true;
+        let mut may_spin = spin::may_spin(others_searching);
         loop {
             self.refresh_peers();
-            let mut spin = Spin::new(WORKER_YIELD_ROUNDS);
+            let spin_rounds = if may_spin { WORKER_SPIN_ROUNDS } else { 0 };
+            let mut spin = Spin::new(spin_rounds, WORKER_YIELD_ROUNDS);
             loop {
                 if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
                     return None;
@@ -234,7 +236,9 @@ impl<W: Worker> Local<W> {
                 }
                 parked = shared.sleep.park_again(&slot.sleeper, stay_awake, timeout);
             }
-            // Woken (or nothing to sleep for): counted as searching again.
+            // Woken (or nothing to sleep for): counted as searching again. A woken
+            // worker was chosen to find work, so it spins.
+            may_spin = true;
         }
     }
 
