@@ -47,6 +47,26 @@ fn zero_start_attempts_and_backoff_are_rejected() {
 }
 
 #[test]
+fn empty_or_zero_worker_ranges_are_rejected() {
+    rejected(builder().workers_range(0..=0), "workers_range(0..=0)");
+    #[allow(clippy::reversed_empty_ranges)]
+    let empty = 3..=2;
+    rejected(builder().workers_range(empty), "workers_range(3..=2)");
+}
+
+#[test]
+fn zero_elastic_settings_are_rejected() {
+    rejected(
+        builder().workers_range(1..=2).idle_timeout(Duration::ZERO),
+        "idle_timeout(0)",
+    );
+    rejected(
+        builder().workers_range(1..=2).grow_backlog(0),
+        "grow_backlog(0)",
+    );
+}
+
+#[test]
 fn the_smallest_valid_settings_build() {
     let pool = builder()
         .workers(1)

@@ -112,15 +112,36 @@ fn a_cancelled_task_still_running_is_not_idle() {
 
 #[test]
 fn wait_idle_round_after_round() {
+    // The blocking `wait_idle` returns only when notified (a `wait_idle_timeout`
+    // would also return at its deadline and hide a missing notification). It runs
+    // on a helper thread so that a missed notification fails the test.
     let pool = Pool::builder().workers(2).build().unwrap();
     let ran = Counter::new();
+    let (request, requests) = mpsc::channel::<()>();
+    let (reply, replies) = mpsc::channel();
+    let waiter = {
+        let (pool, ran) = (pool.clone(), ran.clone());
+        std::thread::spawn(move || {
+            for () in requests {
+                pool.wait_idle();
+                if reply.send(ran.get()).is_err() {
+                    return;
+                }
+            }
+        })
+    };
     for round in 1..=300 {
         for _ in 0..5 {
             let ran = ran.clone();
             drop(pool.spawn(move || ran.bump()));
         }
-        assert!(pool.wait_idle_timeout(LIMIT), "round {round}: never idle");
-        assert_eq!(ran.get(), 5 * round, "round {round}: idle too early");
+        request.send(()).unwrap();
+        let seen = replies
+            .recv_timeout(LIMIT)
+            .unwrap_or_else(|_| panic!("round {round}: wait_idle never returned"));
+        assert_eq!(seen, 5 * round, "round {round}: idle too early");
     }
+    drop(request);
+    waiter.join().unwrap();
     pool.shutdown();
 }

@@ -161,6 +161,13 @@ impl Sleep {
         searching(self.counts.fetch_add(SEARCHING_ONE, AcqRel))
     }
 
+    /// Whether no worker is parked (a snapshot). While that holds, a worker may
+    /// look for work without announcing itself as searching ("Quiet spinning").
+    #[inline]
+    pub(crate) fn nobody_sleeping(&self) -> bool {
+        sleeping(self.counts.load(Acquire)) == 0
+    }
+
     /// A searching worker found work (or is leaving). Returns true if it was the
     /// last searcher; it must then call [`Sleep::wake_if_work`] ("Handing over").
     #[inline]

@@ -7,17 +7,20 @@
 //!    instructions (≈ 0.5 µs) between two looks, about 50 µs in all. Short fixed
 //!    rounds rather than an exponential ramp: a round of 64 pauses (crossbeam's
 //!    `Backoff` at its cap) is 1–2 µs on these machines, which showed up directly
-//!    as round-trip latency (1.1 µs p50 against 0.4 µs with short rounds).
+//!    as round-trip latency (1.1 µs p50 against 0.5 µs with short rounds).
 //! 2. then up to `yield_rounds` rounds of `yield_now`, which give the core away at
 //!    once if any other thread wants it.
 //!
-//! **Adapting to the core count.** Busy-spinning only pays while a core is free.
-//! So at most `cores - 1` workers spin at a time (the submitting thread needs a
-//! core of its own); a worker that starts searching while that many already do
-//! skips phase 1 ([`may_spin`]), and on a single core nobody spins. Measured on 2
-//! cores: letting both workers spin halved W1 throughput during idle gaps, and
-//! yielding alone (no spin) cost ~9 µs per round trip, because a `sched_yield`
-//! between the submitter and a worker sharing a core is a context switch.
+//! **Adapting to the core count.** Busy-spinning only pays while a core is free
+//! for it. So at most `cores` workers spin at a time; a worker that starts
+//! searching while that many already do skips phase 1 ([`may_spin`]), and on a
+//! single core nobody spins. Measured on 2 cores with 2 workers (W2 round trips,
+//! `crew-bench`): limiting spinners to `cores - 1` put 1–2 % of round trips behind
+//! a parked worker (p99 ≈ 46 µs against ≈ 1 µs) and did not raise W1 throughput;
+//! yielding without any spin phase cost ≈ 9 µs per round trip, because a
+//! `sched_yield` between the submitter and a worker that share a core is a context
+//! switch. A caller waiting on a result spins only briefly (`JOIN_SPIN_ROUNDS`):
+//! it may share a core with the very worker it waits for.
 
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
@@ -31,6 +34,10 @@ pub(crate) const JOIN_SPIN_ROUNDS: u32 = 8;
 /// Pause instructions per spin round.
 const PAUSES_PER_ROUND: u32 = 16;
 
+/// Spin rounds of a worker's quiet phase, before it announces itself as
+/// searching (`scheduler/sleep.md`, "Quiet spinning"): about 4 µs.
+pub(crate) const QUIET_SPIN_ROUNDS: u32 = 8;
+
 /// Yield rounds for a worker that found no work.
 pub(crate) const WORKER_YIELD_ROUNDS: u32 = 32;
 /// Yield rounds for a caller waiting on a task's result.
@@ -41,10 +48,10 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
-/// Whether a thread may busy-spin when `already_spinning` others do.
+/// Whether a worker may busy-spin when `already_spinning` others do.
 #[inline]
 pub(crate) fn may_spin(already_spinning: usize) -> bool {
-    already_spinning < cores().saturating_sub(1)
+    cores() > 1 && already_spinning < cores()
 }
 
 /// One idle episode: call [`Spin::next`] between looks; it returns false when the

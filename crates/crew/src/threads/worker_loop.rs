@@ -20,7 +20,9 @@ use crossbeam_deque::{Stealer, Worker as Deque};
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
 use crate::error::{panic_message, Failure};
 use crate::scheduler::sleep::Parked;
-use crate::scheduler::spin::{self, Spin, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS};
+use crate::scheduler::spin::{
+    self, Spin, QUIET_SPIN_ROUNDS, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS,
+};
 use crate::sync::{lock, Arc};
 use crate::task::cell::{Job, Ran};
 use crate::worker::{Context, Worker, WorkerId};
@@ -195,6 +197,9 @@ impl<W: Worker> Local<W> {
     /// Searches (spin, then park) until a job turns up or the thread must exit.
     #[cold]
     fn search(&mut self) -> Option<Job<W>> {
+        if let Some(job) = self.search_quietly() {
+            return Some(job);
+        }
         let others_searching = self.shared.sleep.start_searching();
         self.searching = true;
         let mut may_spin = spin::may_spin(others_searching);
@@ -240,6 +245,25 @@ impl<W: Worker> Local<W> {
             // worker was chosen to find work, so it spins.
             may_spin = true;
         }
+    }
+
+    /// "Quiet spinning": while no worker is parked, look for a few microseconds
+    /// without touching the shared sleep counts. Short gaps between tasks (a
+    /// worker faster than its submitter) then cost no write to the word every
+    /// submission reads. Nobody is parked, so no submitter could have woken
+    /// anyone on this worker's behalf; and before it parks, this worker goes
+    /// through the announced search and the park's re-check.
+    fn search_quietly(&mut self) -> Option<Job<W>> {
+        let mut spin = Spin::new(QUIET_SPIN_ROUNDS, 0);
+        while self.shared.sleep.nobody_sleeping() && spin.next() {
+            if self.must_leave() {
+                return None;
+            }
+            if let Some(job) = self.find() {
+                return Some(job);
+            }
+        }
+        None
     }
 
     fn stop_searching(&mut self) {
