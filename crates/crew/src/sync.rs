@@ -24,6 +24,32 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Waits on `cond` until notified, or until `deadline` if there is one. Returns
+/// the guard, as `Err` if the deadline had already passed (the caller then gives
+/// up). Spurious wake-ups come back as `Ok`: callers re-check their condition in
+/// a loop.
+pub(crate) fn wait_until<'a, T>(
+    cond: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<std::time::Instant>,
+) -> Result<MutexGuard<'a, T>, MutexGuard<'a, T>> {
+    match deadline {
+        None => Ok(cond
+            .wait(guard)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)),
+        Some(d) => {
+            let now = std::time::Instant::now();
+            if now >= d {
+                return Err(guard);
+            }
+            let (guard, _) = cond
+                .wait_timeout(guard, d - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok(guard)
+        }
+    }
+}
+
 /// The primitives of the modelled protocols: loom's under `cfg(crew_loom)`.
 pub(crate) mod modelled {
     #[cfg(crew_loom)]

@@ -17,7 +17,7 @@ use std::task::{Context as PollContext, Poll, Waker};
 use std::time::Instant;
 
 use super::Shared;
-use crate::sync::{lock, Arc, AtomicUsize, Condvar, Mutex};
+use crate::sync::{lock, wait_until, Arc, AtomicUsize, Condvar, Mutex};
 use crate::worker::Worker;
 
 pub(super) struct Idle {
@@ -71,19 +71,10 @@ impl Idle {
             if is_idle() {
                 return true;
             }
-            guard = match deadline {
-                None => self.cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.cond
-                        .wait_timeout(guard, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            match wait_until(&self.cond, guard, deadline) {
+                Ok(g) => guard = g,
+                Err(_) => return false,
+            }
         }
     }
 }

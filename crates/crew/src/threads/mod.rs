@@ -45,7 +45,9 @@ use crate::error::{panic_message, Failure, ShutdownTimedOut, SubmitError};
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
 use crate::stats::{Stats, WorkerStats};
-use crate::sync::{lock, modelled, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex};
+use crate::sync::{
+    lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
+};
 use crate::task::cell::{new_cell, Job, Outcome, Payload};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::worker::{Context, Worker, WorkerId};
@@ -758,19 +760,10 @@ impl<W: Worker> Shared<W> {
     fn wait_for_exit(&self, deadline: Option<Instant>) -> bool {
         let mut reg = lock(&self.registry);
         while !reg.live.is_empty() {
-            reg = match deadline {
-                None => self.exited.wait(reg).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.exited
-                        .wait_timeout(reg, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            match wait_until(&self.exited, reg, deadline) {
+                Ok(r) => reg = r,
+                Err(_) => return false,
+            }
         }
         true
     }

@@ -16,7 +16,7 @@ use std::sync::Weak;
 use std::time::Instant;
 
 use super::Shared;
-use crate::sync::{lock, Arc, Condvar, Mutex};
+use crate::sync::{lock, wait_until, Arc, Condvar, Mutex};
 use crate::worker::Worker;
 
 pub(super) struct Monitor {
@@ -90,18 +90,14 @@ fn run<W: Worker>(shared: Weak<Shared<W>>, state: Arc<(Mutex<State>, Condvar)>) 
         let mut st = lock(mutex);
         st.wake_at = next;
         while !st.stop && !st.dirty {
-            st = match st.wake_at {
-                None => cond.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(at) => {
-                    let now = Instant::now();
-                    if now >= at {
-                        break;
-                    }
-                    cond.wait_timeout(st, at - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
+            let wake_at = st.wake_at;
+            match wait_until(cond, st, wake_at) {
+                Ok(s) => st = s,
+                Err(s) => {
+                    st = s;
+                    break;
                 }
-            };
+            }
         }
         if st.stop {
             return;
