@@ -41,6 +41,10 @@ pub struct Stats {
     /// Threads given up on (stuck in a timed-out or killed task) that have not
     /// returned yet. They are not in `workers`.
     pub abandoned_threads: usize,
+    /// Consecutive `Worker::start` failures, pool-wide (0 once a start succeeds).
+    pub start_failures: u32,
+    /// The message of the most recent `Worker::start` failure, if any ever failed.
+    pub last_start_error: Option<String>,
     /// One row per worker, by id.
     pub per_worker: Vec<WorkerStats>,
 }
@@ -95,6 +99,11 @@ impl fmt::Display for Stats {
         )?;
         if self.abandoned_threads > 0 {
             write!(f, " | abandoned threads {}", self.abandoned_threads)?;
+        }
+        if self.start_failures > 0 {
+            if let Some(e) = &self.last_start_error {
+                write!(f, " | start failing ({}x): {e}", self.start_failures)?;
+            }
         }
         Ok(())
     }

@@ -61,6 +61,16 @@ fn tasks_fail_with_the_start_error_when_no_worker_can_start() {
         stats.per_worker.iter().all(|w| !w.started),
         "no worker started: {stats:?}"
     );
+    // The pool itself reports the failing start, not only the tasks.
+    assert!(stats.start_failures >= 2, "{stats:?}");
+    assert_eq!(
+        stats.last_start_error.as_deref(),
+        Some("database unreachable")
+    );
+    assert!(
+        stats.to_string().contains("database unreachable"),
+        "{stats}"
+    );
     pool.shutdown_timeout(LIMIT)
         .expect("a pool whose workers never started shuts down");
 }

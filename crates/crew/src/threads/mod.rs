@@ -898,6 +898,8 @@ impl<W: Worker> Shared<W> {
             closed: by_outcome[Outcome::Closed as usize],
             start_failed: by_outcome[Outcome::StartFailed as usize],
             abandoned_threads: reg.abandoned.len(),
+            start_failures: reg.start_failures,
+            last_start_error: reg.last_start_error.clone(),
             per_worker: workers,
         }
     }
