@@ -131,9 +131,13 @@ for line in open(sys.argv[1]):
     if not line.startswith("{"):
         continue
     r = json.loads(line)
-    # "rust/procspawn[window=512]" -> column "rust/procspawn", note "[window=512]"
+    # "rust/procspawn[window=512]" -> column "rust/procspawn", note "[window=512]".
+    # crew's own bracketed variants ("rust/crew-threads[spawn_batch]") are a
+    # different way of submitting, measured alongside: they keep their own column.
     m = re.match(r"^(.*?)(\[.*\])?$", r["impl"])
     col, note = m.group(1), m.group(2) or ""
+    if col.startswith("rust/crew-") and note:
+        col, note = r["impl"], ""
     if col not in cols:
         cols.append(col)
     key = (r["workload"], r["metric"])
@@ -154,9 +158,11 @@ def num(v):
         return f"{v:,.0f}"
     return f"{v:.4g}"
 
-ratio_cols = [(c, short, p) for c in crew for short, p in BAR_PEERS]
+# The bars are about crew's per-task path; batched variants are shown, not ratioed.
+ratio_cols = [(c, short, p) for c in crew if "[" not in c for short, p in BAR_PEERS]
 head = ["workload", "metric", "unit"] + [c.split("/", 1)[1] for c in cols] + [
-    (c.split("/", 1)[1] if len(crew) > 1 else "crew") + "/" + short for c, short, _ in ratio_cols]
+    (c.split("/", 1)[1] if len({c for c, _, _ in ratio_cols}) > 1 else "crew") + "/" + short
+    for c, short, _ in ratio_cols]
 print("| " + " | ".join(head) + " |")
 print("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
 keys = sorted(rows, key=lambda k: (ORDER.index(k[0]) if k[0] in ORDER else 99,

@@ -130,12 +130,26 @@ where
 // ---------------------------------------------------------------- workloads
 
 fn w1_overhead(imp: &str) {
+    w1_run(imp, |pool, n| {
+        spawn_all(pool, (0..n).map(|i| move || inc(i))).sum()
+    });
+    // The batched variant: one `spawn_batch` call for all N tasks (one id
+    // reservation and one wake-up), still one `Task` per task.
+    w1_run(&format!("{imp}[spawn_batch]"), |pool, n| {
+        let handles = pool.spawn_batch((0..n).map(|i| move || inc(i)));
+        handles.into_iter().map(join).sum()
+    });
+}
+
+/// W1 for one way of submitting: `submit_all(pool, n)` runs `inc(i)` for
+/// `i in 0..n` and returns the sum of the results.
+fn w1_run(imp: &str, submit_all: impl Fn(&Pool, u64) -> u64) {
     let pool = new_pool();
     let mut rates = Vec::new();
     for run in 0..=W1_RUNS {
         let n = if run == 0 { W1_WARMUP_TASKS } else { W1_TASKS };
         let t = Instant::now();
-        let sum: u64 = spawn_all(&pool, (0..n).map(|i| move || inc(i))).sum();
+        let sum = submit_all(&pool, n);
         let dt = t.elapsed().as_secs_f64();
         assert_eq!(sum, n * (n + 1) / 2, "W1 sum mismatch");
         if run > 0 {
