@@ -286,7 +286,7 @@ impl<W: Worker> PoolBuilder<W> {
             queue_capacity: self.queue_capacity,
             start_attempts: self.start_attempts,
             start_backoff: self.start_backoff,
-            max_start_backoff: (self.start_backoff * 64).min(Duration::from_secs(10)),
+            max_start_backoff: (self.start_backoff.saturating_mul(64)).min(Duration::from_secs(10)),
             abandon_grace: self.abandon_grace,
         };
         Pool::start(config)

@@ -66,7 +66,7 @@ mod worker;
 
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
-pub use pool::{Idle, JobBuilder, Pool, TaskBuilder};
+pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 pub use stats::{Stats, WorkerStats};
 pub use task::{Priority, Task, TaskId};
 pub use worker::{Closures, Context, Worker, WorkerId};

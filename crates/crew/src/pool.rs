@@ -501,15 +501,12 @@ impl<W: Worker> Future for SubmitAsync<'_, W> {
                 Poll::Pending
             }
             Poll::Ready(false) => Poll::Ready(Err(SubmitError::closed(input))),
-            Poll::Ready(true) => {
-                let result = this
-                    .pool
-                    .submit_with(input, this.options, Admission::Acquired);
-                if matches!(&result, Err(e) if e.is_closed()) {
-                    shared.release_reserved();
-                }
-                Poll::Ready(result)
-            }
+            // An unused reservation is released inside `submit` (pool closed).
+            Poll::Ready(true) => Poll::Ready(this.pool.submit_with(
+                input,
+                this.options,
+                Admission::Acquired,
+            )),
         }
     }
 }

@@ -24,6 +24,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `from + d`, or a point ~30 years on if that is not representable (a user may
+/// pass `Duration::MAX` as a timeout; that must mean "never", not a panic).
+#[inline]
+pub(crate) fn after(from: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    from.checked_add(d)
+        .unwrap_or_else(|| from + std::time::Duration::from_secs(60 * 60 * 24 * 365 * 30))
+}
+
 /// Waits on `cond` until notified, or until `deadline` if there is one. Returns
 /// the guard, as `Err` if the deadline had already passed (the caller then gives
 /// up). Spurious wake-ups come back as `Ok`: callers re-check their condition in

@@ -71,7 +71,11 @@ impl Sleeper {
     /// Waits until `notified` is set (then clears it and returns `Woken`), until
     /// `interrupted()`, or until `timeout` has passed.
     fn wait(&self, interrupted: impl Fn() -> bool, timeout: Option<Duration>) -> Parked {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| {
+            Instant::now()
+                .checked_add(t)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60 * 60 * 24 * 365))
+        });
         let mut guard = lock(&self.wake_lock);
         loop {
             if self.notified.swap(false, Acquire) {
@@ -176,13 +180,21 @@ impl Sleep {
     }
 
     /// "Handing over": the last searcher found work. If more work is visible and
-    /// someone sleeps, wake one, so queued work always has a searcher.
+    /// someone sleeps, wake one, so queued work always has a searcher. Returns
+    /// true if more work was visible but nobody slept (every other worker is
+    /// busy), which is when an elastic pool considers growing.
     #[inline]
-    pub(crate) fn wake_if_work(&self, has_work: impl FnOnce() -> bool) {
+    pub(crate) fn wake_if_work(&self, has_work: impl FnOnce() -> bool) -> bool {
         fence(std::sync::atomic::Ordering::SeqCst);
-        if sleeping(self.counts.load(Acquire)) > 0 && has_work() {
-            self.wake_one();
+        let asleep = sleeping(self.counts.load(Acquire)) > 0;
+        if !has_work() {
+            return false;
         }
+        if asleep {
+            self.wake_one();
+            return false;
+        }
+        true
     }
 
     /// "Submitting": called after work was pushed. Wakes a sleeper only if no

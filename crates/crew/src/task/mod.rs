@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::TaskError;
 use crate::scheduler::spin::{Spin, JOIN_SPIN_ROUNDS, JOIN_YIELD_ROUNDS};
-use crate::sync::Arc;
+use crate::sync::{after, Arc};
 use crate::worker::WorkerId;
 use cell::Handle;
 
@@ -129,8 +129,7 @@ impl<T, E> Task<T, E> {
     /// Blocks for at most `timeout`. Gives the handle back if the task has not
     /// resolved by then; the task itself is unaffected.
     pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, TaskError<E>>, Self> {
-        let deadline = Instant::now().checked_add(timeout);
-        self.wait_until(Some(deadline.unwrap_or_else(far_future)))
+        self.wait_until(Some(after(Instant::now(), timeout)))
     }
 
     fn wait_until(mut self, deadline: Option<Instant>) -> Result<Result<T, TaskError<E>>, Self> {
@@ -173,10 +172,6 @@ impl<T, E> Task<T, E> {
         // second take, and every caller checked `is_resolved()` on this thread.
         unsafe { self.handle.core().take_result() }
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(60 * 60 * 24 * 365 * 30)
 }
 
 impl<T, E> Future for Task<T, E> {

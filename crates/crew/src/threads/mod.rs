@@ -46,7 +46,7 @@ use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
 use crate::stats::{Stats, WorkerStats};
 use crate::sync::{
-    lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
+    after, lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
 };
 use crate::task::cell::{new_cell, Job, Outcome, Payload};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
@@ -106,6 +106,9 @@ pub(crate) struct Slot<W> {
     started: AtomicBool,
     /// Tasks this worker finished, by outcome. Written only by the worker thread.
     counts: CachePadded<Counts>,
+    /// Set (under the registry lock) once `counts` were added to the retired
+    /// totals; the slot is then no longer summed.
+    counts_retired: AtomicBool,
 }
 
 struct Running<W> {
@@ -147,8 +150,11 @@ struct Registry<W> {
     /// Consecutive failed starts, pool-wide.
     start_failures: u32,
     last_start_error: Option<String>,
-    /// Replacement workers that could not be spawned yet; the monitor retries.
+    /// Replacement workers that could not be spawned yet; the monitor retries
+    /// them at `retry_at`, backing off like failed starts.
     missing: usize,
+    retry_at: Option<Instant>,
+    retry_delay: std::time::Duration,
     /// Stealers of every worker, for searching workers to copy.
     peers: Arc<Vec<(WorkerId, Stealer<Job<W>>)>>,
 }
@@ -210,6 +216,8 @@ impl<W: Worker> Shared<W> {
                 start_failures: 0,
                 last_start_error: None,
                 missing: 0,
+                retry_at: None,
+                retry_delay: std::time::Duration::ZERO,
                 peers: Arc::new(Vec::new()),
             }),
             exited: Condvar::new(),
@@ -255,6 +263,12 @@ impl<W: Worker> Shared<W> {
         P: Payload<W>,
     {
         if self.lifecycle.load(Acquire) & CLOSING != 0 {
+            if admission == Admission::Acquired && !is_worker_of(self) {
+                // The place `poll_capacity` reserved will not be used.
+                if let Some(capacity) = &self.capacity {
+                    capacity.release();
+                }
+            }
             return Err(SubmitError::closed(payload));
         }
         let bounded = match &self.capacity {
@@ -299,9 +313,12 @@ impl<W: Worker> Shared<W> {
         let timeout = options.timeout.or(self.config.default_timeout);
         let cell = new_cell(id, options.priority, timeout, bounded, payload);
         self.push(Job::new(cell.clone()), options.priority, notify);
-        // After `push` (and its SeqCst fence when notifying; `submit_batch` fences
-        // once at the end) this read and a concurrent `close` or breaker trip
-        // cannot both miss each other.
+        if !notify {
+            // `notify_work` (skipped in a batch) is where the fence usually is.
+            std::sync::atomic::fence(SeqCst);
+        }
+        // After the push and a SeqCst fence, this read and a concurrent `close` or
+        // breaker trip cannot both miss each other.
         let lifecycle = self.lifecycle.load(SeqCst);
         if lifecycle & (CLOSING | BROKEN) != 0 {
             if lifecycle & CLOSING != 0 {
@@ -329,6 +346,13 @@ impl<W: Worker> Shared<W> {
     {
         let mut tasks = Vec::with_capacity(payloads.len());
         let mut rest = payloads.into_iter();
+        if self.lifecycle.load(Acquire) & CLOSING != 0 {
+            // Nothing reserved, nothing counted: as `submit` does.
+            return match rest.next() {
+                Some(first) => (tasks, Some((SubmitError::closed(first), rest.collect()))),
+                None => (tasks, None),
+            };
+        }
         let bounded = self.capacity.is_some() && !is_worker_of(self);
         let first = self.submitted.fetch_add(rest.len() as u64, Relaxed) + 1;
         let mut rejected: Option<Rejected<P>> = None;
@@ -349,6 +373,8 @@ impl<W: Worker> Shared<W> {
                     } else {
                         SubmitError::full(payload)
                     };
+                    // Its id was reserved but no task was made: count it here.
+                    self.count(Outcome::Closed);
                     rejected = Some((error, rest.collect::<Vec<P>>()));
                     break;
                 }
@@ -356,19 +382,22 @@ impl<W: Worker> Shared<W> {
             match self.enqueue(id, payload, options, bounded, false) {
                 Ok(task) => tasks.push(task),
                 Err(error) => {
+                    // Taken back: its tombstone is counted by whoever pops it.
                     rejected = Some((error, rest.collect()));
                     break;
                 }
             }
         }
         if let Some((_, rest)) = &rejected {
-            // Ids reserved for tasks that were never queued count as closed, so
-            // `submitted` and the outcome counters still add up.
-            for _ in 0..rest.len() + 1 {
+            // Ids reserved for payloads never tried count as closed, so `submitted`
+            // and the outcome counters still add up.
+            for _ in 0..rest.len() {
                 self.count(Outcome::Closed);
             }
         }
-        self.sleep.notify_work();
+        if self.sleep.notify_work() && self.config.is_elastic() {
+            self.maybe_grow();
+        }
         (tasks, rejected)
     }
 
@@ -422,13 +451,6 @@ impl<W: Worker> Shared<W> {
         }
     }
 
-    /// Returns a place reserved by `poll_capacity` that was not used.
-    pub(crate) fn release_reserved(&self) {
-        if let Some(capacity) = &self.capacity {
-            capacity.release();
-        }
-    }
-
     /// A queue entry was taken out of the queues (to run, skip, or discard).
     #[inline]
     fn popped(&self, bounded: bool) {
@@ -457,21 +479,24 @@ impl<W: Worker> Shared<W> {
         }
     }
 
-    /// Every worker is busy: add one if the backlog per worker is above the
-    /// threshold and the pool is below its maximum. A spawn failure is not an
-    /// error here; the next busy submission tries again.
+    /// Every worker is busy (a submitter saw no idle worker, or a searcher found
+    /// more work than it can take with nobody asleep to hand it to): add workers,
+    /// one at a time, while the backlog per worker is above the threshold and the
+    /// pool is below its maximum. With no worker at all (`workers_range(0..=n)`),
+    /// any backlog is enough. A spawn failure is not an error here; the next
+    /// check tries again.
     #[cold]
-    fn maybe_grow(&self) {
-        let live = self.live_count.load(Relaxed);
-        if live >= self.config.max_workers
-            || self.injectors.len() <= self.config.grow_backlog * live.max(1)
-            || self.lifecycle() & CLOSING != 0
-            || self.growing.swap(true, Acquire)
-        {
+    pub(crate) fn maybe_grow(&self) {
+        if self.lifecycle() & CLOSING != 0 || self.growing.swap(true, Acquire) {
             return;
         }
-        if lock(&self.registry).live.len() < self.config.max_workers {
-            let _ = self.spawn_worker();
+        loop {
+            let live = self.live_count.load(Relaxed);
+            let backlog = self.injectors.len();
+            let wanted = backlog > 0 && (live == 0 || backlog > self.config.grow_backlog * live);
+            if live >= self.config.max_workers || !wanted || self.spawn_worker().is_err() {
+                break;
+            }
         }
         self.growing.store(false, Release);
     }
@@ -486,9 +511,12 @@ impl<W: Worker> Shared<W> {
         let Some(at) = reg.live.iter().position(|s| Arc::ptr_eq(s, slot)) else {
             return false;
         };
-        // It exits at once and hands its own deque back to the injector.
+        // It exits at once and hands its own deque back to the injector. It is
+        // idle, so its counts are final: move them to the retired totals now, so
+        // the pool's counters stay whole while its `Worker::stop` runs.
         reg.live.swap_remove(at);
         self.live_count.store(reg.live.len(), Relaxed);
+        Self::retire_counts(&mut reg, slot);
         if slot.started.swap(false, SeqCst) {
             reg.started -= 1;
         }
@@ -531,26 +559,40 @@ impl<W: Worker> Shared<W> {
             abandoned: AtomicBool::new(false),
             started: AtomicBool::new(false),
             counts: CachePadded::new(new_counts()),
+            counts_retired: AtomicBool::new(false),
         });
         let mut builder =
             std::thread::Builder::new().name(format!("{}-{}", self.config.thread_name, id.raw()));
         if let Some(size) = self.config.stack_size {
             builder = builder.stack_size(size);
         }
-        let mut reg = lock(&self.registry);
-        reg.live.push(Arc::clone(&slot));
-        self.live_count.store(reg.live.len(), Relaxed);
-        self.publish_peers(&mut reg);
+        {
+            let mut reg = lock(&self.registry);
+            reg.live.push(Arc::clone(&slot));
+            self.live_count.store(reg.live.len(), Relaxed);
+            self.publish_peers(&mut reg);
+        }
         let thread_slot = Arc::clone(&slot);
         let body = move || worker_loop::run(shared, thread_slot, deque);
+        // Outside the registry lock, and a panicking handler is an error like any
+        // other: the handler is user code.
         let spawned = match &self.config.spawn_handler {
-            Some(handler) => handler(builder, Box::new(body)),
+            Some(handler) => catch_unwind(AssertUnwindSafe(|| handler(builder, Box::new(body))))
+                .unwrap_or_else(|panic| {
+                    Err(std::io::Error::other(format!(
+                        "spawn_handler panicked: {}",
+                        panic_message(&*panic)
+                    )))
+                }),
             None => builder.spawn(body),
         };
+        let mut reg = lock(&self.registry);
         match spawned {
             Ok(handle) => {
                 reg.handles.retain(|(_, h)| !h.is_finished());
-                reg.handles.push((id, handle));
+                if !slot.abandoned.load(SeqCst) {
+                    reg.handles.push((id, handle));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -562,27 +604,72 @@ impl<W: Worker> Shared<W> {
         }
     }
 
-    /// Starts a replacement for a worker that left; on failure the monitor retries.
+    /// Starts a replacement for a worker that left; on failure the monitor retries
+    /// after a backoff.
     fn replace_worker(&self) {
         if self.lifecycle.load(Acquire) & TERMINATING != 0 {
             return;
         }
         if self.spawn_worker().is_err() {
-            lock(&self.registry).missing += 1;
+            let retry_at = self.schedule_retry(1);
             if let Some(shared) = self.arc() {
-                self.monitor
-                    .wake_at(&shared, Instant::now() + self.config.start_backoff);
+                self.monitor.wake_at(&shared, retry_at);
             }
         }
     }
 
-    /// Retries replacements that failed to spawn. Returns when to try again.
-    fn respawn_missing(&self) -> Option<Instant> {
-        let missing = std::mem::take(&mut lock(&self.registry).missing);
+    /// Records `failed` spawns to retry and returns when: `start_backoff` after
+    /// the first failure, doubling while failures go on (up to `max_start_backoff`).
+    fn schedule_retry(&self, failed: usize) -> Instant {
+        let mut reg = lock(&self.registry);
+        reg.missing += failed;
+        reg.retry_delay = if reg.retry_delay.is_zero() {
+            self.config.start_backoff
+        } else {
+            reg.retry_delay
+                .saturating_mul(2)
+                .min(self.config.max_start_backoff)
+        };
+        let at = after(Instant::now(), reg.retry_delay);
+        reg.retry_at = Some(at);
+        at
+    }
+
+    /// Called by the monitor: retries replacements that failed to spawn, once
+    /// their backoff has passed. Returns when to look again.
+    fn respawn_missing(&self, now: Instant) -> Option<Instant> {
+        let missing = {
+            let mut reg = lock(&self.registry);
+            match reg.retry_at {
+                _ if reg.missing == 0 => return None,
+                Some(at) if at > now => return Some(at),
+                _ => std::mem::take(&mut reg.missing),
+            }
+        };
+        let mut failed = 0;
         for _ in 0..missing {
-            self.replace_worker();
+            if self.lifecycle.load(Acquire) & TERMINATING != 0 {
+                break;
+            }
+            if self.spawn_worker().is_err() {
+                failed += 1;
+            }
         }
-        (lock(&self.registry).missing > 0).then(|| Instant::now() + self.config.start_backoff)
+        if failed == 0 {
+            lock(&self.registry).retry_delay = std::time::Duration::ZERO;
+            return None;
+        }
+        Some(self.schedule_retry(failed))
+    }
+
+    /// Moves a leaving worker's counts into the retired totals, once.
+    fn retire_counts(reg: &mut Registry<W>, slot: &Slot<W>) {
+        if slot.counts_retired.swap(true, SeqCst) {
+            return;
+        }
+        for (i, c) in slot.counts.iter().enumerate() {
+            reg.retired[i] += c.load(Acquire);
+        }
     }
 
     fn publish_peers(&self, reg: &mut Registry<W>) {
@@ -833,6 +920,7 @@ impl<W: Worker> Shared<W> {
             .live
             .iter()
             .chain(reg.abandoned.iter())
+            .filter(|s| !s.counts_retired.load(Acquire))
             .map(|s| s.finished())
             .sum();
         let shared: u64 = self.counts.iter().map(|c| c.load(SeqCst)).sum();
@@ -942,7 +1030,7 @@ impl<W: Worker> Shared<W> {
                     if let Some(r) = running.as_mut() {
                         if r.job.header().id() == job.header().id() {
                             if timed_out {
-                                let at = now + self.config.abandon_grace;
+                                let at = after(now, self.config.abandon_grace);
                                 r.abandon_at = Some(at);
                                 earliest(at);
                             } else {

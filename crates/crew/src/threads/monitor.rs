@@ -81,7 +81,7 @@ fn run<W: Worker>(shared: Weak<Shared<W>>, state: Arc<(Mutex<State>, Condvar)>) 
             };
             let now = Instant::now();
             let timeouts = shared.check_deadlines(now);
-            let respawn = shared.respawn_missing();
+            let respawn = shared.respawn_missing(now);
             match (timeouts, respawn) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

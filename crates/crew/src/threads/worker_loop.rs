@@ -23,7 +23,7 @@ use crate::scheduler::sleep::Parked;
 use crate::scheduler::spin::{
     self, Spin, QUIET_SPIN_ROUNDS, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS,
 };
-use crate::sync::{lock, Arc};
+use crate::sync::{after, lock, Arc};
 use crate::task::cell::{Job, Ran};
 use crate::worker::{Context, Worker, WorkerId};
 
@@ -104,11 +104,11 @@ impl<W: Worker> Local<W> {
                 Err(panic) => format!("Worker::start panicked: {}", panic_message(&*panic)),
             };
             self.shared.on_start_failed(message);
-            let until = Instant::now() + delay;
+            let until = after(Instant::now(), delay);
             while Instant::now() < until && !self.must_leave() && !self.shared.is_closed() {
                 std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
             }
-            delay = (delay * 2).min(config.max_start_backoff);
+            delay = delay.saturating_mul(2).min(config.max_start_backoff);
         }
     }
 
@@ -132,7 +132,7 @@ impl<W: Worker> Local<W> {
             self.slot.count(header.settled_outcome());
             return Ran::Skipped;
         }
-        let deadline = header.timeout.map(|t| Instant::now() + t);
+        let deadline = header.timeout.map(|t| after(Instant::now(), t));
         *lock(&self.slot.running) = Some(Running {
             job: job.clone(),
             deadline,
@@ -273,7 +273,10 @@ impl<W: Worker> Local<W> {
         self.searching = false;
         if self.shared.sleep.stop_searching() {
             self.refresh_peers();
-            self.shared.sleep.wake_if_work(|| self.has_work());
+            let all_busy = self.shared.sleep.wake_if_work(|| self.has_work());
+            if all_busy && self.shared.config.is_elastic() {
+                self.shared.maybe_grow();
+            }
         }
     }
 
@@ -301,9 +304,7 @@ impl<W: Worker> Local<W> {
             reg.live.retain(|s| !Arc::ptr_eq(s, &self.slot));
             self.shared.live_count.store(reg.live.len(), Relaxed);
             reg.abandoned.retain(|s| !Arc::ptr_eq(s, &self.slot));
-            for (i, c) in self.slot.counts.iter().enumerate() {
-                reg.retired[i] += c.load(Acquire);
-            }
+            Shared::retire_counts(&mut reg, &self.slot);
             self.shared.publish_peers(&mut reg);
             reg.live.is_empty()
         };
