@@ -33,7 +33,19 @@
 //!    waker. Either takes the result out of the cell.
 //!
 //! Timeouts and thread replacement are handled by a per-pool monitor thread that
-//! exists only once a task has a timeout (`threads::monitor`).
+//! exists only once it is needed: the first task with a timeout, or a replacement
+//! thread the OS refused to start (`threads::monitor`).
+//!
+//! # Capacity, batches and size
+//!
+//! - **Backpressure**: with [`PoolBuilder::queue_capacity`], a full queue makes
+//!   `submit`/`spawn` wait (or run the task on the caller, [`WhenFull`]),
+//!   [`Pool::submit_async`] wait without blocking, and `try_submit`/`try_spawn`
+//!   give the input back.
+//! - **Batches**: [`Pool::spawn_batch`] and [`Pool::submit_batch`] queue many tasks
+//!   with one id reservation and one wake-up.
+//! - **Elastic size**: [`PoolBuilder::workers_range`] grows the pool while every
+//!   worker is busy and the backlog is deep, and retires idle extra workers.
 //!
 //! # Which errors
 //!

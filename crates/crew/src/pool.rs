@@ -113,7 +113,8 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Submits many inputs with one wake-up and one id reservation (cheaper than
-    /// a loop of `submit`). Waits for room like `submit` when the queue is bounded.
+    /// a loop of `submit`). With a bounded queue it waits for room, whatever the
+    /// [`WhenFull`](crate::WhenFull) policy: a batch never runs on the caller.
     ///
     /// If the pool shuts down part-way, the error holds the input that was
     /// refused; the inputs after it are dropped, and the tasks queued before it
@@ -237,7 +238,8 @@ impl<W: Worker> Pool<W> {
         self.shared().worker_ids()
     }
 
-    /// The number of workers the pool keeps.
+    /// The number of workers the pool keeps: the fixed size, or an elastic
+    /// pool's minimum (see `workers()` for the workers alive now).
     pub fn size(&self) -> usize {
         self.shared().config.workers
     }

@@ -20,7 +20,8 @@
 //! yielding without any spin phase cost ≈ 9 µs per round trip, because a
 //! `sched_yield` between the submitter and a worker that share a core is a context
 //! switch. A caller waiting on a result spins only briefly (`JOIN_SPIN_ROUNDS`):
-//! it may share a core with the very worker it waits for.
+//! it may share a core with the very worker it waits for. A worker that was just
+//! woken spins whatever the count: it was woken because work is waiting.
 
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
