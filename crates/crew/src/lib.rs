@@ -74,6 +74,7 @@ mod stats;
 mod sync;
 mod task;
 mod threads;
+pub mod wire;
 mod worker;
 
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};

@@ -78,7 +78,7 @@ impl Worker for Halver {
     }
 
     fn run(&mut self, n: u32, _ctx: &mut Context<'_>) -> Result<u32, String> {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             Ok(n / 2)
         } else {
             Err(format!("{n} is odd"))

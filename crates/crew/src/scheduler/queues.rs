@@ -98,7 +98,7 @@ impl<J> Injectors<J> {
     pub(crate) fn find(&self, local: &Deque<J>, peers: &[Stealer<J>], tick: u32) -> Option<J> {
         // Fast path: nothing high-priority waits and it is not an aging pick, so
         // the worker's own deque comes first.
-        if tick % AGING_CYCLE != 0 && self.levels[HIGH].is_empty() {
+        if !tick.is_multiple_of(AGING_CYCLE) && self.levels[HIGH].is_empty() {
             if let Some(j) = local.pop() {
                 return Some(j);
             }

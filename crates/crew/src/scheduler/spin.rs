@@ -84,7 +84,7 @@ impl Spin {
     pub(crate) fn next(&mut self) -> bool {
         if self.spins_left > 0 {
             self.spins_left -= 1;
-            if self.spins_left % YIELD_EVERY_SPIN_ROUNDS == 0 {
+            if self.spins_left.is_multiple_of(YIELD_EVERY_SPIN_ROUNDS) {
                 std::thread::yield_now();
             } else {
                 for _ in 0..PAUSES_PER_ROUND {

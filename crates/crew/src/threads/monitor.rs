@@ -57,7 +57,7 @@ impl Monitor {
             st.thread_started = spawned.is_ok();
         }
         st.dirty = true;
-        if st.wake_at.map_or(true, |w| at < w) {
+        if st.wake_at.is_none_or(|w| at < w) {
             st.wake_at = Some(at);
         }
         cond.notify_one();
