@@ -84,7 +84,9 @@ impl Spin {
     pub(crate) fn next(&mut self) -> bool {
         if self.spins_left > 0 {
             self.spins_left -= 1;
-            if self.spins_left.is_multiple_of(YIELD_EVERY_SPIN_ROUNDS) {
+            // Never on the last round (`spins_left == 0`): a short spin such as the
+            // quiet phase's 8 rounds then costs no syscall at all.
+            if self.spins_left != 0 && self.spins_left.is_multiple_of(YIELD_EVERY_SPIN_ROUNDS) {
                 std::thread::yield_now();
             } else {
                 for _ in 0..PAUSES_PER_ROUND {
