@@ -62,8 +62,9 @@ pub(crate) fn wait_until<'a, T>(
 pub(crate) mod modelled {
     #[cfg(crew_loom)]
     pub(crate) use loom::{
+        cell::UnsafeCell,
         sync::{
-            atomic::{fence, AtomicBool, AtomicUsize},
+            atomic::{fence, AtomicBool, AtomicU64, AtomicUsize},
             Arc, Condvar, Mutex, MutexGuard,
         },
         thread::{current, Thread},
@@ -71,11 +72,32 @@ pub(crate) mod modelled {
     #[cfg(not(crew_loom))]
     pub(crate) use std::{
         sync::{
-            atomic::{fence, AtomicBool, AtomicUsize},
+            atomic::{fence, AtomicBool, AtomicU64, AtomicUsize},
             Arc, Condvar, Mutex, MutexGuard,
         },
         thread::{current, Thread},
     };
+
+    /// `std::cell::UnsafeCell` with loom's access API (`with_mut`), so the loom
+    /// model checks every access to a task's payload and result slot for races.
+    #[cfg(not(crew_loom))]
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    #[cfg(not(crew_loom))]
+    impl<T> UnsafeCell<T> {
+        #[inline]
+        pub(crate) const fn new(value: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+
+        /// Runs `f` with a raw pointer to the value; the caller's `unsafe` block
+        /// justifies the access.
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
 
     /// Locks `mutex`, ignoring poisoning, as [`super::lock`] does.
     #[inline]

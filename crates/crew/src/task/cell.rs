@@ -27,17 +27,22 @@
 //!
 //! A [`Job`] that is dropped without having been run (a queue torn down, a bug)
 //! resolves its task as closed, so no handle can wait for ever.
+//!
+//! The loom model at the bottom of this file runs these races (worker vs. cancel vs.
+//! a parked handle, and worker vs. a shutdown taking the task back) through every
+//! interleaving, with loom checking each access to the payload and result slots.
+//! It fails if the resolver stops waking the waiter (deadlock) or if two threads
+//! can both pass `RESOLVING` (a concurrent write to the result slot).
 
-use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::task::Waker;
-use std::thread::Thread;
 use std::time::Duration;
 
 use crate::error::{panic_message, Failure, TaskError};
-use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex};
+use crate::sync::modelled::{current, lock, AtomicU64, AtomicUsize, Mutex, Thread, UnsafeCell};
+use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
 use crate::worker::{Context, Worker, WorkerId};
 
@@ -223,9 +228,11 @@ impl<T, E> Core<T, E> {
             return false; // someone else resolved it; `outcome` is discarded
         }
         let code = (Outcome::of(&outcome) as usize) << OUTCOME_SHIFT;
-        // SAFETY: we set RESOLVING, so we are the only writer, and the handle does not
-        // read before RESOLVED, which we have not set yet.
-        unsafe { *self.result.get() = Some(outcome) };
+        self.result.with_mut(|slot| {
+            // SAFETY: we set RESOLVING, so we are the only writer, and the handle does
+            // not read before RESOLVED, which we have not set yet.
+            unsafe { *slot = Some(outcome) }
+        });
         let prev = self.header.state.fetch_or(RESOLVED | code, AcqRel);
         if prev & WAITER != 0 {
             self.wake_waiter();
@@ -254,10 +261,12 @@ impl<T, E> Core<T, E> {
     /// Only the task's unique handle may call this, at most once, and only after
     /// `header().is_resolved()` returned true on this thread.
     pub(crate) unsafe fn take_result(&self) -> Result<T, TaskError<E>> {
-        // SAFETY: per this function's contract, RESOLVED was observed with Acquire,
-        // so the resolver's write happened before, and no one else reads.
-        let slot = unsafe { (*self.result.get()).take() };
-        match slot {
+        let result = self.result.with_mut(|slot| {
+            // SAFETY: per this function's contract, RESOLVED was observed with
+            // Acquire, so the resolver's write happened before, and no one else reads.
+            unsafe { (*slot).take() }
+        });
+        match result {
             Some(r) => r,
             None => unreachable_state("a resolved task had no result"),
         }
@@ -279,7 +288,7 @@ impl<T, E> Core<T, E> {
     }
 
     pub(crate) fn register_thread(&self) -> bool {
-        self.register(Waiter::Thread(std::thread::current()))
+        self.register(Waiter::Thread(current()))
     }
 
     pub(crate) fn register_waker(&self, waker: &Waker) -> bool {
@@ -384,8 +393,10 @@ impl<P, T, E> Cell<P, T, E> {
         if !self.core.header.claim() {
             return None;
         }
-        // SAFETY: we set CLAIMED, so we are the payload's only owner.
-        unsafe { (*self.payload.get()).take() }
+        self.payload.with_mut(|slot| {
+            // SAFETY: we set CLAIMED, so we are the payload's only owner.
+            unsafe { (*slot).take() }
+        })
     }
 }
 
@@ -576,4 +587,113 @@ pub(crate) fn new_cell<P, T, E>(
         },
         payload: UnsafeCell::new(Some(payload)),
     })
+}
+
+#[cfg(all(test, crew_loom))]
+mod loom_model {
+    //! Every interleaving of the races a task's state machine must survive: a
+    //! worker running the task, a cancel, a shutdown taking it back, and the
+    //! handle waiting for the result. Each must end with exactly one outcome, the
+    //! result slot written once and read once (loom checks every access to it),
+    //! and the waiting handle woken.
+
+    use super::*;
+    use crate::task::{Priority, TaskId};
+    use crate::worker::{Closures, Context, WorkerId};
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    type TestCell = Cell<Plain<Box<dyn FnOnce() -> u64 + Send>>, u64, Infallible>;
+
+    /// A task whose closure records that it ran and returns 42.
+    fn task(ran: &std::sync::Arc<AtomicBool>) -> Arc<TestCell> {
+        let ran = std::sync::Arc::clone(ran);
+        let f: Box<dyn FnOnce() -> u64 + Send> = Box::new(move || {
+            ran.store(true, SeqCst);
+            42
+        });
+        new_cell(TaskId(1), Priority::Normal, None, false, Plain(f))
+    }
+
+    fn run_on_worker(cell: &Arc<TestCell>) -> Ran {
+        let job = Job::<Closures>::new(Arc::clone(cell));
+        let mut ctx = Context::new(WorkerId::new(1), Some(job.header()));
+        job.run(&mut Closures, &mut ctx)
+    }
+
+    /// What the handle does in `join`: register, park until resolved, take.
+    fn join(cell: &TestCell) -> Result<u64, TaskError<Infallible>> {
+        let core = Handle::core(cell);
+        if core.register_thread() {
+            while !core.header().is_resolved() {
+                loom::thread::park();
+            }
+        }
+        // SAFETY: this is the only handle, it takes once, after seeing RESOLVED.
+        unsafe { core.take_result() }
+    }
+
+    #[test]
+    fn run_racing_cancel_resolves_once_and_wakes_the_joiner() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let ran = std::sync::Arc::new(AtomicBool::new(false));
+            let cell = task(&ran);
+            let worker = {
+                let cell = Arc::clone(&cell);
+                loom::thread::spawn(move || run_on_worker(&cell))
+            };
+            let canceller = {
+                let cell = Arc::clone(&cell);
+                loom::thread::spawn(move || Handle::cancel(&*cell))
+            };
+            let result = join(&cell);
+            let ran_as = worker.join().unwrap();
+            let cancel_won = canceller.join().unwrap();
+            match result {
+                Ok(v) => {
+                    assert_eq!(v, 42);
+                    assert!(!cancel_won, "a cancel that lost must say so");
+                    assert_eq!(ran_as, Ran::Returned);
+                }
+                Err(e) => {
+                    assert!(e.is_cancelled());
+                    assert!(cancel_won, "the cancel that resolved the task says so");
+                    // Cancelled while queued: it never ran; cancelled while running:
+                    // it ran and its output was discarded.
+                    assert_eq!(ran_as == Ran::Skipped, !ran.load(SeqCst));
+                }
+            }
+            let expected = if cancel_won {
+                Outcome::Cancelled
+            } else {
+                Outcome::Ok
+            };
+            assert_eq!(cell.core.header().outcome(), Some(expected));
+        });
+    }
+
+    #[test]
+    fn take_back_racing_a_worker_gives_the_input_to_exactly_one() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let ran = std::sync::Arc::new(AtomicBool::new(false));
+            let cell = task(&ran);
+            let worker = {
+                let cell = Arc::clone(&cell);
+                loom::thread::spawn(move || run_on_worker(&cell))
+            };
+            let taken_back = cell.take_back().is_some();
+            let ran_as = worker.join().unwrap();
+            let result = join(&cell);
+            assert_eq!(taken_back, ran_as == Ran::Skipped);
+            assert_eq!(taken_back, !ran.load(SeqCst));
+            match result {
+                Ok(v) => assert!(!taken_back && v == 42),
+                Err(e) => assert!(taken_back && e.is_closed()),
+            }
+        });
+    }
 }
