@@ -57,6 +57,8 @@ pub(crate) struct Config {
     pub(crate) start_backoff: Duration,
     pub(crate) max_start_backoff: Duration,
     pub(crate) abandon_grace: Duration,
+    /// Each event subscriber's buffer, in events.
+    pub(crate) event_buffer: usize,
 }
 
 impl Config {
@@ -100,6 +102,7 @@ pub struct PoolBuilder<W> {
     start_attempts: u32,
     start_backoff: Duration,
     abandon_grace: Duration,
+    event_buffer: usize,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -119,6 +122,7 @@ impl<W: Worker> PoolBuilder<W> {
             start_attempts: 3,
             start_backoff: Duration::from_millis(20),
             abandon_grace: Duration::from_millis(100),
+            event_buffer: 1024,
             _worker: PhantomData,
         }
     }
@@ -237,6 +241,15 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// How many events each [`Pool::events`](crate::Pool::events) subscriber may
+    /// hold unread. When a subscriber's buffer is full, new events are dropped
+    /// for it (and counted in [`Events::dropped`](crate::Events::dropped)); the
+    /// pool never waits for a reader. Default 1024; must be at least 1.
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events;
+        self
+    }
+
     /// Validates the settings and starts the workers.
     pub fn build(self) -> Result<Pool<W>, BuildError> {
         let (workers, max_workers) = match (self.workers, &self.range) {
@@ -275,6 +288,9 @@ impl<W: Worker> PoolBuilder<W> {
         if self.start_attempts == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroStartAttempts));
         }
+        if self.event_buffer == 0 {
+            return Err(BuildError::new(BuildErrorKind::ZeroEventBuffer));
+        }
         let config = Config {
             workers,
             max_workers,
@@ -290,6 +306,7 @@ impl<W: Worker> PoolBuilder<W> {
             start_backoff: self.start_backoff,
             max_start_backoff: (self.start_backoff.saturating_mul(64)).min(Duration::from_secs(10)),
             abandon_grace: self.abandon_grace,
+            event_buffer: self.event_buffer,
         };
         Pool::start(config)
     }
@@ -315,6 +332,7 @@ impl<W> fmt::Debug for PoolBuilder<W> {
             .field("start_attempts", &self.start_attempts)
             .field("start_backoff", &self.start_backoff)
             .field("abandon_grace", &self.abandon_grace)
+            .field("event_buffer", &self.event_buffer)
             .finish()
     }
 }

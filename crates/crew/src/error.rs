@@ -301,6 +301,8 @@ pub(crate) enum BuildErrorKind {
     ZeroStartAttempts,
     /// `grow_backlog(0)`.
     ZeroGrowBacklog,
+    /// `event_buffer(0)`.
+    ZeroEventBuffer,
     /// The OS would not start a worker thread.
     Spawn(std::io::Error),
 }
@@ -326,6 +328,7 @@ impl fmt::Display for BuildError {
             BuildErrorKind::ZeroDuration(what) => write!(f, "`{what}` must be longer than zero"),
             BuildErrorKind::ZeroStartAttempts => f.write_str("`start_attempts` must be at least 1"),
             BuildErrorKind::ZeroGrowBacklog => f.write_str("`grow_backlog` must be at least 1"),
+            BuildErrorKind::ZeroEventBuffer => f.write_str("`event_buffer` must be at least 1"),
             BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
         }
     }

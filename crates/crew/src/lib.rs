@@ -32,6 +32,9 @@
 //! 5. **Join.** [`Task::join`] spins briefly, then parks; `.await` registers a
 //!    waker. Either takes the result out of the cell.
 //!
+//! Every step can be watched: [`Pool::events`] subscribes to task and worker
+//! [`Event`]s (lossy per subscriber, never blocking the pool; `events`).
+//!
 //! Timeouts and thread replacement are handled by a per-pool monitor thread that
 //! exists only once it is needed: the first task with a timeout, or a replacement
 //! thread the OS refused to start (`threads::monitor`).
@@ -68,6 +71,7 @@
 
 mod builder;
 mod error;
+mod events;
 mod pool;
 mod scheduler;
 mod stats;
@@ -79,6 +83,7 @@ mod worker;
 
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
+pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
 pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 pub use stats::{Stats, WorkerStats};
 pub use task::{Priority, Task, TaskId};

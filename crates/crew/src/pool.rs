@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::builder::{Config, PoolBuilder};
 use crate::error::{BuildError, BuildErrorKind, ShutdownTimedOut, SubmitError};
+use crate::events::Events;
 use crate::stats::Stats;
 use crate::sync::Arc;
 use crate::task::cell::{new_cell, Call, Input, Job, Payload, Plain};
@@ -242,6 +243,31 @@ impl<W: Worker> Pool<W> {
     /// pool's minimum (see `workers()` for the workers alive now).
     pub fn size(&self) -> usize {
         self.shared().config.workers
+    }
+
+    /// Subscribes to the pool's [`Event`](crate::Event)s: tasks started, finished and
+    /// discarded; workers started, failing to start, restarted and exited.
+    ///
+    /// Any number of subscriptions may exist; each has its own buffer of
+    /// [`event_buffer`](PoolBuilder::event_buffer) events, and the pool never
+    /// waits for a slow one (a full buffer drops the new event and counts it in
+    /// [`Events::dropped`]). Events that happened before the call are not
+    /// replayed. Dropping the subscription unsubscribes; with none, the pool pays
+    /// one relaxed load per task.
+    ///
+    /// ```
+    /// let pool = crew::Pool::builder().workers(1).build()?;
+    /// let events = pool.events();
+    /// pool.spawn(|| 1 + 1).join()?;
+    /// pool.shutdown();
+    /// let finished = events
+    ///     .filter(|e| matches!(e, crew::Event::TaskFinished { .. }))
+    ///     .count();
+    /// assert_eq!(finished, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn events(&self) -> Events {
+        self.shared().events.subscribe()
     }
 
     /// A snapshot of the pool's state and counters.

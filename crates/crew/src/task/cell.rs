@@ -12,7 +12,7 @@
 //! | [`CLAIMED`] | the worker that starts the task, or whoever discards it | the payload has one owner, who takes it |
 //! | [`RESOLVING`] | the first thread to produce an outcome | that thread, alone, writes the result slot |
 //! | [`RESOLVED`] | the `RESOLVING` thread, after writing the slot (`Release`) | the handle may read the slot (`Acquire`) |
-//! | [`CANCEL`] | `cancel`, a timeout, a kill, `terminate` | `Context::is_cancelled()` answers true |
+//! | [`CANCEL`] | `cancel`, a timeout, a kill, `terminate`, *after* their outcome was decided | `Context::is_cancelled()` answers true |
 //! | [`WAITER`] | the handle, after storing a waker or thread in `waiter` | the resolver must wake it |
 //!
 //! Exactly-once resolution follows from `RESOLVING`: a worker finishing a task, a
@@ -250,9 +250,16 @@ impl<T, E> Core<T, E> {
 
     /// Resolves with one of crew's own failures, also raising `CANCEL` so code that
     /// is still running sees `is_cancelled()`.
+    ///
+    /// The outcome is decided *before* `CANCEL` is raised: code that sees
+    /// `is_cancelled()` and returns early can then never win the resolution with
+    /// its own output (which would make a cancel, timeout or kill that was already
+    /// under way resolve the task as `Ok`). If another outcome won first, the flag
+    /// is still raised, so a task that keeps running is told to stop.
     pub(crate) fn fail(&self, failure: Failure) -> bool {
+        let resolved = self.resolve(Err(TaskError::failure(failure)));
         self.header.state.fetch_or(CANCEL, AcqRel);
-        self.resolve(Err(TaskError::failure(failure)))
+        resolved
     }
 
     /// Takes the result.
@@ -500,8 +507,7 @@ where
     }
 
     fn cancel(&self) -> bool {
-        // Raise CANCEL first so code that is already running sees it.
-        self.core.header.state.fetch_or(CANCEL, AcqRel);
+        // `fail` raises CANCEL once the outcome is decided (see there).
         match self.claim_payload() {
             Some(payload) => {
                 // Queued: the input is dropped now; the queue entry stays behind as a
@@ -671,6 +677,39 @@ mod loom_model {
                 Outcome::Ok
             };
             assert_eq!(cell.core.header().outcome(), Some(expected));
+        });
+    }
+
+    #[test]
+    fn a_task_that_stops_when_cancelled_resolves_as_cancelled() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let f = |ctx: &mut Context<'_>| {
+                while !ctx.is_cancelled() {
+                    loom::thread::yield_now();
+                }
+                7u64
+            };
+            let cell: Arc<Cell<_, u64, Infallible>> =
+                new_cell(TaskId(1), Priority::Normal, None, false, Call::new(f));
+            let worker = {
+                let cell = Arc::clone(&cell);
+                loom::thread::spawn(move || {
+                    let job = Job::<Closures>::new(cell);
+                    let mut ctx = Context::new(WorkerId::new(1), Some(job.header()));
+                    job.run(&mut Closures, &mut ctx)
+                })
+            };
+            // The task only returns once cancelled, so whatever the interleaving
+            // the cancel must be what resolves it.
+            assert!(Handle::cancel(&*cell), "the cancel resolved the task");
+            worker.join().unwrap();
+            let core = Handle::core(&*cell);
+            assert!(core.header().is_resolved());
+            // SAFETY: the only handle, taking once, after seeing RESOLVED.
+            let result = unsafe { core.take_result() };
+            assert!(result.unwrap_err().is_cancelled());
         });
     }
 

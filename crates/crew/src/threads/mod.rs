@@ -42,6 +42,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::builder::{Config, WhenFull};
 use crate::error::{panic_message, Failure, ShutdownTimedOut, SubmitError};
+use crate::events::{Bus, Event, ExitReason, TaskOutcome};
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
 use crate::stats::{Stats, WorkerStats};
@@ -114,6 +115,10 @@ pub(crate) struct Slot<W> {
 struct Running<W> {
     job: Job<W>,
     deadline: Option<Instant>,
+    /// When the task started, if a subscriber was present then (its
+    /// `TaskStarted` was emitted): whoever takes this entry emits the matching
+    /// `TaskFinished`.
+    observed: Option<Instant>,
     /// Set by the monitor when it resolved the task as timed out: abandon the
     /// thread if it is still in this task at this instant.
     abandon_at: Option<Instant>,
@@ -185,6 +190,12 @@ pub(crate) struct Shared<W: Worker> {
     /// Set while one thread is growing the pool, so a burst adds one worker at a
     /// time.
     growing: AtomicBool,
+    /// Event subscribers (`events.rs`). Emitted to by workers, the monitor,
+    /// drainers and abandoners.
+    pub(crate) events: Arc<Bus>,
+    /// Threads inside `drain` now. The event stream ends only when the pool is
+    /// closed, no worker is live and nobody is draining (`maybe_close_events`).
+    draining: AtomicUsize,
     /// Back-reference for spawning workers from `&self` contexts.
     this: Weak<Shared<W>>,
 }
@@ -200,6 +211,7 @@ impl<W: Worker> Shared<W> {
     pub(crate) fn start(config: Config) -> std::io::Result<Arc<Self>> {
         let workers = config.workers;
         let capacity = config.queue_capacity.map(Capacity::new);
+        let events = Arc::new(Bus::new(config.event_buffer));
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             injectors: Injectors::new(),
@@ -228,6 +240,8 @@ impl<W: Worker> Shared<W> {
             capacity,
             live_count: AtomicUsize::new(0),
             growing: AtomicBool::new(false),
+            events,
+            draining: AtomicUsize::new(0),
             this: this.clone(),
         });
         for _ in 0..workers {
@@ -412,10 +426,20 @@ impl<W: Worker> Shared<W> {
         let task = Task::new(cell.clone());
         let job = Job::<W>::new(cell);
         let mut ctx = Context::new(WorkerId::CALLER, None);
+        let observed = self.events.is_active();
+        let mut ran = None;
         match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
             Ok(Ok(mut worker)) => {
+                if observed {
+                    self.events.emit(Event::TaskStarted {
+                        task: id,
+                        worker: WorkerId::CALLER,
+                    });
+                }
+                let started = observed.then(Instant::now);
                 let mut ctx = Context::new(WorkerId::CALLER, Some(job.header()));
                 job.run(&mut worker, &mut ctx);
+                ran = started.map(|t| t.elapsed());
                 let mut ctx = Context::new(WorkerId::CALLER, None);
                 let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
             }
@@ -427,7 +451,20 @@ impl<W: Worker> Shared<W> {
                 job.discard(Failure::StartFailed(message));
             }
         }
-        self.count(job.header().settled_outcome());
+        let outcome = job.header().settled_outcome();
+        self.count(outcome);
+        if observed {
+            let outcome = TaskOutcome::from(outcome);
+            self.events.emit(match ran {
+                Some(ran) => Event::TaskFinished {
+                    task: id,
+                    worker: WorkerId::CALLER,
+                    outcome,
+                    ran,
+                },
+                None => Event::TaskDiscarded { task: id, outcome },
+            });
+        }
         task
     }
 
@@ -599,6 +636,14 @@ impl<W: Worker> Shared<W> {
                 reg.live.retain(|s| !Arc::ptr_eq(s, &slot));
                 self.live_count.store(reg.live.len(), Relaxed);
                 self.publish_peers(&mut reg);
+                drop(reg);
+                // The thread never ran: the worker failed to start, once (its
+                // retry gets a new id).
+                self.events.emit(Event::WorkerStartFailed {
+                    worker: id,
+                    message: format!("could not start the worker thread: {e}"),
+                    consecutive: 1,
+                });
                 Err(e)
             }
         }
@@ -693,7 +738,16 @@ impl<W: Worker> Shared<W> {
     /// pool stops counting it, and a replacement starts. The thread exits when it
     /// gets control back; if it never does, it is left behind (threads cannot be
     /// killed). Returns false if the worker was not live.
+    ///
+    /// Events: the running task's `TaskFinished` (if it was observed), then the
+    /// worker's `WorkerExited` (`Killed` or `Abandoned`). Taking the `Running`
+    /// entry is what makes this thread, and not the worker, the one that counts
+    /// the task and emits its terminal event.
     pub(crate) fn abandon(&self, slot: &Arc<Slot<W>>, failure: Failure) -> bool {
+        let reason = match failure {
+            Failure::Killed => ExitReason::Killed,
+            _ => ExitReason::Abandoned,
+        };
         {
             let mut reg = lock(&self.registry);
             let Some(at) = reg.live.iter().position(|s| Arc::ptr_eq(s, slot)) else {
@@ -711,8 +765,21 @@ impl<W: Worker> Shared<W> {
         let running = lock(&slot.running).take();
         if let Some(running) = running {
             running.job.fail(failure);
-            self.count(running.job.header().settled_outcome());
+            let outcome = running.job.header().settled_outcome();
+            self.count(outcome);
+            if let Some(started) = running.observed {
+                self.events.emit(Event::TaskFinished {
+                    task: running.job.header().id(),
+                    worker: slot.id,
+                    outcome: outcome.into(),
+                    ran: started.elapsed(),
+                });
+            }
         }
+        self.events.emit(Event::WorkerExited {
+            worker: slot.id,
+            reason,
+        });
         self.sleep.wake_worker(&slot.sleeper);
         self.replace_worker();
         // Its deque may hold work and every other worker may be asleep.
@@ -740,7 +807,11 @@ impl<W: Worker> Shared<W> {
 
     // ------------------------------------------------------------ starting
 
-    fn on_started(&self, slot: &Slot<W>) -> bool {
+    /// Records a good start and emits `WorkerStarted` (or `WorkerRestarted` with
+    /// `restarted`'s reason). False if the worker was abandoned meanwhile.
+    fn on_started(&self, slot: &Slot<W>, restarted: Option<String>) -> bool {
+        // Declared before the guard, so dropped (and its wakers woken) after it.
+        let _wake;
         let mut reg = lock(&self.registry);
         if slot.abandoned.load(SeqCst) {
             return false;
@@ -749,6 +820,16 @@ impl<W: Worker> Shared<W> {
         reg.started += 1;
         reg.start_failures = 0;
         self.lifecycle.fetch_and(!BROKEN, SeqCst);
+        // Under the registry lock: `abandon` removes the worker under it too and
+        // emits `WorkerExited` after, so the two can never arrive swapped.
+        let event = match restarted {
+            None => Event::WorkerStarted { worker: slot.id },
+            Some(reason) => Event::WorkerRestarted {
+                worker: slot.id,
+                reason,
+            },
+        };
+        _wake = self.events.emit_deferred(event);
         true
     }
 
@@ -836,6 +917,7 @@ impl<W: Worker> Shared<W> {
         }
         self.monitor.stop();
         self.notify_idle();
+        self.maybe_close_events();
         if drained {
             Ok(())
         } else {
@@ -875,6 +957,7 @@ impl<W: Worker> Shared<W> {
 
     /// Takes every queued job out of every queue and resolves it with `failure`.
     fn drain(&self, failure: Failure) {
+        self.draining.fetch_add(1, SeqCst);
         while let Some(job) = self.injectors.steal_any() {
             self.discard(job, &failure);
         }
@@ -888,13 +971,39 @@ impl<W: Worker> Shared<W> {
                 }
             }
         }
+        self.draining.fetch_sub(1, SeqCst);
         self.notify_idle();
+        self.maybe_close_events();
     }
 
+    /// Ends the event stream once nothing can emit any more: the pool is closed,
+    /// no worker is live, and no thread is draining. The last worker calls it
+    /// after its final drain, and so does every drain: if the last worker's check
+    /// saw another drain in progress, that drain's own check (after its `SeqCst`
+    /// decrement, which synchronizes with the worker's) sees the registry empty
+    /// and closes the stream after its own events.
+    fn maybe_close_events(&self) {
+        if self.lifecycle.load(SeqCst) & CLOSING == 0 || self.draining.load(SeqCst) != 0 {
+            return;
+        }
+        if lock(&self.registry).live.is_empty() {
+            self.events.close();
+        }
+    }
+
+    /// Resolves a popped queue entry with `failure` (if nobody resolved it first),
+    /// counts it, and emits its `TaskDiscarded`.
     fn discard(&self, job: Job<W>, failure: &Failure) {
         self.popped(job.header().bounded);
         job.discard(failure.clone());
-        self.count(job.header().settled_outcome());
+        let outcome = job.header().settled_outcome();
+        self.count(outcome);
+        if self.events.is_active() {
+            self.events.emit(Event::TaskDiscarded {
+                task: job.header().id(),
+                outcome: outcome.into(),
+            });
+        }
     }
 
     /// Counts one task finished outside a worker (drained or abandoned).
@@ -1051,6 +1160,7 @@ impl<W: Worker> Shared<W> {
 impl<W: Worker> Drop for Shared<W> {
     fn drop(&mut self) {
         self.monitor.stop();
+        self.events.close();
     }
 }
 

@@ -19,12 +19,13 @@ use crossbeam_deque::{Stealer, Worker as Deque};
 
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
 use crate::error::{panic_message, Failure};
+use crate::events::{Event, ExitReason};
 use crate::scheduler::sleep::Parked;
 use crate::scheduler::spin::{
     self, Spin, QUIET_SPIN_ROUNDS, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS,
 };
 use crate::sync::{after, lock, Arc};
-use crate::task::cell::{Job, Ran};
+use crate::task::cell::{Job, Outcome, Ran};
 use crate::worker::{Context, Worker, WorkerId};
 
 /// The worker thread's own, unshared state.
@@ -39,6 +40,8 @@ struct Local<W: Worker> {
     peers_epoch: usize,
     /// Whether this worker is counted as searching in the sleep state.
     searching: bool,
+    /// Set when an elastic pool granted this idle worker's retirement.
+    retired: bool,
 }
 
 /// Runs a worker thread to completion.
@@ -52,15 +55,16 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         peers: Vec::new(),
         peers_epoch: usize::MAX,
         searching: false,
+        retired: false,
     };
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
-    let mut worker = local.start();
+    let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {
         let Some(job) = local.next_job() else { break };
         if local.run_job(&job, w) == Ran::Panicked {
             // The instance may be half-updated: retire it and build a fresh one.
             local.stop(worker.take());
-            worker = local.start();
+            worker = local.start(Some(format!("{} panicked", job.header().id())));
         }
     }
     local.stop(worker);
@@ -82,10 +86,13 @@ impl<W: Worker> Local<W> {
     // ------------------------------------------------------------ start / stop
 
     /// Builds the worker's state, retrying with backoff. `None` if the thread should
-    /// exit instead (shutdown, abandoned).
-    fn start(&mut self) -> Option<W> {
+    /// exit instead (shutdown, abandoned). `restarted`: why the state is being
+    /// rebuilt (the event says `WorkerRestarted` rather than `WorkerStarted`).
+    fn start(&mut self, restarted: Option<String>) -> Option<W> {
         let config = &self.shared.config;
         let mut delay = config.start_backoff;
+        let mut failures: u32 = 0;
+        let mut restarted = restarted;
         loop {
             if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
                 return None;
@@ -93,7 +100,7 @@ impl<W: Worker> Local<W> {
             let mut ctx = Context::new(self.id(), None);
             let message = match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
                 Ok(Ok(worker)) => {
-                    if self.shared.on_started(&self.slot) {
+                    if self.shared.on_started(&self.slot, restarted.take()) {
                         return Some(worker);
                     }
                     // Abandoned while starting: undo the start and leave.
@@ -103,6 +110,14 @@ impl<W: Worker> Local<W> {
                 Ok(Err(e)) => e.to_string(),
                 Err(panic) => format!("Worker::start panicked: {}", panic_message(&*panic)),
             };
+            failures = failures.saturating_add(1);
+            if self.shared.events.is_active() {
+                self.shared.events.emit(Event::WorkerStartFailed {
+                    worker: self.id(),
+                    message: message.clone(),
+                    consecutive: failures,
+                });
+            }
             self.shared.on_start_failed(message);
             let until = after(Instant::now(), delay);
             while Instant::now() < until && !self.must_leave() && !self.shared.is_closed() {
@@ -127,15 +142,35 @@ impl<W: Worker> Local<W> {
         self.tick = self.tick.wrapping_add(1);
         let header = job.header();
         self.shared.popped(header.bounded);
+        // The one load the event stream costs a task when nobody subscribes.
+        let observed = self.shared.events.is_active();
         if header.is_decided() {
             // A tombstone: cancelled (or taken back) while queued.
-            self.slot.count(header.settled_outcome());
+            let outcome = header.settled_outcome();
+            self.slot.count(outcome);
+            if observed {
+                self.shared.events.emit(Event::TaskDiscarded {
+                    task: header.id(),
+                    outcome: outcome.into(),
+                });
+            }
             return Ran::Skipped;
         }
+        // `TaskStarted` goes out before the task is published in `running`, so a
+        // `TaskFinished` from whoever takes it from there (an abandonment) is
+        // pushed after it.
+        let observed = observed.then(|| {
+            self.shared.events.emit(Event::TaskStarted {
+                task: header.id(),
+                worker: self.id(),
+            });
+            Instant::now()
+        });
         let deadline = header.timeout.map(|t| after(Instant::now(), t));
         *lock(&self.slot.running) = Some(Running {
             job: job.clone(),
             deadline,
+            observed,
             abandon_at: None,
         });
         if let Some(deadline) = deadline {
@@ -143,13 +178,27 @@ impl<W: Worker> Local<W> {
         }
         let mut ctx = Context::new(self.id(), Some(header));
         let ran = job.run(worker, &mut ctx);
-        let mine = lock(&self.slot.running).take().is_some();
-        if mine {
-            self.slot.count(header.settled_outcome());
+        let mine = lock(&self.slot.running).take();
+        if let Some(mine) = mine {
+            let outcome = header.settled_outcome();
+            self.slot.count(outcome);
+            if let Some(started) = mine.observed {
+                self.finished(header.id(), outcome, started);
+            }
         }
-        // else: the pool abandoned this thread mid-task and counted the task;
-        // `must_leave` is now true and the loop ends.
+        // else: the pool abandoned this thread mid-task and counted the task (and
+        // emitted its `TaskFinished`); `must_leave` is now true and the loop ends.
         ran
+    }
+
+    #[cold]
+    fn finished(&self, task: crate::task::TaskId, outcome: Outcome, started: Instant) {
+        self.shared.events.emit(Event::TaskFinished {
+            task,
+            worker: self.id(),
+            outcome: outcome.into(),
+            ran: started.elapsed(),
+        });
     }
 
     // ------------------------------------------------------------ finding work
@@ -236,6 +285,7 @@ impl<W: Worker> Local<W> {
             );
             while parked == Parked::TimedOut {
                 if shared.try_retire(&slot) {
+                    self.retired = true;
                     shared.sleep.stop_waiting(&slot.sleeper);
                     return None; // `exit` hands over anything that woke us
                 }
@@ -299,18 +349,37 @@ impl<W: Worker> Local<W> {
         if handed_back {
             self.shared.sleep.notify_work();
         }
-        let last = {
+        let (was_live, last) = {
             let mut reg = lock(&self.shared.registry);
+            let was_live = reg.live.iter().any(|s| Arc::ptr_eq(s, &self.slot));
             reg.live.retain(|s| !Arc::ptr_eq(s, &self.slot));
             self.shared.live_count.store(reg.live.len(), Relaxed);
             reg.abandoned.retain(|s| !Arc::ptr_eq(s, &self.slot));
             Shared::retire_counts(&mut reg, &self.slot);
             self.shared.publish_peers(&mut reg);
-            reg.live.is_empty()
+            (was_live, reg.live.is_empty())
         };
+        // Exactly one `WorkerExited` per worker: whoever removes it from `live`
+        // says why. Still live here means the pool is closing (nothing else makes
+        // a live worker leave); `try_retire` and `abandon` removed it otherwise,
+        // and `abandon` emitted its own event.
+        let reason = if was_live {
+            Some(ExitReason::Shutdown)
+        } else if self.retired {
+            Some(ExitReason::Retired)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.shared.events.emit(Event::WorkerExited {
+                worker: self.id(),
+                reason,
+            });
+        }
         if last && self.shared.is_closed() {
             // A submission that raced with close takes itself back; anything else
             // still queued has no worker left to run it.
+            // (The drain also ends the event stream, after its own events.)
             self.shared.drain(Failure::Closed);
         }
         self.shared.exited.notify_all();

@@ -1,0 +1,624 @@
+//! The event stream: what a pool's tasks and workers are doing, as it happens.
+//!
+//! [`Pool::events`](crate::Pool::events) returns an [`Events`] subscription.
+//! Each subscriber has its own bounded buffer; the pool pushes every event into
+//! every buffer and never waits for a reader.
+//!
+//! # Delivery guarantees
+//!
+//! - **Per-subscriber FIFO per emitting thread.** Events emitted by one thread
+//!   reach each subscriber in the order that thread emitted them. There is no
+//!   global order across threads: worker 1's `TaskFinished` may arrive before
+//!   worker 2's `TaskStarted` even if it happened later.
+//! - **Causal order where it matters.** A task's `TaskStarted` is pushed before
+//!   the task is published to the monitor and to `kill_worker`, so a
+//!   `TaskFinished` emitted by another thread (a timeout's abandonment, a kill)
+//!   always comes after it. A worker's `WorkerStarted` and its `WorkerExited`
+//!   are both emitted under the registry lock, so they cannot swap either.
+//! - **Exactly one terminal event per task** (`TaskFinished` or `TaskDiscarded`),
+//!   emitted at the one place that also *counts* the task in the pool's stats
+//!   (see `threads/mod.rs`, "Counting"): whoever takes the task's `Running`
+//!   entry out of its worker's slot, or whoever pops or drains its queue entry.
+//!   A subscriber that joins while a task is queued or running may see that
+//!   task's terminal event without its `TaskStarted`, or neither (whether a task
+//!   is observed is decided once, when it starts, so `TaskStarted` and
+//!   `TaskFinished` come in pairs).
+//! - **Lossy when full.** When a subscriber's buffer
+//!   ([`PoolBuilder::event_buffer`](crate::PoolBuilder::event_buffer)) is full,
+//!   the *new* event is dropped for that subscriber and its
+//!   [`Events::dropped`] count goes up. Dropping the newest (rather than the
+//!   oldest) keeps what was already queued intact and in order, so a reader
+//!   that falls behind sees a clean prefix and a count of what it missed,
+//!   never a stream with silent holes in the middle of what it already had.
+//! - **End of stream.** Once the pool is shut down and its last worker has
+//!   exited, [`Events::recv`] returns the events still buffered, then `None`.
+//!
+//! # Cost
+//!
+//! With no subscriber, a task pays one `Relaxed` load of [`Bus::is_active`] on
+//! the worker (in `run_job`), and nothing on submit; no clock is read. With
+//! subscribers, each event takes the bus lock briefly (to clone the subscriber
+//! list's `Arc`) and each subscriber's lock (to push), and a task pays two
+//! `Instant::now()` calls to measure `ran`.
+//!
+//! # Why no `waited`
+//!
+//! How long a task waited in the queue needs its enqueue instant. The thread
+//! backend's task cell has no field for it, and a side record kept at submit
+//! time would cost a second atomic load per task (on the submit path) plus a
+//! shared map. `TaskStarted` therefore carries no `waited` yet; its variants are
+//! `#[non_exhaustive]`, so the field can be added without breaking matches.
+//!
+//! # Backends
+//!
+//! Every field is plain data (ids, durations, strings, small enums), with no
+//! reference and no user type, so the process backend can fill the same events
+//! from its supervisor and its wire frames.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+use std::task::{Context as PollContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::sync::{after, lock, wait_until, Arc, AtomicBool, AtomicU64, Condvar, Mutex};
+use crate::task::cell::Outcome;
+use crate::task::TaskId;
+use crate::worker::WorkerId;
+
+/// Something a pool's tasks or workers did. From an [`Events`] subscription.
+///
+/// Both the enum and each variant are `#[non_exhaustive]`: new kinds (a process
+/// worker's crash) and new fields (a task's queue wait) can be added later, so
+/// match with `..`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A worker took a task and is about to run it.
+    #[non_exhaustive]
+    TaskStarted {
+        /// The task.
+        task: TaskId,
+        /// The worker running it ([`WorkerId::CALLER`] under
+        /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)).
+        worker: WorkerId,
+    },
+    /// A task that started is finished with: it returned, or the pool resolved
+    /// it (timeout, kill, cancel) and its worker returned or was given up on.
+    #[non_exhaustive]
+    TaskFinished {
+        /// The task.
+        task: TaskId,
+        /// The worker that ran it.
+        worker: WorkerId,
+        /// How it ended, as its handle saw it.
+        outcome: TaskOutcome,
+        /// From start until its worker returned, or until the pool gave up on
+        /// the worker (abandoned or killed).
+        ran: Duration,
+    },
+    /// A task resolved without running: cancelled while queued, closed by a
+    /// shutdown or `terminate`, or failed because no worker could start.
+    /// Emitted by whichever thread popped or drained it.
+    #[non_exhaustive]
+    TaskDiscarded {
+        /// The task.
+        task: TaskId,
+        /// How it was resolved.
+        outcome: TaskOutcome,
+    },
+    /// A worker's `Worker::start` succeeded; it takes tasks now.
+    #[non_exhaustive]
+    WorkerStarted {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A worker could not start (`Worker::start` failed or panicked, or the OS
+    /// refused its thread). It retries with backoff.
+    #[non_exhaustive]
+    WorkerStartFailed {
+        /// The worker.
+        worker: WorkerId,
+        /// The start error's message.
+        message: String,
+        /// This worker's consecutive failures so far (1 on the first).
+        consecutive: u32,
+    },
+    /// A worker rebuilt its state (`stop`, then `start`) after a task panicked,
+    /// and takes tasks again.
+    #[non_exhaustive]
+    WorkerRestarted {
+        /// The worker.
+        worker: WorkerId,
+        /// Why it restarted.
+        reason: String,
+    },
+    /// The pool no longer counts this worker. Emitted exactly once per worker
+    /// that was created.
+    #[non_exhaustive]
+    WorkerExited {
+        /// The worker.
+        worker: WorkerId,
+        /// Why.
+        reason: ExitReason,
+    },
+}
+
+impl Event {
+    /// The task this event is about, if any.
+    pub fn task(&self) -> Option<TaskId> {
+        match self {
+            Event::TaskStarted { task, .. }
+            | Event::TaskFinished { task, .. }
+            | Event::TaskDiscarded { task, .. } => Some(*task),
+            _ => None,
+        }
+    }
+
+    /// The worker this event is about, if any (a discarded task has none).
+    pub fn worker(&self) -> Option<WorkerId> {
+        match self {
+            Event::TaskStarted { worker, .. }
+            | Event::TaskFinished { worker, .. }
+            | Event::WorkerStarted { worker }
+            | Event::WorkerStartFailed { worker, .. }
+            | Event::WorkerRestarted { worker, .. }
+            | Event::WorkerExited { worker, .. } => Some(*worker),
+            Event::TaskDiscarded { .. } => None,
+        }
+    }
+
+    /// The task outcome of a `TaskFinished` or `TaskDiscarded`.
+    pub fn outcome(&self) -> Option<TaskOutcome> {
+        match self {
+            Event::TaskFinished { outcome, .. } | Event::TaskDiscarded { outcome, .. } => {
+                Some(*outcome)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How a task ended, in an [`Event`]. Mirrors the kinds of
+/// [`TaskError`](crate::TaskError), without the payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskOutcome {
+    /// It returned `Ok`.
+    Completed,
+    /// It returned the worker's own error.
+    Failed,
+    /// It panicked.
+    Panicked,
+    /// It was cancelled (by its handle, or by `terminate` while running).
+    Cancelled,
+    /// It ran past its timeout.
+    TimedOut,
+    /// Its worker was killed under it.
+    Killed,
+    /// The pool was shut down before it ran.
+    Closed,
+    /// No worker could start to run it.
+    StartFailed,
+}
+
+impl From<Outcome> for TaskOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Ok => TaskOutcome::Completed,
+            Outcome::UserError => TaskOutcome::Failed,
+            Outcome::Panicked => TaskOutcome::Panicked,
+            Outcome::Cancelled => TaskOutcome::Cancelled,
+            Outcome::TimedOut => TaskOutcome::TimedOut,
+            Outcome::Killed => TaskOutcome::Killed,
+            Outcome::Closed => TaskOutcome::Closed,
+            Outcome::StartFailed => TaskOutcome::StartFailed,
+        }
+    }
+}
+
+/// Why a worker left the pool, in [`Event::WorkerExited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// The pool shut down (or terminated).
+    Shutdown,
+    /// An elastic pool's extra worker stayed idle for `idle_timeout`.
+    Retired,
+    /// [`Pool::kill_worker`](crate::Pool::kill_worker) retired it.
+    Killed,
+    /// Its task timed out and did not return within `abandon_grace`: the pool
+    /// gave up on the thread (it leaves when the task returns, if ever) and
+    /// started a replacement.
+    Abandoned,
+}
+
+// ------------------------------------------------------------------ the bus
+
+/// One subscriber's buffer. Written by emitting threads, read by its `Events`.
+struct Sub {
+    state: Mutex<SubState>,
+    /// Signalled on every push and on close, for a blocked `recv`.
+    ready: Condvar,
+    /// Events this subscriber lost to a full buffer. Written by emitters.
+    dropped: AtomicU64,
+    capacity: usize,
+}
+
+struct SubState {
+    queue: VecDeque<Event>,
+    /// The pending `recv_async`'s waker; taken (and woken) by the next push.
+    waker: Option<Waker>,
+    /// No event will come any more.
+    closed: bool,
+}
+
+impl Sub {
+    /// Pushes `event`, or counts it as dropped if the buffer is full. Returns the
+    /// waker to wake, so it is woken outside the lock.
+    fn push(&self, event: &Event) -> Option<Waker> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return None;
+        }
+        if st.queue.len() >= self.capacity {
+            drop(st);
+            self.dropped.fetch_add(1, Relaxed);
+            return None;
+        }
+        st.queue.push_back(event.clone());
+        let waker = st.waker.take();
+        drop(st);
+        self.ready.notify_one();
+        waker
+    }
+
+    fn close(&self) -> Option<Waker> {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        let waker = st.waker.take();
+        drop(st);
+        self.ready.notify_all();
+        waker
+    }
+}
+
+/// The subscriber registry of one pool. Shared by the pool (which emits) and by
+/// every [`Events`] (which unsubscribes on drop); it does not keep the pool alive.
+pub(crate) struct Bus {
+    /// Whether anyone is subscribed. The only thing the hot path reads (`Relaxed`:
+    /// a subscriber that appears concurrently with a task may miss it, which the
+    /// guarantees above allow). Written under `subs`.
+    active: AtomicBool,
+    /// The subscribers, copy-on-write so an emitter holds the lock only to clone
+    /// the `Arc`. Also holds whether the bus is closed.
+    subs: Mutex<Subscribers>,
+    capacity: usize,
+}
+
+struct Subscribers {
+    list: Arc<Vec<Arc<Sub>>>,
+    closed: bool,
+}
+
+impl Bus {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Bus {
+            active: AtomicBool::new(false),
+            subs: Mutex::new(Subscribers {
+                list: Arc::new(Vec::new()),
+                closed: false,
+            }),
+            capacity,
+        }
+    }
+
+    /// Whether any subscriber exists. One `Relaxed` load; call once per task.
+    #[inline]
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Relaxed)
+    }
+
+    /// Pushes `event` to every subscriber. Never blocks on a reader.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn emit(&self, event: Event) {
+        drop(self.emit_deferred(event));
+    }
+
+    /// Like [`emit`](Bus::emit), but the async readers' wakers are woken only when
+    /// the returned value is dropped: for callers that hold one of crew's locks
+    /// (a waker is user code, which crew never runs under its own locks).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn emit_deferred(&self, event: Event) -> Wake {
+        let mut wake = Wake(Vec::new());
+        if !self.is_active() {
+            return wake;
+        }
+        let list = Arc::clone(&lock(&self.subs).list);
+        for sub in list.iter() {
+            wake.0.extend(sub.push(&event));
+        }
+        wake
+    }
+
+    /// Ends every subscription (after what is buffered) and refuses new ones.
+    /// Idempotent.
+    pub(crate) fn close(&self) {
+        let list = {
+            let mut subs = lock(&self.subs);
+            if subs.closed {
+                return;
+            }
+            subs.closed = true;
+            self.active.store(false, SeqCst);
+            std::mem::take(&mut subs.list)
+        };
+        for sub in list.iter() {
+            if let Some(waker) = sub.close() {
+                waker.wake();
+            }
+        }
+    }
+
+    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+        let sub = Arc::new(Sub {
+            state: Mutex::new(SubState {
+                queue: VecDeque::new(),
+                waker: None,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            capacity: self.capacity,
+        });
+        {
+            let mut subs = lock(&self.subs);
+            if subs.closed {
+                lock(&sub.state).closed = true;
+            } else {
+                let mut list = Vec::clone(&subs.list);
+                list.push(Arc::clone(&sub));
+                subs.list = Arc::new(list);
+                self.active.store(true, SeqCst);
+            }
+        }
+        Events {
+            bus: Arc::clone(self),
+            sub,
+        }
+    }
+
+    fn unsubscribe(&self, sub: &Arc<Sub>) {
+        let mut subs = lock(&self.subs);
+        if subs.list.iter().any(|s| Arc::ptr_eq(s, sub)) {
+            let list: Vec<Arc<Sub>> = subs
+                .list
+                .iter()
+                .filter(|s| !Arc::ptr_eq(s, sub))
+                .cloned()
+                .collect();
+            self.active.store(!list.is_empty(), SeqCst);
+            subs.list = Arc::new(list);
+        }
+    }
+
+    /// The number of subscribers now.
+    #[cfg(test)]
+    fn subscribers(&self) -> usize {
+        lock(&self.subs).list.len()
+    }
+}
+
+/// Wakers to wake once the emitter has released its locks (on drop).
+#[must_use = "dropping it wakes the async readers"]
+pub(crate) struct Wake(Vec<Waker>);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        for waker in self.0.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("active", &self.is_active())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+// ------------------------------------------------------------------ Events
+
+/// A subscription to a pool's [`Event`]s, from
+/// [`Pool::events`](crate::Pool::events).
+///
+/// Delivery: events emitted by one thread arrive in the order it emitted them
+/// (no global order across threads); every task that started or was discarded
+/// while you were subscribed yields exactly one `TaskFinished` or
+/// `TaskDiscarded`; when this subscriber's buffer is full, the newest event is
+/// dropped and [`dropped`](Events::dropped) counts it; and `recv` returns `None`
+/// once the pool has shut down, its workers have exited, and everything buffered
+/// was read. (`ARCHITECTURE.md`, "Events", has the argument.)
+///
+/// Read it by blocking ([`recv`](Events::recv), or as an `Iterator`), with a
+/// timeout, without waiting, or asynchronously ([`recv_async`](Events::recv_async),
+/// no particular runtime needed).
+///
+/// **Dropping it unsubscribes**: the pool stops buffering for it at once.
+#[must_use = "an Events subscription buffers events until it is dropped"]
+pub struct Events {
+    bus: Arc<Bus>,
+    sub: Arc<Sub>,
+}
+
+impl Events {
+    /// The next event, blocking until one arrives. `None` once the pool has shut
+    /// down, its workers have exited, and every buffered event has been read.
+    pub fn recv(&self) -> Option<Event> {
+        self.wait(None).ok()
+    }
+
+    /// Like [`recv`](Events::recv), for at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        match self.wait(Some(after(Instant::now(), timeout))) {
+            Ok(event) => Ok(event),
+            Err(true) => Err(RecvTimeoutError::Disconnected),
+            Err(false) => Err(RecvTimeoutError::Timeout),
+        }
+    }
+
+    /// The next event if one is buffered. `Disconnected` once the stream has ended.
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        let mut st = lock(&self.sub.state);
+        match st.queue.pop_front() {
+            Some(event) => Ok(event),
+            None if st.closed => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Waits for the next event asynchronously; resolves to `None` when the stream
+    /// has ended. Needs no particular runtime.
+    ///
+    /// (Named `recv_async` rather than `next` so it does not shadow
+    /// `Iterator::next`, which blocks.)
+    pub fn recv_async(&mut self) -> RecvAsync<'_> {
+        RecvAsync { events: self }
+    }
+
+    /// Events this subscriber lost because its buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.sub.dropped.load(Relaxed)
+    }
+
+    /// `Err(true)`: the stream ended; `Err(false)`: the deadline passed.
+    fn wait(&self, deadline: Option<Instant>) -> Result<Event, bool> {
+        let mut st = lock(&self.sub.state);
+        loop {
+            if let Some(event) = st.queue.pop_front() {
+                return Ok(event);
+            }
+            if st.closed {
+                return Err(true);
+            }
+            st = match wait_until(&self.sub.ready, st, deadline) {
+                Ok(st) => st,
+                Err(_) => return Err(false),
+            };
+        }
+    }
+}
+
+impl Iterator for Events {
+    type Item = Event;
+
+    /// Blocks like [`Events::recv`]; the iterator ends with the stream.
+    fn next(&mut self) -> Option<Event> {
+        self.recv()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.bus.unsubscribe(&self.sub);
+    }
+}
+
+impl fmt::Debug for Events {
+    /// Does not lock anything.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future from [`Events::recv_async`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct RecvAsync<'a> {
+    events: &'a mut Events,
+}
+
+impl Future for RecvAsync<'_> {
+    type Output = Option<Event>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Option<Event>> {
+        let mut st = lock(&self.events.sub.state);
+        if let Some(event) = st.queue.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if st.closed {
+            return Poll::Ready(None);
+        }
+        // One slot: `recv_async` borrows the subscription mutably, so at most one
+        // such future exists at a time.
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl fmt::Debug for RecvAsync<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvAsync").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(n: u64) -> Event {
+        Event::WorkerStarted {
+            worker: WorkerId::new(n),
+        }
+    }
+
+    #[test]
+    fn full_buffer_drops_the_newest_and_counts_it() {
+        let bus = Arc::new(Bus::new(2));
+        let events = bus.subscribe();
+        for n in 1..=5 {
+            bus.emit(started(n));
+        }
+        assert_eq!(events.try_recv(), Ok(started(1)));
+        assert_eq!(events.try_recv(), Ok(started(2)));
+        assert_eq!(events.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(events.dropped(), 3);
+    }
+
+    #[test]
+    fn close_ends_the_stream_after_the_buffer() {
+        let bus = Arc::new(Bus::new(8));
+        let events = bus.subscribe();
+        bus.emit(started(1));
+        bus.close();
+        bus.emit(started(2)); // after close: nobody gets it
+        assert_eq!(events.recv(), Some(started(1)));
+        assert_eq!(events.recv(), None);
+        assert!(bus.subscribe().recv().is_none());
+    }
+
+    #[test]
+    fn dropping_unsubscribes() {
+        let bus = Arc::new(Bus::new(8));
+        let a = bus.subscribe();
+        let b = bus.subscribe();
+        assert_eq!(bus.subscribers(), 2);
+        drop(a);
+        assert_eq!(bus.subscribers(), 1);
+        assert!(bus.is_active());
+        drop(b);
+        assert!(!bus.is_active());
+    }
+}
