@@ -1,0 +1,364 @@
+//! Feeding a pool from an iterator: [`Pool::map`] (results in input order) and
+//! [`Pool::map_unordered`] (results as they complete), and their closure forms on
+//! `Pool<Closures>`.
+//!
+//! Both keep a bounded *window* of tasks in flight: an input is pulled from the
+//! iterator only when a result has been handed out, so an endless source (a channel
+//! receiver, a generator) stays bounded in memory. Each item's error is yielded in
+//! its place and does not stop the rest. Dropping the iterator cancels the tasks
+//! still in its window (queued ones never run; running ones see
+//! [`Context::is_cancelled`](crate::Context::is_cancelled)).
+//!
+//! The input iterator is pulled on the caller's thread, inside `next()`: an input
+//! iterator that blocks (a channel with nothing in it) delays the results already
+//! finished until it yields. Unordered results are found without polling: each
+//! task in the window is given a waker that names its slot.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context as PollContext, Poll, Wake, Waker};
+
+use crate::error::{Failure, TaskError};
+use crate::pool::Pool;
+use crate::sync::lock;
+use crate::task::Task;
+use crate::worker::{Closures, Worker};
+
+/// One item's place in the window: its task, or the error it got without one.
+enum Slot<T, E> {
+    Task(Task<T, E>),
+    Refused,
+}
+
+type Feed<'a, T, E> = Box<dyn FnMut() -> Option<Slot<T, E>> + 'a>;
+
+fn refused<T, E>() -> Result<T, TaskError<E>> {
+    Err(TaskError::failure(Failure::Closed))
+}
+
+/// The default window: enough to keep every worker busy with one task queued
+/// behind each.
+fn default_window<W: Worker>(pool: &Pool<W>) -> usize {
+    (pool.size() * 4).max(4)
+}
+
+impl<W: Worker> Pool<W> {
+    /// Runs every input through `Worker::run` and yields the results in input
+    /// order, keeping at most `4 × size()` tasks in flight (see
+    /// [`map_window`](Pool::map_window)). On a shut-down pool the remaining items
+    /// yield closed errors.
+    pub fn map<I>(&self, inputs: I) -> Map<'_, W::Output, W::Error>
+    where
+        I: IntoIterator<Item = W::Input>,
+        I::IntoIter: 'static,
+    {
+        self.map_window(inputs, default_window(self))
+    }
+
+    /// [`map`](Pool::map) with an explicit window (at least 1).
+    pub fn map_window<I>(&self, inputs: I, window: usize) -> Map<'_, W::Output, W::Error>
+    where
+        I: IntoIterator<Item = W::Input>,
+        I::IntoIter: 'static,
+    {
+        Map::new(self.feed(inputs), window)
+    }
+
+    /// Like [`map`](Pool::map), but yields each result as soon as its task
+    /// finishes (as `concurrent.futures.as_completed`), with the input's index.
+    pub fn map_unordered<I>(&self, inputs: I) -> MapUnordered<'_, W::Output, W::Error>
+    where
+        I: IntoIterator<Item = W::Input>,
+        I::IntoIter: 'static,
+    {
+        MapUnordered::new(self.feed(inputs), default_window(self))
+    }
+
+    fn feed<I>(&self, inputs: I) -> Feed<'_, W::Output, W::Error>
+    where
+        I: IntoIterator<Item = W::Input>,
+        I::IntoIter: 'static,
+    {
+        let mut inputs = inputs.into_iter();
+        Box::new(move || {
+            let input = inputs.next()?;
+            Some(match self.submit(input) {
+                Ok(task) => Slot::Task(task),
+                Err(_) => Slot::Refused,
+            })
+        })
+    }
+}
+
+impl Pool<Closures> {
+    /// Runs `f` on every input on the pool and yields the results in input order,
+    /// keeping at most `4 × size()` tasks in flight (rayon's `par_iter().map()`
+    /// with a result per item and a bounded window).
+    pub fn map_fn<I, F, T>(&self, inputs: I, f: F) -> Map<'_, T, Infallible>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        Map::new(self.feed_fn(inputs, f), default_window(self))
+    }
+
+    /// Like [`map_fn`](Pool::map_fn), yielding results as they complete, with the
+    /// input's index.
+    pub fn map_fn_unordered<I, F, T>(&self, inputs: I, f: F) -> MapUnordered<'_, T, Infallible>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        MapUnordered::new(self.feed_fn(inputs, f), default_window(self))
+    }
+
+    fn feed_fn<I, F, T>(&self, inputs: I, f: F) -> Feed<'_, T, Infallible>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let f = Arc::new(f);
+        let mut inputs = inputs.into_iter();
+        Box::new(move || {
+            let input = inputs.next()?;
+            let f = Arc::clone(&f);
+            // On a shut-down pool `spawn` hands back a task already resolved as
+            // closed, which the window yields in its place.
+            Some(Slot::Task(self.spawn(move || f(input))))
+        })
+    }
+}
+
+/// Results in input order; from [`Pool::map`] or [`Pool::map_fn`].
+#[must_use = "a Map runs nothing until iterated; dropping it cancels its window"]
+pub struct Map<'a, T, E> {
+    feed: Feed<'a, T, E>,
+    window: usize,
+    exhausted: bool,
+    in_flight: VecDeque<Slot<T, E>>,
+}
+
+impl<'a, T, E> Map<'a, T, E> {
+    fn new(feed: Feed<'a, T, E>, window: usize) -> Self {
+        Map {
+            feed,
+            window: window.max(1),
+            exhausted: false,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// Tasks submitted and not yet handed out.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+impl<T, E> Iterator for Map<'_, T, E> {
+    type Item = Result<T, TaskError<E>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.exhausted && self.in_flight.len() < self.window {
+            match (self.feed)() {
+                Some(slot) => self.in_flight.push_back(slot),
+                None => self.exhausted = true,
+            }
+        }
+        Some(match self.in_flight.pop_front()? {
+            Slot::Task(task) => task.join(),
+            Slot::Refused => refused(),
+        })
+    }
+}
+
+impl<T, E> Drop for Map<'_, T, E> {
+    fn drop(&mut self) {
+        for slot in &self.in_flight {
+            if let Slot::Task(task) = slot {
+                task.cancel();
+            }
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for Map<'_, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Map")
+            .field("window", &self.window)
+            .field("in_flight", &self.in_flight.len())
+            .field("exhausted", &self.exhausted)
+            .finish()
+    }
+}
+
+/// Which window slots have been woken: the waker of each task pushes its slot
+/// number here.
+#[derive(Default)]
+struct Woken {
+    slots: Mutex<Vec<usize>>,
+    cond: Condvar,
+}
+
+struct SlotWaker {
+    woken: Arc<Woken>,
+    slot: usize,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.woken.slots).push(self.slot);
+        self.woken.cond.notify_one();
+    }
+}
+
+/// Results as they complete, each with its input's index; from
+/// [`Pool::map_unordered`] or [`Pool::map_fn_unordered`].
+#[must_use = "a MapUnordered runs nothing until iterated; dropping it cancels its window"]
+pub struct MapUnordered<'a, T, E> {
+    feed: Feed<'a, T, E>,
+    exhausted: bool,
+    /// The window: slot number → (input index, task). Free slots are `None`.
+    slots: Vec<Option<(usize, Task<T, E>)>>,
+    free: Vec<usize>,
+    wakers: Vec<Waker>,
+    woken: Arc<Woken>,
+    /// Items that finished (or were refused) before anyone asked.
+    ready: VecDeque<(usize, Result<T, TaskError<E>>)>,
+    next_index: usize,
+}
+
+impl<'a, T, E> MapUnordered<'a, T, E> {
+    fn new(feed: Feed<'a, T, E>, window: usize) -> Self {
+        let window = window.max(1);
+        let woken = Arc::new(Woken::default());
+        let wakers = (0..window)
+            .map(|slot| {
+                Waker::from(Arc::new(SlotWaker {
+                    woken: Arc::clone(&woken),
+                    slot,
+                }))
+            })
+            .collect();
+        MapUnordered {
+            feed,
+            exhausted: false,
+            slots: (0..window).map(|_| None).collect(),
+            free: (0..window).rev().collect(),
+            wakers,
+            woken,
+            ready: VecDeque::new(),
+            next_index: 0,
+        }
+    }
+
+    /// Items pulled from the input and not yet handed out (running, queued, or
+    /// finished and waiting to be yielded).
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len() + self.ready.len()
+    }
+
+    /// Polls the task in `slot` with that slot's waker; a finished one moves to
+    /// `ready` and frees the slot.
+    fn poll_slot(&mut self, slot: usize) {
+        let Some((_, task)) = self.slots[slot].as_mut() else {
+            return; // a stale wake-up for a slot already emptied
+        };
+        let mut cx = PollContext::from_waker(&self.wakers[slot]);
+        if let Poll::Ready(result) = Pin::new(task).poll(&mut cx) {
+            if let Some((index, _)) = self.slots[slot].take() {
+                self.ready.push_back((index, result));
+                self.free.push(slot);
+            }
+        }
+    }
+
+    fn fill(&mut self) {
+        // Finished results not yet handed out count against the window too, so
+        // a fast pool cannot pull the input ahead of the consumer.
+        while !self.exhausted && self.in_flight() < self.slots.len() {
+            let Some(slot) = self.free.pop() else { return };
+            let index = self.next_index;
+            match (self.feed)() {
+                None => {
+                    self.free.push(slot);
+                    self.exhausted = true;
+                }
+                Some(Slot::Refused) => {
+                    self.next_index += 1;
+                    self.free.push(slot);
+                    self.ready.push_back((index, refused()));
+                }
+                Some(Slot::Task(task)) => {
+                    self.next_index += 1;
+                    self.slots[slot] = Some((index, task));
+                    self.poll_slot(slot);
+                }
+            }
+        }
+    }
+}
+
+impl<T, E> Iterator for MapUnordered<'_, T, E> {
+    type Item = (usize, Result<T, TaskError<E>>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.fill();
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            if self.slots.len() == self.free.len() {
+                return None; // exhausted and nothing left in the window
+            }
+            let woken = {
+                let mut slots = lock(&self.woken.slots);
+                while slots.is_empty() {
+                    slots = self
+                        .woken
+                        .cond
+                        .wait(slots)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                std::mem::take(&mut *slots)
+            };
+            for slot in woken {
+                self.poll_slot(slot);
+            }
+        }
+    }
+}
+
+impl<T, E> Drop for MapUnordered<'_, T, E> {
+    fn drop(&mut self) {
+        for (_, task) in self.slots.iter().flatten() {
+            task.cancel();
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for MapUnordered<'_, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapUnordered")
+            .field("window", &self.slots.len())
+            .field("in_flight", &self.in_flight())
+            .field("exhausted", &self.exhausted)
+            .finish()
+    }
+}
