@@ -25,6 +25,14 @@ fn lifecycle_stops_every_worker() {
 }
 
 #[test]
+fn job_events_reports_each_job_once() {
+    run_example(
+        "job_events",
+        "job_events: 6 jobs, 6 end events (4 completed, 1 panicked, 1 killed)",
+    );
+}
+
+#[test]
 fn tour_passes_its_own_checks() {
     run_example("tour", "tour: all checks passed");
 }
