@@ -88,7 +88,7 @@ impl fmt::Debug for Config {
 ///     .build()?;
 /// # Ok::<(), crew::BuildError>(())
 /// ```
-pub struct PoolBuilder<W> {
+pub struct PoolBuilder<W: Worker> {
     workers: Option<usize>,
     range: Option<RangeInclusive<usize>>,
     idle_timeout: Duration,
@@ -103,8 +103,24 @@ pub struct PoolBuilder<W> {
     start_backoff: Duration,
     abandon_grace: Duration,
     event_buffer: usize,
+    #[cfg(feature = "process")]
+    process: Option<ProcessSettings<W>>,
     _worker: PhantomData<fn() -> W>,
 }
+
+/// How a process pool of `W` starts: the backend's entry point (monomorphized
+/// where `W: RemoteWorker` is known) and its settings.
+#[cfg(feature = "process")]
+struct ProcessSettings<W: Worker> {
+    launch: LaunchFn<W>,
+    config: crate::processes::ProcessConfig,
+}
+
+#[cfg(feature = "process")]
+type LaunchFn<W> = fn(
+    Config,
+    crate::processes::ProcessConfig,
+) -> std::io::Result<std::sync::Arc<dyn crate::processes::Engine<W>>>;
 
 impl<W: Worker> PoolBuilder<W> {
     pub(crate) fn new() -> Self {
@@ -123,6 +139,8 @@ impl<W: Worker> PoolBuilder<W> {
             start_backoff: Duration::from_millis(20),
             abandon_grace: Duration::from_millis(100),
             event_buffer: 1024,
+            #[cfg(feature = "process")]
+            process: None,
             _worker: PhantomData,
         }
     }
@@ -308,11 +326,132 @@ impl<W: Worker> PoolBuilder<W> {
             abandon_grace: self.abandon_grace,
             event_buffer: self.event_buffer,
         };
+        #[cfg(feature = "process")]
+        if let Some(process) = self.process {
+            if self.range.is_some() {
+                return Err(BuildError::new(BuildErrorKind::NotForProcesses(
+                    "workers_range",
+                )));
+            }
+            if process.config.window == 0 {
+                return Err(BuildError::new(BuildErrorKind::ZeroWindow));
+            }
+            if process.config.max_tasks_per_worker == Some(0) {
+                return Err(BuildError::new(BuildErrorKind::ZeroMaxTasks));
+            }
+            let engine = (process.launch)(config, process.config)
+                .map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
+            return Ok(Pool::from_backend(crate::pool::Backend::Processes(engine)));
+        }
         Pool::start(config)
     }
 }
 
-impl<W> fmt::Debug for PoolBuilder<W> {
+/// Process workers: these settings need `W`'s input, output and error to be
+/// serde types ([`RemoteWorker`](crate::RemoteWorker)).
+#[cfg(feature = "process")]
+impl<W: crate::RemoteWorker> PoolBuilder<W> {
+    /// Runs `n` workers, each in its own child process (instead of threads).
+    ///
+    /// By default a worker process re-runs the current executable, whose `main`
+    /// must call [`crew::bootstrap::<W>()`](crate::bootstrap) first; or set a
+    /// dedicated worker [`program`](PoolBuilder::program) that calls
+    /// [`crew::serve::<W>()`](crate::serve).
+    ///
+    /// The other settings keep their meaning; `workers_range` (elastic sizing) is
+    /// not offered for processes, and [`WhenFull::CallerRuns`] waits like `Block`
+    /// (the caller's thread cannot run a process worker's code).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self.process_config();
+        self
+    }
+
+    /// The process settings; any of them makes this a process pool.
+    fn process_config(&mut self) -> &mut crate::processes::ProcessConfig {
+        let settings = self.process.get_or_insert_with(|| ProcessSettings {
+            launch: |config, process| crate::processes::start::<W>(config, process),
+            config: crate::processes::ProcessConfig::default(),
+        });
+        &mut settings.config
+    }
+
+    /// The program worker processes run, instead of the current executable. It
+    /// calls [`crew::serve::<W>()`](crate::serve) (or `bootstrap`) in `main`.
+    pub fn program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.process_config().program = Some(path.into());
+        self
+    }
+
+    /// Arguments for the worker program (none by default).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString>,
+    {
+        self.process_config().args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Tasks in flight per worker process (default 16): sent ahead, so the
+    /// worker never waits for the pool between two tasks. Unstarted ones are
+    /// taken back for a worker that runs dry.
+    pub fn window(mut self, tasks: usize) -> Self {
+        self.process_config().window = tasks;
+        self
+    }
+
+    /// How long a worker process gets to exit after SIGTERM before SIGKILL
+    /// (default 2 s). crew's own SIGTERM handler in the worker ends its process
+    /// group at once; the grace matters for worker code that handles SIGTERM.
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.process_config().kill_grace = grace;
+        self
+    }
+
+    /// Replaces a worker process after it has run about this many tasks (each
+    /// worker's count varies by up to 10%, so they do not all retire at once).
+    /// The replacement starts first.
+    pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
+        self.process_config().max_tasks_per_worker = Some(tasks);
+        self
+    }
+
+    /// Replaces a worker process whose resident memory, measured after a task,
+    /// is above `bytes`. The replacement starts first.
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.process_config().max_memory = Some(bytes);
+        self
+    }
+
+    /// Runs a task again, up to `n` times, when its worker process dies under it
+    /// by exiting or breaking the protocol (default 0: fail at once). Only for
+    /// idempotent tasks. A death by signal (segfault, abort, OOM kill) is retried
+    /// only with [`retry_on_signal`](PoolBuilder::retry_on_signal). A task can
+    /// override this with [`TaskBuilder::retries`](crate::TaskBuilder::retries).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.process_config().retries = n;
+        self
+    }
+
+    /// Whether [`retries`](PoolBuilder::retries) also covers deaths by signal.
+    pub fn retry_on_signal(mut self, yes: bool) -> Self {
+        self.process_config().retry_signals = yes;
+        self
+    }
+
+    /// Receives every line worker processes print, with the worker's id and the
+    /// stream. By default lines go to this process's stderr as `[worker-N] line`.
+    pub fn on_output<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(crate::WorkerId, crate::OutputStream, &str) + Send + Sync + 'static,
+    {
+        self.process_config().output = Some(std::sync::Arc::new(handler));
+        self
+    }
+}
+
+impl<W: Worker> fmt::Debug for PoolBuilder<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolBuilder")
             .field("worker", &std::any::type_name::<W>())

@@ -39,6 +39,52 @@ pub(crate) enum Failure {
     StartFailed(String),
     /// `Pool::kill_worker` retired the worker that was running it.
     Killed,
+    /// The worker process died under the task: how, and its last stderr lines.
+    Crashed(Crash),
+    /// The worker broke the wire protocol, or its output could not be decoded.
+    Protocol(String),
+}
+
+/// How a worker process ended, and what it last wrote to stderr. Carried by
+/// [`TaskError::crash`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) stderr: Vec<String>,
+}
+
+impl Crash {
+    /// The exit code, if the process exited (`exit(n)`, or returned from `main`).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit_code
+    }
+
+    /// The signal that ended it (11 for a segfault, 6 for `abort`, 9 for SIGKILL,
+    /// which is also what the OOM killer sends).
+    pub fn signal(&self) -> Option<i32> {
+        self.signal
+    }
+
+    /// The last lines the worker wrote to stderr before it died (at most 20),
+    /// oldest first.
+    pub fn stderr_tail(&self) -> &[String] {
+        &self.stderr
+    }
+}
+
+impl fmt::Display for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.exit_code, self.signal) {
+            (_, Some(sig)) => write!(f, "killed by signal {sig}")?,
+            (Some(code), None) => write!(f, "exited with code {code}")?,
+            (None, None) => f.write_str("closed its channel")?,
+        }
+        if let Some(last) = self.stderr.last() {
+            write!(f, "; its last stderr line: {last}")?;
+        }
+        Ok(())
+    }
 }
 
 impl<E> TaskError<E> {
@@ -91,6 +137,27 @@ impl<E> TaskError<E> {
         matches!(self.repr, Repr::Failure(Failure::Killed))
     }
 
+    /// The worker process died while running the task (a segfault, `abort`,
+    /// `exit`, the OOM killer). [`TaskError::crash`] says how.
+    pub fn is_crash(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Crashed(_)))
+    }
+
+    /// How the worker process died, if [`is_crash`](TaskError::is_crash).
+    pub fn crash(&self) -> Option<&Crash> {
+        match &self.repr {
+            Repr::Failure(Failure::Crashed(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The worker process broke the wire protocol (garbage, a truncated or
+    /// oversized frame) or sent an output that could not be decoded; it was
+    /// killed and replaced.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Protocol(_)))
+    }
+
     pub(crate) fn outcome(&self) -> crate::task::cell::Outcome {
         use crate::task::cell::Outcome;
         match &self.repr {
@@ -101,6 +168,8 @@ impl<E> TaskError<E> {
             Repr::Failure(Failure::Closed) => Outcome::Closed,
             Repr::Failure(Failure::StartFailed(_)) => Outcome::StartFailed,
             Repr::Failure(Failure::Killed) => Outcome::Killed,
+            Repr::Failure(Failure::Crashed(_)) => Outcome::Crashed,
+            Repr::Failure(Failure::Protocol(_)) => Outcome::Protocol,
         }
     }
 
@@ -184,6 +253,12 @@ impl<E> fmt::Display for TaskError<E> {
                 write!(f, "no worker could be started to run the task: {m}")
             }
             Repr::Failure(Failure::Killed) => f.write_str("the worker running the task was killed"),
+            Repr::Failure(Failure::Crashed(c)) => {
+                write!(f, "the worker process running the task died: {c}")
+            }
+            Repr::Failure(Failure::Protocol(m)) => {
+                write!(f, "the worker process broke the protocol: {m}")
+            }
         }
     }
 }
@@ -303,7 +378,13 @@ pub(crate) enum BuildErrorKind {
     ZeroGrowBacklog,
     /// `event_buffer(0)`.
     ZeroEventBuffer,
-    /// The OS would not start a worker thread.
+    /// `window(0)`.
+    ZeroWindow,
+    /// `max_tasks_per_worker(0)`.
+    ZeroMaxTasks,
+    /// A setting process pools do not offer; its name.
+    NotForProcesses(&'static str),
+    /// The OS would not start a worker thread (or process).
     Spawn(std::io::Error),
 }
 
@@ -329,6 +410,13 @@ impl fmt::Display for BuildError {
             BuildErrorKind::ZeroStartAttempts => f.write_str("`start_attempts` must be at least 1"),
             BuildErrorKind::ZeroGrowBacklog => f.write_str("`grow_backlog` must be at least 1"),
             BuildErrorKind::ZeroEventBuffer => f.write_str("`event_buffer` must be at least 1"),
+            BuildErrorKind::ZeroWindow => f.write_str("`window` must be at least 1"),
+            BuildErrorKind::ZeroMaxTasks => {
+                f.write_str("`max_tasks_per_worker` must be at least 1")
+            }
+            BuildErrorKind::NotForProcesses(what) => {
+                write!(f, "`{what}` is not available for process workers")
+            }
             BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
         }
     }

@@ -203,6 +203,10 @@ pub enum TaskOutcome {
     Closed,
     /// No worker could start to run it.
     StartFailed,
+    /// Its worker process died under it.
+    Crashed,
+    /// Its worker process broke the wire protocol.
+    Protocol,
 }
 
 impl From<Outcome> for TaskOutcome {
@@ -216,6 +220,8 @@ impl From<Outcome> for TaskOutcome {
             Outcome::Killed => TaskOutcome::Killed,
             Outcome::Closed => TaskOutcome::Closed,
             Outcome::StartFailed => TaskOutcome::StartFailed,
+            Outcome::Crashed => TaskOutcome::Crashed,
+            Outcome::Protocol => TaskOutcome::Protocol,
         }
     }
 }
@@ -234,6 +240,11 @@ pub enum ExitReason {
     /// gave up on the thread (it leaves when the task returns, if ever) and
     /// started a replacement.
     Abandoned,
+    /// Its process died (a crash, a signal, `exit`), or broke the protocol.
+    Crashed,
+    /// Its process was replaced after `max_tasks_per_worker` tasks or above
+    /// `max_memory`.
+    Recycled,
 }
 
 // ------------------------------------------------------------------ the bus

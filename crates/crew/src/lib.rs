@@ -73,6 +73,8 @@ mod builder;
 mod error;
 mod events;
 mod pool;
+#[cfg(feature = "process")]
+mod processes;
 mod scheduler;
 mod sources;
 mod stats;
@@ -86,6 +88,8 @@ pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
 pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
+#[cfg(feature = "process")]
+pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};
 pub use stats::{Stats, WorkerStats};
 pub use task::{Priority, Task, TaskId};

@@ -41,12 +41,26 @@ pub struct Pool<W: Worker = Closures> {
 
 /// The part whose drop means "the last handle is gone".
 struct Inner<W: Worker> {
-    shared: Arc<Shared<W>>,
+    backend: Backend<W>,
+}
+
+/// Where the pool's workers run.
+pub(crate) enum Backend<W: Worker> {
+    /// Threads of this process (`threads/`).
+    Threads(Arc<Shared<W>>),
+    /// Worker processes (`processes/`), behind a trait object that erases the
+    /// serde bounds `Pool<W>` does not have.
+    #[cfg(feature = "process")]
+    Processes(std::sync::Arc<dyn crate::processes::Engine<W>>),
 }
 
 impl<W: Worker> Drop for Inner<W> {
     fn drop(&mut self) {
-        self.shared.close();
+        match &self.backend {
+            Backend::Threads(shared) => shared.close(),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.close(),
+        }
     }
 }
 
@@ -68,14 +82,34 @@ impl<W: Worker> Pool<W> {
     pub(crate) fn start(config: Config) -> Result<Self, BuildError> {
         let shared =
             Shared::start(config).map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
-        Ok(Pool {
-            inner: Arc::new(Inner { shared }),
-        })
+        Ok(Pool::from_backend(Backend::Threads(shared)))
+    }
+
+    pub(crate) fn from_backend(backend: Backend<W>) -> Self {
+        Pool {
+            inner: Arc::new(Inner { backend }),
+        }
     }
 
     #[inline]
+    fn backend(&self) -> &Backend<W> {
+        &self.inner.backend
+    }
+
+    /// The thread backend. Only for what only threads offer (closures): a
+    /// process pool of `Closures` cannot be built.
+    #[inline]
     fn shared(&self) -> &Arc<Shared<W>> {
-        &self.inner.shared
+        match &self.inner.backend {
+            Backend::Threads(shared) => shared,
+            #[cfg(feature = "process")]
+            Backend::Processes(_) => unreachable!("closures never run on a process pool"),
+        }
+    }
+
+    /// Whether this pool runs its workers in processes.
+    pub fn is_process_pool(&self) -> bool {
+        !matches!(self.backend(), Backend::Threads(_))
     }
 
     /// Submits one input for `Worker::run`.
@@ -127,10 +161,20 @@ impl<W: Worker> Pool<W> {
     where
         I: IntoIterator<Item = W::Input>,
     {
+        let shared = match self.backend() {
+            Backend::Threads(shared) => shared,
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => {
+                let mut tasks = Vec::new();
+                for input in inputs {
+                    tasks.push(engine.submit(input, TaskOptions::default(), Admission::Wait)?);
+                }
+                return Ok(tasks);
+            }
+        };
         let payloads: Vec<Input<W::Input>> = inputs.into_iter().map(Input).collect();
         let (tasks, rejected) =
-            self.shared()
-                .submit_batch(payloads, TaskOptions::default(), Admission::Wait);
+            shared.submit_batch(payloads, TaskOptions::default(), Admission::Wait);
         match rejected {
             None => Ok(tasks),
             Some((error, _rest)) => Err(error.map_input(|p| p.0)),
@@ -144,9 +188,13 @@ impl<W: Worker> Pool<W> {
         options: TaskOptions,
         admission: Admission,
     ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
-        self.shared()
-            .submit(Input(input), options, admission)
-            .map_err(|e| e.map_input(|p| p.0))
+        match self.backend() {
+            Backend::Threads(shared) => shared
+                .submit(Input(input), options, admission)
+                .map_err(|e| e.map_input(|p| p.0)),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.submit(input, options, admission),
+        }
     }
 
     /// Starts a task with options: `pool.task(input).priority(..).timeout(..).submit()`.
@@ -163,7 +211,15 @@ impl<W: Worker> Pool<W> {
     /// Tasks still running after their handle resolved (cancelled, timed out but
     /// within `abandon_grace`) count as running; threads the pool abandoned do not.
     pub fn wait_idle(&self) {
-        self.shared().wait_idle(None);
+        self.wait_idle_until(None);
+    }
+
+    fn wait_idle_until(&self, deadline: Option<Instant>) -> bool {
+        match self.backend() {
+            Backend::Threads(shared) => shared.wait_idle(deadline),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.wait_idle(deadline),
+        }
     }
 
     /// Like [`wait_idle`](Pool::wait_idle), for at most `timeout`. True if the pool
@@ -171,9 +227,9 @@ impl<W: Worker> Pool<W> {
     pub fn wait_idle_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
         match deadline {
-            Some(d) => self.shared().wait_idle(Some(d)),
+            Some(d) => self.wait_idle_until(Some(d)),
             None => {
-                self.shared().wait_idle(None);
+                self.wait_idle_until(None);
                 true
             }
         }
@@ -183,7 +239,11 @@ impl<W: Worker> Pool<W> {
     /// `whenIdle`). Needs no particular runtime.
     pub fn idle(&self) -> Idle<W> {
         Idle {
-            inner: self.shared().idle_future(),
+            inner: match self.backend() {
+                Backend::Threads(shared) => IdleInner::Threads(shared.idle_future()),
+                #[cfg(feature = "process")]
+                Backend::Processes(engine) => IdleInner::Processes(std::sync::Arc::clone(engine)),
+            },
         }
     }
 
@@ -194,10 +254,10 @@ impl<W: Worker> Pool<W> {
     /// cannot wait (the calling thread is one of those it would wait for).
     pub fn shutdown(&self) {
         if self.on_own_worker() {
-            self.shared().close();
+            self.close();
             return;
         }
-        let _ = self.shared().shutdown(None);
+        let _ = self.shutdown_until(None);
     }
 
     /// Like [`shutdown`](Pool::shutdown), but if the queue has not drained within
@@ -206,23 +266,47 @@ impl<W: Worker> Pool<W> {
     /// own.
     pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), ShutdownTimedOut> {
         if self.on_own_worker() {
-            self.shared().close();
+            self.close();
             return Ok(());
         }
         let deadline = Instant::now().checked_add(timeout);
-        self.shared().shutdown(deadline)
+        self.shutdown_until(deadline)
     }
 
     /// Takes no new work; every queued task resolves as closed and every running one
     /// as cancelled (it sees [`Context::is_cancelled`]). Returns at once; worker
     /// threads exit as soon as their current task returns, running `Worker::stop`.
     pub fn terminate(&self) {
-        self.shared().terminate();
+        match self.backend() {
+            Backend::Threads(shared) => shared.terminate(),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.terminate(),
+        }
+    }
+
+    fn close(&self) {
+        match self.backend() {
+            Backend::Threads(shared) => shared.close(),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.close(),
+        }
+    }
+
+    fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+        match self.backend() {
+            Backend::Threads(shared) => shared.shutdown(deadline),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.shutdown(deadline),
+        }
     }
 
     /// Whether the pool has been shut down (or is shutting down).
     pub fn is_closed(&self) -> bool {
-        self.shared().is_closed()
+        match self.backend() {
+            Backend::Threads(shared) => shared.is_closed(),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.is_closed(),
+        }
     }
 
     /// Retires one worker and starts a replacement (parallelcode's `kill`). A task it
@@ -230,19 +314,35 @@ impl<W: Worker> Pool<W> {
     /// ([`TaskError::is_killed`](crate::TaskError::is_killed)) and sees
     /// [`Context::is_cancelled`]; the thread, which cannot be stopped from outside,
     /// exits when that task returns. False if no live worker has this id.
+    ///
+    /// On a process pool the worker's process group is killed (SIGTERM, then
+    /// SIGKILL after `kill_grace`), and the tasks waiting in its window run
+    /// elsewhere.
     pub fn kill_worker(&self, id: WorkerId) -> bool {
-        self.shared().kill_worker(id)
+        match self.backend() {
+            Backend::Threads(shared) => shared.kill_worker(id),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.kill_worker(id),
+        }
     }
 
     /// The workers the pool counts now, by id.
     pub fn workers(&self) -> Vec<WorkerId> {
-        self.shared().worker_ids()
+        match self.backend() {
+            Backend::Threads(shared) => shared.worker_ids(),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.worker_ids(),
+        }
     }
 
     /// The number of workers the pool keeps: the fixed size, or an elastic
     /// pool's minimum (see `workers()` for the workers alive now).
     pub fn size(&self) -> usize {
-        self.shared().config.workers
+        match self.backend() {
+            Backend::Threads(shared) => shared.config.workers,
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.size(),
+        }
     }
 
     /// Subscribes to the pool's [`Event`](crate::Event)s: tasks started, finished and
@@ -267,18 +367,30 @@ impl<W: Worker> Pool<W> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn events(&self) -> Events {
-        self.shared().events.subscribe()
+        match self.backend() {
+            Backend::Threads(shared) => shared.events.subscribe(),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.events(),
+        }
     }
 
     /// A snapshot of the pool's state and counters.
     pub fn stats(&self) -> Stats {
-        self.shared().stats()
+        match self.backend() {
+            Backend::Threads(shared) => shared.stats(),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.stats(),
+        }
     }
 
     fn on_own_worker(&self) -> bool {
         // A task that holds a clone of its own pool calls `shutdown` on the thread it
         // would have to join.
-        crate::threads::is_worker_of(self.shared())
+        match self.backend() {
+            Backend::Threads(shared) => crate::threads::is_worker_of(shared),
+            #[cfg(feature = "process")]
+            Backend::Processes(_) => false,
+        }
     }
 }
 
@@ -430,6 +542,22 @@ impl<'a, W: Worker> TaskBuilder<'a, W> {
         self
     }
 
+    /// A sticky key: on a process pool, tasks with the same key go to the same
+    /// worker process while it lives (for warm per-worker caches). Threads share
+    /// memory, so thread pools ignore it.
+    pub fn key(mut self, key: u64) -> Self {
+        self.options.key = Some(key);
+        self
+    }
+
+    /// On a process pool, runs the task again up to `n` times if its worker
+    /// process dies under it (overrides the pool's
+    /// [`retries`](PoolBuilder::retries)). Only for idempotent tasks.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.options.retries = Some(n);
+        self
+    }
+
     /// Submits it, waiting while the queue is full (as [`Pool::submit`]).
     pub fn submit(self) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
         self.pool
@@ -522,7 +650,28 @@ impl<W: Worker> Future for SubmitAsync<'_, W> {
             .input
             .take()
             .expect("SubmitAsync polled after completion");
-        let shared = this.pool.shared();
+        let shared = match this.pool.backend() {
+            Backend::Threads(shared) => shared,
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => {
+                if !engine.poll_room(cx.waker()) {
+                    this.input = Some(input);
+                    return Poll::Pending;
+                }
+                return match engine.submit(input, this.options, Admission::Try) {
+                    Err(e) if e.is_full() => {
+                        let input = e.into_inner();
+                        if engine.poll_room(cx.waker()) {
+                            Poll::Ready(engine.submit(input, this.options, Admission::Wait))
+                        } else {
+                            this.input = Some(input);
+                            Poll::Pending
+                        }
+                    }
+                    result => Poll::Ready(result),
+                };
+            }
+        };
         match shared.poll_capacity(cx, &mut this.registered) {
             Poll::Pending => {
                 this.input = Some(input);
@@ -541,9 +690,9 @@ impl<W: Worker> Future for SubmitAsync<'_, W> {
 
 impl<W: Worker> Drop for SubmitAsync<'_, W> {
     fn drop(&mut self) {
-        self.pool
-            .shared()
-            .forget_capacity_waiter(&mut self.registered);
+        if let Backend::Threads(shared) = self.pool.backend() {
+            shared.forget_capacity_waiter(&mut self.registered);
+        }
     }
 }
 
@@ -560,14 +709,30 @@ impl<W: Worker> fmt::Debug for SubmitAsync<'_, W> {
 /// The future from [`Pool::idle`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Idle<W: Worker> {
-    inner: IdleFuture<W>,
+    inner: IdleInner<W>,
+}
+
+enum IdleInner<W: Worker> {
+    Threads(IdleFuture<W>),
+    #[cfg(feature = "process")]
+    Processes(std::sync::Arc<dyn crate::processes::Engine<W>>),
 }
 
 impl<W: Worker> Future for Idle<W> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<()> {
-        Pin::new(&mut self.inner).poll(cx)
+        match &mut self.inner {
+            IdleInner::Threads(f) => Pin::new(f).poll(cx),
+            #[cfg(feature = "process")]
+            IdleInner::Processes(engine) => {
+                if engine.poll_idle(cx.waker()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
     }
 }
 

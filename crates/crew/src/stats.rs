@@ -38,6 +38,8 @@ pub struct Stats {
     pub closed: u64,
     /// Tasks failed because no worker could start.
     pub start_failed: u64,
+    /// Tasks whose worker process died under them, or broke the protocol.
+    pub crashed: u64,
     /// Threads given up on (stuck in a timed-out or killed task) that have not
     /// returned yet. They are not in `workers`.
     pub abandoned_threads: usize,
@@ -74,6 +76,7 @@ impl Stats {
             + self.killed
             + self.closed
             + self.start_failed
+            + self.crashed
     }
 }
 
@@ -82,7 +85,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "workers {} (busy {}, idle {}) | queued {} | submitted {}: ok {}, err {}, panic {}, cancelled {}, timed out {}, killed {}, closed {}, start failed {}",
+            "workers {} (busy {}, idle {}) | queued {} | submitted {}: ok {}, err {}, panic {}, cancelled {}, timed out {}, killed {}, closed {}, start failed {}, crashed {}",
             self.workers,
             self.busy,
             self.idle,
@@ -96,6 +99,7 @@ impl fmt::Display for Stats {
             self.killed,
             self.closed,
             self.start_failed,
+            self.crashed,
         )?;
         if self.abandoned_threads > 0 {
             write!(f, " | abandoned threads {}", self.abandoned_threads)?;

@@ -73,11 +73,13 @@ pub(crate) enum Outcome {
     Closed = 6,
     StartFailed = 7,
     Killed = 8,
+    Crashed = 9,
+    Protocol = 10,
 }
 
 impl Outcome {
     /// One past the largest code, for arrays indexed by outcome.
-    pub(crate) const SLOTS: usize = 9;
+    pub(crate) const SLOTS: usize = 11;
 
     fn of<T, E>(result: &Result<T, TaskError<E>>) -> Self {
         match result {
@@ -96,6 +98,8 @@ impl Outcome {
             6 => Outcome::Closed,
             7 => Outcome::StartFailed,
             8 => Outcome::Killed,
+            9 => Outcome::Crashed,
+            10 => Outcome::Protocol,
             _ => return None,
         })
     }
@@ -118,7 +122,12 @@ pub(crate) struct Header {
 
 impl Header {
     #[inline]
-    fn new(id: TaskId, priority: Priority, timeout: Option<Duration>, bounded: bool) -> Self {
+    pub(crate) fn new(
+        id: TaskId,
+        priority: Priority,
+        timeout: Option<Duration>,
+        bounded: bool,
+    ) -> Self {
         Header {
             state: AtomicUsize::new(0),
             id,
@@ -176,6 +185,11 @@ impl Header {
         WorkerId::from_raw(self.worker.load(Relaxed))
     }
 
+    /// Records who runs the task (a backend that runs it elsewhere).
+    pub(crate) fn set_worker(&self, worker: WorkerId) {
+        self.worker.store(worker.raw(), Relaxed);
+    }
+
     /// Takes ownership of the payload. True for exactly one caller.
     #[inline]
     fn claim(&self) -> bool {
@@ -217,6 +231,15 @@ pub(crate) struct Core<T, E> {
 unsafe impl<T: Send, E: Send> Sync for Core<T, E> {}
 
 impl<T, E> Core<T, E> {
+    /// An unresolved result slot, for a backend with its own cell type.
+    pub(crate) fn new(header: Header) -> Self {
+        Core {
+            header,
+            result: UnsafeCell::new(None),
+            waiter: Mutex::new(None),
+        }
+    }
+
     #[inline]
     pub(crate) fn header(&self) -> &Header {
         &self.header

@@ -205,4 +205,8 @@ impl<T, E> fmt::Debug for Task<T, E> {
 pub(crate) struct TaskOptions {
     pub(crate) priority: Priority,
     pub(crate) timeout: Option<Duration>,
+    /// Sticky key (process pools): tasks with the same key go to the same worker.
+    pub(crate) key: Option<u64>,
+    /// Runs again after its worker process dies, this many times (process pools).
+    pub(crate) retries: Option<u32>,
 }

@@ -1094,6 +1094,7 @@ impl<W: Worker> Shared<W> {
             killed: by_outcome[Outcome::Killed as usize],
             closed: by_outcome[Outcome::Closed as usize],
             start_failed: by_outcome[Outcome::StartFailed as usize],
+            crashed: by_outcome[Outcome::Crashed as usize] + by_outcome[Outcome::Protocol as usize],
             abandoned_threads: reg.abandoned.len(),
             start_failures: reg.start_failures,
             last_start_error: reg.last_start_error.clone(),

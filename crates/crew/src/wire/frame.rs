@@ -368,7 +368,16 @@ impl FrameEncoder {
     /// Appends `message` as one frame, or, if its frame would be over the limit,
     /// nothing, and returns a [`ProtocolError::is_oversized`] error.
     pub fn push<M: WireMessage>(&mut self, message: &M) -> Result<(), ProtocolError> {
-        let len = message.frame_len();
+        self.push_encodable(message)
+    }
+
+    /// `push` for anything with an encoding, including the borrowed
+    /// [`TaskFrame`](super::message::TaskFrame) the backend sends.
+    pub(crate) fn push_encodable<M: super::message::sealed::Encode>(
+        &mut self,
+        message: &M,
+    ) -> Result<(), ProtocolError> {
+        let len = 1 + message.body_len();
         self.check(len)?;
         let before = self.buf.len();
         self.begin_frame(len, message.kind());

@@ -454,6 +454,37 @@ impl sealed::Encode for ToWorker {
     }
 }
 
+/// A *task* frame over a borrowed payload: the process backend keeps a task's
+/// encoded input until the task resolves (it may be sent again after a crash),
+/// so it encodes the frame without cloning it.
+pub(crate) struct TaskFrame<'a> {
+    pub(crate) id: u64,
+    pub(crate) key: Option<u64>,
+    pub(crate) payload: &'a [u8],
+}
+
+impl sealed::Encode for TaskFrame<'_> {
+    fn kind(&self) -> u8 {
+        kind::TASK
+    }
+
+    fn body_len(&self) -> u64 {
+        8 + 1 + if self.key.is_some() { 8 } else { 0 } + bytes_len(self.payload.len())
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.id);
+        match self.key {
+            None => out.push(0),
+            Some(key) => {
+                out.push(1);
+                put_u64(out, key);
+            }
+        }
+        put_bytes(out, self.payload);
+    }
+}
+
 impl WireMessage for ToWorker {
     fn decode(frame: Frame) -> Result<Self, ProtocolError> {
         match frame.kind {

@@ -77,7 +77,7 @@ use std::fmt;
 
 mod error;
 mod frame;
-mod message;
+pub(crate) mod message;
 
 pub use error::ProtocolError;
 pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameWriter};

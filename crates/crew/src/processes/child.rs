@@ -1,0 +1,551 @@
+//! The worker side of the process backend: what runs inside a worker process.
+//!
+//! A worker process is started by the pool with its end of a socket pair at a
+//! file descriptor named in the environment (see [`Launch`]). It speaks the wire
+//! protocol (`wire/protocol.md`) on that socket, from one thread, the *runner*:
+//!
+//! 1. hello both ways, then `W::start`, then *ready* (or *start-failed* and exit);
+//! 2. read what has arrived; run the oldest task; repeat. Between tasks, frames
+//!    that arrived meanwhile are read at most every [`POLL_EVERY`] (one cheap
+//!    non-blocking `recv`), so a *cancel* for a task still waiting here is seen
+//!    before that task would start;
+//! 3. on *shutdown*, run what was received, `W::stop`, exit 0.
+//!
+//! # Batching and the flusher
+//!
+//! *started* and *done* frames go to one buffer. The runner writes it out when it
+//! has nothing left to run (just before it blocks in `read`), so a burst of small
+//! tasks costs one `write` for the whole burst. But a buffered *done* must not
+//! wait behind a long task that started after it (or the pool would see neither
+//! that result nor that the long task started, and could not time it out). So
+//! when the runner starts a task with frames still buffered, it hands them to a
+//! second thread, the *flusher*, which writes them if they are still there after
+//! [`FLUSH_AFTER`]. The flusher sleeps on a condition variable otherwise; it costs
+//! nothing while the runner keeps up or is idle.
+//!
+//! # Death of the parent
+//!
+//! The pool sets `PR_SET_PDEATHSIG` to SIGTERM for each worker, and crew's
+//! SIGTERM handler here kills the worker's whole process group with SIGKILL, so
+//! processes the worker's code started die with it. The end of the socket (the
+//! parent closed it, or died) does the same.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::socket::{recv, MsgFlags};
+use nix::unistd::Pid;
+
+use super::codec::{self, RemoteWorker};
+use crate::error::{panic_message, StartError};
+use crate::sync::lock;
+use crate::task::cell::Header;
+use crate::task::{Priority, TaskId};
+use crate::wire::{
+    FrameDecoder, FrameEncoder, Hello, Outcome, ProtocolError, Role, ToParent, ToWorker,
+    WireMessage, DEFAULT_FRAME_LIMIT,
+};
+use crate::worker::{Context, WorkerId};
+
+/// The environment variables a pool sets for a worker process.
+pub(crate) const ENV_FD: &str = "CREW_WORKER_FD";
+pub(crate) const ENV_TYPE: &str = "CREW_WORKER_TYPE";
+pub(crate) const ENV_ID: &str = "CREW_WORKER_ID";
+pub(crate) const ENV_PARENT: &str = "CREW_PARENT_PID";
+
+/// Exit code of a worker process whose program does not serve the requested
+/// worker type (its `bootstrap` does not list it).
+pub(crate) const EXIT_UNKNOWN_TYPE: i32 = 97;
+/// Exit code of a worker process that lost its parent or its channel, or broke
+/// the protocol.
+pub(crate) const EXIT_CHANNEL: i32 = 98;
+
+/// How often, at most, the runner looks for frames between two tasks.
+const POLL_EVERY: Duration = Duration::from_micros(100);
+/// How long buffered frames may wait behind a running task.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+/// What the pool handed this process.
+struct Launch {
+    stream: UnixStream,
+    worker: WorkerId,
+    type_name: String,
+}
+
+/// Reads the launch variables. `None` if this process was not started as a crew
+/// worker; `Err` if it was, but the variables are wrong.
+fn launch_from_env() -> Option<Result<Launch, String>> {
+    let fd = std::env::var(ENV_FD).ok()?;
+    let parse = || -> Result<Launch, String> {
+        let fd: RawFd = fd.parse().map_err(|_| format!("bad {ENV_FD}: {fd:?}"))?;
+        let type_name = std::env::var(ENV_TYPE).map_err(|_| format!("{ENV_TYPE} is not set"))?;
+        let worker = std::env::var(ENV_ID)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .and_then(WorkerId::from_raw)
+            .ok_or_else(|| format!("{ENV_ID} is not set"))?;
+        let parent: i32 = std::env::var(ENV_PARENT)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{ENV_PARENT} is not set"))?;
+        // The parent may have died before PDEATHSIG was armed (in the child,
+        // between fork and exec): then this process was re-parented already.
+        if nix::unistd::getppid().as_raw() != parent {
+            return Err("the pool's process is gone".into());
+        }
+        // SAFETY: the pool passed this descriptor to this process for its sole use,
+        // and nothing else in the process knows it; the variables are removed
+        // below so no one takes it a second time.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Launch {
+            stream: UnixStream::from(owned),
+            worker,
+            type_name,
+        })
+    };
+    let launch = parse();
+    for var in [ENV_FD, ENV_TYPE, ENV_ID, ENV_PARENT] {
+        // Only at start-up, before the worker's code runs: no other thread reads
+        // the environment yet. A pool the worker builds itself must not see them.
+        std::env::remove_var(var);
+    }
+    Some(launch)
+}
+
+/// Sets up the process-level guards, then serves `W` and exits.
+fn serve_launch<W: RemoteWorker>(launch: Launch) -> ! {
+    install_group_kill_on_term();
+    let code = match run_worker::<W>(launch.stream, launch.worker) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("crew worker {}: {e}", launch.worker);
+            EXIT_CHANNEL
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Runs the worker types a program can serve as a process worker, when it was
+/// started as one. See [`bootstrap`].
+#[derive(Default)]
+pub struct Bootstrap {
+    types: Vec<(&'static str, fn(Launch) -> !)>,
+}
+
+impl Bootstrap {
+    /// An empty list.
+    pub fn new() -> Self {
+        Bootstrap::default()
+    }
+
+    /// Adds a worker type this program can run in a worker process.
+    pub fn worker<W: RemoteWorker>(mut self) -> Self {
+        self.types.push((
+            std::any::type_name::<W>(),
+            serve_launch::<W> as fn(Launch) -> !,
+        ));
+        self
+    }
+
+    /// If this process was started by a pool as a worker, serves the requested
+    /// type and exits; otherwise returns at once.
+    pub fn run(self) {
+        let launch = match launch_from_env() {
+            None => return,
+            Some(Ok(launch)) => launch,
+            Some(Err(e)) => {
+                eprintln!("crew worker: {e}");
+                std::process::exit(EXIT_CHANNEL);
+            }
+        };
+        match self
+            .types
+            .iter()
+            .find(|(name, _)| *name == launch.type_name)
+        {
+            Some((_, serve)) => serve(launch),
+            None => {
+                let known: Vec<&str> = self.types.iter().map(|(n, _)| *n).collect();
+                eprintln!(
+                    "crew worker: this program's crew::bootstrap does not serve `{}` (it serves {:?})",
+                    launch.type_name, known
+                );
+                std::process::exit(EXIT_UNKNOWN_TYPE);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.types.iter().map(|(n, _)| *n).collect();
+        f.debug_struct("Bootstrap").field("types", &names).finish()
+    }
+}
+
+/// Call first in `main` of a program whose pools run `W` in worker processes
+/// ([`PoolBuilder::processes`](crate::PoolBuilder::processes) re-runs the current
+/// executable by default). In the pool's own process it returns at once; in a
+/// worker process it serves `W` and exits, so nothing after it runs there.
+///
+/// For several worker types, use [`Bootstrap`]:
+/// `crew::Bootstrap::new().worker::<A>().worker::<B>().run()`.
+///
+/// ```no_run
+/// # use crew::{Context, StartError, Worker};
+/// # struct Resize;
+/// # impl Worker for Resize {
+/// #     type Input = u32; type Output = u32; type Error = String;
+/// #     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Resize) }
+/// #     fn run(&mut self, i: u32, _: &mut Context<'_>) -> Result<u32, String> { Ok(i) }
+/// # }
+/// fn main() {
+///     crew::bootstrap::<Resize>();
+///     // ... the program itself: build a pool with `.processes(4)` ...
+/// }
+/// ```
+pub fn bootstrap<W: RemoteWorker>() {
+    Bootstrap::new().worker::<W>().run();
+}
+
+/// The `main` of a dedicated worker program (see
+/// [`PoolBuilder::program`](crate::PoolBuilder::program)): serves `W` and exits.
+/// Run by hand, not by a pool, it says so and exits with status 2.
+pub fn serve<W: RemoteWorker>() -> ! {
+    match launch_from_env() {
+        Some(Ok(launch)) => serve_launch::<W>(launch),
+        Some(Err(e)) => {
+            eprintln!("crew worker: {e}");
+            std::process::exit(EXIT_CHANNEL);
+        }
+        None => {
+            eprintln!("this program is a crew worker; a crew pool starts it");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// SIGTERM (sent by the pool to kill a worker, and by the kernel when the parent
+/// dies, through `PR_SET_PDEATHSIG`) kills the whole process group at once.
+fn install_group_kill_on_term() {
+    extern "C" fn kill_group(_: nix::libc::c_int) {
+        // kill(2) is async-signal-safe; pid 0 is this process's group.
+        let _ = signal::kill(Pid::from_raw(0), Signal::SIGKILL);
+    }
+    // SAFETY: the handler only calls kill(2), which is async-signal-safe.
+    unsafe {
+        let _ = signal::signal(Signal::SIGTERM, SigHandler::Handler(kill_group));
+    }
+}
+
+/// Kills this process's group (itself included): the parent is gone, so nothing
+/// the worker started may outlive it.
+fn kill_own_group() -> ! {
+    let _ = signal::kill(Pid::from_raw(0), Signal::SIGKILL);
+    std::process::exit(EXIT_CHANNEL)
+}
+
+/// Frames waiting to be written, shared by the runner and the flusher.
+struct Outgoing {
+    state: Mutex<OutState>,
+    deferred: Condvar,
+    stream: UnixStream,
+}
+
+struct OutState {
+    encoder: FrameEncoder,
+    /// When the runner left frames to the flusher; `None` if it did not.
+    deferred_since: Option<Instant>,
+    closed: bool,
+}
+
+impl Outgoing {
+    fn push<M: crate::wire::WireMessage>(&self, message: &M) -> Result<(), ProtocolError> {
+        lock(&self.state).encoder.push(message)
+    }
+
+    /// Writes everything buffered now.
+    fn flush(&self) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        st.deferred_since = None;
+        Self::write_out(&self.stream, &mut st)
+    }
+
+    fn write_out(stream: &UnixStream, st: &mut OutState) -> io::Result<()> {
+        if !st.encoder.is_empty() {
+            let result = (&*stream).write_all(st.encoder.as_bytes());
+            st.encoder.clear();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Leaves what is buffered to the flusher while the runner runs a task.
+    fn defer(&self) {
+        let mut st = lock(&self.state);
+        if st.deferred_since.is_none() && !st.encoder.is_empty() {
+            st.deferred_since = Some(Instant::now());
+            self.deferred.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.deferred.notify_one();
+    }
+
+    /// The flusher thread's loop.
+    fn run_flusher(&self) {
+        let mut st = lock(&self.state);
+        while !st.closed {
+            match st.deferred_since {
+                None => {
+                    st = self.deferred.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                Some(since) => {
+                    let age = since.elapsed();
+                    if age >= FLUSH_AFTER {
+                        st.deferred_since = None;
+                        if Self::write_out(&self.stream, &mut st).is_err() {
+                            return; // the runner sees the broken stream too
+                        }
+                    } else {
+                        st = self
+                            .deferred
+                            .wait_timeout(st, FLUSH_AFTER - age)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads without blocking: `Ok(0)` only at the end of the stream, `WouldBlock`
+/// when nothing is there.
+struct NonBlocking<'a>(&'a UnixStream);
+
+impl Read for NonBlocking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match recv(self.0.as_fd().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+}
+
+fn protocol(e: ProtocolError) -> String {
+    format!("protocol error from the pool: {e}")
+}
+
+/// The worker's conversation with the pool, until shutdown or the end of the
+/// channel.
+fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), String> {
+    let io_err = |e: io::Error| format!("channel: {e}");
+    let out = Arc::new(Outgoing {
+        state: Mutex::new(OutState {
+            encoder: FrameEncoder::new(DEFAULT_FRAME_LIMIT),
+            deferred_since: None,
+            closed: false,
+        }),
+        deferred: Condvar::new(),
+        stream: stream.try_clone().map_err(io_err)?,
+    });
+    out.push(&Hello::new(Role::Worker, DEFAULT_FRAME_LIMIT))
+        .map_err(protocol)?;
+    out.flush().map_err(io_err)?;
+
+    let mut decoder = FrameDecoder::new(DEFAULT_FRAME_LIMIT);
+    let hello = loop {
+        if let Some(frame) = decoder.next_frame().map_err(protocol)? {
+            break Hello::decode(frame).map_err(protocol)?;
+        }
+        if decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
+            kill_own_group();
+        }
+    };
+    hello.check_role(Role::Parent).map_err(protocol)?;
+    lock(&out.state).encoder.set_frame_limit(hello.frame_limit);
+
+    let flusher = {
+        let out = Arc::clone(&out);
+        std::thread::Builder::new()
+            .name("crew-flusher".into())
+            .spawn(move || out.run_flusher())
+            .map_err(io_err)?
+    };
+
+    let mut runner = Runner::<W> {
+        id,
+        worker: None,
+        out: &out,
+    };
+    let started = runner.start();
+    if let Err(message) = started {
+        let message = codec::shorten(message, hello.frame_limit);
+        out.push(&ToParent::StartFailed { message })
+            .map_err(protocol)?;
+        out.flush().map_err(io_err)?;
+        out.close();
+        let _ = flusher.join();
+        return Ok(());
+    }
+    out.push(&ToParent::Ready).map_err(protocol)?;
+
+    let mut pending: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut shutting_down = false;
+    let mut last_read = Instant::now();
+    // Frames may already be buffered (they can arrive with the hello), so the
+    // decoder is drained before every decision to block.
+    let mut must_read = false;
+    loop {
+        if must_read {
+            // Nothing to run and nothing buffered: block until the pool speaks.
+            out.flush().map_err(io_err)?;
+            if decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
+                // The pool closed the channel without a shutdown: it is gone.
+                kill_own_group();
+            }
+            last_read = Instant::now();
+            must_read = false;
+        } else if !pending.is_empty() && !shutting_down && last_read.elapsed() >= POLL_EVERY {
+            match decoder.read_from(&mut NonBlocking(&stream)) {
+                Ok(0) => kill_own_group(),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(io_err(e)),
+            }
+            last_read = Instant::now();
+        }
+        while let Some(message) = decoder.next_message::<ToWorker>().map_err(protocol)? {
+            match message {
+                ToWorker::Task { id, payload, .. } => pending.push_back((id, payload)),
+                ToWorker::Cancel { id } => {
+                    // Not begun: drop it. Already answered: the cancel crossed the
+                    // answer on the wire; nothing to do.
+                    if let Some(at) = pending.iter().position(|(t, _)| *t == id) {
+                        pending.remove(at);
+                        out.push(&ToParent::Done {
+                            id,
+                            outcome: Outcome::NotStarted,
+                        })
+                        .map_err(protocol)?;
+                    }
+                }
+                ToWorker::Message { .. } => {
+                    // Pool-to-worker messages reach `Worker` code in a later
+                    // version; until then they are read and dropped.
+                }
+                ToWorker::Shutdown => shutting_down = true,
+            }
+        }
+        let Some((task, payload)) = pending.pop_front() else {
+            if shutting_down {
+                break;
+            }
+            must_read = true;
+            continue;
+        };
+        out.push(&ToParent::Started { id: task })
+            .map_err(protocol)?;
+        if !pending.is_empty() {
+            out.defer();
+        } else {
+            // Nothing else to run: let the pool know at once that this task began
+            // (its timeout runs from there).
+            out.flush().map_err(io_err)?;
+        }
+        let outcome = runner.run(task, &payload, hello.frame_limit);
+        drop(payload);
+        out.push(&ToParent::Done { id: task, outcome })
+            .map_err(protocol)?;
+    }
+    runner.stop();
+    out.flush().map_err(io_err)?;
+    out.close();
+    let _ = flusher.join();
+    Ok(())
+}
+
+/// Runs `W` for [`run_worker`]: start, one task, stop, and a restart after a
+/// panic, as on threads.
+struct Runner<'a, W: RemoteWorker> {
+    id: WorkerId,
+    worker: Option<W>,
+    out: &'a Outgoing,
+}
+
+impl<W: RemoteWorker> Runner<'_, W> {
+    fn start(&mut self) -> Result<(), String> {
+        let mut ctx = Context::new(self.id, None);
+        match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
+            Ok(Ok(worker)) => {
+                self.worker = Some(worker);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StartError::to_string(&e)),
+            Err(panic) => Err(format!(
+                "Worker::start panicked: {}",
+                panic_message(&*panic)
+            )),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            let mut ctx = Context::new(self.id, None);
+            let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
+        }
+    }
+
+    fn run(&mut self, task: u64, payload: &[u8], limit: u32) -> Outcome {
+        let input: W::Input = match codec::decode(payload) {
+            Ok(input) => input,
+            Err(e) => {
+                return Outcome::Panicked(codec::shorten(
+                    format!("crew could not decode the task's input in the worker: {e}"),
+                    limit,
+                ))
+            }
+        };
+        let Some(worker) = self.worker.as_mut() else {
+            return Outcome::Panicked("the worker has no state (its restart failed)".into());
+        };
+        let header = Header::new(TaskId(task), Priority::Normal, None, false);
+        let mut ctx = Context::new(self.id, Some(&header));
+        let result = catch_unwind(AssertUnwindSafe(|| worker.run(input, &mut ctx)));
+        let outcome = match result {
+            Ok(Ok(output)) => match codec::encode(&output) {
+                Ok(bytes) => Outcome::Ok(bytes),
+                Err(e) => Outcome::Panicked(format!("crew could not encode the output: {e}")),
+            },
+            Ok(Err(error)) => match codec::encode(&error) {
+                Ok(bytes) => Outcome::UserError(bytes),
+                Err(e) => Outcome::Panicked(format!("crew could not encode the error: {e}")),
+            },
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                // The state may be half-updated: rebuild it, as on threads.
+                self.stop();
+                if let Err(e) = self.start() {
+                    eprintln!("crew worker {}: restart after a panic failed: {e}", self.id);
+                    let _ = self.out.flush();
+                    std::process::exit(EXIT_CHANNEL);
+                }
+                Outcome::Panicked(codec::shorten(message, limit))
+            }
+        };
+        codec::fit_outcome(outcome, limit)
+    }
+}

@@ -1,0 +1,423 @@
+//! One worker process, from the pool's side: how it is started, how frames are
+//! written to it, how its output is captured, and how it is killed and reaped.
+//!
+//! # Starting
+//!
+//! The pool makes a socket pair and starts the worker program with its end of the
+//! pair at the same descriptor number (the descriptor is made inheritable in the
+//! child only, between `fork` and `exec`, so a worker started concurrently by
+//! another thread never inherits another worker's channel). In that same window:
+//!
+//! - `setpgid(0, 0)`: the worker leads its own process group, so a kill reaches
+//!   everything it started;
+//! - `PR_SET_PDEATHSIG(SIGTERM)`: if the thread that started it dies (the pool's
+//!   process is killed), the kernel sends SIGTERM, and crew's handler in the worker
+//!   kills the group. That thread is the worker's link thread, which lives until
+//!   the worker is reaped.
+//!
+//! stdin is `/dev/null`; stdout and stderr are pipes read line by line by one
+//! capture thread each.
+//!
+//! # Writing without blocking the caller
+//!
+//! Frames go to an [`Outbox`]. Whoever adds frames also tries to write them, with
+//! a non-blocking `send`, under the outbox lock, so frames leave in the order they
+//! were added and a burst of them leaves in one call. If the socket is full (the
+//! worker is busy and large payloads are in flight), the rest stays in the outbox
+//! and the outbox's writer thread, woken once, waits for the socket to drain. So
+//! `submit` never blocks on a worker's socket, and frames still leave promptly.
+//!
+//! # Killing and reaping
+//!
+//! Kills go to the process group: SIGTERM first, then SIGKILL after the grace
+//! period (the monitor's job). The link thread reaps: it waits for the exit
+//! without reaping (`waitid` with `WNOWAIT`), kills the group with SIGKILL (the
+//! worker's own children), and only then reaps, under the `reaped` lock. A signal
+//! is only ever sent under that lock, with `reaped` false, so it can never reach a
+//! process that reused the worker's pid.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::socket::{send, MsgFlags};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+
+use super::child::{ENV_FD, ENV_ID, ENV_PARENT, ENV_TYPE};
+use crate::error::Crash;
+use crate::sync::lock;
+use crate::wire::FrameEncoder;
+use crate::worker::WorkerId;
+
+/// Lines of stderr kept for a crash report.
+pub(crate) const STDERR_TAIL: usize = 20;
+
+/// Which of a worker's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    /// The worker's stdout.
+    Stdout,
+    /// The worker's stderr.
+    Stderr,
+}
+
+/// Receives each line a worker process prints: its id, the stream, the line
+/// (without its newline). See [`PoolBuilder::on_output`](crate::PoolBuilder::on_output).
+pub type OutputHandler = Arc<dyn Fn(WorkerId, OutputStream, &str) + Send + Sync>;
+
+/// How to start worker processes.
+#[derive(Clone)]
+pub(crate) struct Launcher {
+    pub(crate) program: Option<PathBuf>,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) type_name: &'static str,
+    pub(crate) output: Option<OutputHandler>,
+}
+
+/// A started worker process.
+pub(crate) struct WorkerProcess {
+    pub(crate) pid: i32,
+    pub(crate) stream: UnixStream,
+    pub(crate) outbox: Outbox,
+    /// The child handle, and whether it has been reaped; signals are sent only
+    /// under this lock while it is `false`.
+    child: Mutex<(Child, bool)>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    capture: Mutex<Vec<JoinHandle<()>>>,
+    captured: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl WorkerProcess {
+    /// Starts the worker program for worker `id`.
+    pub(crate) fn spawn(launcher: &Launcher, id: WorkerId) -> io::Result<Arc<WorkerProcess>> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let program = launcher
+            .program
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        let mut command = Command::new(program);
+        let their_fd = theirs.as_raw_fd();
+        command
+            .args(&launcher.args)
+            .env(ENV_FD, their_fd.to_string())
+            .env(ENV_TYPE, launcher.type_name)
+            .env(ENV_ID, id.as_u64().to_string())
+            .env(ENV_PARENT, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec, and only
+        // makes raw system calls (fcntl, prctl), which are async-signal-safe; it
+        // allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                // SAFETY: `theirs` is open in the parent until after spawn, so
+                // the descriptor is valid in this forked child.
+                let fd = std::os::fd::BorrowedFd::borrow_raw(their_fd);
+                let flags = fcntl(fd, FcntlArg::F_GETFD).map_err(io::Error::from)?;
+                let mut flags = FdFlag::from_bits_truncate(flags);
+                flags.remove(FdFlag::FD_CLOEXEC);
+                fcntl(fd, FcntlArg::F_SETFD(flags)).map_err(io::Error::from)?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        drop(theirs);
+        let pid = child.id() as i32;
+
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let captured = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let mut capture = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            capture.push(spawn_capture(
+                out,
+                id,
+                OutputStream::Stdout,
+                launcher.output.clone(),
+                None,
+                Arc::clone(&captured),
+            )?);
+        }
+        if let Some(err) = child.stderr.take() {
+            capture.push(spawn_capture(
+                err,
+                id,
+                OutputStream::Stderr,
+                launcher.output.clone(),
+                Some(Arc::clone(&stderr_tail)),
+                Arc::clone(&captured),
+            )?);
+        }
+        let outbox = Outbox::new(ours.try_clone()?);
+        Ok(Arc::new(WorkerProcess {
+            pid,
+            stream: ours,
+            outbox,
+            child: Mutex::new((child, false)),
+            stderr_tail,
+            capture: Mutex::new(capture),
+            captured,
+        }))
+    }
+
+    /// Sends `signal` to the worker's process group, unless it was reaped.
+    pub(crate) fn signal_group(&self, signal: Signal) {
+        let guard = lock(&self.child);
+        if !guard.1 {
+            let _ = killpg(Pid::from_raw(self.pid), signal);
+        }
+    }
+
+    /// The worker's resident memory in bytes, from `/proc`.
+    pub(crate) fn rss_bytes(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as u64;
+        Some(pages * page)
+    }
+
+    /// Waits for the process to exit, kills what is left of its group, reaps it,
+    /// and reports how it ended with the last lines of its stderr.
+    pub(crate) fn reap(&self) -> Crash {
+        // Wait for the exit but leave the zombie, so the pid (and the group id)
+        // stays ours while the group is killed.
+        while let Err(Errno::EINTR) = waitid(
+            Id::Pid(Pid::from_raw(self.pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {}
+        let status = {
+            let mut guard = lock(&self.child);
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let status = guard.0.wait().ok();
+            guard.1 = true;
+            status
+        };
+        self.outbox.close();
+        // The capture threads reach the end of the pipes once every process that
+        // held them is gone; give them a moment to hand over the last lines.
+        {
+            let (count, cv) = &*self.captured;
+            let deadline = Instant::now() + Duration::from_millis(500);
+            let mut done = lock(count);
+            while *done < 2 {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                done = cv
+                    .wait_timeout(done, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        let finished: Vec<JoinHandle<()>> = {
+            let mut capture = lock(&self.capture);
+            let (count, _) = &*self.captured;
+            if *lock(count) >= 2 {
+                std::mem::take(&mut *capture)
+            } else {
+                Vec::new() // a grandchild holds a pipe open: leave them detached
+            }
+        };
+        for handle in finished {
+            let _ = handle.join();
+        }
+        Crash {
+            exit_code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            stderr: lock(&self.stderr_tail).iter().cloned().collect(),
+        }
+    }
+}
+
+fn spawn_capture<R: io::Read + Send + 'static>(
+    pipe: R,
+    id: WorkerId,
+    stream: OutputStream,
+    handler: Option<OutputHandler>,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    captured: Arc<(Mutex<usize>, Condvar)>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("crew-{id}-out"))
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    raw.pop();
+                }
+                let line = String::from_utf8_lossy(&raw);
+                if let Some(tail) = &tail {
+                    let mut tail = lock(tail);
+                    if tail.len() == STDERR_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.to_string());
+                }
+                match &handler {
+                    Some(h) => h(id, stream, &line),
+                    None => eprintln!("[{id}] {line}"),
+                }
+            }
+            let (count, cv) = &*captured;
+            *lock(count) += 1;
+            cv.notify_all();
+        })
+}
+
+/// Frames on their way to one worker; see the module docs.
+pub(crate) struct Outbox {
+    state: Arc<(Mutex<OutboxState>, Condvar)>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct OutboxState {
+    encoder: FrameEncoder,
+    stream: UnixStream,
+    /// The writer thread was asked to finish a write the socket refused.
+    writer_armed: bool,
+    /// The worker is gone: frames are dropped.
+    closed: bool,
+}
+
+impl Outbox {
+    fn new(stream: UnixStream) -> Outbox {
+        let state = Arc::new((
+            Mutex::new(OutboxState {
+                encoder: FrameEncoder::new(crate::wire::MIN_FRAME_LIMIT),
+                stream,
+                writer_armed: false,
+                closed: false,
+            }),
+            Condvar::new(),
+        ));
+        let writer = {
+            let state = Arc::clone(&state);
+            std::thread::Builder::new()
+                .name("crew-outbox".into())
+                .spawn(move || run_writer(&state))
+                .ok()
+        };
+        Outbox {
+            state,
+            writer: Mutex::new(writer),
+        }
+    }
+
+    /// Appends frames with `fill` and writes what the socket takes now. Returns
+    /// what `fill` returned.
+    pub(crate) fn send<T>(&self, fill: impl FnOnce(&mut FrameEncoder) -> T) -> T {
+        let (state, cv) = &*self.state;
+        let mut st = lock(state);
+        let result = fill(&mut st.encoder);
+        if !st.closed {
+            pump(&mut st, cv);
+        } else {
+            st.encoder.clear();
+        }
+        result
+    }
+
+    /// Sets the largest frame the worker accepts (from its hello).
+    pub(crate) fn set_frame_limit(&self, limit: u32) {
+        lock(&self.state.0).encoder.set_frame_limit(limit);
+    }
+
+    /// The worker is gone: drop what is waiting, end the writer thread.
+    pub(crate) fn close(&self) {
+        let (state, cv) = &*self.state;
+        {
+            let mut st = lock(state);
+            st.closed = true;
+            st.encoder.clear();
+        }
+        cv.notify_all();
+        if let Some(handle) = lock(&self.writer).take() {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// Writes from the front of the encoder until it is empty or the socket is full.
+fn pump(st: &mut OutboxState, cv: &Condvar) {
+    while !st.encoder.is_empty() {
+        let fd = st.stream.as_fd().as_raw_fd();
+        match send(
+            fd,
+            st.encoder.as_bytes(),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => st.encoder.consume(n),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                if !st.writer_armed {
+                    st.writer_armed = true;
+                    cv.notify_all();
+                }
+                return;
+            }
+            Err(_) => {
+                // The worker closed its end or died; its link thread sees that on
+                // the read side and deals with it.
+                st.closed = true;
+                st.encoder.clear();
+                return;
+            }
+        }
+    }
+}
+
+fn run_writer(state: &(Mutex<OutboxState>, Condvar)) {
+    let (state, cv) = state;
+    let mut st = lock(state);
+    loop {
+        while !st.writer_armed && !st.closed {
+            st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.closed {
+            return;
+        }
+        let fd = match st.stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        drop(st);
+        // Wait until the socket takes more, without holding the lock (others keep
+        // appending). A bounded wait, so a close is noticed.
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLOUT,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8));
+        st = lock(state);
+        st.writer_armed = false;
+        if !st.closed {
+            pump(&mut st, cv);
+        }
+    }
+}

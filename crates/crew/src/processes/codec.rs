@@ -1,0 +1,77 @@
+//! How the process backend puts the user's values on the wire: [`RemoteWorker`],
+//! and the payload encoding.
+//!
+//! Inputs, outputs, user errors (and, later, messages) are encoded with
+//! [`postcard`]: a compact, stable, non-self-describing serde format. Both ends run
+//! the same code (the same executable, or one built from the same crew and worker
+//! types), so nothing needs to describe itself on the wire, and the encoding is a
+//! plain walk over the value. Byte buffers should be `serde_bytes::ByteBuf` (or
+//! `#[serde(with = "serde_bytes")]`): serde encodes a plain `Vec<u8>` one element
+//! at a time.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::wire::{Outcome, MIN_FRAME_LIMIT};
+use crate::worker::Worker;
+
+/// A [`Worker`] that can run in a worker process: its input, output and error
+/// cross the process boundary, so they are serde types. Implemented for every such
+/// `Worker`; there is nothing to write.
+pub trait RemoteWorker:
+    Worker<
+    Input: Serialize + DeserializeOwned,
+    Output: Serialize + DeserializeOwned,
+    Error: Serialize + DeserializeOwned,
+>
+{
+}
+
+impl<W> RemoteWorker for W where
+    W: Worker<
+        Input: Serialize + DeserializeOwned,
+        Output: Serialize + DeserializeOwned,
+        Error: Serialize + DeserializeOwned,
+    >
+{
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(value)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Cuts `message` (on a character boundary) so that a frame carrying it fits
+/// in `limit`: a panic or start error message always gets through.
+pub(crate) fn shorten(mut message: String, limit: u32) -> String {
+    // Room for the kind, the fields before the message and its length.
+    let room = (limit.max(MIN_FRAME_LIMIT) as usize).saturating_sub(64);
+    if message.len() > room {
+        let mut cut = room.saturating_sub(3);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}
+
+/// An outcome whose payload would not fit the parent's frame limit becomes a
+/// panic-kind outcome that says so, instead of a frame the parent must refuse.
+pub(crate) fn fit_outcome(outcome: Outcome, limit: u32) -> Outcome {
+    let size = match &outcome {
+        Outcome::Ok(b) | Outcome::UserError(b) => b.len(),
+        _ => return outcome,
+    };
+    if (size as u64) + 64 > u64::from(limit) {
+        Outcome::Panicked(format!(
+            "the task's result ({size} bytes encoded) is larger than the pool accepts ({limit} bytes)"
+        ))
+    } else {
+        outcome
+    }
+}

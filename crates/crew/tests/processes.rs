@@ -1,0 +1,487 @@
+//! The process backend end to end: each test's pool re-runs this test binary as
+//! its worker program (`crew_worker_entry` below is the worker's `main`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::wait_until;
+use crew::{Context, Pool, PoolBuilder, StartError, Worker};
+use serde::{Deserialize, Serialize};
+
+/// What a probe task does in the worker process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Job {
+    Echo(u64),
+    Fail(String),
+    Panic(String),
+    Exit(i32),
+    Abort,
+    Segfault,
+    Loop,
+    /// Prints to stderr, then exits with code 3.
+    ScreamAndExit(String),
+    Pid,
+    Sleep(u64),
+    /// Writes junk straight into the channel, then idles.
+    Garbage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Answer {
+    Number(u64),
+}
+
+/// A worker with state (its start count), that does what each `Job` says.
+struct Probe {
+    ran: u64,
+}
+
+impl Worker for Probe {
+    type Input = Job;
+    type Output = Answer;
+    type Error = String;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Probe { ran: 0 })
+    }
+
+    fn run(&mut self, job: Job, _ctx: &mut Context<'_>) -> Result<Answer, String> {
+        self.ran += 1;
+        match job {
+            Job::Echo(n) => Ok(Answer::Number(n)),
+            Job::Fail(e) => Err(e),
+            Job::Panic(m) => panic!("{m}"),
+            Job::Exit(code) => std::process::exit(code),
+            Job::Abort => std::process::abort(),
+            Job::Segfault => {
+                // A real invalid write, as native code would make.
+                // SAFETY: not safe at all, on purpose: this worker process is
+                // meant to die of SIGSEGV, and nothing runs after the write.
+                unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u64>(), 1) };
+                unreachable!()
+            }
+            Job::Loop => loop {
+                std::hint::spin_loop();
+            },
+            Job::ScreamAndExit(line) => {
+                eprintln!("{line}");
+                std::process::exit(3)
+            }
+            Job::Pid => Ok(Answer::Number(u64::from(std::process::id()))),
+            Job::Sleep(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(Answer::Number(ms))
+            }
+            Job::Garbage => {
+                use std::io::Write;
+                use std::os::fd::FromRawFd;
+                // The channel is the only socket the worker holds; find it by
+                // writing junk to every descriptor above stderr that is a socket.
+                for fd in 3..64 {
+                    if let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+                        use std::os::unix::fs::FileTypeExt;
+                        if meta.file_type().is_socket() {
+                            // SAFETY: the descriptor is open (its /proc entry
+                            // exists) and is never closed here (ManuallyDrop).
+                            let mut f = std::mem::ManuallyDrop::new(unsafe {
+                                std::fs::File::from_raw_fd(fd)
+                            });
+                            let _ = f.write_all(b"Hello, this is not a frame");
+                        }
+                    }
+                }
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// A worker whose start always fails.
+struct NeverStarts;
+
+impl Worker for NeverStarts {
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Err("the model file is missing".into())
+    }
+
+    fn run(&mut self, n: u64, _ctx: &mut Context<'_>) -> Result<u64, String> {
+        Ok(n)
+    }
+}
+
+/// The worker processes' `main`: in a worker it serves and exits; in the test
+/// run itself it returns at once.
+#[test]
+fn crew_worker_entry() {
+    crew::Bootstrap::new()
+        .worker::<Probe>()
+        .worker::<NeverStarts>()
+        .run();
+}
+
+/// A process pool whose workers re-run this test binary's `crew_worker_entry`.
+fn processes<W: crew::RemoteWorker>(n: usize) -> PoolBuilder<W> {
+    Pool::<W>::builder()
+        .processes(n)
+        .args([
+            "crew_worker_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .on_output(|_, _, _| {})
+        .kill_grace(Duration::from_millis(200))
+}
+
+fn echo(pool: &Pool<Probe>, n: u64) -> u64 {
+    match pool.submit(Job::Echo(n)).unwrap().join() {
+        Ok(Answer::Number(n)) => n,
+        Err(e) => panic!("echo failed: {e}"),
+    }
+}
+
+fn full_size(pool: &Pool<Probe>) {
+    wait_until("the pool is back at full size", || {
+        pool.stats().per_worker.iter().filter(|w| w.started).count() == pool.size()
+            && pool.workers().len() == pool.size()
+    });
+}
+
+#[test]
+fn results_errors_and_panics_cross_the_process_boundary() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| pool.submit(Job::Echo(i)).unwrap())
+        .collect();
+    let sum: u64 = tasks
+        .into_iter()
+        .map(|t| match t.join().unwrap() {
+            Answer::Number(n) => n,
+        })
+        .sum();
+    assert_eq!(sum, 999 * 1000 / 2);
+
+    let err = pool
+        .submit(Job::Fail("bad input".into()))
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert_eq!(err.user_error().map(String::as_str), Some("bad input"));
+
+    let err = pool
+        .submit(Job::Panic("kaboom".into()))
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert_eq!(err.panic_message(), Some("kaboom"));
+    // A panic is not a crash: the process lives on.
+    assert_eq!(echo(&pool, 7), 7);
+    assert_eq!(pool.stats().crashed, 0);
+    pool.shutdown();
+}
+
+#[test]
+fn each_crash_kind_fails_only_its_task_and_the_pool_recovers() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    type Check = Box<dyn Fn(&crew::TaskError<String>)>;
+    let cases: Vec<(Job, Check)> = vec![
+        (
+            Job::Exit(42),
+            Box::new(|e| assert_eq!(e.crash().unwrap().exit_code(), Some(42))),
+        ),
+        (
+            Job::Abort,
+            Box::new(|e| assert_eq!(e.crash().unwrap().signal(), Some(6))),
+        ),
+        (
+            Job::Segfault,
+            Box::new(|e| assert_eq!(e.crash().unwrap().signal(), Some(11))),
+        ),
+        (
+            Job::ScreamAndExit("native library said no".into()),
+            Box::new(|e| {
+                let crash = e.crash().unwrap();
+                assert_eq!(crash.exit_code(), Some(3));
+                assert_eq!(
+                    crash.stderr_tail().last().map(String::as_str),
+                    Some("native library said no")
+                );
+            }),
+        ),
+    ];
+    for (job, check) in cases {
+        // Work queued behind the crash must survive it.
+        let before: Vec<_> = (0..20)
+            .map(|i| pool.submit(Job::Echo(i)).unwrap())
+            .collect();
+        let crash = pool.submit(job.clone()).unwrap();
+        let after: Vec<_> = (0..20)
+            .map(|i| pool.submit(Job::Echo(100 + i)).unwrap())
+            .collect();
+        let err = crash.join().unwrap_err();
+        assert!(err.is_crash(), "{job:?}: {err}");
+        check(&err);
+        for (i, t) in before.into_iter().enumerate() {
+            assert_eq!(t.join().unwrap(), Answer::Number(i as u64), "{job:?}");
+        }
+        for (i, t) in after.into_iter().enumerate() {
+            assert_eq!(t.join().unwrap(), Answer::Number(100 + i as u64), "{job:?}");
+        }
+        full_size(&pool);
+    }
+    assert_eq!(pool.stats().crashed, 4);
+    pool.shutdown();
+}
+
+#[test]
+fn workers_are_separate_processes() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let pids: std::collections::HashSet<u64> = (0..200)
+        .map(|_| pool.submit(Job::Pid).unwrap())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| match t.join().unwrap() {
+            Answer::Number(pid) => pid,
+        })
+        .collect();
+    assert!(!pids.contains(&u64::from(std::process::id())));
+    assert!(!pids.is_empty() && pids.len() <= 2, "{pids:?}");
+    pool.shutdown();
+}
+
+#[test]
+fn a_timeout_kills_an_infinite_loop_and_the_worker_is_replaced() {
+    let pool = processes::<Probe>(1).build().unwrap();
+    full_size(&pool);
+    let before = pool.workers();
+    let looping = pool
+        .task(Job::Loop)
+        .timeout(Duration::from_millis(100))
+        .submit()
+        .unwrap();
+    let queued = pool.submit(Job::Echo(5)).unwrap();
+    let err = looping.join().unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(queued.join().unwrap(), Answer::Number(5));
+    full_size(&pool);
+    assert_ne!(pool.workers(), before, "the looping worker was replaced");
+    assert_eq!(pool.stats().timed_out, 1);
+    pool.shutdown();
+}
+
+#[test]
+fn cancelling_a_running_task_kills_its_worker() {
+    let pool = processes::<Probe>(1).build().unwrap();
+    let events = pool.events();
+    let looping = pool.submit(Job::Loop).unwrap();
+    wait_until("the loop is running", || pool.stats().busy == 1);
+    assert!(looping.cancel());
+    let err = looping.join().unwrap_err();
+    assert!(err.is_cancelled());
+    assert_eq!(echo(&pool, 9), 9);
+    pool.shutdown();
+    let killed = events
+        .filter(|e| {
+            matches!(
+                e,
+                crew::Event::WorkerExited {
+                    reason: crew::ExitReason::Killed,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(killed, 1);
+}
+
+#[test]
+fn cancelling_a_task_waiting_in_a_window_does_not_kill_anyone() {
+    let pool = processes::<Probe>(1).build().unwrap();
+    full_size(&pool);
+    let workers = pool.workers();
+    let slow = pool.submit(Job::Sleep(200)).unwrap();
+    let waiting = pool.submit(Job::Echo(1)).unwrap();
+    assert!(waiting.cancel());
+    assert!(waiting.join().unwrap_err().is_cancelled());
+    assert_eq!(slow.join().unwrap(), Answer::Number(200));
+    assert_eq!(pool.workers(), workers);
+    pool.shutdown();
+}
+
+#[test]
+fn kill_worker_fails_its_task_as_killed_and_requeues_the_rest() {
+    let pool = processes::<Probe>(1).window(8).build().unwrap();
+    let looping = pool.submit(Job::Loop).unwrap();
+    let behind: Vec<_> = (0..5).map(|i| pool.submit(Job::Echo(i)).unwrap()).collect();
+    wait_until("the loop is running", || pool.stats().busy == 1);
+    let worker = pool.workers()[0];
+    assert!(pool.kill_worker(worker));
+    assert!(looping.join().unwrap_err().is_killed());
+    for (i, t) in behind.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), Answer::Number(i as u64));
+    }
+    assert!(!pool.workers().contains(&worker));
+    assert!(
+        !pool.kill_worker(worker),
+        "a dead worker cannot be killed twice"
+    );
+    pool.shutdown();
+}
+
+#[test]
+fn retries_run_a_task_again_after_its_worker_exits() {
+    let pool = processes::<Probe>(1).retries(2).build().unwrap();
+    // Exits every time: it is tried 1 + 2 times, then fails as a crash.
+    let err = pool.submit(Job::Exit(7)).unwrap().join().unwrap_err();
+    assert_eq!(err.crash().unwrap().exit_code(), Some(7));
+    let stats = pool.stats();
+    assert_eq!(stats.crashed, 1);
+    // A signal is not retried unless asked: one death only.
+    let events = pool.events();
+    let err = pool.submit(Job::Abort).unwrap().join().unwrap_err();
+    assert_eq!(err.crash().unwrap().signal(), Some(6));
+    assert_eq!(echo(&pool, 1), 1);
+    pool.shutdown();
+    let deaths = events
+        .filter(|e| {
+            matches!(
+                e,
+                crew::Event::WorkerExited {
+                    reason: crew::ExitReason::Crashed,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(deaths, 1);
+}
+
+#[test]
+fn a_worker_that_cannot_start_is_reported_not_respawned_in_a_loop() {
+    let pool = processes::<NeverStarts>(2)
+        .start_attempts(3)
+        .start_backoff(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let events = pool.events();
+    let err = pool.submit(1).unwrap().join().unwrap_err();
+    assert!(err.is_start_failure(), "{err}");
+    assert_eq!(err.start_error_message(), Some("the model file is missing"));
+    let stats = pool.stats();
+    assert!(stats.start_failures >= 3);
+    // Tasks submitted while it is broken fail at once, too.
+    assert!(pool
+        .submit(2)
+        .unwrap()
+        .join()
+        .unwrap_err()
+        .is_start_failure());
+    pool.shutdown();
+    let failed = events
+        .filter(|e| matches!(e, crew::Event::WorkerStartFailed { .. }))
+        .count();
+    assert!(failed >= 3);
+}
+
+#[test]
+fn a_worker_writing_garbage_fails_with_a_protocol_error_and_is_replaced() {
+    let pool = processes::<Probe>(1).build().unwrap();
+    let err = pool.submit(Job::Garbage).unwrap().join().unwrap_err();
+    assert!(err.is_protocol(), "{err}");
+    assert_eq!(echo(&pool, 3), 3);
+    pool.shutdown();
+}
+
+#[test]
+fn workers_are_recycled_after_max_tasks() {
+    let pool = processes::<Probe>(1)
+        .max_tasks_per_worker(10)
+        .build()
+        .unwrap();
+    let events = pool.events();
+    let pids: std::collections::HashSet<u64> = (0..40)
+        .map(|_| match pool.submit(Job::Pid).unwrap().join().unwrap() {
+            Answer::Number(pid) => pid,
+        })
+        .collect();
+    assert!(pids.len() >= 3, "40 tasks at ~10 per worker: {pids:?}");
+    pool.shutdown();
+    let recycled = events
+        .filter(|e| {
+            matches!(
+                e,
+                crew::Event::WorkerExited {
+                    reason: crew::ExitReason::Recycled,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(recycled >= 2);
+}
+
+#[test]
+fn sticky_keys_go_to_the_same_worker() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    full_size(&pool);
+    for key in 0..4u64 {
+        let pids: std::collections::HashSet<u64> = (0..20)
+            .map(|_| pool.task(Job::Pid).key(key).submit().unwrap())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| match t.join().unwrap() {
+                Answer::Number(pid) => pid,
+            })
+            .collect();
+        assert_eq!(pids.len(), 1, "key {key}: {pids:?}");
+    }
+    pool.shutdown();
+}
+
+#[test]
+fn shutdown_runs_queued_work_then_reaps_every_worker() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| pool.submit(Job::Echo(i)).unwrap())
+        .collect();
+    let pids: Vec<u64> = (0..4)
+        .map(|_| match pool.submit(Job::Pid).unwrap().join().unwrap() {
+            Answer::Number(p) => p,
+        })
+        .collect();
+    pool.shutdown();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), Answer::Number(i as u64));
+    }
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} still exists after shutdown"
+        );
+    }
+    assert!(pool.submit(Job::Echo(1)).unwrap_err().is_closed());
+}
+
+#[test]
+fn terminate_closes_queued_work_and_cancels_running_work() {
+    let pool = processes::<Probe>(1).build().unwrap();
+    let running = pool.submit(Job::Loop).unwrap();
+    wait_until("the loop is running", || pool.stats().busy == 1);
+    let queued: Vec<_> = (0..50)
+        .map(|i| pool.submit(Job::Echo(i)).unwrap())
+        .collect();
+    pool.terminate();
+    assert!(running.join().unwrap_err().is_cancelled());
+    for t in queued {
+        assert!(t.join().unwrap_err().is_closed());
+    }
+    pool.shutdown();
+}
