@@ -7,14 +7,28 @@
 //! metrics, units, rounding and constants as the Rust peers (`shared/bench/rust-peers`):
 //!   {"impl":"rust/crew-threads","workload":"...","metric":"...","value":N,"unit":"..."}
 //! Diagnostics go to stderr. A wrong result panics (non-zero exit) before any number
-//! of that workload is printed. `--backend processes` exits with code 3 until the
-//! library has a process backend.
+//! of that workload is printed.
+//!
+//! Backends:
+//! - `threads` (`rust/crew-threads`): a `Pool` of closures (`pool.spawn`); W1 also
+//!   reports `[spawn_batch]`.
+//! - `processes` (`rust/crew-processes`): `Pool::<W>::builder().processes(2)` with
+//!   one `crew::Worker` type per task ([`Inc`], [`Cpu`], [`Payload`]), run in child
+//!   processes that re-execute this binary; `main` therefore calls
+//!   `crew::Bootstrap` first. Tasks go through `pool.submit(input)`; W1 also reports
+//!   `[submit_batch]` (one `submit_batch` call for all N) and `[map]` (`pool.map`,
+//!   results in order, crew's default window of 4 x size in flight). W4 moves each
+//!   1 MiB `serde_bytes::ByteBuf` into `submit`, which encodes (copies) it and drops
+//!   it inside the timed region, as procspawn's natural path does with its `Vec<u8>`.
+//!   W5's shutdown is `pool.shutdown()`, which returns once every worker process is
+//!   reaped.
 
 use std::hint::black_box;
 use std::process::exit;
 use std::time::Instant;
 
-use crew::{Pool, Task};
+use crew::{Context, Pool, RemoteWorker, StartError, Task, Worker};
+use serde_bytes::ByteBuf;
 
 // ---- workload constants (the contract lives in WORKLOADS.md)
 const WORKERS: usize = 2;
@@ -35,8 +49,6 @@ const W4_RUNS: usize = 3;
 const W5_CYCLES: usize = 5;
 
 const ALL_WORKLOADS: &[&str] = &["overhead", "latency", "cpu", "payload", "spawn"];
-/// Exit code for a backend the library does not have yet.
-const EXIT_NO_BACKEND: i32 = 3;
 
 // ---------------------------------------------------------------- output
 
@@ -102,6 +114,59 @@ fn cpu_task(seed: u64, k: u64) -> u64 {
     x
 }
 
+// ---------------------------------------------------------------- process workers
+
+/// W1, W2 and W5 task for the process backend: `inc(i)`.
+struct Inc;
+
+impl Worker for Inc {
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Inc)
+    }
+
+    fn run(&mut self, i: u64, _ctx: &mut Context<'_>) -> Result<u64, String> {
+        Ok(inc(i))
+    }
+}
+
+/// W3 task for the process backend: `cpu(seed, K)`.
+struct Cpu;
+
+impl Worker for Cpu {
+    type Input = (u64, u64);
+    type Output = u64;
+    type Error = String;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Cpu)
+    }
+
+    fn run(&mut self, (seed, k): (u64, u64), _ctx: &mut Context<'_>) -> Result<u64, String> {
+        Ok(cpu_task(seed, k))
+    }
+}
+
+/// W4 task for the process backend: `payload(buf) = (len(buf), buf[0])`.
+struct Payload;
+
+impl Worker for Payload {
+    type Input = ByteBuf;
+    type Output = (u64, u64);
+    type Error = String;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Payload)
+    }
+
+    fn run(&mut self, buf: ByteBuf, _ctx: &mut Context<'_>) -> Result<(u64, u64), String> {
+        Ok((buf.len() as u64, buf[0] as u64))
+    }
+}
+
 // ---------------------------------------------------------------- crew helpers
 
 fn new_pool() -> Pool {
@@ -111,13 +176,22 @@ fn new_pool() -> Pool {
         .unwrap_or_else(|e| panic!("crew pool: {e}"))
 }
 
-/// A task's output; a task error (panic, closed, ...) aborts the run.
-fn join<T>(task: Task<T>) -> T {
+/// A process pool of `W` with the workload's 2 workers; every other setting is
+/// crew's default.
+fn new_process_pool<W: RemoteWorker>() -> Pool<W> {
+    Pool::<W>::builder()
+        .processes(WORKERS)
+        .build()
+        .unwrap_or_else(|e| panic!("crew process pool: {e}"))
+}
+
+/// A task's output; a task error (panic, closed, crash, ...) aborts the run.
+fn join<T, E>(task: Task<T, E>) -> T {
     task.join()
         .unwrap_or_else(|e| panic!("crew task failed: {e}"))
 }
 
-/// Submit every task first, then join them in order.
+/// Submit every closure first, then join them in order.
 fn spawn_all<T, F>(pool: &Pool, tasks: impl Iterator<Item = F>) -> impl Iterator<Item = T>
 where
     F: FnOnce() -> T + Send + 'static,
@@ -127,24 +201,64 @@ where
     handles.into_iter().map(join)
 }
 
+/// Submit every input first (one `submit` each), then join them in order.
+fn submit_all<W: Worker>(
+    pool: &Pool<W>,
+    inputs: impl Iterator<Item = W::Input>,
+) -> impl Iterator<Item = W::Output> {
+    let handles: Vec<Task<W::Output, W::Error>> = inputs
+        .map(|input| {
+            pool.submit(input)
+                .unwrap_or_else(|_| panic!("crew submit refused"))
+        })
+        .collect();
+    handles.into_iter().map(join)
+}
+
 // ---------------------------------------------------------------- workloads
 
-fn w1_overhead(imp: &str) {
-    w1_run(imp, |pool, n| {
+fn w1_overhead_threads(imp: &str) {
+    w1_run(imp, new_pool(), |pool, n| {
         spawn_all(pool, (0..n).map(|i| move || inc(i))).sum()
     });
     // The batched variant: one `spawn_batch` call for all N tasks (one id
     // reservation and one wake-up), still one `Task` per task.
-    w1_run(&format!("{imp}[spawn_batch]"), |pool, n| {
+    w1_run(&format!("{imp}[spawn_batch]"), new_pool(), |pool, n| {
         let handles = pool.spawn_batch((0..n).map(|i| move || inc(i)));
         handles.into_iter().map(join).sum()
     });
 }
 
+fn w1_overhead_processes(imp: &str) {
+    w1_run(imp, new_process_pool::<Inc>(), |pool, n| {
+        submit_all(pool, 0..n).sum()
+    });
+    // One `submit_batch` call for all N inputs, still one `Task` per task.
+    w1_run(
+        &format!("{imp}[submit_batch]"),
+        new_process_pool::<Inc>(),
+        |pool, n| {
+            let handles = pool
+                .submit_batch(0..n)
+                .unwrap_or_else(|_| panic!("crew submit_batch refused"));
+            handles.into_iter().map(join).sum()
+        },
+    );
+    // `pool.map`: results in input order, crew's default bounded window.
+    w1_run(
+        &format!("{imp}[map]"),
+        new_process_pool::<Inc>(),
+        |pool, n| {
+            pool.map(0..n)
+                .map(|r| r.unwrap_or_else(|e| panic!("crew task failed: {e}")))
+                .sum()
+        },
+    );
+}
+
 /// W1 for one way of submitting: `submit_all(pool, n)` runs `inc(i)` for
 /// `i in 0..n` and returns the sum of the results.
-fn w1_run(imp: &str, submit_all: impl Fn(&Pool, u64) -> u64) {
-    let pool = new_pool();
+fn w1_run<W: Worker>(imp: &str, pool: Pool<W>, submit_all: impl Fn(&Pool<W>, u64) -> u64) {
     let mut rates = Vec::new();
     for run in 0..=W1_RUNS {
         let n = if run == 0 { W1_WARMUP_TASKS } else { W1_TASKS };
@@ -164,15 +278,15 @@ fn w1_run(imp: &str, submit_all: impl Fn(&Pool, u64) -> u64) {
     emit(imp, "overhead", "tasks_per_sec_max", max, "tasks/s");
 }
 
-fn w2_latency(imp: &str) {
-    let pool = new_pool();
+/// W2: `round_trip(pool, i)` submits `inc(i)` and waits for its result.
+fn w2_latency<W: Worker>(imp: &str, pool: Pool<W>, round_trip: impl Fn(&Pool<W>, u64) -> u64) {
     for i in 0..W2_WARMUP as u64 {
-        assert_eq!(join(pool.spawn(move || inc(i))), i + 1);
+        assert_eq!(round_trip(&pool, i), i + 1);
     }
     let mut lat = Vec::with_capacity(W2_ROUND_TRIPS);
     for i in 0..W2_ROUND_TRIPS as u64 {
         let t = Instant::now();
-        let r = join(pool.spawn(move || inc(i)));
+        let r = round_trip(&pool, i);
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         assert_eq!(r, i + 1, "W2 result mismatch");
     }
@@ -192,14 +306,19 @@ fn w3_serial() -> (f64, u64) {
     (t.elapsed().as_secs_f64() / W3_TASKS as f64, x)
 }
 
-fn w3_cpu(imp: &str) {
+/// W3: the serial reference, then `new_pool()`; `run_all(pool)` runs the 400 tasks
+/// and returns the XOR of their results.
+fn w3_cpu<W: Worker>(
+    imp: &str,
+    new_pool: impl FnOnce() -> Pool<W>,
+    run_all: impl Fn(&Pool<W>) -> u64,
+) {
     let (single, want) = w3_serial();
     let pool = new_pool();
     let mut spans = Vec::new();
     for run in 0..=W3_RUNS {
         let t = Instant::now();
-        let x = spawn_all(&pool, (0..W3_TASKS).map(|i| move || cpu_task(i + 1, W3_K)))
-            .fold(0, |a, b| a ^ b);
+        let x = run_all(&pool);
         let dt = t.elapsed().as_secs_f64();
         assert_eq!(x, want, "W3 checksum mismatch");
         if run > 0 {
@@ -214,25 +333,35 @@ fn w3_cpu(imp: &str) {
     emit(imp, "cpu", "makespan_ms", makespan * 1e3, "ms");
 }
 
-/// W4: each `Vec<u8>` moves into its task and comes back out with the result, so no
-/// buffer is freed while the clock runs (as in the in-process Rust peers).
-fn w4_payload(imp: &str) {
-    let pool = new_pool();
+fn w3_cpu_threads(imp: &str) {
+    w3_cpu(imp, new_pool, |pool| {
+        spawn_all(pool, (0..W3_TASKS).map(|i| move || cpu_task(i + 1, W3_K))).fold(0, |a, b| a ^ b)
+    });
+}
+
+fn w3_cpu_processes(imp: &str) {
+    w3_cpu(imp, new_process_pool::<Cpu>, |pool| {
+        submit_all(pool, (0..W3_TASKS).map(|i| (i + 1, W3_K))).fold(0, |a, b| a ^ b)
+    });
+}
+
+/// What one W4 run hands back: (sum of lengths, sum of first bytes, buffers the
+/// submitter still owns, freed after the clock stops).
+type PayloadOut = (u64, u64, Vec<Vec<u8>>);
+
+/// W4: `run_all(pool, bufs)` sends every buffer to the pool and awaits all the
+/// results.
+fn w4_payload<W: Worker>(
+    imp: &str,
+    pool: Pool<W>,
+    run_all: impl Fn(&Pool<W>, Vec<Vec<u8>>) -> PayloadOut,
+) {
     let mut rates = Vec::new();
     for run in 0..=W4_RUNS {
         let n = if run == 0 { W4_WARMUP_TASKS } else { W4_TASKS };
         let bufs: Vec<Vec<u8>> = (0..n).map(|i| vec![(i & 0xFF) as u8; W4_BYTES]).collect();
-        let mut keep = Vec::with_capacity(n);
         let t = Instant::now();
-        let (mut sum_len, mut sum_first) = (0u64, 0u64);
-        let tasks = bufs
-            .into_iter()
-            .map(|buf| move || (buf.len() as u64, buf[0] as u64, buf));
-        for (len, first, buf) in spawn_all(&pool, tasks) {
-            sum_len += len;
-            sum_first += first;
-            keep.push(buf);
-        }
+        let (sum_len, sum_first, keep) = run_all(&pool, bufs);
         let dt = t.elapsed().as_secs_f64();
         drop(keep); // freed after the clock stops
         assert_eq!(sum_len, (n * W4_BYTES) as u64, "W4 length sum mismatch");
@@ -246,15 +375,45 @@ fn w4_payload(imp: &str) {
     emit(imp, "payload", "mb_per_sec", median(rates), "MiB/s");
 }
 
-/// W5: startup = build + one round trip; shutdown = `Pool::shutdown`, which joins
-/// the worker threads.
-fn w5_spawn(imp: &str) {
+/// W4 on threads: each `Vec<u8>` moves into its task and comes back out with the
+/// result, so no buffer is freed while the clock runs (as in the in-process Rust
+/// peers).
+fn w4_payload_threads(imp: &str) {
+    w4_payload(imp, new_pool(), |pool, bufs| {
+        let mut keep = Vec::with_capacity(bufs.len());
+        let (mut sum_len, mut sum_first) = (0u64, 0u64);
+        let tasks = bufs
+            .into_iter()
+            .map(|buf| move || (buf.len() as u64, buf[0] as u64, buf));
+        for (len, first, buf) in spawn_all(pool, tasks) {
+            sum_len += len;
+            sum_first += first;
+            keep.push(buf);
+        }
+        (sum_len, sum_first, keep)
+    });
+}
+
+/// W4 on processes: each buffer becomes a `ByteBuf` (no copy) and moves into
+/// `submit`, which encodes it for the worker; the pool's copy is freed when its
+/// task resolves, inside the timed region (procspawn's natural path too).
+fn w4_payload_processes(imp: &str) {
+    w4_payload(imp, new_process_pool::<Payload>(), |pool, bufs| {
+        let (sum_len, sum_first) = submit_all(pool, bufs.into_iter().map(ByteBuf::from))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        (sum_len, sum_first, Vec::new())
+    });
+}
+
+/// W5: startup = `new_pool()` + one round trip of `inc(41)`; shutdown =
+/// `Pool::shutdown`, which joins the worker threads or reaps the worker processes.
+fn w5_spawn<W: Worker>(imp: &str, new_pool: impl Fn() -> Pool<W>, inc41: impl Fn(&Pool<W>) -> u64) {
     let mut starts = Vec::new();
     let mut stops = Vec::new();
     for cycle in 0..=W5_CYCLES {
         let t = Instant::now();
         let pool = new_pool();
-        let r = join(pool.spawn(|| inc(41)));
+        let r = inc41(&pool);
         let startup = t.elapsed().as_secs_f64();
         assert_eq!(r, 42, "W5 result mismatch");
         let t = Instant::now();
@@ -270,6 +429,36 @@ fn w5_spawn(imp: &str) {
     emit(imp, "spawn", "shutdown_ms", median(stops), "ms");
 }
 
+/// One `submit` of `inc(i)` on a process pool, awaited.
+fn submit_inc(pool: &Pool<Inc>, i: u64) -> u64 {
+    join(
+        pool.submit(i)
+            .unwrap_or_else(|_| panic!("crew submit refused")),
+    )
+}
+
+fn run_threads(imp: &str, w: &str) {
+    match w {
+        "overhead" => w1_overhead_threads(imp),
+        "latency" => w2_latency(imp, new_pool(), |pool, i| join(pool.spawn(move || inc(i)))),
+        "cpu" => w3_cpu_threads(imp),
+        "payload" => w4_payload_threads(imp),
+        "spawn" => w5_spawn(imp, new_pool, |pool| join(pool.spawn(|| inc(41)))),
+        _ => unreachable!(),
+    }
+}
+
+fn run_processes(imp: &str, w: &str) {
+    match w {
+        "overhead" => w1_overhead_processes(imp),
+        "latency" => w2_latency(imp, new_process_pool::<Inc>(), submit_inc),
+        "cpu" => w3_cpu_processes(imp),
+        "payload" => w4_payload_processes(imp),
+        "spawn" => w5_spawn(imp, new_process_pool::<Inc>, |pool| submit_inc(pool, 41)),
+        _ => unreachable!(),
+    }
+}
+
 // ---------------------------------------------------------------- main
 
 fn usage() -> String {
@@ -280,6 +469,14 @@ fn usage() -> String {
 }
 
 fn main() {
+    // In a worker process started by one of this binary's process pools, this
+    // serves the requested worker type and exits; otherwise it returns at once.
+    crew::Bootstrap::new()
+        .worker::<Inc>()
+        .worker::<Cpu>()
+        .worker::<Payload>()
+        .run();
+
     let mut workload = None;
     let mut backend = String::from("threads");
     let mut args = std::env::args().skip(1);
@@ -309,28 +506,18 @@ fn main() {
             exit(2);
         }
     };
-    match backend.as_str() {
-        "threads" => {}
-        "processes" => {
-            eprintln!("crew-bench: backend `processes`: process backend not built yet");
-            exit(EXIT_NO_BACKEND);
-        }
+    let run: fn(&str, &str) = match backend.as_str() {
+        "threads" => run_threads,
+        "processes" => run_processes,
         b => {
             eprintln!("crew-bench: unknown backend {b}\n{}", usage());
             exit(2);
         }
-    }
+    };
     let imp = format!("rust/crew-{backend}");
     for w in workloads {
         let t = Instant::now();
-        match w {
-            "overhead" => w1_overhead(&imp),
-            "latency" => w2_latency(&imp),
-            "cpu" => w3_cpu(&imp),
-            "payload" => w4_payload(&imp),
-            "spawn" => w5_spawn(&imp),
-            _ => unreachable!(),
-        }
+        run(&imp, w);
         eprintln!("[crew-bench] {imp} {w}: {:.1}s", t.elapsed().as_secs_f64());
     }
 }

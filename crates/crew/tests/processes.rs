@@ -25,6 +25,8 @@ enum Job {
     Sleep(u64),
     /// Writes junk straight into the channel, then idles.
     Garbage,
+    /// Starts a long `sleep` as its own child, prints both pids, and waits.
+    Grandchild,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,16 @@ impl Worker for Probe {
             Job::Sleep(ms) => {
                 std::thread::sleep(Duration::from_millis(ms));
                 Ok(Answer::Number(ms))
+            }
+            Job::Grandchild => {
+                let child = std::process::Command::new("sleep")
+                    .arg("300")
+                    .spawn()
+                    .map_err(|e| e.to_string())?;
+                println!("PIDS {} {}", std::process::id(), child.id());
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
             Job::Garbage => {
                 use std::io::Write;
@@ -484,4 +496,91 @@ fn terminate_closes_queued_work_and_cancels_running_work() {
         assert!(t.join().unwrap_err().is_closed());
     }
     pool.shutdown();
+}
+
+/// Run as a child process by `no_orphans_after_the_parent_is_killed`: a pool of
+/// 4 workers, each mid-task with a grandchild, printing their pids.
+#[test]
+fn crew_orphan_parent() {
+    if std::env::var_os("CREW_TEST_ORPHAN_PARENT").is_none() {
+        return;
+    }
+    let pool = processes::<Probe>(4)
+        .on_output(|_, _, line| {
+            if line.starts_with("PIDS ") {
+                println!("{line}");
+            }
+        })
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..4).map(|_| pool.submit(Job::Grandchild)).collect();
+    let _ = tasks;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead, only not yet reaped by whoever inherited it.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn no_orphans_after_the_parent_is_killed() {
+    use std::io::BufRead;
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crew_orphan_parent",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("CREW_TEST_ORPHAN_PARENT", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Reap the parent even if an assertion below fails.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = parent.stdout.take().unwrap();
+    let mut parent = Reap(parent);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("PIDS ") {
+                let pids: Vec<u32> = rest.split(' ').filter_map(|p| p.parse().ok()).collect();
+                let _ = tx.send(pids);
+            }
+        }
+    });
+    let mut pids = Vec::new();
+    for _ in 0..4 {
+        let got = rx
+            .recv_timeout(common::LIMIT)
+            .expect("each worker reports its pids");
+        pids.extend(got);
+    }
+    assert_eq!(pids.len(), 8);
+    assert!(pids.iter().all(|&p| alive(p)));
+    // SIGKILL: the parent gets no chance to clean up.
+    parent.0.kill().unwrap();
+    parent.0.wait().unwrap();
+    wait_until("every worker and grandchild is gone", || {
+        pids.iter().all(|&p| !alive(p))
+    });
 }

@@ -11,17 +11,19 @@
 //!    before that task would start;
 //! 3. on *shutdown*, run what was received, `W::stop`, exit 0.
 //!
-//! # Batching and the flusher
+//! # Batching and the watcher
 //!
 //! *started* and *done* frames go to one buffer. The runner writes it out when it
 //! has nothing left to run (just before it blocks in `read`), so a burst of small
 //! tasks costs one `write` for the whole burst. But a buffered *done* must not
-//! wait behind a long task that started after it (or the pool would see neither
-//! that result nor that the long task started, and could not time it out). So
-//! when the runner starts a task with frames still buffered, it hands them to a
-//! second thread, the *flusher*, which writes them if they are still there after
-//! [`FLUSH_AFTER`]. The flusher sleeps on a condition variable otherwise; it costs
-//! nothing while the runner keeps up or is idle.
+//! wait behind a long task that started after it (the pool would see neither that
+//! result nor that the long task started, and could not time it out), and a
+//! *cancel* for a task waiting behind a long one must be answered (the pool takes
+//! such tasks back for an idle worker). So a second thread, the *watcher*, wakes
+//! every [`FLUSH_AFTER`] while the runner is busy: it writes frames left behind
+//! for that long and, when one task has run that long, reads the socket on the
+//! runner's behalf. While the runner is idle the watcher sleeps; the runner wakes
+//! it once per busy period, not per task.
 //!
 //! # Death of the parent
 //!
@@ -251,28 +253,82 @@ fn kill_own_group() -> ! {
     std::process::exit(EXIT_CHANNEL)
 }
 
-/// Frames waiting to be written, shared by the runner and the flusher.
-struct Outgoing {
-    state: Mutex<OutState>,
-    deferred: Condvar,
+/// The worker's side of the socket, shared by the runner and the watcher.
+struct Channel {
+    out: Mutex<OutState>,
+    /// Wakes the watcher: the runner became busy, or left frames to it.
+    wake: Condvar,
     stream: UnixStream,
+    inbox: Mutex<Inbox>,
 }
 
 struct OutState {
     encoder: FrameEncoder,
-    /// When the runner left frames to the flusher; `None` if it did not.
+    /// When the runner left frames to the watcher; `None` if it did not.
     deferred_since: Option<Instant>,
+    /// The runner has work (it is not blocked reading the socket).
+    busy: bool,
+    /// When the task being run began; `None` between tasks.
+    task_since: Option<Instant>,
     closed: bool,
 }
 
-impl Outgoing {
+/// What has arrived from the pool and not been run yet.
+struct Inbox {
+    decoder: FrameDecoder,
+    pending: VecDeque<(u64, Vec<u8>)>,
+    shutting_down: bool,
+}
+
+impl Inbox {
+    /// Takes every complete frame out of the decoder: tasks wait in `pending`,
+    /// a cancel of a waiting task answers *not started* at once.
+    fn absorb(&mut self, channel: &Channel) -> Result<(), String> {
+        while let Some(message) = self.decoder.next_message::<ToWorker>().map_err(protocol)? {
+            match message {
+                ToWorker::Task { id, payload, .. } => self.pending.push_back((id, payload)),
+                ToWorker::Cancel { id } => {
+                    // Not begun: drop it. Already answered: the cancel crossed the
+                    // answer on the wire; nothing to do.
+                    if let Some(at) = self.pending.iter().position(|(t, _)| *t == id) {
+                        self.pending.remove(at);
+                        channel
+                            .push(&ToParent::Done {
+                                id,
+                                outcome: Outcome::NotStarted,
+                            })
+                            .map_err(protocol)?;
+                    }
+                }
+                ToWorker::Message { .. } => {
+                    // Pool-to-worker messages reach `Worker` code in a later
+                    // version; until then they are read and dropped.
+                }
+                ToWorker::Shutdown => self.shutting_down = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has without blocking; false at the end of the stream.
+    fn read_available(&mut self, stream: &UnixStream) -> Result<bool, String> {
+        match self.decoder.read_from(&mut NonBlocking(stream)) {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(format!("channel: {e}")),
+        }
+    }
+}
+
+impl Channel {
     fn push<M: crate::wire::WireMessage>(&self, message: &M) -> Result<(), ProtocolError> {
-        lock(&self.state).encoder.push(message)
+        lock(&self.out).encoder.push(message)
     }
 
     /// Writes everything buffered now.
     fn flush(&self) -> io::Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.out);
         st.deferred_since = None;
         Self::write_out(&self.stream, &mut st)
     }
@@ -286,42 +342,110 @@ impl Outgoing {
         Ok(())
     }
 
-    /// Leaves what is buffered to the flusher while the runner runs a task.
-    fn defer(&self) {
-        let mut st = lock(&self.state);
-        if st.deferred_since.is_none() && !st.encoder.is_empty() {
-            st.deferred_since = Some(Instant::now());
-            self.deferred.notify_one();
+    /// The runner is about to block on the socket: nothing for the watcher.
+    fn set_idle(&self) {
+        let mut st = lock(&self.out);
+        st.busy = false;
+        st.task_since = None;
+    }
+
+    /// The runner has work again: the watcher keeps an eye on it.
+    fn set_busy(&self) {
+        let mut st = lock(&self.out);
+        if !st.busy {
+            st.busy = true;
+            self.wake.notify_one();
         }
     }
 
-    fn close(&self) {
-        lock(&self.state).closed = true;
-        self.deferred.notify_one();
+    /// Announces task `id` and marks its start. With more tasks waiting, the
+    /// *started* frame (and earlier answers) are left to the watcher; with none,
+    /// they go out now.
+    fn begin_task(&self, id: u64, more_waiting: bool) -> Result<(), String> {
+        let mut st = lock(&self.out);
+        st.encoder
+            .push(&ToParent::Started { id })
+            .map_err(protocol)?;
+        let now = Instant::now();
+        st.task_since = Some(now);
+        if more_waiting {
+            if st.deferred_since.is_none() {
+                st.deferred_since = Some(now);
+            }
+            Ok(())
+        } else {
+            st.deferred_since = None;
+            Self::write_out(&self.stream, &mut st).map_err(|e| format!("channel: {e}"))
+        }
     }
 
-    /// The flusher thread's loop.
-    fn run_flusher(&self) {
-        let mut st = lock(&self.state);
-        while !st.closed {
-            match st.deferred_since {
-                None => {
-                    st = self.deferred.wait(st).unwrap_or_else(|e| e.into_inner());
+    fn end_task(&self, id: u64, outcome: Outcome) -> Result<(), String> {
+        let mut st = lock(&self.out);
+        st.task_since = None;
+        st.encoder
+            .push(&ToParent::Done { id, outcome })
+            .map_err(protocol)
+    }
+
+    fn close(&self) {
+        lock(&self.out).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The watcher thread. While the runner is busy it wakes every
+    /// [`FLUSH_AFTER`]: it writes frames the runner left behind, and, if one task
+    /// has been running that long, reads the socket for the runner, so a
+    /// *cancel* of a task waiting behind a long one is answered (the pool takes
+    /// such tasks back for an idle worker). While the runner is idle it sleeps.
+    fn run_watcher(&self) {
+        let mut st = lock(&self.out);
+        loop {
+            if st.closed {
+                return;
+            }
+            if !st.busy && st.deferred_since.is_none() {
+                st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st = self
+                .wake
+                .wait_timeout(st, FLUSH_AFTER)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if st.closed {
+                return;
+            }
+            let now = Instant::now();
+            if st
+                .deferred_since
+                .is_some_and(|t| now.duration_since(t) >= FLUSH_AFTER)
+            {
+                st.deferred_since = None;
+                if Self::write_out(&self.stream, &mut st).is_err() {
+                    return; // the runner sees the broken stream too
                 }
-                Some(since) => {
-                    let age = since.elapsed();
-                    if age >= FLUSH_AFTER {
-                        st.deferred_since = None;
-                        if Self::write_out(&self.stream, &mut st).is_err() {
-                            return; // the runner sees the broken stream too
-                        }
-                    } else {
-                        st = self
-                            .deferred
-                            .wait_timeout(st, FLUSH_AFTER - age)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
+            }
+            let long_task = st
+                .task_since
+                .is_some_and(|t| now.duration_since(t) >= FLUSH_AFTER);
+            if long_task {
+                drop(st);
+                // `try_lock`: if the runner holds the inbox, it is between tasks
+                // and reads for itself.
+                if let Ok(mut inbox) = self.inbox.try_lock() {
+                    match inbox.read_available(&self.stream) {
+                        Ok(true) => {}
+                        Ok(false) => kill_own_group(),
+                        Err(_) => return,
                     }
+                    if let Err(e) = inbox.absorb(self) {
+                        eprintln!("crew worker: {e}");
+                        std::process::exit(EXIT_CHANNEL);
+                    }
+                }
+                st = lock(&self.out);
+                if Self::write_out(&self.stream, &mut st).is_err() {
+                    return;
                 }
             }
         }
@@ -352,129 +476,109 @@ fn protocol(e: ProtocolError) -> String {
 /// channel.
 fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), String> {
     let io_err = |e: io::Error| format!("channel: {e}");
-    let out = Arc::new(Outgoing {
-        state: Mutex::new(OutState {
+    let channel = Arc::new(Channel {
+        out: Mutex::new(OutState {
             encoder: FrameEncoder::new(DEFAULT_FRAME_LIMIT),
             deferred_since: None,
+            busy: false,
+            task_since: None,
             closed: false,
         }),
-        deferred: Condvar::new(),
+        wake: Condvar::new(),
         stream: stream.try_clone().map_err(io_err)?,
+        inbox: Mutex::new(Inbox {
+            decoder: FrameDecoder::new(DEFAULT_FRAME_LIMIT),
+            pending: VecDeque::new(),
+            shutting_down: false,
+        }),
     });
-    out.push(&Hello::new(Role::Worker, DEFAULT_FRAME_LIMIT))
+    channel
+        .push(&Hello::new(Role::Worker, DEFAULT_FRAME_LIMIT))
         .map_err(protocol)?;
-    out.flush().map_err(io_err)?;
+    channel.flush().map_err(io_err)?;
 
-    let mut decoder = FrameDecoder::new(DEFAULT_FRAME_LIMIT);
-    let hello = loop {
-        if let Some(frame) = decoder.next_frame().map_err(protocol)? {
-            break Hello::decode(frame).map_err(protocol)?;
-        }
-        if decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
-            kill_own_group();
+    let hello = {
+        let mut inbox = lock(&channel.inbox);
+        loop {
+            if let Some(frame) = inbox.decoder.next_frame().map_err(protocol)? {
+                break Hello::decode(frame).map_err(protocol)?;
+            }
+            if inbox.decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
+                kill_own_group();
+            }
         }
     };
     hello.check_role(Role::Parent).map_err(protocol)?;
-    lock(&out.state).encoder.set_frame_limit(hello.frame_limit);
+    lock(&channel.out)
+        .encoder
+        .set_frame_limit(hello.frame_limit);
 
-    let flusher = {
-        let out = Arc::clone(&out);
+    let watcher = {
+        let channel = Arc::clone(&channel);
         std::thread::Builder::new()
-            .name("crew-flusher".into())
-            .spawn(move || out.run_flusher())
+            .name("crew-watcher".into())
+            .spawn(move || channel.run_watcher())
             .map_err(io_err)?
+    };
+    let finish = |channel: &Channel| {
+        let flushed = channel.flush();
+        channel.close();
+        let _ = watcher.join();
+        flushed.map_err(io_err)
     };
 
     let mut runner = Runner::<W> {
         id,
         worker: None,
-        out: &out,
+        channel: &channel,
     };
-    let started = runner.start();
-    if let Err(message) = started {
+    if let Err(message) = runner.start() {
         let message = codec::shorten(message, hello.frame_limit);
-        out.push(&ToParent::StartFailed { message })
+        channel
+            .push(&ToParent::StartFailed { message })
             .map_err(protocol)?;
-        out.flush().map_err(io_err)?;
-        out.close();
-        let _ = flusher.join();
-        return Ok(());
+        return finish(&channel);
     }
-    out.push(&ToParent::Ready).map_err(protocol)?;
+    channel.push(&ToParent::Ready).map_err(protocol)?;
+    channel.set_busy();
 
-    let mut pending: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
-    let mut shutting_down = false;
     let mut last_read = Instant::now();
-    // Frames may already be buffered (they can arrive with the hello), so the
-    // decoder is drained before every decision to block.
-    let mut must_read = false;
     loop {
-        if must_read {
-            // Nothing to run and nothing buffered: block until the pool speaks.
-            out.flush().map_err(io_err)?;
-            if decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
-                // The pool closed the channel without a shutdown: it is gone.
-                kill_own_group();
+        let (task, payload, more_waiting) = {
+            let mut inbox = lock(&channel.inbox);
+            if !inbox.pending.is_empty() && last_read.elapsed() >= POLL_EVERY {
+                if !inbox.read_available(&stream)? {
+                    kill_own_group();
+                }
+                last_read = Instant::now();
             }
-            last_read = Instant::now();
-            must_read = false;
-        } else if !pending.is_empty() && !shutting_down && last_read.elapsed() >= POLL_EVERY {
-            match decoder.read_from(&mut NonBlocking(&stream)) {
-                Ok(0) => kill_own_group(),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(io_err(e)),
-            }
-            last_read = Instant::now();
-        }
-        while let Some(message) = decoder.next_message::<ToWorker>().map_err(protocol)? {
-            match message {
-                ToWorker::Task { id, payload, .. } => pending.push_back((id, payload)),
-                ToWorker::Cancel { id } => {
-                    // Not begun: drop it. Already answered: the cancel crossed the
-                    // answer on the wire; nothing to do.
-                    if let Some(at) = pending.iter().position(|(t, _)| *t == id) {
-                        pending.remove(at);
-                        out.push(&ToParent::Done {
-                            id,
-                            outcome: Outcome::NotStarted,
-                        })
-                        .map_err(protocol)?;
+            // Frames may already be buffered (they can arrive with the hello), so
+            // the decoder is drained before any decision to block.
+            inbox.absorb(&channel)?;
+            match inbox.pending.pop_front() {
+                Some((task, payload)) => (task, payload, !inbox.pending.is_empty()),
+                None if inbox.shutting_down => break,
+                None => {
+                    // Nothing to run: block until the pool speaks.
+                    channel.set_idle();
+                    channel.flush().map_err(io_err)?;
+                    if inbox.decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
+                        // The pool closed the channel without a shutdown: it is gone.
+                        kill_own_group();
                     }
+                    last_read = Instant::now();
+                    channel.set_busy();
+                    continue;
                 }
-                ToWorker::Message { .. } => {
-                    // Pool-to-worker messages reach `Worker` code in a later
-                    // version; until then they are read and dropped.
-                }
-                ToWorker::Shutdown => shutting_down = true,
             }
-        }
-        let Some((task, payload)) = pending.pop_front() else {
-            if shutting_down {
-                break;
-            }
-            must_read = true;
-            continue;
         };
-        out.push(&ToParent::Started { id: task })
-            .map_err(protocol)?;
-        if !pending.is_empty() {
-            out.defer();
-        } else {
-            // Nothing else to run: let the pool know at once that this task began
-            // (its timeout runs from there).
-            out.flush().map_err(io_err)?;
-        }
+        channel.begin_task(task, more_waiting)?;
         let outcome = runner.run(task, &payload, hello.frame_limit);
         drop(payload);
-        out.push(&ToParent::Done { id: task, outcome })
-            .map_err(protocol)?;
+        channel.end_task(task, outcome)?;
     }
     runner.stop();
-    out.flush().map_err(io_err)?;
-    out.close();
-    let _ = flusher.join();
-    Ok(())
+    finish(&channel)
 }
 
 /// Runs `W` for [`run_worker`]: start, one task, stop, and a restart after a
@@ -482,7 +586,7 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
 struct Runner<'a, W: RemoteWorker> {
     id: WorkerId,
     worker: Option<W>,
-    out: &'a Outgoing,
+    channel: &'a Channel,
 }
 
 impl<W: RemoteWorker> Runner<'_, W> {
@@ -540,7 +644,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
                 self.stop();
                 if let Err(e) = self.start() {
                     eprintln!("crew worker {}: restart after a panic failed: {e}", self.id);
-                    let _ = self.out.flush();
+                    let _ = self.channel.flush();
                     std::process::exit(EXIT_CHANNEL);
                 }
                 Outcome::Panicked(codec::shorten(message, limit))
