@@ -33,6 +33,11 @@ fn job_events_reports_each_job_once() {
 }
 
 #[test]
+fn isolation_survives_a_segfault_and_a_loop() {
+    run_example("isolation", "isolation: all checks passed");
+}
+
+#[test]
 fn tour_passes_its_own_checks() {
     run_example("tour", "tour: all checks passed");
 }

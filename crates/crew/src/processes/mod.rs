@@ -59,7 +59,7 @@ pub use codec::RemoteWorker;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -301,9 +301,12 @@ struct RemoteCell<W: RemoteWorker> {
     input: Vec<u8>,
     key: Option<u64>,
     retries_left: AtomicU32,
-    /// Times a worker died while this task was the one it could have been
-    /// running; a task that keeps killing workers is not sent forever.
-    crashes: AtomicU32,
+    /// It was in the window of a worker that died before saying which task it
+    /// was running. Until it has run again it is sent only to a worker with an
+    /// empty window, and nothing is sent behind it, so that a worker runs it
+    /// alone: its *started* then goes out before it runs, and a second death
+    /// is charged to the right task.
+    suspect: AtomicBool,
     shared: Weak<Shared<W>>,
 }
 
@@ -441,6 +444,10 @@ impl<W: RemoteWorker> Shared<W> {
             && !link.retiring
             && link.killing.is_none()
             && link.window.len() < self.process.window
+            && !link
+                .window
+                .front()
+                .is_some_and(|f| f.entry.suspect.load(Relaxed))
     }
 
     /// Sends `entry` to link `i`: into its window, frame into its outbox.
@@ -521,8 +528,18 @@ impl<W: RemoteWorker> Shared<W> {
                     },
                     None => None,
                 };
+                let suspect = entry.suspect.load(Relaxed);
                 let target = match target {
                     Some(t) => t,
+                    None if suspect => {
+                        // Alone: only a worker with nothing in its window.
+                        match (0..st.links.len())
+                            .find(|&i| self.has_room(&st.links[i]) && st.links[i].window.is_empty())
+                        {
+                            Some(i) => Ok(i),
+                            None => break 'levels,
+                        }
+                    }
                     None => match self.least_loaded(st) {
                         Some(i) => Ok(i),
                         None => break 'levels,
@@ -762,7 +779,7 @@ impl<W: RemoteWorker> Shared<W> {
             input,
             key: options.key,
             retries_left: AtomicU32::new(options.retries.unwrap_or(self.process.retries)),
-            crashes: AtomicU32::new(0),
+            suspect: AtomicBool::new(false),
             shared: Arc::downgrade(self),
         })
     }
@@ -1245,13 +1262,18 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
         };
         start_failed(shared, &mut st, id, message);
     } else if reason == ExitReason::Crashed {
-        // The task it was running (or the first it had been sent) is the one the
-        // death is charged to.
+        // The death is charged to the task it said it was running. If it had
+        // not said (its *started* was still buffered, with the answers of the
+        // tasks before it), nobody is charged: every task it held runs again,
+        // each alone on a worker (`suspect`), so a second death names the task.
         let culprit = match link.running {
             Some((r, _)) => window.iter().position(|f| f.entry.id() == r),
-            None => window
-                .iter()
-                .position(|f| !f.entry.core.header().is_decided()),
+            None => {
+                for flight in &window {
+                    flight.entry.suspect.store(true, Relaxed);
+                }
+                None
+            }
         };
         if let Some(at) = culprit {
             let flight = window.remove(at).expect("position is in range");
@@ -1261,7 +1283,6 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
                 .map(|(_, since)| since.elapsed())
                 .unwrap_or_default();
             let by_signal = crash.signal.is_some();
-            let crashes = entry.crashes.fetch_add(1, Relaxed) + 1;
             let retry = !entry.core.header().is_decided()
                 && (!by_signal || shared.process.retry_signals)
                 && entry
@@ -1274,10 +1295,6 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
                 End::Closed => Failure::Crashed(crash.clone()),
             };
             if retry {
-                st.queue[entry.core.header().priority.index()].push_front(entry);
-            } else if link.running.is_none() && crashes < 2 && matches!(end, End::Closed) {
-                // It may not have started (its *started* was still buffered): one
-                // more chance, then it is charged.
                 st.queue[entry.core.header().priority.index()].push_front(entry);
             } else {
                 shared.fail(&mut st, &entry, failure, Some((id, ran)));
