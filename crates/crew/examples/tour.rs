@@ -447,7 +447,9 @@ fn stubborn_timeout(pool: &Pool<Checksummer>) -> Result<(), Error> {
     println!("   -> {err} after {:.0?}", began.elapsed());
     ensure!(err.is_timeout(), "expected a timeout, got {err}");
     ensure!(
-        wait_for(Duration::from_secs(10), || pool.workers() != before),
+        wait_for(Duration::from_secs(10), || {
+            pool.workers() != before && pool.stats().workers == WORKERS
+        }),
         "the stuck thread was not replaced"
     );
     let stats = pool.stats();

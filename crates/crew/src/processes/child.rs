@@ -270,6 +270,10 @@ struct OutState {
     busy: bool,
     /// When the task being run began; `None` between tasks.
     task_since: Option<Instant>,
+    /// A *started* went out while its task ran, and that task's *done* has not:
+    /// the pool believes it is still running. The next task boundary writes the
+    /// batch out, so a death in the next task is not charged to this one.
+    announced: bool,
     closed: bool,
 }
 
@@ -337,6 +341,7 @@ impl Channel {
         if !st.encoder.is_empty() {
             let result = (&*stream).write_all(st.encoder.as_bytes());
             st.encoder.clear();
+            st.announced = st.task_since.is_some();
             result?;
         }
         Ok(())
@@ -363,6 +368,12 @@ impl Channel {
     /// they go out now.
     fn begin_task(&self, id: u64, more_waiting: bool) -> Result<(), String> {
         let mut st = lock(&self.out);
+        if st.announced {
+            // The pool thinks the previous task still runs: tell it it ended
+            // before this one starts.
+            st.task_since = None;
+            Self::write_out(&self.stream, &mut st).map_err(|e| format!("channel: {e}"))?;
+        }
         st.encoder
             .push(&ToParent::Started { id })
             .map_err(protocol)?;
@@ -482,6 +493,7 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
             deferred_since: None,
             busy: false,
             task_since: None,
+            announced: false,
             closed: false,
         }),
         wake: Condvar::new(),
