@@ -16,7 +16,7 @@
 #   PEERS              regex over peer labels, passed to run-peers.sh (e.g. 'rust/')
 #   PEER_TIMEOUT       seconds per (impl, workload) run, crew included (default 150)
 #   SKIP_INSTALL, NODE, PYTHON, CARGO   passed to run-peers.sh
-#   CREW_BACKENDS      crew backends to run (default: threads; later "threads processes")
+#   CREW_BACKENDS      crew backends to run: threads, processes (default: threads)
 #   SHARED_BENCH       the harness to copy (default: <repo root>/../shared/bench)
 #   BENCH_RESULTS_DIR  where raw results go (default: <repo root>/bench-results)
 #
@@ -116,11 +116,21 @@ git -C "$ROOT" diff --quiet HEAD -- crates || crew_rev="$crew_rev-dirty"
 import json, re, sys
 
 ORDER = ["overhead", "latency", "cpu", "payload", "spawn"]
-# The bars: rows whose crew/peer ratios are shown, and the peers compared against.
-BAR_ROWS = {("overhead", "tasks_per_sec"), ("latency", "p50_us"),
-            ("spawn", "startup_ms"), ("spawn", "shutdown_ms")}
-BAR_PEERS = [("rayon", "rust/rayon"), ("threadpool", "rust/threadpool"),
-             ("tokio", "rust/tokio-spawn_blocking")]
+# The bars, per crew backend: rows whose crew/peer ratios are shown, and the peers
+# compared against (each backend against peers of its own kind).
+BAR_ROWS = {
+    "threads": {("overhead", "tasks_per_sec"), ("latency", "p50_us"),
+                ("spawn", "startup_ms"), ("spawn", "shutdown_ms")},
+    "processes": {("overhead", "tasks_per_sec"), ("latency", "p50_us"),
+                  ("latency", "p99_us"), ("payload", "mb_per_sec"),
+                  ("spawn", "startup_ms"), ("spawn", "shutdown_ms")},
+}
+BAR_PEERS = {
+    "threads": [("rayon", "rust/rayon"), ("threadpool", "rust/threadpool"),
+                ("tokio", "rust/tokio-spawn_blocking")],
+    "processes": [("procspawn", "rust/procspawn"),
+                  ("workerpool-process", "node/workerpool-process")],
+}
 
 rows, units, cols, notes, comments = {}, {}, [], {}, []
 for line in open(sys.argv[1]):
@@ -159,7 +169,11 @@ def num(v):
     return f"{v:.4g}"
 
 # The bars are about crew's per-task path; batched variants are shown, not ratioed.
-ratio_cols = [(c, short, p) for c in crew if "[" not in c for short, p in BAR_PEERS]
+def backend(c):
+    return c[len("rust/crew-"):]
+
+ratio_cols = [(c, short, p) for c in crew if "[" not in c
+              for short, p in BAR_PEERS.get(backend(c), [])]
 head = ["workload", "metric", "unit"] + [c.split("/", 1)[1] for c in cols] + [
     (c.split("/", 1)[1] if len({c for c, _, _ in ratio_cols}) > 1 else "crew") + "/" + short
     for c, short, _ in ratio_cols]
@@ -176,7 +190,7 @@ for key in keys:
             cell += " " + notes[(key, c)]
         cells.append(cell)
     for c, _, p in ratio_cols:
-        ok = key in BAR_ROWS and vals.get(c) and vals.get(p)
+        ok = key in BAR_ROWS.get(backend(c), ()) and vals.get(c) and vals.get(p)
         cells.append(f"{vals[c] / vals[p]:.2f}" if ok else "")
     print("| " + " | ".join(cells) + " |")
 
