@@ -319,12 +319,20 @@ fn cancelling_a_task_waiting_in_a_window_does_not_kill_anyone() {
     let pool = processes::<Probe>(1).build().unwrap();
     full_size(&pool);
     let workers = pool.workers();
-    let slow = pool.submit(Job::Sleep(200)).unwrap();
+    // The loop never ends, so the echo behind it is still waiting, whatever the
+    // timing, when it is cancelled.
+    let looping = pool.submit(Job::Loop).unwrap();
     let waiting = pool.submit(Job::Echo(1)).unwrap();
+    wait_until("the loop is running", || pool.stats().busy == 1);
     assert!(waiting.cancel());
     assert!(waiting.join().unwrap_err().is_cancelled());
-    assert_eq!(slow.join().unwrap(), Answer::Number(200));
+    // A kill is decided inside `cancel`; the worker was not chosen for one.
     assert_eq!(pool.workers(), workers);
+    assert_eq!(pool.stats().killed, 0);
+    // Cancelling the running loop is what kills the worker.
+    assert!(looping.cancel());
+    assert_eq!(echo(&pool, 2), 2);
+    assert_ne!(pool.workers(), workers);
     pool.shutdown();
 }
 

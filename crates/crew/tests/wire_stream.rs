@@ -380,3 +380,30 @@ fn the_encoder_gives_a_large_buffer_back_when_emptied() {
     w.flush().expect("writes");
     assert!(w.encoder().buffered_capacity() <= 256 * 1024);
 }
+
+/// Partial writes (`consume` of a few bytes at a time) interleaved with new
+/// frames hand out exactly the bytes pushed, in order.
+#[test]
+fn partial_consumes_interleaved_with_pushes_keep_the_stream_intact() {
+    use crew::wire::{FrameEncoder, ToWorker, DEFAULT_FRAME_LIMIT};
+    let mut encoder = FrameEncoder::new(DEFAULT_FRAME_LIMIT);
+    let mut reference = FrameEncoder::new(DEFAULT_FRAME_LIMIT);
+    let mut written = Vec::new();
+    for round in 0..200u64 {
+        let message = ToWorker::Task {
+            id: round,
+            key: None,
+            payload: vec![round as u8; (round as usize * 37) % 3000],
+        };
+        encoder.push(&message).unwrap();
+        reference.push(&message).unwrap();
+        // A "write" that takes an odd share of what is waiting.
+        let take = (encoder.len() / 3).max(1).min(encoder.len());
+        written.extend_from_slice(&encoder.as_bytes()[..take]);
+        encoder.consume(take);
+    }
+    written.extend_from_slice(encoder.as_bytes());
+    encoder.consume(encoder.len());
+    assert!(encoder.is_empty());
+    assert_eq!(written, reference.as_bytes());
+}

@@ -341,6 +341,23 @@ impl Outbox {
         result
     }
 
+    /// Appends frames with `fill` without writing them; [`pump`](Outbox::pump)
+    /// writes them (a dispatcher appends under the pool's lock and writes after).
+    pub(crate) fn append<T>(&self, fill: impl FnOnce(&mut FrameEncoder) -> T) -> T {
+        fill(&mut lock(&self.state.0).encoder)
+    }
+
+    /// Writes what the socket takes now of what was appended.
+    pub(crate) fn pump(&self) {
+        let (state, cv) = &*self.state;
+        let mut st = lock(state);
+        if st.closed {
+            st.encoder.clear();
+        } else {
+            pump(&mut st, cv);
+        }
+    }
+
     /// Sets the largest frame the worker accepts (from its hello).
     pub(crate) fn set_frame_limit(&self, limit: u32) {
         lock(&self.state.0).encoder.set_frame_limit(limit);

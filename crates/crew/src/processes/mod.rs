@@ -332,18 +332,13 @@ impl<W: RemoteWorker> Handle<W::Output, W::Error> for RemoteCell<W> {
     }
 }
 
-/// The outcome a crew failure is counted as.
-fn outcome_of(failure: &Failure) -> Outcome {
-    TaskError::<()>::failure(failure.clone()).outcome()
-}
-
 // ------------------------------------------------------------ the scheduler
 
 /// Work for after the lock is released: frames to write, link threads to
 /// start, wakers to wake.
 #[derive(Default)]
 struct Plan {
-    /// Links that got frames.
+    /// Outboxes that got frames, to write once the lock is released.
     flush: Vec<Arc<WorkerProcess>>,
     /// Start this many link threads, each after this backoff.
     start: Vec<Duration>,
@@ -391,6 +386,9 @@ impl<W: RemoteWorker> Shared<W> {
         true
     }
 
+    /// Resolves `entry` with one of crew's failures. (A remote task's code runs
+    /// in the worker process, so the cell's cancel flag, which `Core::fail` also
+    /// raises, has no reader here.)
     fn fail(
         &self,
         st: &mut State<W>,
@@ -398,27 +396,7 @@ impl<W: RemoteWorker> Shared<W> {
         failure: Failure,
         worker: Option<(WorkerId, Duration)>,
     ) -> bool {
-        let outcome = outcome_of(&failure);
-        if !entry.core.fail(failure) {
-            return false;
-        }
-        st.counts[outcome as usize] += 1;
-        if self.events.is_active() {
-            let task = entry.core.header().id();
-            self.events.emit(match worker {
-                Some((worker, ran)) => Event::TaskFinished {
-                    task,
-                    worker,
-                    outcome: outcome.into(),
-                    ran,
-                },
-                None => Event::TaskDiscarded {
-                    task,
-                    outcome: outcome.into(),
-                },
-            });
-        }
-        true
+        self.resolve(st, entry, Err(TaskError::failure(failure)), worker)
     }
 
     fn estimate(&self, st: &State<W>, key: Option<u64>) -> f64 {
@@ -455,7 +433,9 @@ impl<W: RemoteWorker> Shared<W> {
         let est = self.estimate(st, entry.key);
         let link = &mut st.links[i];
         let process = Arc::clone(&link.process);
-        let sent = process.outbox.send(|enc| {
+        // Appended only: the write happens in `finish`, after the state lock is
+        // released, once for every frame this dispatch produced.
+        let sent = process.outbox.append(|enc| {
             enc.push_encodable(&TaskFrame {
                 id: entry.id(),
                 key: entry.key,
@@ -697,7 +677,9 @@ impl<W: RemoteWorker> Shared<W> {
         for w in plan.wakers {
             w.wake();
         }
-        let _ = plan.flush;
+        for process in &plan.flush {
+            process.outbox.pump();
+        }
         self.start_links(plan.start);
     }
 

@@ -341,6 +341,11 @@ impl fmt::Debug for FrameDecoder {
 /// ```
 pub struct FrameEncoder {
     buf: Vec<u8>,
+    /// Bytes before this offset were consumed (written). Advancing an offset
+    /// instead of moving the rest forward keeps a large buffer written in many
+    /// partial writes linear, not quadratic; the consumed prefix is dropped when
+    /// everything is consumed or when it is at least half the buffer.
+    start: usize,
     limit: u32,
 }
 
@@ -351,6 +356,7 @@ impl FrameEncoder {
     pub fn new(frame_limit: u32) -> FrameEncoder {
         FrameEncoder {
             buf: Vec::new(),
+            start: 0,
             limit: frame_limit,
         }
     }
@@ -379,6 +385,7 @@ impl FrameEncoder {
     ) -> Result<(), ProtocolError> {
         let len = 1 + message.body_len();
         self.check(len)?;
+        self.compact();
         let before = self.buf.len();
         self.begin_frame(len, message.kind());
         message.write_body(&mut self.buf);
@@ -392,6 +399,7 @@ impl FrameEncoder {
     pub fn push_frame(&mut self, kind: u8, body: &[u8]) -> Result<(), ProtocolError> {
         let len = 1 + body.len() as u64;
         self.check(len)?;
+        self.compact();
         self.begin_frame(len, kind);
         self.buf.extend_from_slice(body);
         Ok(())
@@ -399,17 +407,17 @@ impl FrameEncoder {
 
     /// The encoded frames not yet consumed, ready for one write.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf
+        &self.buf[self.start..]
     }
 
     /// How many encoded bytes are waiting.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Whether no encoded byte is waiting.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.len() == 0
     }
 
     /// How many bytes the buffer holds allocated: what the encoder costs in
@@ -420,16 +428,17 @@ impl FrameEncoder {
 
     /// Drops the first `n` bytes (all of them if `n` is larger): a write took them.
     pub fn consume(&mut self, n: usize) {
-        if n >= self.buf.len() {
+        if n >= self.len() {
             self.clear();
         } else {
-            self.buf.drain(..n);
+            self.start += n;
         }
     }
 
     /// Drops every waiting byte, keeping the buffer for the next batch (unless a
     /// large message grew it: that memory is given back).
     pub fn clear(&mut self) {
+        self.start = 0;
         self.buf.clear();
         if self.buf.capacity() > RETAIN {
             self.buf.shrink_to(RETAIN);
@@ -446,6 +455,15 @@ impl FrameEncoder {
 
     /// Writes the length field and the kind byte; `len` was checked against the
     /// (`u32`) limit.
+    /// Drops the consumed prefix once it is at least half the buffer, before
+    /// the buffer grows: amortised, each byte moves at most once more.
+    fn compact(&mut self) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
     fn begin_frame(&mut self, len: u64, kind: u8) {
         if let Some(total) = usize::try_from(len)
             .ok()
@@ -469,7 +487,7 @@ impl fmt::Debug for FrameEncoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FrameEncoder")
             .field("frame_limit", &self.limit)
-            .field("len", &self.buf.len())
+            .field("len", &self.len())
             .finish()
     }
 }
