@@ -27,6 +27,11 @@ enum Job {
     Garbage,
     /// Starts a long `sleep` as its own child, prints both pids, and waits.
     Grandchild,
+    /// Prints each line to stdout, then returns 0.
+    Print(Vec<String>),
+    /// Keeps this many more MiB in the worker's state, touched so they count in
+    /// its resident memory, and answers the pid.
+    Grow(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +42,7 @@ enum Answer {
 /// A worker with state (its start count), that does what each `Job` says.
 struct Probe {
     ran: u64,
+    ballast: Vec<Vec<u8>>,
 }
 
 impl Worker for Probe {
@@ -45,7 +51,10 @@ impl Worker for Probe {
     type Error = String;
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
-        Ok(Probe { ran: 0 })
+        Ok(Probe {
+            ran: 0,
+            ballast: Vec::new(),
+        })
     }
 
     fn run(&mut self, job: Job, _ctx: &mut Context<'_>) -> Result<Answer, String> {
@@ -71,6 +80,17 @@ impl Worker for Probe {
                 std::process::exit(3)
             }
             Job::Pid => Ok(Answer::Number(u64::from(std::process::id()))),
+            Job::Print(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                Ok(Answer::Number(0))
+            }
+            Job::Grow(mib) => {
+                // Non-zero bytes: every page is written, so it is resident.
+                self.ballast.push(vec![7u8; (mib as usize) << 20]);
+                Ok(Answer::Number(u64::from(std::process::id())))
+            }
             Job::Sleep(ms) => {
                 std::thread::sleep(Duration::from_millis(ms));
                 Ok(Answer::Number(ms))
@@ -446,6 +466,134 @@ fn workers_are_recycled_after_max_tasks() {
         })
         .count();
     assert!(recycled >= 2);
+}
+
+#[test]
+fn a_worker_above_max_memory_is_recycled_after_its_task() {
+    let pool = processes::<Probe>(1).max_memory(200 << 20).build().unwrap();
+    let events = pool.events();
+    let pid = |job| match pool.submit(job).unwrap().join().unwrap() {
+        Answer::Number(pid) => pid,
+    };
+    // Well below the limit: the same process keeps serving.
+    let small = pid(Job::Grow(1));
+    assert_eq!(pid(Job::Pid), small);
+    // Above it: the task itself succeeds, then its worker is replaced.
+    let big = pid(Job::Grow(300));
+    assert_eq!(big, small);
+    wait_until("the bloated worker is recycled", || pid(Job::Pid) != big);
+    wait_until("the bloated worker process is gone", || {
+        !std::path::Path::new(&format!("/proc/{big}")).exists()
+    });
+    pool.shutdown();
+    let recycled = events
+        .filter(|e| {
+            matches!(
+                e,
+                crew::Event::WorkerExited {
+                    reason: crew::ExitReason::Recycled,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(recycled, 1);
+}
+
+#[test]
+fn output_lines_are_forwarded_with_the_worker_id() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&seen);
+    let pool = processes::<Probe>(1)
+        .on_output(move |worker, stream, line| {
+            if line.starts_with("line ") {
+                sink.lock().unwrap().push((worker, stream, line.to_owned()));
+            }
+        })
+        .build()
+        .unwrap();
+    full_size(&pool);
+    let worker = pool.workers()[0];
+    let lines: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
+    pool.submit(Job::Print(lines.clone()))
+        .unwrap()
+        .join()
+        .unwrap();
+    wait_until("all 50 lines arrive", || seen.lock().unwrap().len() == 50);
+    let seen = seen.lock().unwrap().clone();
+    for ((from, stream, line), expected) in seen.into_iter().zip(&lines) {
+        assert_eq!(from, worker);
+        assert_eq!(stream, crew::OutputStream::Stdout);
+        assert_eq!(&line, expected, "lines arrive whole and in order");
+    }
+    pool.shutdown();
+}
+
+/// A small deterministic generator, so a failing mix can be replayed from its
+/// seed (printed on failure).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn ten_thousand_tasks_with_random_crashes_each_resolve_once() {
+    let seed = std::env::var("CREW_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("random crash mix: CREW_SEED={seed}");
+    let mut rng = XorShift(seed);
+    let pool = processes::<Probe>(3).build().unwrap();
+    // About 1 task in 200 kills its worker, one of three ways; 1 in 50 fails
+    // with its own error.
+    let jobs: Vec<Job> = (0..10_000u64)
+        .map(|i| match rng.next() % 1000 {
+            0 | 1 => Job::Exit(9),
+            2 | 3 => Job::Abort,
+            4 => Job::Segfault,
+            5..=24 => Job::Fail(format!("no {i}")),
+            _ => Job::Echo(i),
+        })
+        .collect();
+    let tasks: Vec<_> = jobs
+        .iter()
+        .map(|job| pool.submit(job.clone()).unwrap())
+        .collect();
+    let (mut ok, mut failed, mut crashed) = (0u64, 0u64, 0u64);
+    for (i, (job, task)) in jobs.iter().zip(tasks).enumerate() {
+        let result = task.join();
+        match (job, result) {
+            (Job::Echo(n), Ok(Answer::Number(m))) if *n == m => ok += 1,
+            (Job::Fail(e), Err(err)) if err.user_error() == Some(e) => failed += 1,
+            (Job::Exit(9), Err(err)) if err.crash().unwrap().exit_code() == Some(9) => crashed += 1,
+            (Job::Abort, Err(err)) if err.crash().unwrap().signal() == Some(6) => crashed += 1,
+            (Job::Segfault, Err(err)) if err.crash().unwrap().signal() == Some(11) => crashed += 1,
+            (job, result) => panic!("seed {seed}: task {i} ({job:?}) resolved {result:?}"),
+        }
+    }
+    full_size(&pool);
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, 10_000, "seed {seed}");
+    assert_eq!(stats.finished(), 10_000, "seed {seed}: {stats:?}");
+    assert_eq!(stats.completed, ok, "seed {seed}");
+    assert_eq!(stats.failed, failed, "seed {seed}");
+    assert_eq!(stats.crashed, crashed, "seed {seed}");
+    assert_eq!(stats.queued + stats.busy, 0, "seed {seed}");
+    eprintln!("ok {ok}, failed {failed}, crashed {crashed}");
+    pool.shutdown();
 }
 
 #[test]
