@@ -22,8 +22,17 @@
 //! such tasks back for an idle worker). So a second thread, the *watcher*, wakes
 //! every [`FLUSH_AFTER`] while the runner is busy: it writes frames left behind
 //! for that long and, when one task has run that long, reads the socket on the
-//! runner's behalf. While the runner is idle the watcher sleeps; the runner wakes
-//! it once per busy period, not per task.
+//! runner's behalf.
+//!
+//! *started* is buffered like everything else: a task that finishes within
+//! [`FLUSH_AFTER`] sends its *started* and *done* in one write, and a longer one
+//! is announced by the watcher. A death before *started* went out charges no
+//! task; the pool then re-runs that worker's tasks one at a time until a death
+//! names the culprit (see `processes/mod.rs`, "suspect").
+//!
+//! The watcher keeps ticking for [`WATCHER_LINGER`] after the runner goes idle and
+//! parks only then, so a steady stream of tasks with short gaps never pays for
+//! waking it: only the first task after a quiet spell does.
 //!
 //! # Death of the parent
 //!
@@ -72,6 +81,9 @@ pub(crate) const EXIT_CHANNEL: i32 = 98;
 const POLL_EVERY: Duration = Duration::from_micros(100);
 /// How long buffered frames may wait behind a running task.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// How long the watcher keeps ticking after the runner went idle before it
+/// parks (and must be woken by the next task).
+const WATCHER_LINGER: Duration = Duration::from_millis(50);
 
 /// What the pool handed this process.
 struct Launch {
@@ -268,6 +280,10 @@ struct OutState {
     deferred_since: Option<Instant>,
     /// The runner has work (it is not blocked reading the socket).
     busy: bool,
+    /// When the runner last went idle.
+    idle_since: Option<Instant>,
+    /// The watcher waits without a timeout: the runner must wake it.
+    watcher_parked: bool,
     /// When the task being run began; `None` between tasks.
     task_since: Option<Instant>,
     /// A *started* went out while its task ran, and that task's *done* has not:
@@ -352,21 +368,25 @@ impl Channel {
         let mut st = lock(&self.out);
         st.busy = false;
         st.task_since = None;
+        st.idle_since = Some(Instant::now());
     }
 
-    /// The runner has work again: the watcher keeps an eye on it.
+    /// The runner has work again: the watcher keeps an eye on it (waking it if
+    /// it parked).
     fn set_busy(&self) {
         let mut st = lock(&self.out);
         if !st.busy {
             st.busy = true;
-            self.wake.notify_one();
+            if st.watcher_parked {
+                self.wake.notify_one();
+            }
         }
     }
 
-    /// Announces task `id` and marks its start. With more tasks waiting, the
-    /// *started* frame (and earlier answers) are left to the watcher; with none,
-    /// they go out now.
-    fn begin_task(&self, id: u64, more_waiting: bool) -> Result<(), String> {
+    /// Announces task `id` and marks its start. The *started* frame is buffered:
+    /// it goes out with the task's *done* if the task is short, or with the
+    /// watcher's next write if it is not.
+    fn begin_task(&self, id: u64) -> Result<(), String> {
         let mut st = lock(&self.out);
         if st.announced {
             // The pool thinks the previous task still runs: tell it it ended
@@ -379,15 +399,10 @@ impl Channel {
             .map_err(protocol)?;
         let now = Instant::now();
         st.task_since = Some(now);
-        if more_waiting {
-            if st.deferred_since.is_none() {
-                st.deferred_since = Some(now);
-            }
-            Ok(())
-        } else {
-            st.deferred_since = None;
-            Self::write_out(&self.stream, &mut st).map_err(|e| format!("channel: {e}"))
+        if st.deferred_since.is_none() {
+            st.deferred_since = Some(now);
         }
+        Ok(())
     }
 
     fn end_task(&self, id: u64, outcome: Outcome) -> Result<(), String> {
@@ -407,15 +422,21 @@ impl Channel {
     /// [`FLUSH_AFTER`]: it writes frames the runner left behind, and, if one task
     /// has been running that long, reads the socket for the runner, so a
     /// *cancel* of a task waiting behind a long one is answered (the pool takes
-    /// such tasks back for an idle worker). While the runner is idle it sleeps.
+    /// such tasks back for an idle worker). It parks once the runner has been
+    /// idle for [`WATCHER_LINGER`].
     fn run_watcher(&self) {
         let mut st = lock(&self.out);
         loop {
             if st.closed {
                 return;
             }
-            if !st.busy && st.deferred_since.is_none() {
+            let lingering = st
+                .idle_since
+                .is_some_and(|t| t.elapsed() < WATCHER_LINGER);
+            if !st.busy && st.deferred_since.is_none() && !lingering {
+                st.watcher_parked = true;
                 st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.watcher_parked = false;
                 continue;
             }
             st = self
@@ -492,6 +513,8 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
             encoder: FrameEncoder::new(DEFAULT_FRAME_LIMIT),
             deferred_since: None,
             busy: false,
+            idle_since: None,
+            watcher_parked: false,
             task_since: None,
             announced: false,
             closed: false,
@@ -556,7 +579,7 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
 
     let mut last_read = Instant::now();
     loop {
-        let (task, payload, more_waiting) = {
+        let (task, payload) = {
             let mut inbox = lock(&channel.inbox);
             if !inbox.pending.is_empty() && last_read.elapsed() >= POLL_EVERY {
                 if !inbox.read_available(&stream)? {
@@ -568,7 +591,7 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
             // the decoder is drained before any decision to block.
             inbox.absorb(&channel)?;
             match inbox.pending.pop_front() {
-                Some((task, payload)) => (task, payload, !inbox.pending.is_empty()),
+                Some((task, payload)) => (task, payload),
                 None if inbox.shutting_down => break,
                 None => {
                     // Nothing to run: block until the pool speaks.
@@ -584,7 +607,7 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
                 }
             }
         };
-        channel.begin_task(task, more_waiting)?;
+        channel.begin_task(task)?;
         let outcome = runner.run(task, &payload, hello.frame_limit);
         drop(payload);
         channel.end_task(task, outcome)?;

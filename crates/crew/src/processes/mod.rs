@@ -1246,10 +1246,12 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
     } else if reason == ExitReason::Crashed {
         // The death is charged to the task it said it was running. If it had
         // not said (its *started* was still buffered, with the answers of the
-        // tasks before it), nobody is charged: every task it held runs again,
-        // each alone on a worker (`suspect`), so a second death names the task.
+        // tasks before it) and held one task only, that task is charged. With
+        // several, nobody is: every task it held runs again, each alone on a
+        // worker (`suspect`), so a second death names the task.
         let culprit = match link.running {
             Some((r, _)) => window.iter().position(|f| f.entry.id() == r),
+            None if window.len() == 1 => Some(0),
             None => {
                 for flight in &window {
                     flight.entry.suspect.store(true, Relaxed);
