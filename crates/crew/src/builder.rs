@@ -418,7 +418,9 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     }
 
     /// Replaces a worker process whose resident memory, measured after a task,
-    /// is above `bytes`. The replacement starts first.
+    /// is above `bytes`. Its own memory counts (anonymous and file-backed
+    /// pages), not the shared memory large inputs arrive in. The replacement
+    /// starts first.
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.process_config().max_memory = Some(bytes);
         self

@@ -32,6 +32,11 @@ enum Job {
     /// Keeps this many more MiB in the worker's state, touched so they count in
     /// its resident memory, and answers the pid.
     Grow(u64),
+    /// Answers the sum of the bytes (large ones travel through the payload
+    /// arena).
+    Blob(serde_bytes::ByteBuf),
+    /// Writes into the payload arena's mapping, which is read-only here.
+    ScribbleOnArena,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +90,20 @@ impl Worker for Probe {
                     println!("{line}");
                 }
                 Ok(Answer::Number(0))
+            }
+            Job::Blob(bytes) => Ok(Answer::Number(bytes.iter().map(|&b| u64::from(b)).sum())),
+            Job::ScribbleOnArena => {
+                let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+                let line = maps
+                    .lines()
+                    .find(|l| l.contains("crew-payloads"))
+                    .ok_or("no payload arena is mapped")?;
+                let start = line.split('-').next().unwrap();
+                let address = usize::from_str_radix(start, 16).map_err(|e| e.to_string())?;
+                // SAFETY: not safe: the page is mapped read-only, so this write
+                // is meant to kill this worker with SIGSEGV.
+                unsafe { std::ptr::write_volatile(address as *mut u8, 1) };
+                Err("the payload arena took a write".into())
             }
             Job::Grow(mib) => {
                 // Non-zero bytes: every page is written, so it is resident.
@@ -593,6 +612,73 @@ fn ten_thousand_tasks_with_random_crashes_each_resolve_once() {
     assert_eq!(stats.crashed, crashed, "seed {seed}");
     assert_eq!(stats.queued + stats.busy, 0, "seed {seed}");
     eprintln!("ok {ok}, failed {failed}, crashed {crashed}");
+    pool.shutdown();
+}
+
+fn blob(len: usize, seed: u8) -> (Job, u64) {
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let sum = bytes.iter().map(|&b| u64::from(b)).sum();
+    (Job::Blob(serde_bytes::ByteBuf::from(bytes)), sum)
+}
+
+#[test]
+fn large_inputs_travel_through_shared_memory_intact() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    // Sizes around the arena threshold (64 KiB) and well above it; several
+    // rounds, so blocks are freed and reused.
+    let sizes = [1, 65_535, 65_536, 65_537, 300_000, 1 << 20, 3 << 20];
+    for round in 0..4u8 {
+        let (tasks, sums): (Vec<_>, Vec<_>) = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let (job, sum) = blob(len, round.wrapping_mul(7).wrapping_add(i as u8));
+                (pool.submit(job).unwrap(), sum)
+            })
+            .unzip();
+        for ((task, sum), len) in tasks.into_iter().zip(sums).zip(sizes) {
+            assert_eq!(task.join().unwrap(), Answer::Number(sum), "{len} bytes");
+        }
+    }
+    pool.shutdown();
+}
+
+#[test]
+fn large_inputs_queued_behind_a_crash_run_again_intact() {
+    let pool = processes::<Probe>(1).window(8).build().unwrap();
+    let crash = pool.submit(Job::Abort).unwrap();
+    let behind: Vec<_> = (0..6u8)
+        .map(|i| {
+            let (job, sum) = blob(200_000, i);
+            (pool.submit(job).unwrap(), sum)
+        })
+        .collect();
+    assert!(crash.join().unwrap_err().is_crash());
+    for (task, sum) in behind {
+        assert_eq!(task.join().unwrap(), Answer::Number(sum));
+    }
+    pool.shutdown();
+}
+
+#[test]
+fn a_worker_cannot_write_into_the_shared_inputs() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let (big, sum) = blob(1 << 20, 9);
+    let kept = pool.submit(big).unwrap();
+    let err = pool
+        .submit(Job::ScribbleOnArena)
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert_eq!(err.crash().map(|c| c.signal()), Some(Some(11)), "{err}");
+    assert_eq!(kept.join().unwrap(), Answer::Number(sum));
+    let (big, sum) = blob(1 << 20, 10);
+    assert_eq!(
+        pool.submit(big).unwrap().join().unwrap(),
+        Answer::Number(sum)
+    );
     pool.shutdown();
 }
 

@@ -4,7 +4,7 @@
 
 use crew::wire::{
     Frame, FrameDecoder, FrameEncoder, Hello, ProtocolError, Role, ToParent, ToWorker, WireMessage,
-    MIN_FRAME_LIMIT,
+    MIN_FRAME_LIMIT, PROTOCOL_VERSION,
 };
 
 /// A frame's bytes: `len`, `kind`, `body`.
@@ -173,7 +173,7 @@ fn kinds_from_the_wrong_side_are_refused() {
     assert!(e.to_string().contains("task"), "{e}");
     assert!(from_parent(0x23, &[0; 9]).is_unexpected_kind());
     // A hello after the handshake.
-    let e = from_worker(0x01, &hello_body(1, 2, MIN_FRAME_LIMIT));
+    let e = from_worker(0x01, &hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT));
     assert!(e.is_unexpected_kind());
     assert!(e.to_string().contains("hello"), "{e}");
 }
@@ -265,7 +265,7 @@ fn tags_with_no_meaning() {
 
 #[test]
 fn hello_with_the_wrong_magic() {
-    let mut body = hello_body(1, 2, MIN_FRAME_LIMIT);
+    let mut body = hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT);
     body[..4].copy_from_slice(b"HTTP");
     let e = hello_error(&body);
     assert!(e.is_handshake(), "{e}");
@@ -278,9 +278,10 @@ fn hello_with_the_wrong_magic() {
 
 #[test]
 fn hello_of_another_version() {
-    let e = hello_error(&hello_body(2, 2, MIN_FRAME_LIMIT));
+    let other = PROTOCOL_VERSION + 1;
+    let e = hello_error(&hello_body(other, 2, MIN_FRAME_LIMIT));
     assert!(e.is_handshake() && e.is_version_mismatch(), "{e}");
-    assert_eq!(e.peer_version(), Some(2));
+    assert_eq!(e.peer_version(), Some(other));
     assert_one_sentence(&e);
     // Nothing after the version is read: a future hello may be laid out otherwise.
     let e = hello_error(b"CREW\x07\x00whatever follows");
@@ -297,14 +298,14 @@ fn hello_that_is_not_first() {
 
 #[test]
 fn hello_with_a_bad_role_a_tiny_limit_or_extra_bytes() {
-    assert!(hello_error(&hello_body(1, 0, MIN_FRAME_LIMIT)).is_invalid_tag());
-    assert!(hello_error(&hello_body(1, 3, MIN_FRAME_LIMIT)).is_invalid_tag());
+    assert!(hello_error(&hello_body(PROTOCOL_VERSION, 0, MIN_FRAME_LIMIT)).is_invalid_tag());
+    assert!(hello_error(&hello_body(PROTOCOL_VERSION, 3, MIN_FRAME_LIMIT)).is_invalid_tag());
 
-    let e = hello_error(&hello_body(1, 2, MIN_FRAME_LIMIT - 1));
+    let e = hello_error(&hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT - 1));
     assert!(e.is_handshake(), "{e}");
     assert_one_sentence(&e);
 
-    let mut body = hello_body(1, 2, MIN_FRAME_LIMIT);
+    let mut body = hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT);
     body.push(0);
     assert!(hello_error(&body).is_trailing_bytes());
     assert!(hello_error(&body[..8]).is_overrun());
@@ -312,8 +313,11 @@ fn hello_with_a_bad_role_a_tiny_limit_or_extra_bytes() {
 
 #[test]
 fn hello_from_the_wrong_side() {
-    let hello =
-        Hello::decode(Frame::new(0x01, hello_body(1, 1, MIN_FRAME_LIMIT))).expect("a valid hello");
+    let hello = Hello::decode(Frame::new(
+        0x01,
+        hello_body(PROTOCOL_VERSION, 1, MIN_FRAME_LIMIT),
+    ))
+    .expect("a valid hello");
     assert_eq!(hello.role, Role::Parent);
     let e = hello.check_role(Role::Worker).unwrap_err();
     assert!(e.is_handshake(), "{e}");

@@ -44,7 +44,7 @@ fn assert_layout<M: WireMessage + PartialEq + std::fmt::Debug>(message: M, expec
 
 #[test]
 fn constants_are_the_documented_ones() {
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
     assert_eq!(&MAGIC, b"CREW");
     assert_eq!(DEFAULT_FRAME_LIMIT, 64 << 20);
     assert_eq!(MIN_FRAME_LIMIT, 4096);
@@ -58,7 +58,7 @@ fn hello_layout() {
             pid: 4242,
             frame_limit: DEFAULT_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  01 00  02  92 10 00 00  00 00 00 04",
+        "10 00 00 00  01  43 52 45 57  02 00  02  92 10 00 00  00 00 00 04",
     );
     assert_layout(
         Hello {
@@ -66,7 +66,7 @@ fn hello_layout() {
             pid: 1,
             frame_limit: MIN_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  01 00  01  01 00 00 00  00 10 00 00",
+        "10 00 00 00  01  43 52 45 57  02 00  01  01 00 00 00  00 10 00 00",
     );
 }
 
@@ -99,6 +99,15 @@ fn parent_to_worker_layouts() {
         "07 00 00 00  12  02 00 00 00 68 69",
     );
     assert_layout(ToWorker::Shutdown, "01 00 00 00  13");
+    assert_layout(
+        ToWorker::SharedTask {
+            id: 7,
+            key: None,
+            offset: 8192,
+            len: 1 << 20,
+        },
+        "1a 00 00 00  14  07 00 00 00 00 00 00 00  00  00 20 00 00 00 00 00 00  00 00 10 00 00 00 00 00",
+    );
 }
 
 #[test]

@@ -36,6 +36,18 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
         any::<u64>().prop_map(|id| ToWorker::Cancel { id }),
         payload().prop_map(|payload| ToWorker::Message { payload }),
         Just(ToWorker::Shutdown),
+        (
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(id, key, offset, len)| ToWorker::SharedTask {
+                id,
+                key,
+                offset,
+                len
+            }),
     ]
 }
 
@@ -101,7 +113,7 @@ enum Segment {
 
 fn segment() -> impl Strategy<Value = Segment> {
     let kind = prop_oneof![
-        3 => prop_oneof![Just(0x01u8), 0x10..=0x13u8, 0x20..=0x24u8],
+        3 => prop_oneof![Just(0x01u8), 0x10..=0x14u8, 0x20..=0x24u8],
         1 => any::<u8>(),
     ];
     let length = prop_oneof![

@@ -53,6 +53,7 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::socket::{recv, MsgFlags};
 use nix::unistd::Pid;
 
+use super::arena::ArenaView;
 use super::codec::{self, RemoteWorker};
 use crate::error::{panic_message, StartError};
 use crate::sync::lock;
@@ -69,6 +70,8 @@ pub(crate) const ENV_FD: &str = "CREW_WORKER_FD";
 pub(crate) const ENV_TYPE: &str = "CREW_WORKER_TYPE";
 pub(crate) const ENV_ID: &str = "CREW_WORKER_ID";
 pub(crate) const ENV_PARENT: &str = "CREW_PARENT_PID";
+/// The payload arena's memory file (`processes/arena.rs`), if the pool has one.
+pub(crate) const ENV_ARENA_FD: &str = "CREW_ARENA_FD";
 
 /// Exit code of a worker process whose program does not serve the requested
 /// worker type (its `bootstrap` does not list it).
@@ -90,6 +93,7 @@ struct Launch {
     stream: UnixStream,
     worker: WorkerId,
     type_name: String,
+    arena: Option<ArenaView>,
 }
 
 /// Reads the launch variables. `None` if this process was not started as a crew
@@ -117,14 +121,28 @@ fn launch_from_env() -> Option<Result<Launch, String>> {
         // and nothing else in the process knows it; the variables are removed
         // below so no one takes it a second time.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let arena = match std::env::var(ENV_ARENA_FD) {
+            Err(_) => None,
+            Ok(fd) => {
+                let fd: RawFd = fd
+                    .parse()
+                    .map_err(|_| format!("bad {ENV_ARENA_FD}: {fd:?}"))?;
+                // SAFETY: as for the channel: passed by the pool for this
+                // process's sole use, taken once (the variable is removed below).
+                let file = unsafe { OwnedFd::from_raw_fd(fd) };
+                // The mapping keeps the file; the descriptor closes here.
+                Some(ArenaView::map(file).map_err(|e| format!("payload arena: {e}"))?)
+            }
+        };
         Ok(Launch {
             stream: UnixStream::from(owned),
             worker,
             type_name,
+            arena,
         })
     };
     let launch = parse();
-    for var in [ENV_FD, ENV_TYPE, ENV_ID, ENV_PARENT] {
+    for var in [ENV_FD, ENV_TYPE, ENV_ID, ENV_PARENT, ENV_ARENA_FD] {
         // Only at start-up, before the worker's code runs: no other thread reads
         // the environment yet. A pool the worker builds itself must not see them.
         std::env::remove_var(var);
@@ -135,7 +153,7 @@ fn launch_from_env() -> Option<Result<Launch, String>> {
 /// Sets up the process-level guards, then serves `W` and exits.
 fn serve_launch<W: RemoteWorker>(launch: Launch) -> ! {
     install_group_kill_on_term();
-    let code = match run_worker::<W>(launch.stream, launch.worker) {
+    let code = match run_worker::<W>(launch.stream, launch.worker, launch.arena) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("crew worker {}: {e}", launch.worker);
@@ -268,6 +286,8 @@ fn kill_own_group() -> ! {
 /// The worker's side of the socket, shared by the runner and the watcher.
 struct Channel {
     out: Mutex<OutState>,
+    /// The pool's payload arena, mapped read-only.
+    arena: Option<ArenaView>,
     /// Wakes the watcher: the runner became busy, or left frames to it.
     wake: Condvar,
     stream: UnixStream,
@@ -296,8 +316,16 @@ struct OutState {
 /// What has arrived from the pool and not been run yet.
 struct Inbox {
     decoder: FrameDecoder,
-    pending: VecDeque<(u64, Vec<u8>)>,
+    pending: VecDeque<(u64, TaskInput)>,
     shutting_down: bool,
+}
+
+/// Where a received task's encoded input is.
+enum TaskInput {
+    /// In its *task* frame.
+    Inline(Vec<u8>),
+    /// In the payload arena (checked against the mapping when it arrived).
+    Shared { offset: u64, len: u64 },
 }
 
 impl Inbox {
@@ -306,7 +334,25 @@ impl Inbox {
     fn absorb(&mut self, channel: &Channel) -> Result<(), String> {
         while let Some(message) = self.decoder.next_message::<ToWorker>().map_err(protocol)? {
             match message {
-                ToWorker::Task { id, payload, .. } => self.pending.push_back((id, payload)),
+                ToWorker::Task { id, payload, .. } => {
+                    self.pending.push_back((id, TaskInput::Inline(payload)))
+                }
+                ToWorker::SharedTask {
+                    id, offset, len, ..
+                } => {
+                    if channel
+                        .arena
+                        .as_ref()
+                        .and_then(|a| a.block(offset, len))
+                        .is_none()
+                    {
+                        return Err(format!(
+                            "protocol error from the pool: task {id}'s input ({len} bytes at {offset}) is outside the payload arena"
+                        ));
+                    }
+                    self.pending
+                        .push_back((id, TaskInput::Shared { offset, len }))
+                }
                 ToWorker::Cancel { id } => {
                     // Not begun: drop it. Already answered: the cancel crossed the
                     // answer on the wire; nothing to do.
@@ -430,9 +476,7 @@ impl Channel {
             if st.closed {
                 return;
             }
-            let lingering = st
-                .idle_since
-                .is_some_and(|t| t.elapsed() < WATCHER_LINGER);
+            let lingering = st.idle_since.is_some_and(|t| t.elapsed() < WATCHER_LINGER);
             if !st.busy && st.deferred_since.is_none() && !lingering {
                 st.watcher_parked = true;
                 st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -506,7 +550,11 @@ fn protocol(e: ProtocolError) -> String {
 
 /// The worker's conversation with the pool, until shutdown or the end of the
 /// channel.
-fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), String> {
+fn run_worker<W: RemoteWorker>(
+    stream: UnixStream,
+    id: WorkerId,
+    arena: Option<ArenaView>,
+) -> Result<(), String> {
     let io_err = |e: io::Error| format!("channel: {e}");
     let channel = Arc::new(Channel {
         out: Mutex::new(OutState {
@@ -520,6 +568,7 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
             closed: false,
         }),
         wake: Condvar::new(),
+        arena,
         stream: stream.try_clone().map_err(io_err)?,
         inbox: Mutex::new(Inbox {
             decoder: FrameDecoder::new(DEFAULT_FRAME_LIMIT),
@@ -608,7 +657,15 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
             }
         };
         channel.begin_task(task)?;
-        let outcome = runner.run(task, &payload, hello.frame_limit);
+        let bytes = match &payload {
+            TaskInput::Inline(bytes) => bytes.as_slice(),
+            TaskInput::Shared { offset, len } => channel
+                .arena
+                .as_ref()
+                .and_then(|a| a.block(*offset, *len))
+                .expect("checked when the frame arrived"),
+        };
+        let outcome = runner.run(task, bytes, hello.frame_limit);
         drop(payload);
         channel.end_task(task, outcome)?;
     }

@@ -9,9 +9,12 @@
 //! `#[serde(with = "serde_bytes")]`): serde encodes a plain `Vec<u8>` one element
 //! at a time.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::arena::{Arena, Block, SHARED_ABOVE};
 use crate::wire::{Outcome, MIN_FRAME_LIMIT};
 use crate::worker::Worker;
 
@@ -38,6 +41,35 @@ impl<W> RemoteWorker for W where
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(value)
+}
+
+/// Encodes a task's input: into a block of the payload arena if it is large and
+/// the arena has room (one measuring pass, then one write into shared memory),
+/// into a `Vec` otherwise.
+pub(crate) fn encode_input<T: Serialize>(
+    value: &T,
+    arena: Option<&Arc<Arena>>,
+) -> Result<EncodedInput, postcard::Error> {
+    if let Some(arena) = arena {
+        let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())?;
+        if size >= SHARED_ABOVE {
+            if let Some(mut block) = arena.alloc(size) {
+                postcard::to_slice(value, block.bytes_mut())?;
+                return Ok(EncodedInput::Shared(block));
+            }
+        }
+    }
+    encode(value).map(EncodedInput::Inline)
+}
+
+/// A task's encoded input, as the pool keeps it until no worker needs it.
+pub(crate) enum EncodedInput {
+    /// Sent inside the *task* frame.
+    Inline(Vec<u8>),
+    /// In the payload arena; a *shared task* frame names the block.
+    Shared(Block),
+    /// Let go: the task is over and no worker reads its input any more.
+    Released,
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {

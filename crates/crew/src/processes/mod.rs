@@ -48,6 +48,7 @@
 //!   `start_attempts` failures in a row with no worker up, waiting tasks fail with
 //!   a start error instead of waiting for ever.
 
+mod arena;
 mod child;
 mod child_process;
 mod codec;
@@ -82,6 +83,7 @@ use crate::wire::{
 use crate::wire::{ProtocolError, DEFAULT_FRAME_LIMIT};
 use crate::worker::{Worker, WorkerId};
 use child_process::{Launcher, WorkerProcess};
+use codec::EncodedInput;
 
 /// The process backend's own settings (the rest are in `Config`).
 #[derive(Clone)]
@@ -150,6 +152,8 @@ pub(crate) fn start<W: RemoteWorker>(
         args: process.args.clone(),
         type_name: std::any::type_name::<W>(),
         output: process.output.clone(),
+        // Without an arena (memfd refused), every input goes through the socket.
+        arena: arena::Arena::new().ok(),
     };
     let shared = Arc::new(Shared::<W> {
         state: Mutex::new(State {
@@ -298,7 +302,10 @@ type Entry<W> = Arc<RemoteCell<W>>;
 /// encoded input, kept until the task resolves (a crash may send it again).
 struct RemoteCell<W: RemoteWorker> {
     core: Core<W::Output, W::Error>,
-    input: Vec<u8>,
+    /// Let go (`Released`) once the task is over and no worker reads it, so a
+    /// caller holding many finished handles does not hold their inputs, and an
+    /// arena block is reused soon.
+    input: Mutex<EncodedInput>,
     key: Option<u64>,
     retries_left: AtomicU32,
     /// It was in the window of a worker that died before saying which task it
@@ -313,6 +320,13 @@ struct RemoteCell<W: RemoteWorker> {
 impl<W: RemoteWorker> RemoteCell<W> {
     fn id(&self) -> u64 {
         self.core.header().id().0
+    }
+
+    /// Lets the input go. Only once no worker can read it: its *done* arrived,
+    /// it was never sent, or the process that held it was reaped.
+    fn release_input(&self) {
+        let input = std::mem::replace(&mut *lock(&self.input), EncodedInput::Released);
+        drop(input);
     }
 }
 
@@ -363,6 +377,10 @@ impl<W: RemoteWorker> Shared<W> {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome(),
         };
+        if worker.is_none() {
+            // Resolved without a worker: it sits in no window.
+            entry.release_input();
+        }
         if !entry.core.resolve(result) {
             return false;
         }
@@ -435,12 +453,21 @@ impl<W: RemoteWorker> Shared<W> {
         let process = Arc::clone(&link.process);
         // Appended only: the write happens in `finish`, after the state lock is
         // released, once for every frame this dispatch produced.
-        let sent = process.outbox.append(|enc| {
-            enc.push_encodable(&TaskFrame {
+        let sent = process.outbox.append(|enc| match &*lock(&entry.input) {
+            EncodedInput::Inline(payload) => enc.push_encodable(&TaskFrame {
                 id: entry.id(),
                 key: entry.key,
-                payload: &entry.input,
-            })
+                payload,
+            }),
+            EncodedInput::Shared(block) => enc.push(&ToWorker::SharedTask {
+                id: entry.id(),
+                key: entry.key,
+                offset: block.offset(),
+                len: block.len(),
+            }),
+            EncodedInput::Released => {
+                unreachable!("a task's input is released only once no worker needs it")
+            }
         });
         if let Err(e) = sent {
             // Larger than the worker accepts: this task alone fails.
@@ -712,10 +739,10 @@ impl<W: RemoteWorker> Shared<W> {
         options: TaskOptions,
         admission: Admission,
     ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
-        let encoded = match codec::encode(&input) {
-            Ok(bytes) => bytes,
+        let encoded = match codec::encode_input(&input, self.launcher.arena.as_ref()) {
+            Ok(encoded) => encoded,
             Err(e) => {
-                let entry = self.new_entry(Vec::new(), options);
+                let entry = self.new_entry(EncodedInput::Released, options);
                 let message = format!("crew could not encode the task's input: {e}");
                 let mut st = self.lock();
                 st.submitted += 1;
@@ -753,12 +780,12 @@ impl<W: RemoteWorker> Shared<W> {
         Ok(Task::new(entry))
     }
 
-    fn new_entry(self: &Arc<Self>, input: Vec<u8>, options: TaskOptions) -> Entry<W> {
+    fn new_entry(self: &Arc<Self>, input: EncodedInput, options: TaskOptions) -> Entry<W> {
         let id = TaskId(self.next_task.fetch_add(1, Relaxed));
         let timeout = options.timeout.or(self.config.default_timeout);
         Arc::new(RemoteCell {
             core: Core::new(Header::new(id, options.priority, timeout, false)),
-            input,
+            input: Mutex::new(input),
             key: options.key,
             retries_left: AtomicU32::new(options.retries.unwrap_or(self.process.retries)),
             suspect: AtomicBool::new(false),
@@ -786,7 +813,9 @@ impl<W: RemoteWorker> Shared<W> {
         let task = TaskId(id);
         let queue = &mut st.queue[priority.index()];
         if let Some(at) = queue.iter().position(|e| e.id() == id) {
-            queue.remove(at);
+            if let Some(entry) = queue.remove(at) {
+                entry.release_input();
+            }
             plan.wakers.append(&mut st.room_wakers);
             if self.events.is_active() {
                 self.events.emit(Event::TaskDiscarded {
@@ -798,7 +827,9 @@ impl<W: RemoteWorker> Shared<W> {
             l.window.iter().any(|f| f.entry.id() == id) || l.backlog.iter().any(|e| e.id() == id)
         }) {
             if let Some(at) = link.backlog.iter().position(|e| e.id() == id) {
-                link.backlog.remove(at);
+                if let Some(entry) = link.backlog.remove(at) {
+                    entry.release_input();
+                }
             } else if link.running.is_some_and(|(r, _)| r == id) {
                 // Running: the worker's process is the only way to stop it.
                 let worker = link.id;
@@ -951,9 +982,15 @@ impl<W: RemoteWorker> Shared<W> {
                         _ => None,
                     };
                     let entry = flight.entry;
+                    let requeue = matches!(outcome, WireOutcome::NotStarted)
+                        && flight.stolen
+                        && !entry.core.header().is_decided();
+                    if !requeue {
+                        entry.release_input();
+                    }
                     let result: Result<W::Output, TaskError<W::Error>> = match outcome {
                         WireOutcome::NotStarted => {
-                            if flight.stolen && !entry.core.header().is_decided() {
+                            if requeue {
                                 let level = entry.core.header().priority.index();
                                 st.queue[level].push_front(entry);
                             }
@@ -1300,6 +1337,8 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
     for flight in window.into_iter().rev() {
         let entry = flight.entry;
         if entry.core.header().is_decided() {
+            // The process is reaped: no one reads its input any more.
+            entry.release_input();
             continue;
         }
         if terminating {

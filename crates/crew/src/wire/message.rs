@@ -19,6 +19,7 @@ pub(crate) mod kind {
     pub(crate) const CANCEL: u8 = 0x11;
     pub(crate) const TO_WORKER_MESSAGE: u8 = 0x12;
     pub(crate) const SHUTDOWN: u8 = 0x13;
+    pub(crate) const SHARED_TASK: u8 = 0x14;
 
     pub(crate) const READY: u8 = 0x20;
     pub(crate) const START_FAILED: u8 = 0x21;
@@ -151,6 +152,18 @@ pub enum ToWorker {
     },
     /// Finish the tasks already received, stop, and exit. Nothing follows it.
     Shutdown,
+    /// Run a task whose input is in the pool's payload arena (shared memory the
+    /// worker was given at start), not in the frame.
+    SharedTask {
+        /// As in [`ToWorker::Task`].
+        id: u64,
+        /// As in [`ToWorker::Task`].
+        key: Option<u64>,
+        /// Where the input starts in the arena.
+        offset: u64,
+        /// The input's length in bytes.
+        len: u64,
+    },
 }
 
 /// What a worker sends the parent after the handshake (exhaustive, as
@@ -420,6 +433,7 @@ impl sealed::Encode for ToWorker {
             ToWorker::Cancel { .. } => kind::CANCEL,
             ToWorker::Message { .. } => kind::TO_WORKER_MESSAGE,
             ToWorker::Shutdown => kind::SHUTDOWN,
+            ToWorker::SharedTask { .. } => kind::SHARED_TASK,
         }
     }
 
@@ -431,6 +445,7 @@ impl sealed::Encode for ToWorker {
             ToWorker::Cancel { .. } => 8,
             ToWorker::Message { payload } => bytes_len(payload.len()),
             ToWorker::Shutdown => 0,
+            ToWorker::SharedTask { key, .. } => 8 + 1 + if key.is_some() { 8 } else { 0 } + 16,
         }
     }
 
@@ -450,6 +465,23 @@ impl sealed::Encode for ToWorker {
             ToWorker::Cancel { id } => put_u64(out, *id),
             ToWorker::Message { payload } => put_bytes(out, payload),
             ToWorker::Shutdown => {}
+            ToWorker::SharedTask {
+                id,
+                key,
+                offset,
+                len,
+            } => {
+                put_u64(out, *id);
+                match key {
+                    None => out.push(0),
+                    Some(key) => {
+                        out.push(1);
+                        put_u64(out, *key);
+                    }
+                }
+                put_u64(out, *offset);
+                put_u64(out, *len);
+            }
         }
     }
 }
@@ -518,6 +550,24 @@ impl WireMessage for ToWorker {
             kind::SHUTDOWN => {
                 Fields::new("shutdown", &frame.body).end()?;
                 Ok(ToWorker::Shutdown)
+            }
+            kind::SHARED_TASK => {
+                let mut f = Fields::new("shared task", &frame.body);
+                let id = f.u64("id")?;
+                let key = match f.u8("key")? {
+                    0 => None,
+                    1 => Some(f.u64("key")?),
+                    tag => return Err(ProtocolError::invalid_tag("shared task", "key", tag)),
+                };
+                let offset = f.u64("offset")?;
+                let len = f.u64("len")?;
+                f.end()?;
+                Ok(ToWorker::SharedTask {
+                    id,
+                    key,
+                    offset,
+                    len,
+                })
             }
             other => Err(ProtocolError::unexpected_kind(other, Role::Parent)),
         }
@@ -656,6 +706,18 @@ impl fmt::Debug for ToWorker {
                 .field("payload", &show_bytes(payload))
                 .finish(),
             ToWorker::Shutdown => f.write_str("Shutdown"),
+            ToWorker::SharedTask {
+                id,
+                key,
+                offset,
+                len,
+            } => f
+                .debug_struct("SharedTask")
+                .field("id", id)
+                .field("key", key)
+                .field("offset", offset)
+                .field("len", len)
+                .finish(),
         }
     }
 }
