@@ -72,9 +72,12 @@
 mod builder;
 mod error;
 mod events;
+mod feed;
 mod pool;
 #[cfg(feature = "process")]
 mod processes;
+#[cfg(feature = "indicatif")]
+mod progress;
 mod scheduler;
 mod sources;
 mod stats;
@@ -87,6 +90,11 @@ mod worker;
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
+pub use feed::{Feed, FeedStream};
+/// The progress-bar crate crew draws with (feature `indicatif`), for building a
+/// `ProgressBar` or `ProgressDrawTarget` of the version crew takes.
+#[cfg(feature = "indicatif")]
+pub use indicatif;
 pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
