@@ -523,13 +523,17 @@ impl<T, E> Feed<T, E> {
                         drop(state);
                         return self.end(panic);
                     }
-                    if !state
+                    // The waker this replaces is dropped outside the lock.
+                    let _replaced = if state
                         .consumer
                         .as_ref()
                         .is_some_and(|waker| waker.will_wake(cx.waker()))
                     {
-                        state.consumer = Some(cx.waker().clone());
-                    }
+                        None
+                    } else {
+                        state.consumer.replace(cx.waker().clone())
+                    };
+                    drop(state);
                     return Poll::Pending;
                 }
                 (
@@ -714,11 +718,10 @@ impl<T, E> Unpin for Feed<T, E> {}
 
 impl<T, E> Drop for Feed<T, E> {
     fn drop(&mut self) {
-        let arrived = {
+        let (arrived, _waker) = {
             let mut state = lock(&self.exchange.state);
             state.stopped = true;
-            state.consumer = None;
-            std::mem::take(&mut state.arrived)
+            (std::mem::take(&mut state.arrived), state.consumer.take())
         };
         self.exchange.room.notify_all();
         for (_, submitted) in &arrived {

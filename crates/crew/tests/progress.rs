@@ -85,7 +85,7 @@ impl Worker for NoSevens {
     }
 
     fn run(&mut self, n: u64, _ctx: &mut Context<'_>) -> Result<u64, String> {
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             return Err(format!("{n} is a multiple of 7"));
         }
         Ok(n)
