@@ -50,6 +50,15 @@
 //! - **Elastic size**: [`PoolBuilder::workers_range`] grows the pool while every
 //!   worker is busy and the backlog is deep, and retires idle extra workers.
 //!
+//! # Sources
+//!
+//! [`Pool::map`] / [`Pool::map_unordered`] run an iterator's inputs through the
+//! pool; [`Pool::feed`] runs a channel (or, with [`Pool::feed_stream`], an async
+//! `Stream`) until it closes, pulled by a feeder thread. Each keeps a bounded
+//! window in flight and cancels it when dropped. With the feature `indicatif`, each
+//! takes `.with_progress()`, and `pool.wait_idle_with_progress()` shows a pool
+//! draining.
+//!
 //! # Which errors
 //!
 //! [`TaskError`] says why a task has no output: the worker's own error (kept, not

@@ -11,7 +11,8 @@
 //!
 //! The input iterator is pulled on the caller's thread, inside `next()`: an input
 //! iterator that blocks (a channel with nothing in it) delays the results already
-//! finished until it yields. Unordered results are found without polling: each
+//! finished until it yields. [`Pool::feed`](crate::Pool::feed) is the form for such
+//! a source (`feed.rs`). Unordered results are found without polling: each
 //! task in the window is given a waker that names its slot.
 
 use std::collections::VecDeque;
