@@ -11,7 +11,8 @@
 //!
 //! The input iterator is pulled on the caller's thread, inside `next()`: an input
 //! iterator that blocks (a channel with nothing in it) delays the results already
-//! finished until it yields. Unordered results are found without polling: each
+//! finished until it yields. [`Pool::feed`](crate::Pool::feed) is the form for such
+//! a source (`feed.rs`). Unordered results are found without polling: each
 //! task in the window is given a waker that names its slot.
 
 use std::collections::VecDeque;
@@ -23,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context as PollContext, Poll, Wake, Waker};
 
 use crate::error::{Failure, TaskError};
+use crate::feed::exact_len;
 use crate::pool::Pool;
 use crate::sync::lock;
 use crate::task::Task;
@@ -34,7 +36,16 @@ enum Slot<T, E> {
     Refused,
 }
 
-type Feed<'a, T, E> = Box<dyn FnMut() -> Option<Slot<T, E>> + 'a>;
+/// Pulls the next input and submits it. Built by `Pool::pull` / `Pool::pull_fn`.
+type Pull<'a, T, E> = Box<dyn FnMut() -> Option<Slot<T, E>> + 'a>;
+
+/// A source for `Map` / `MapUnordered`: how to pull, and how many inputs there
+/// are when the iterator knows exactly (for a progress bar's total).
+struct Source<'a, T, E> {
+    pull: Pull<'a, T, E>,
+    #[cfg_attr(not(feature = "indicatif"), allow(dead_code))]
+    len: Option<u64>,
+}
 
 fn refused<T, E>() -> Result<T, TaskError<E>> {
     Err(TaskError::failure(Failure::Closed))
@@ -65,7 +76,7 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        Map::new(self.feed(inputs), window)
+        Map::new(self.pull(inputs), window)
     }
 
     /// Like [`map`](Pool::map), but yields each result as soon as its task
@@ -75,22 +86,24 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        MapUnordered::new(self.feed(inputs), default_window(self))
+        MapUnordered::new(self.pull(inputs), default_window(self))
     }
 
-    fn feed<I>(&self, inputs: I) -> Feed<'_, W::Output, W::Error>
+    fn pull<I>(&self, inputs: I) -> Source<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
         let mut inputs = inputs.into_iter();
-        Box::new(move || {
+        let len = exact_len(inputs.size_hint());
+        let pull = Box::new(move || {
             let input = inputs.next()?;
             Some(match self.submit(input) {
                 Ok(task) => Slot::Task(task),
                 Err(_) => Slot::Refused,
             })
-        })
+        });
+        Source { pull, len }
     }
 }
 
@@ -106,7 +119,7 @@ impl Pool<Closures> {
         F: Fn(I::Item) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
-        Map::new(self.feed_fn(inputs, f), default_window(self))
+        Map::new(self.pull_fn(inputs, f), default_window(self))
     }
 
     /// Like [`map_fn`](Pool::map_fn), yielding results as they complete, with the
@@ -119,10 +132,10 @@ impl Pool<Closures> {
         F: Fn(I::Item) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
-        MapUnordered::new(self.feed_fn(inputs, f), default_window(self))
+        MapUnordered::new(self.pull_fn(inputs, f), default_window(self))
     }
 
-    fn feed_fn<I, F, T>(&self, inputs: I, f: F) -> Feed<'_, T, Infallible>
+    fn pull_fn<I, F, T>(&self, inputs: I, f: F) -> Source<'_, T, Infallible>
     where
         I: IntoIterator,
         I::IntoIter: 'static,
@@ -132,34 +145,43 @@ impl Pool<Closures> {
     {
         let f = Arc::new(f);
         let mut inputs = inputs.into_iter();
-        Box::new(move || {
+        let len = exact_len(inputs.size_hint());
+        let pull = Box::new(move || {
             let input = inputs.next()?;
             let f = Arc::clone(&f);
             // On a shut-down pool `spawn` hands back a task already resolved as
             // closed, which the window yields in its place.
             Some(Slot::Task(self.spawn(move || f(input))))
-        })
+        });
+        Source { pull, len }
     }
 }
 
 /// Results in input order; from [`Pool::map`] or [`Pool::map_fn`].
 #[must_use = "a Map runs nothing until iterated; dropping it cancels its window"]
 pub struct Map<'a, T, E> {
-    feed: Feed<'a, T, E>,
+    source: Source<'a, T, E>,
     window: usize,
     exhausted: bool,
     in_flight: VecDeque<Slot<T, E>>,
+    #[cfg(feature = "indicatif")]
+    progress: Option<crate::progress::Progress>,
 }
 
 impl<'a, T, E> Map<'a, T, E> {
-    fn new(feed: Feed<'a, T, E>, window: usize) -> Self {
+    fn new(source: Source<'a, T, E>, window: usize) -> Self {
         Map {
-            feed,
+            source,
             window: window.max(1),
             exhausted: false,
             in_flight: VecDeque::new(),
+            #[cfg(feature = "indicatif")]
+            progress: None,
         }
     }
+
+    #[cfg(feature = "indicatif")]
+    crate::progress::progress_methods!(source.len);
 
     /// Tasks submitted and not yet handed out.
     pub fn in_flight(&self) -> usize {
@@ -172,15 +194,27 @@ impl<T, E> Iterator for Map<'_, T, E> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.exhausted && self.in_flight.len() < self.window {
-            match (self.feed)() {
+            match (self.source.pull)() {
                 Some(slot) => self.in_flight.push_back(slot),
                 None => self.exhausted = true,
             }
         }
-        Some(match self.in_flight.pop_front()? {
+        let Some(slot) = self.in_flight.pop_front() else {
+            #[cfg(feature = "indicatif")]
+            if let Some(progress) = &mut self.progress {
+                progress.finish();
+            }
+            return None;
+        };
+        let result = match slot {
             Slot::Task(task) => task.join(),
             Slot::Refused => refused(),
-        })
+        };
+        #[cfg(feature = "indicatif")]
+        if let Some(progress) = &mut self.progress {
+            progress.record(result.is_ok());
+        }
+        Some(result)
     }
 }
 
@@ -232,7 +266,7 @@ impl Wake for SlotWaker {
 /// [`Pool::map_unordered`] or [`Pool::map_fn_unordered`].
 #[must_use = "a MapUnordered runs nothing until iterated; dropping it cancels its window"]
 pub struct MapUnordered<'a, T, E> {
-    feed: Feed<'a, T, E>,
+    source: Source<'a, T, E>,
     exhausted: bool,
     /// The window: slot number → (input index, task). Free slots are `None`.
     slots: Vec<Option<(usize, Task<T, E>)>>,
@@ -242,10 +276,12 @@ pub struct MapUnordered<'a, T, E> {
     /// Items that finished (or were refused) before anyone asked.
     ready: VecDeque<(usize, Result<T, TaskError<E>>)>,
     next_index: usize,
+    #[cfg(feature = "indicatif")]
+    progress: Option<crate::progress::Progress>,
 }
 
 impl<'a, T, E> MapUnordered<'a, T, E> {
-    fn new(feed: Feed<'a, T, E>, window: usize) -> Self {
+    fn new(source: Source<'a, T, E>, window: usize) -> Self {
         let window = window.max(1);
         let woken = Arc::new(Woken::default());
         let wakers = (0..window)
@@ -257,7 +293,7 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
             })
             .collect();
         MapUnordered {
-            feed,
+            source,
             exhausted: false,
             slots: (0..window).map(|_| None).collect(),
             free: (0..window).rev().collect(),
@@ -265,8 +301,13 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
             woken,
             ready: VecDeque::new(),
             next_index: 0,
+            #[cfg(feature = "indicatif")]
+            progress: None,
         }
     }
+
+    #[cfg(feature = "indicatif")]
+    crate::progress::progress_methods!(source.len);
 
     /// Items pulled from the input and not yet handed out (running, queued, or
     /// finished and waiting to be yielded).
@@ -295,7 +336,7 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
         while !self.exhausted && self.in_flight() < self.slots.len() {
             let Some(slot) = self.free.pop() else { return };
             let index = self.next_index;
-            match (self.feed)() {
+            match (self.source.pull)() {
                 None => {
                     self.free.push(slot);
                     self.exhausted = true;
@@ -322,10 +363,19 @@ impl<T, E> Iterator for MapUnordered<'_, T, E> {
         loop {
             self.fill();
             if let Some(item) = self.ready.pop_front() {
+                #[cfg(feature = "indicatif")]
+                if let Some(progress) = &mut self.progress {
+                    progress.record(item.1.is_ok());
+                }
                 return Some(item);
             }
             if self.slots.len() == self.free.len() {
-                return None; // exhausted and nothing left in the window
+                // Exhausted and nothing left in the window.
+                #[cfg(feature = "indicatif")]
+                if let Some(progress) = &mut self.progress {
+                    progress.finish();
+                }
+                return None;
             }
             let woken = {
                 let mut slots = lock(&self.woken.slots);

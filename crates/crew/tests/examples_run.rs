@@ -33,6 +33,14 @@ fn job_events_reports_each_job_once() {
 }
 
 #[test]
+fn image_queue_resizes_every_upload_but_the_broken_one() {
+    run_example(
+        "image_queue",
+        "image_queue: 40 uploads, 39 thumbnails, 1 failed",
+    );
+}
+
+#[test]
 fn isolation_survives_a_segfault_and_a_loop() {
     run_example("isolation", "isolation: all checks passed");
 }
