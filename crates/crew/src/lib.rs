@@ -72,6 +72,7 @@
 mod builder;
 mod error;
 mod events;
+mod health;
 mod pool;
 #[cfg(feature = "process")]
 mod processes;
@@ -81,16 +82,18 @@ mod stats;
 mod sync;
 mod task;
 mod threads;
+mod trace;
 pub mod wire;
 mod worker;
 
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
+pub use health::Health;
 pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};
-pub use stats::{Stats, WorkerStats};
+pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
 pub use worker::{Closures, Context, Worker, WorkerId};
