@@ -239,21 +239,21 @@ impl fmt::Display for Stats {
         writeln!(f, "wait    {}", self.wait)?;
         write!(f, "run     {}", self.run)?;
         let processes = self.per_worker.iter().any(|w| w.pid.is_some());
-        write!(
-            f,
-            "\n{:<11} {:<9} {:<10} {:>6}  {:<8} {:<8} {:<8}",
+        // Each line is built whole and written without its trailing padding.
+        let mut line = format!(
+            "{:<11} {:<9} {:<10} {:>6}  {:<8} {:<8} {:<8}",
             "worker", "state", "task", "done", "busy", "run p50", "run p99"
-        )?;
+        );
         if processes {
-            write!(f, " {:<8} {:>9}", "pid", "rss")?;
+            line.push_str(&format!(" {:<8} {:>9}", "pid", "rss"));
         }
+        write!(f, "\n{}", line.trim_end())?;
         for w in &self.per_worker {
             let task = w
                 .current_task
                 .map_or_else(|| "-".to_owned(), |t| t.to_string());
-            write!(
-                f,
-                "\n{:<11} {:<9} {:<10} {:>6}  {:<8} {:<8} {:<8}",
+            let mut line = format!(
+                "{:<11} {:<9} {:<10} {:>6}  {:<8} {:<8} {:<8}",
                 w.id.to_string(),
                 w.state,
                 task,
@@ -261,15 +261,16 @@ impl fmt::Display for Stats {
                 Short(w.busy_time).to_string(),
                 Short(w.run.p50).to_string(),
                 Short(w.run.p99).to_string(),
-            )?;
+            );
             if processes {
                 let pid = w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
                 let rss = w.rss_bytes.map_or_else(
                     || "-".to_owned(),
                     |b| format!("{:.1}MiB", b as f64 / 1048576.0),
                 );
-                write!(f, " {pid:<8} {rss:>9}")?;
+                line.push_str(&format!(" {pid:<8} {rss:>9}"));
             }
+            write!(f, "\n{}", line.trim_end())?;
         }
         Ok(())
     }
