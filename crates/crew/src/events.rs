@@ -45,7 +45,8 @@
 //!
 //! # Backends
 //!
-//! Every field is plain data (ids, durations, strings, small enums), with no
+//! Every field is plain data (ids, durations, strings, small enums, a boxed
+//! `Stats` snapshot), with no
 //! reference and no user type, so the process backend can fill the same events
 //! from its supervisor and its wire frames.
 
