@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{BuildError, BuildErrorKind};
+use crate::health::Health;
 use crate::pool::Pool;
 use crate::worker::Worker;
 
@@ -103,6 +104,7 @@ pub struct PoolBuilder<W: Worker> {
     start_backoff: Duration,
     abandon_grace: Duration,
     event_buffer: usize,
+    health: Option<Health>,
     #[cfg(feature = "process")]
     process: Option<ProcessSettings<W>>,
     _worker: PhantomData<fn() -> W>,
@@ -139,6 +141,7 @@ impl<W: Worker> PoolBuilder<W> {
             start_backoff: Duration::from_millis(20),
             abandon_grace: Duration::from_millis(100),
             event_buffer: 1024,
+            health: None,
             #[cfg(feature = "process")]
             process: None,
             _worker: PhantomData,
@@ -268,6 +271,15 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// Starts a health watcher with these settings: a helper thread that emits
+    /// [`Event::Backlog`](crate::Event::Backlog) when the queue stays deep and,
+    /// if asked, a periodic [`Event::Stats`](crate::Event::Stats) snapshot. Off
+    /// by default. See [`Health`].
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
     /// Validates the settings and starts the workers.
     pub fn build(self) -> Result<Pool<W>, BuildError> {
         let (workers, max_workers) = match (self.workers, &self.range) {
@@ -309,6 +321,10 @@ impl<W: Worker> PoolBuilder<W> {
         if self.event_buffer == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroEventBuffer));
         }
+        if let Some(setting) = self.health.as_ref().and_then(Health::invalid_setting) {
+            return Err(BuildError::new(BuildErrorKind::ZeroDuration(setting)));
+        }
+        let health = self.health;
         let config = Config {
             workers,
             max_workers,
@@ -341,9 +357,9 @@ impl<W: Worker> PoolBuilder<W> {
             }
             let engine = (process.launch)(config, process.config)
                 .map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
-            return Ok(Pool::from_backend(crate::pool::Backend::Processes(engine)));
+            return Pool::from_backend(crate::pool::Backend::Processes(engine), health);
         }
-        Pool::start(config)
+        Pool::start(config, health)
     }
 }
 
@@ -474,6 +490,7 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("start_backoff", &self.start_backoff)
             .field("abandon_grace", &self.abandon_grace)
             .field("event_buffer", &self.event_buffer)
+            .field("health", &self.health)
             .finish()
     }
 }

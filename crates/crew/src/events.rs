@@ -36,22 +36,17 @@
 //! # Cost
 //!
 //! With no subscriber, a task pays one `Relaxed` load of [`Bus::is_active`] on
-//! the worker (in `run_job`), and nothing on submit; no clock is read. With
-//! subscribers, each event takes the bus lock briefly (to clone the subscriber
-//! list's `Arc`) and each subscriber's lock (to push), and a task pays two
-//! `Instant::now()` calls to measure `ran`.
-//!
-//! # Why no `waited`
-//!
-//! How long a task waited in the queue needs its enqueue instant. The thread
-//! backend's task cell has no field for it, and a side record kept at submit
-//! time would cost a second atomic load per task (on the submit path) plus a
-//! shared map. `TaskStarted` therefore carries no `waited` yet; its variants are
-//! `#[non_exhaustive]`, so the field can be added without breaking matches.
+//! the worker (in `run_job`). With subscribers, each event takes the bus lock
+//! briefly (to clone the subscriber list's `Arc`) and each subscriber's lock (to
+//! push). The durations in `TaskStarted` and `TaskFinished` come from the clock
+//! reads every task makes anyway for [`Stats`](crate::Stats) (one at submit, one
+//! at start, one at the end: `waited` is start minus submit, `ran` end minus
+//! start).
 //!
 //! # Backends
 //!
-//! Every field is plain data (ids, durations, strings, small enums), with no
+//! Every field is plain data (ids, durations, strings, small enums, a boxed
+//! `Stats` snapshot), with no
 //! reference and no user type, so the process backend can fill the same events
 //! from its supervisor and its wire frames.
 
@@ -64,6 +59,7 @@ use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::task::{Context as PollContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::stats::Stats;
 use crate::sync::{after, lock, wait_until, Arc, AtomicBool, AtomicU64, Condvar, Mutex};
 use crate::task::cell::Outcome;
 use crate::task::TaskId;
@@ -71,9 +67,8 @@ use crate::worker::WorkerId;
 
 /// Something a pool's tasks or workers did. From an [`Events`] subscription.
 ///
-/// Both the enum and each variant are `#[non_exhaustive]`: new kinds (a process
-/// worker's crash) and new fields (a task's queue wait) can be added later, so
-/// match with `..`.
+/// Both the enum and each variant are `#[non_exhaustive]`: new kinds and new
+/// fields can be added later, so match with `..`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -85,6 +80,8 @@ pub enum Event {
         /// The worker running it ([`WorkerId::CALLER`] under
         /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)).
         worker: WorkerId,
+        /// From its submission until now.
+        waited: Duration,
     },
     /// A task that started is finished with: it returned, or the pool resolved
     /// it (timeout, kill, cancel) and its worker returned or was given up on.
@@ -96,6 +93,8 @@ pub enum Event {
         worker: WorkerId,
         /// How it ended, as its handle saw it.
         outcome: TaskOutcome,
+        /// From its submission until it started (as in its `TaskStarted`).
+        waited: Duration,
         /// From start until its worker returned, or until the pool gave up on
         /// the worker (abandoned or killed).
         ran: Duration,
@@ -145,6 +144,28 @@ pub enum Event {
         /// Why.
         reason: ExitReason,
     },
+    /// The queue has held more than the health watcher's threshold for its
+    /// whole `backlog_for` period ([`Health`](crate::Health)). Emitted once
+    /// per episode: again only after the queue has dropped to the threshold or
+    /// below.
+    #[non_exhaustive]
+    Backlog {
+        /// Tasks queued when the watcher looked.
+        queued: usize,
+        /// Workers the pool counted then.
+        workers: usize,
+        /// The threshold it stayed above.
+        threshold: usize,
+        /// How long it has stayed above.
+        since: Duration,
+    },
+    /// A periodic snapshot from the health watcher
+    /// ([`Health::stats_every`](crate::Health::stats_every)).
+    #[non_exhaustive]
+    Stats {
+        /// The snapshot, as [`Pool::stats`](crate::Pool::stats) returns it.
+        stats: Box<Stats>,
+    },
 }
 
 impl Event {
@@ -167,7 +188,7 @@ impl Event {
             | Event::WorkerStartFailed { worker, .. }
             | Event::WorkerRestarted { worker, .. }
             | Event::WorkerExited { worker, .. } => Some(*worker),
-            Event::TaskDiscarded { .. } => None,
+            Event::TaskDiscarded { .. } | Event::Backlog { .. } | Event::Stats { .. } => None,
         }
     }
 

@@ -82,6 +82,7 @@ mod builder;
 mod error;
 mod events;
 mod feed;
+mod health;
 mod pool;
 #[cfg(feature = "process")]
 mod processes;
@@ -93,6 +94,7 @@ mod stats;
 mod sync;
 mod task;
 mod threads;
+mod trace;
 pub mod wire;
 mod worker;
 
@@ -100,6 +102,7 @@ pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
 pub use feed::{Feed, FeedStream};
+pub use health::Health;
 /// The progress-bar crate crew draws with (feature `indicatif`), for building a
 /// `ProgressBar` or `ProgressDrawTarget` of the version crew takes.
 #[cfg(feature = "indicatif")]
@@ -108,6 +111,6 @@ pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};
-pub use stats::{Stats, WorkerStats};
+pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
 pub use worker::{Closures, Context, Worker, WorkerId};

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::builder::{Config, PoolBuilder};
 use crate::error::{BuildError, BuildErrorKind, ShutdownTimedOut, SubmitError};
 use crate::events::Events;
+use crate::health::{Health, Probe, Watcher};
 use crate::stats::Stats;
 use crate::sync::Arc;
 use crate::task::cell::{new_cell, Call, Input, Job, Payload, Plain};
@@ -42,6 +43,9 @@ pub struct Pool<W: Worker = Closures> {
 /// The part whose drop means "the last handle is gone".
 struct Inner<W: Worker> {
     backend: Backend<W>,
+    /// The health watcher thread, if `PoolBuilder::health` was set. It holds
+    /// only a weak reference to the backend.
+    watcher: Option<Watcher>,
 }
 
 /// Where the pool's workers run.
@@ -56,6 +60,9 @@ pub(crate) enum Backend<W: Worker> {
 
 impl<W: Worker> Drop for Inner<W> {
     fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.signal();
+        }
         match &self.backend {
             Backend::Threads(shared) => shared.close(),
             #[cfg(feature = "process")]
@@ -79,15 +86,69 @@ impl<W: Worker> Pool<W> {
         PoolBuilder::new()
     }
 
-    pub(crate) fn start(config: Config) -> Result<Self, BuildError> {
+    pub(crate) fn start(config: Config, health: Option<Health>) -> Result<Self, BuildError> {
         let shared =
             Shared::start(config).map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
-        Ok(Pool::from_backend(Backend::Threads(shared)))
+        Pool::from_backend(Backend::Threads(shared), health)
     }
 
-    pub(crate) fn from_backend(backend: Backend<W>) -> Self {
-        Pool {
-            inner: Arc::new(Inner { backend }),
+    /// The handle over a started backend, with its health watcher if asked.
+    pub(crate) fn from_backend(
+        backend: Backend<W>,
+        health: Option<Health>,
+    ) -> Result<Self, BuildError> {
+        let watcher = match health {
+            None => None,
+            Some(health) => {
+                let started = Self::start_watcher(&backend, health);
+                match started {
+                    Ok(watcher) => Some(watcher),
+                    Err(e) => {
+                        let pool = Pool {
+                            inner: Arc::new(Inner {
+                                backend,
+                                watcher: None,
+                            }),
+                        };
+                        pool.terminate();
+                        return Err(BuildError::new(BuildErrorKind::Spawn(e)));
+                    }
+                }
+            }
+        };
+        Ok(Pool {
+            inner: Arc::new(Inner { backend, watcher }),
+        })
+    }
+
+    /// Starts the health watcher over a weak reference to `backend`, so the
+    /// watcher never keeps a dropped pool alive.
+    fn start_watcher(backend: &Backend<W>, health: Health) -> std::io::Result<Watcher> {
+        match backend {
+            Backend::Threads(shared) => {
+                let weak = Arc::downgrade(shared);
+                let probe: Probe = Box::new(move || {
+                    let shared = weak.upgrade()?;
+                    (!shared.is_closed()).then(|| shared.stats())
+                });
+                let bus = Arc::clone(&shared.events);
+                Watcher::start(health, &shared.config.thread_name, bus, probe)
+            }
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => {
+                let weak = std::sync::Arc::downgrade(engine);
+                let probe: Probe = Box::new(move || {
+                    let engine = weak.upgrade()?;
+                    (!engine.is_closed()).then(|| engine.stats())
+                });
+                Watcher::start(health, "crew", engine.bus(), probe)
+            }
+        }
+    }
+
+    fn stop_watcher(&self) {
+        if let Some(watcher) = &self.inner.watcher {
+            watcher.stop();
         }
     }
 
@@ -277,6 +338,9 @@ impl<W: Worker> Pool<W> {
     /// as cancelled (it sees [`Context::is_cancelled`]). Returns at once; worker
     /// threads exit as soon as their current task returns, running `Worker::stop`.
     pub fn terminate(&self) {
+        if let Some(watcher) = &self.inner.watcher {
+            watcher.signal();
+        }
         match self.backend() {
             Backend::Threads(shared) => shared.terminate(),
             #[cfg(feature = "process")]
@@ -293,6 +357,7 @@ impl<W: Worker> Pool<W> {
     }
 
     fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+        self.stop_watcher();
         match self.backend() {
             Backend::Threads(shared) => shared.shutdown(deadline),
             #[cfg(feature = "process")]
@@ -501,6 +566,7 @@ where
         Priority::Normal,
         None,
         false,
+        Instant::now(),
         payload,
     );
     let task = Task::new(cell.clone());

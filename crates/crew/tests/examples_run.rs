@@ -46,6 +46,11 @@ fn isolation_survives_a_segfault_and_a_loop() {
 }
 
 #[test]
+fn health_reports_the_backlog_and_prints_the_table() {
+    run_example("health", "health: all checks passed");
+}
+
+#[test]
 fn tour_passes_its_own_checks() {
     run_example("tour", "tour: all checks passed");
 }

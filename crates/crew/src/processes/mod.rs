@@ -71,7 +71,7 @@ use nix::sys::signal::Signal;
 use crate::builder::Config;
 use crate::error::{Crash, Failure, ShutdownTimedOut, SubmitError, TaskError};
 use crate::events::{Bus, Event, Events, ExitReason};
-use crate::stats::{Stats, WorkerStats};
+use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
 use crate::sync::lock;
 use crate::task::cell::{Core, Handle, Header, Outcome};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
@@ -139,6 +139,8 @@ pub(crate) trait Engine<W: Worker>: Send + Sync {
     fn size(&self) -> usize;
     fn events(&self) -> Events;
     fn stats(&self) -> Stats;
+    /// The event bus (the health watcher emits into it).
+    fn bus(&self) -> Arc<Bus>;
 }
 
 /// Starts a process pool of `W`. The builder's `processes` stores this function.
@@ -172,6 +174,7 @@ pub(crate) fn start<W: RemoteWorker>(
             threads: Vec::new(),
             alarms: Vec::new(),
             monitor_running: true,
+            observed: Observed::new(),
         }),
         changed: Condvar::new(),
         alarm: Condvar::new(),
@@ -244,6 +247,27 @@ struct State<W: RemoteWorker> {
     threads: Vec<JoinHandle<()>>,
     alarms: Vec<Alarm>,
     monitor_running: bool,
+    observed: Observed,
+}
+
+/// The pool-wide latency record and clocks behind `Stats` (under the state lock).
+struct Observed {
+    /// Every task's wait (recorded on *started*) and run (recorded when it is
+    /// resolved with a worker).
+    timings: Timings,
+    /// `Stats::worker_time` of worker processes that have ended.
+    retired_worker_time: Duration,
+    created: Instant,
+}
+
+impl Observed {
+    fn new() -> Self {
+        Observed {
+            timings: Timings::new(),
+            retired_worker_time: Duration::ZERO,
+            created: Instant::now(),
+        }
+    }
 }
 
 /// A deadline the monitor keeps.
@@ -285,6 +309,9 @@ struct LinkState<W: RemoteWorker> {
     tasks_done: u64,
     /// Recycle after this many tasks (the setting, with jitter).
     recycle_after: Option<u64>,
+    /// This worker's run times (its `WorkerStats` row).
+    timings: Timings,
+    born: Instant,
 }
 
 struct InFlight<W: RemoteWorker> {
@@ -385,6 +412,13 @@ impl<W: RemoteWorker> Shared<W> {
             return false;
         }
         st.counts[outcome as usize] += 1;
+        if let Some((worker, ran)) = worker {
+            st.observed.timings.record_run(ran);
+            if let Some(i) = Self::link_index(st, worker) {
+                st.links[i].timings.record_run(ran);
+            }
+            crate::trace::remote_finished(entry.core.header().id(), worker, outcome, ran);
+        }
         if self.events.is_active() {
             let task = entry.core.header().id();
             let event = match worker {
@@ -392,6 +426,8 @@ impl<W: RemoteWorker> Shared<W> {
                     task,
                     worker,
                     outcome: outcome.into(),
+                    // It started `ran` ago.
+                    waited: entry.core.header().queued_at.elapsed().saturating_sub(ran),
                     ran,
                 },
                 None => Event::TaskDiscarded {
@@ -928,6 +964,7 @@ impl<W: RemoteWorker> Shared<W> {
                     }
                     st.links[i].ready = true;
                     st.start_failures = 0;
+                    crate::trace::worker_started(id);
                     if self.events.is_active() {
                         self.events.emit(Event::WorkerStarted { worker: id });
                     }
@@ -950,10 +987,14 @@ impl<W: RemoteWorker> Shared<W> {
                         self.kill_link(st, id, ExitReason::Killed, None);
                         continue;
                     }
+                    let waited = now.saturating_duration_since(entry.core.header().queued_at);
+                    st.observed.timings.record_wait(waited);
+                    crate::trace::remote_started(TaskId(task), id, waited);
                     if self.events.is_active() {
                         self.events.emit(Event::TaskStarted {
                             task: TaskId(task),
                             worker: id,
+                            waited,
                         });
                     }
                     if let Some(timeout) = entry.core.header().timeout {
@@ -1142,6 +1183,8 @@ fn link_main<W: RemoteWorker>(shared: &Arc<Shared<W>>, backoff: Duration) {
             backlog: VecDeque::new(),
             tasks_done: 0,
             recycle_after,
+            timings: Timings::new(),
+            born: Instant::now(),
         });
         if st.lifecycle == Lifecycle::Terminating {
             shared.kill_link(&mut st, id, ExitReason::Shutdown, None);
@@ -1259,6 +1302,7 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
         return;
     };
     let link = st.links.remove(i);
+    st.observed.retired_worker_time += link.born.elapsed();
     st.alarms.retain(|a| a.worker != id);
     st.sticky.retain(|_, w| *w != id);
     let mut window = link.window;
@@ -1355,6 +1399,9 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
                 st.queue[entry.core.header().priority.index()].push_front(entry);
             }
         }
+    }
+    if link.ready {
+        crate::trace::worker_exited(id, reason);
     }
     if shared.events.is_active() && link.ready {
         shared
@@ -1610,20 +1657,52 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
         self.events.subscribe()
     }
 
+    fn bus(&self) -> Arc<Bus> {
+        Arc::clone(&self.events)
+    }
+
     fn stats(&self) -> Stats {
         let st = self.lock();
         let c = &st.counts;
-        let mut per_worker: Vec<WorkerStats> = st
+        let now = Instant::now();
+        let mut busy_time = st.observed.timings.busy();
+        let mut worker_time = st.observed.retired_worker_time;
+        let mut processes = Vec::with_capacity(st.links.len());
+        let per_worker: Vec<WorkerStats> = st
             .links
             .iter()
-            .map(|l| WorkerStats {
-                id: l.id,
-                started: l.ready,
-                current_task: l.running.map(|(r, _)| TaskId(r)),
-                tasks_done: l.tasks_done,
+            .map(|l| {
+                let so_far = l.running.map_or(Duration::ZERO, |(_, since)| {
+                    now.saturating_duration_since(since)
+                });
+                busy_time += so_far;
+                worker_time += now.saturating_duration_since(l.born);
+                processes.push(Arc::clone(&l.process));
+                let state = if l.killing.is_some() || l.retiring || l.shutdown_sent {
+                    WorkerState::Stopping
+                } else if !l.ready {
+                    WorkerState::Starting
+                } else if l.running.is_some() {
+                    WorkerState::Busy
+                } else {
+                    WorkerState::Idle
+                };
+                WorkerStats {
+                    id: l.id,
+                    started: l.ready,
+                    state,
+                    current_task: l.running.map(|(r, _)| TaskId(r)),
+                    tasks_done: l.tasks_done,
+                    busy_time: l.timings.busy() + so_far,
+                    run: l.timings.run_latency(),
+                    pid: u32::try_from(l.process.pid).ok(),
+                    rss_bytes: None,
+                }
             })
             .collect();
-        per_worker.sort_by_key(|w| w.id);
+        let wait = st.observed.timings.wait_latency();
+        let run = st.observed.timings.run_latency();
+        let uptime = now.saturating_duration_since(st.observed.created);
         let busy = st
             .links
             .iter()
@@ -1631,7 +1710,7 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
             .count();
         let finished: u64 = c.iter().sum();
         let in_flight = st.submitted.saturating_sub(finished);
-        Stats {
+        let mut stats = Stats {
             workers: st.links.len(),
             busy,
             idle: st.links.len() - busy,
@@ -1649,7 +1728,19 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
             abandoned_threads: 0,
             start_failures: st.start_failures,
             last_start_error: st.last_start_error.clone(),
+            wait,
+            run,
+            uptime,
+            busy_time,
+            worker_time,
             per_worker,
+        };
+        drop(st);
+        // `/proc` is read after the lock is released.
+        for (row, process) in stats.per_worker.iter_mut().zip(processes) {
+            row.rss_bytes = process.rss_bytes();
         }
+        stats.per_worker.sort_by_key(|w| w.id);
+        stats
     }
 }

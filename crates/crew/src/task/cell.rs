@@ -38,7 +38,7 @@ use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::task::Waker;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{panic_message, Failure, TaskError};
 use crate::sync::modelled::{current, lock, AtomicU64, AtomicUsize, Mutex, Thread, UnsafeCell};
@@ -118,15 +118,32 @@ pub(crate) struct Header {
     pub(crate) timeout: Option<Duration>,
     /// Holds a place in the pool's queue capacity until popped.
     pub(crate) bounded: bool,
+    /// When it was submitted: the start of its wait (`Stats::wait`,
+    /// `Event::TaskStarted::waited`). Written once, at creation.
+    pub(crate) queued_at: Instant,
 }
 
 impl Header {
+    /// A header for a task submitted now.
     #[inline]
     pub(crate) fn new(
         id: TaskId,
         priority: Priority,
         timeout: Option<Duration>,
         bounded: bool,
+    ) -> Self {
+        Self::with_queued_at(id, priority, timeout, bounded, Instant::now())
+    }
+
+    /// A header for a task submitted at `queued_at` (a batch reads the clock
+    /// once for all its tasks).
+    #[inline]
+    pub(crate) fn with_queued_at(
+        id: TaskId,
+        priority: Priority,
+        timeout: Option<Duration>,
+        bounded: bool,
+        queued_at: Instant,
     ) -> Self {
         Header {
             state: AtomicUsize::new(0),
@@ -135,6 +152,7 @@ impl Header {
             priority,
             timeout,
             bounded,
+            queued_at,
         }
     }
 
@@ -606,11 +624,12 @@ pub(crate) fn new_cell<P, T, E>(
     priority: Priority,
     timeout: Option<Duration>,
     bounded: bool,
+    queued_at: Instant,
     payload: P,
 ) -> Arc<Cell<P, T, E>> {
     Arc::new(Cell {
         core: Core {
-            header: Header::new(id, priority, timeout, bounded),
+            header: Header::with_queued_at(id, priority, timeout, bounded, queued_at),
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
         },
@@ -641,7 +660,14 @@ mod loom_model {
             ran.store(true, SeqCst);
             42
         });
-        new_cell(TaskId(1), Priority::Normal, None, false, Plain(f))
+        new_cell(
+            TaskId(1),
+            Priority::Normal,
+            None,
+            false,
+            Instant::now(),
+            Plain(f),
+        )
     }
 
     fn run_on_worker(cell: &Arc<TestCell>) -> Ran {
@@ -714,8 +740,14 @@ mod loom_model {
                 }
                 7u64
             };
-            let cell: Arc<Cell<_, u64, Infallible>> =
-                new_cell(TaskId(1), Priority::Normal, None, false, Call::new(f));
+            let cell: Arc<Cell<_, u64, Infallible>> = new_cell(
+                TaskId(1),
+                Priority::Normal,
+                None,
+                false,
+                Instant::now(),
+                Call::new(f),
+            );
             let worker = {
                 let cell = Arc::clone(&cell);
                 loom::thread::spawn(move || {

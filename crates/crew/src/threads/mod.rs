@@ -35,7 +35,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::Weak;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Stealer, Worker as Deque};
 use crossbeam_utils::CachePadded;
@@ -45,7 +45,7 @@ use crate::error::{panic_message, Failure, ShutdownTimedOut, SubmitError};
 use crate::events::{Bus, Event, ExitReason, TaskOutcome};
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
-use crate::stats::{Stats, WorkerStats};
+use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
 use crate::sync::{
     after, lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
 };
@@ -95,10 +95,15 @@ pub(crate) struct Slot<W> {
     /// The other end of the worker's own deque.
     stealer: Stealer<Job<W>>,
     pub(crate) sleeper: modelled::Arc<Sleeper>,
-    /// The task being run, published so a timeout or a kill can resolve it. Written
-    /// by the worker around each task; taken by `abandon`. Whoever takes the entry
-    /// counts the task, so it is counted once even when the two race.
-    running: Mutex<Option<Running<W>>>,
+    /// The task being run and the worker's latency record. The worker takes this
+    /// lock twice per task anyway (to publish and to take back its running
+    /// entry), so recording wait and run times under it costs no extra lock;
+    /// `stats()` takes it briefly to merge, so it is rarely contended.
+    work: Mutex<Work<W>>,
+    /// When the worker was created (for `Stats::worker_time`).
+    born: Instant,
+    /// Set by the worker when it leaves its loop (`WorkerState::Stopping`).
+    stopping: AtomicBool,
     /// Set once, by `abandon`: the pool no longer counts this worker; its thread
     /// exits as soon as it gets control back.
     abandoned: AtomicBool,
@@ -112,13 +117,28 @@ pub(crate) struct Slot<W> {
     counts_retired: AtomicBool,
 }
 
+/// What a worker's slot lock guards.
+struct Work<W> {
+    /// The task being run, published so a timeout or a kill can resolve it.
+    /// Written by the worker around each task; taken by `abandon`. Whoever takes
+    /// the entry counts the task (and records its run time), so it is counted
+    /// once even when the two race.
+    running: Option<Running<W>>,
+    /// Wait and run times of this worker's tasks. Written by whoever takes
+    /// `running` (and by the worker when a task starts); read by `stats()`.
+    timings: Timings,
+}
+
 struct Running<W> {
     job: Job<W>,
     deadline: Option<Instant>,
-    /// When the task started, if a subscriber was present then (its
-    /// `TaskStarted` was emitted): whoever takes this entry emits the matching
-    /// `TaskFinished`.
-    observed: Option<Instant>,
+    /// When the task started.
+    started: Instant,
+    /// How long it waited between submit and start.
+    waited: Duration,
+    /// Whether a subscriber was present when it started (its `TaskStarted` was
+    /// emitted): whoever takes this entry emits the matching `TaskFinished`.
+    observed: bool,
     /// Set by the monitor when it resolved the task as timed out: abandon the
     /// thread if it is still in this task at this instant.
     abandon_at: Option<Instant>,
@@ -150,6 +170,11 @@ struct Registry<W> {
     handles: Vec<(WorkerId, JoinHandle<()>)>,
     /// Counts of workers that have exited.
     retired: [u64; Outcome::SLOTS],
+    /// Latency records of workers that have exited, and of tasks run on the
+    /// caller (`CallerRuns`).
+    retired_timings: Timings,
+    /// `Stats::worker_time` of workers that have exited.
+    retired_worker_time: Duration,
     /// Live workers whose `start` succeeded.
     started: usize,
     /// Consecutive failed starts, pool-wide.
@@ -196,6 +221,8 @@ pub(crate) struct Shared<W: Worker> {
     /// Threads inside `drain` now. The event stream ends only when the pool is
     /// closed, no worker is live and nobody is draining (`maybe_close_events`).
     draining: AtomicUsize,
+    /// When the pool was built (`Stats::uptime`).
+    created: Instant,
     /// Back-reference for spawning workers from `&self` contexts.
     this: Weak<Shared<W>>,
 }
@@ -224,6 +251,8 @@ impl<W: Worker> Shared<W> {
                 abandoned: Vec::new(),
                 handles: Vec::new(),
                 retired: [0; Outcome::SLOTS],
+                retired_timings: Timings::new(),
+                retired_worker_time: Duration::ZERO,
                 started: 0,
                 start_failures: 0,
                 last_start_error: None,
@@ -242,6 +271,7 @@ impl<W: Worker> Shared<W> {
             growing: AtomicBool::new(false),
             events,
             draining: AtomicUsize::new(0),
+            created: Instant::now(),
             this: this.clone(),
         });
         for _ in 0..workers {
@@ -307,7 +337,7 @@ impl<W: Worker> Shared<W> {
             _ => false,
         };
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
-        self.enqueue(id, payload, options, bounded, true)
+        self.enqueue(id, payload, options, bounded, true, Instant::now())
     }
 
     /// Allocates task `id`, pushes it (waking a worker if `notify`), and takes it
@@ -320,12 +350,14 @@ impl<W: Worker> Shared<W> {
         options: TaskOptions,
         bounded: bool,
         notify: bool,
+        queued_at: Instant,
     ) -> Result<Task<P::Output, P::Error>, SubmitError<P>>
     where
         P: Payload<W>,
     {
         let timeout = options.timeout.or(self.config.default_timeout);
-        let cell = new_cell(id, options.priority, timeout, bounded, payload);
+        let cell = new_cell(id, options.priority, timeout, bounded, queued_at, payload);
+        crate::trace::queued(id);
         self.push(Job::new(cell.clone()), options.priority, notify);
         if !notify {
             // `notify_work` (skipped in a batch) is where the fence usually is.
@@ -371,6 +403,8 @@ impl<W: Worker> Shared<W> {
         let first = self.submitted.fetch_add(rest.len() as u64, Relaxed) + 1;
         let mut rejected: Option<Rejected<P>> = None;
         let mut ids = first..;
+        // One clock read for the whole batch: its tasks were submitted together.
+        let queued_at = Instant::now();
         while let Some(payload) = rest.next() {
             let id = TaskId(ids.next().unwrap_or(u64::MAX));
             if bounded {
@@ -393,7 +427,7 @@ impl<W: Worker> Shared<W> {
                     break;
                 }
             }
-            match self.enqueue(id, payload, options, bounded, false) {
+            match self.enqueue(id, payload, options, bounded, false, queued_at) {
                 Ok(task) => tasks.push(task),
                 Err(error) => {
                     // Taken back: its tombstone is counted by whoever pops it.
@@ -422,24 +456,33 @@ impl<W: Worker> Shared<W> {
         P: Payload<W>,
     {
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
-        let cell = new_cell(id, options.priority, None, false, payload);
+        let queued_at = Instant::now();
+        let cell = new_cell(id, options.priority, None, false, queued_at, payload);
         let task = Task::new(cell.clone());
         let job = Job::<W>::new(cell);
         let mut ctx = Context::new(WorkerId::CALLER, None);
         let observed = self.events.is_active();
         let mut ran = None;
+        let mut waited = Duration::ZERO;
         match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
             Ok(Ok(mut worker)) => {
+                let started = Instant::now();
+                waited = started.saturating_duration_since(queued_at);
                 if observed {
                     self.events.emit(Event::TaskStarted {
                         task: id,
                         worker: WorkerId::CALLER,
+                        waited,
                     });
                 }
-                let started = observed.then(Instant::now);
                 let mut ctx = Context::new(WorkerId::CALLER, Some(job.header()));
                 job.run(&mut worker, &mut ctx);
-                ran = started.map(|t| t.elapsed());
+                let elapsed = started.elapsed();
+                ran = Some(elapsed);
+                let mut reg = lock(&self.registry);
+                reg.retired_timings.record_wait(waited);
+                reg.retired_timings.record_run(elapsed);
+                drop(reg);
                 let mut ctx = Context::new(WorkerId::CALLER, None);
                 let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
             }
@@ -460,6 +503,7 @@ impl<W: Worker> Shared<W> {
                     task: id,
                     worker: WorkerId::CALLER,
                     outcome,
+                    waited,
                     ran,
                 },
                 None => Event::TaskDiscarded { task: id, outcome },
@@ -592,7 +636,12 @@ impl<W: Worker> Shared<W> {
             id,
             stealer: deque.stealer(),
             sleeper: modelled::Arc::new(Sleeper::new()),
-            running: Mutex::new(None),
+            work: Mutex::new(Work {
+                running: None,
+                timings: Timings::new(),
+            }),
+            born: Instant::now(),
+            stopping: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             started: AtomicBool::new(false),
             counts: CachePadded::new(new_counts()),
@@ -715,6 +764,8 @@ impl<W: Worker> Shared<W> {
         for (i, c) in slot.counts.iter().enumerate() {
             reg.retired[i] += c.load(Acquire);
         }
+        reg.retired_timings.add(&lock(&slot.work).timings);
+        reg.retired_worker_time += slot.born.elapsed();
     }
 
     fn publish_peers(&self, reg: &mut Registry<W>) {
@@ -762,20 +813,29 @@ impl<W: Worker> Shared<W> {
             }
             reg.abandoned.push(slot);
         }
-        let running = lock(&slot.running).take();
-        if let Some(running) = running {
+        let taken = {
+            let mut work = lock(&slot.work);
+            work.running.take().map(|running| {
+                let ran = running.started.elapsed();
+                work.timings.record_run(ran);
+                (running, ran)
+            })
+        };
+        if let Some((running, ran)) = taken {
             running.job.fail(failure);
             let outcome = running.job.header().settled_outcome();
             self.count(outcome);
-            if let Some(started) = running.observed {
+            if running.observed {
                 self.events.emit(Event::TaskFinished {
                     task: running.job.header().id(),
                     worker: slot.id,
                     outcome: outcome.into(),
-                    ran: started.elapsed(),
+                    waited: running.waited,
+                    ran,
                 });
             }
         }
+        crate::trace::worker_exited(slot.id, reason);
         self.events.emit(Event::WorkerExited {
             worker: slot.id,
             reason,
@@ -822,6 +882,7 @@ impl<W: Worker> Shared<W> {
         self.lifecycle.fetch_and(!BROKEN, SeqCst);
         // Under the registry lock: `abandon` removes the worker under it too and
         // emits `WorkerExited` after, so the two can never arrive swapped.
+        crate::trace::worker_started(slot.id);
         let event = match restarted {
             None => Event::WorkerStarted { worker: slot.id },
             Some(reason) => Event::WorkerRestarted {
@@ -946,7 +1007,7 @@ impl<W: Worker> Shared<W> {
         for slot in &slots {
             // Resolve outside the lock: resolving wakes the caller's waker, which is
             // user code.
-            let job = lock(&slot.running).as_ref().map(|r| r.job.clone());
+            let job = lock(&slot.work).running.as_ref().map(|r| r.job.clone());
             if let Some(job) = job {
                 job.fail(Failure::Cancelled);
             }
@@ -1056,22 +1117,55 @@ impl<W: Worker> Shared<W> {
         for (i, c) in self.counts.iter().enumerate() {
             by_outcome[i] += c.load(SeqCst);
         }
+        let mut timings = reg.retired_timings.clone();
+        let mut worker_time = reg.retired_worker_time;
+        let mut busy_time = timings.busy();
+        let now = Instant::now();
         let mut workers = Vec::with_capacity(reg.live.len());
         for slot in reg.live.iter().chain(reg.abandoned.iter()) {
             let abandoned = slot.abandoned.load(Relaxed);
-            let running = lock(&slot.running).as_ref().map(|r| r.job.header().id());
+            // Under the worker's lock: merge its record, read its running task.
+            let (running, busy, run) = {
+                let work = lock(&slot.work);
+                timings.add(&work.timings);
+                let running = work.running.as_ref();
+                let so_far =
+                    running.map_or(Duration::ZERO, |r| now.saturating_duration_since(r.started));
+                (
+                    running.map(|r| r.job.header().id()),
+                    work.timings.busy() + so_far,
+                    (!abandoned).then(|| work.timings.run_latency()),
+                )
+            };
+            busy_time += busy;
+            worker_time += now.saturating_duration_since(slot.born);
             let mut done = 0;
             for (i, c) in slot.counts.iter().enumerate() {
                 let n = c.load(Acquire);
                 by_outcome[i] += n;
                 done += n;
             }
-            if !abandoned {
+            if let Some(run) = run {
+                let started = slot.started.load(Relaxed);
+                let state = if running.is_some() {
+                    WorkerState::Busy
+                } else if slot.stopping.load(Relaxed) {
+                    WorkerState::Stopping
+                } else if started {
+                    WorkerState::Idle
+                } else {
+                    WorkerState::Starting
+                };
                 workers.push(WorkerStats {
                     id: slot.id,
-                    started: slot.started.load(Relaxed),
+                    started,
+                    state,
                     current_task: running,
                     tasks_done: done,
+                    busy_time: busy,
+                    run,
+                    pid: None,
+                    rss_bytes: None,
                 });
             }
         }
@@ -1098,6 +1192,11 @@ impl<W: Worker> Shared<W> {
             abandoned_threads: reg.abandoned.len(),
             start_failures: reg.start_failures,
             last_start_error: reg.last_start_error.clone(),
+            wait: timings.wait_latency(),
+            run: timings.run_latency(),
+            uptime: now.saturating_duration_since(self.created),
+            busy_time,
+            worker_time,
             per_worker: workers,
         }
     }
@@ -1116,8 +1215,10 @@ impl<W: Worker> Shared<W> {
                 Abandon,
             }
             let due = {
-                let running = lock(&slot.running);
-                let Some(r) = running.as_ref() else { continue };
+                let work = lock(&slot.work);
+                let Some(r) = work.running.as_ref() else {
+                    continue;
+                };
                 let Some(deadline) = r.deadline else { continue };
                 match r.abandon_at {
                     None if deadline <= now => Due::Expire(r.job.clone()),
@@ -1136,8 +1237,8 @@ impl<W: Worker> Shared<W> {
                 // Resolved outside the lock: resolving wakes the caller's waker.
                 Due::Expire(job) => {
                     let timed_out = job.fail(Failure::TimedOut);
-                    let mut running = lock(&slot.running);
-                    if let Some(r) = running.as_mut() {
+                    let mut work = lock(&slot.work);
+                    if let Some(r) = work.running.as_mut() {
                         if r.job.header().id() == job.header().id() {
                             if timed_out {
                                 let at = after(now, self.config.abandon_grace);

@@ -13,7 +13,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Stealer, Worker as Deque};
 
@@ -26,6 +26,8 @@ use crate::scheduler::spin::{
 };
 use crate::sync::{after, lock, Arc};
 use crate::task::cell::{Job, Outcome, Ran};
+use crate::task::TaskId;
+use crate::trace;
 use crate::worker::{Context, Worker, WorkerId};
 
 /// The worker thread's own, unshared state.
@@ -42,6 +44,11 @@ struct Local<W: Worker> {
     searching: bool,
     /// Set when an elastic pool granted this idle worker's retirement.
     retired: bool,
+    /// When the previous task returned, if this worker went straight on to the
+    /// next one (found without searching): that instant is then also the next
+    /// task's start, which saves one clock read per task under load. Cleared
+    /// whenever the worker searches, parks or rebuilds its state.
+    last_end: Option<Instant>,
 }
 
 /// Runs a worker thread to completion.
@@ -56,7 +63,9 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         peers_epoch: usize::MAX,
         searching: false,
         retired: false,
+        last_end: None,
     };
+    let _span = trace::worker_span(local.slot.id);
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
     let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {
@@ -65,8 +74,10 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
             // The instance may be half-updated: retire it and build a fresh one.
             local.stop(worker.take());
             worker = local.start(Some(format!("{} panicked", job.header().id())));
+            local.last_end = None;
         }
     }
+    local.slot.stopping.store(true, Relaxed);
     local.stop(worker);
     drop(guard);
     local.exit();
@@ -156,34 +167,53 @@ impl<W: Worker> Local<W> {
             }
             return Ran::Skipped;
         }
+        // The wait and run times every task records (`Stats::wait`, `Stats::run`):
+        // a clock read here, unless the previous task's end is just now (it
+        // then counts the few tens of nanoseconds of finding this task as run
+        // time), and one when it returns.
+        let started = self.last_end.take().unwrap_or_else(Instant::now);
+        let waited = started.saturating_duration_since(header.queued_at);
         // `TaskStarted` goes out before the task is published in `running`, so a
         // `TaskFinished` from whoever takes it from there (an abandonment) is
         // pushed after it.
-        let observed = observed.then(|| {
-            self.shared.events.emit(Event::TaskStarted {
-                task: header.id(),
-                worker: self.id(),
+        if observed {
+            self.started(header.id(), waited);
+        }
+        let deadline = header.timeout.map(|t| after(started, t));
+        {
+            let mut work = lock(&self.slot.work);
+            work.timings.record_wait(waited);
+            work.running = Some(Running {
+                job: job.clone(),
+                deadline,
+                started,
+                waited,
+                observed,
+                abandon_at: None,
             });
-            Instant::now()
-        });
-        let deadline = header.timeout.map(|t| after(Instant::now(), t));
-        *lock(&self.slot.running) = Some(Running {
-            job: job.clone(),
-            deadline,
-            observed,
-            abandon_at: None,
-        });
+        }
         if let Some(deadline) = deadline {
             self.shared.monitor.wake_at(&self.shared, deadline);
         }
         let mut ctx = Context::new(self.id(), Some(header));
-        let ran = job.run(worker, &mut ctx);
-        let mine = lock(&self.slot.running).take();
-        if let Some(mine) = mine {
+        let span = trace::task_span(header.id(), self.id(), waited);
+        let ran = span.run(|| job.run(worker, &mut ctx));
+        let mine = {
+            let mut work = lock(&self.slot.work);
+            work.running.take().map(|mine| {
+                let end = Instant::now();
+                let elapsed = end.saturating_duration_since(mine.started);
+                work.timings.record_run(elapsed);
+                self.last_end = Some(end);
+                (mine, elapsed)
+            })
+        };
+        if let Some((mine, elapsed)) = mine {
             let outcome = header.settled_outcome();
             self.slot.count(outcome);
-            if let Some(started) = mine.observed {
-                self.finished(header.id(), outcome, started);
+            span.finished(outcome, elapsed);
+            if mine.observed {
+                self.finished(header.id(), outcome, waited, elapsed);
             }
         }
         // else: the pool abandoned this thread mid-task and counted the task (and
@@ -192,12 +222,22 @@ impl<W: Worker> Local<W> {
     }
 
     #[cold]
-    fn finished(&self, task: crate::task::TaskId, outcome: Outcome, started: Instant) {
+    fn started(&self, task: TaskId, waited: Duration) {
+        self.shared.events.emit(Event::TaskStarted {
+            task,
+            worker: self.id(),
+            waited,
+        });
+    }
+
+    #[cold]
+    fn finished(&self, task: TaskId, outcome: Outcome, waited: Duration, ran: Duration) {
         self.shared.events.emit(Event::TaskFinished {
             task,
             worker: self.id(),
             outcome: outcome.into(),
-            ran: started.elapsed(),
+            waited,
+            ran,
         });
     }
 
@@ -246,6 +286,8 @@ impl<W: Worker> Local<W> {
     /// Searches (spin, then park) until a job turns up or the thread must exit.
     #[cold]
     fn search(&mut self) -> Option<Job<W>> {
+        self.last_end = None; // time passes here: the next start reads the clock
+
         if let Some(job) = self.search_quietly() {
             return Some(job);
         }
@@ -371,6 +413,7 @@ impl<W: Worker> Local<W> {
             None
         };
         if let Some(reason) = reason {
+            trace::worker_exited(self.id(), reason);
             self.shared.events.emit(Event::WorkerExited {
                 worker: self.id(),
                 reason,
