@@ -39,7 +39,7 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 /// use std::time::Duration;
 /// use crew::{Event, Health};
 ///
-/// let pool = crew::Pool::builder()
+/// let pool: crew::Pool = crew::Pool::builder()
 ///     .workers(2)
 ///     .health(
 ///         Health::new()
