@@ -566,7 +566,7 @@ where
         Priority::Normal,
         None,
         false,
-        Instant::now(),
+        None,
         payload,
     );
     let task = Task::new(cell.clone());

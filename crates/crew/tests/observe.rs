@@ -69,6 +69,24 @@ fn histograms_count_every_task_and_rows_add_up() {
 }
 
 #[test]
+fn past_the_first_4096_tasks_one_in_eight_is_timed() {
+    const N: u64 = 10_000;
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let tasks: Vec<_> = (0..N).map(|i| pool.spawn(move || i)).collect();
+    for task in tasks {
+        task.join().unwrap();
+    }
+    wait_until("every task is counted", || pool.stats().completed == N);
+    let stats = pool.stats();
+    // Ids 1..=4096, then the multiples of 8 up to 10,000.
+    let expected = 4096 + (N / 8 - 4096 / 8);
+    assert_eq!(stats.wait.count, expected, "{stats}");
+    assert_eq!(stats.run.count, expected, "{stats}");
+    assert!(stats.run.p50 <= stats.run.max);
+    pool.shutdown();
+}
+
+#[test]
 fn rows_show_who_is_busy_and_the_table_has_one_row_per_worker() {
     let pool = Pool::builder().workers(3).build().unwrap();
     let gate = Gate::new();

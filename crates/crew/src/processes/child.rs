@@ -717,7 +717,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
         let Some(worker) = self.worker.as_mut() else {
             return Outcome::Panicked("the worker has no state (its restart failed)".into());
         };
-        let header = Header::new(TaskId(task), Priority::Normal, None, false);
+        let header = Header::with_queued_at(TaskId(task), Priority::Normal, None, false, None);
         let mut ctx = Context::new(self.id, Some(&header));
         let result = catch_unwind(AssertUnwindSafe(|| worker.run(input, &mut ctx)));
         let outcome = match result {

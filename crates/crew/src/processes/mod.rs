@@ -413,9 +413,9 @@ impl<W: RemoteWorker> Shared<W> {
         }
         st.counts[outcome as usize] += 1;
         if let Some((worker, ran)) = worker {
-            st.observed.timings.record_run(ran);
+            st.observed.timings.record_run(ran, 1);
             if let Some(i) = Self::link_index(st, worker) {
-                st.links[i].timings.record_run(ran);
+                st.links[i].timings.record_run(ran, 1);
             }
             crate::trace::remote_finished(entry.core.header().id(), worker, outcome, ran);
         }
@@ -427,7 +427,11 @@ impl<W: RemoteWorker> Shared<W> {
                     worker,
                     outcome: outcome.into(),
                     // It started `ran` ago.
-                    waited: entry.core.header().queued_at.elapsed().saturating_sub(ran),
+                    waited: entry
+                        .core
+                        .header()
+                        .queued_at
+                        .map_or(Duration::ZERO, |q| q.elapsed().saturating_sub(ran)),
                     ran,
                 },
                 None => Event::TaskDiscarded {
@@ -987,7 +991,11 @@ impl<W: RemoteWorker> Shared<W> {
                         self.kill_link(st, id, ExitReason::Killed, None);
                         continue;
                     }
-                    let waited = now.saturating_duration_since(entry.core.header().queued_at);
+                    let waited = entry
+                        .core
+                        .header()
+                        .queued_at
+                        .map_or(Duration::ZERO, |q| now.saturating_duration_since(q));
                     st.observed.timings.record_wait(waited);
                     crate::trace::remote_started(TaskId(task), id, waited);
                     if self.events.is_active() {

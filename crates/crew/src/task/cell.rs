@@ -119,8 +119,9 @@ pub(crate) struct Header {
     /// Holds a place in the pool's queue capacity until popped.
     pub(crate) bounded: bool,
     /// When it was submitted: the start of its wait (`Stats::wait`,
-    /// `Event::TaskStarted::waited`). Written once, at creation.
-    pub(crate) queued_at: Instant,
+    /// `Event::TaskStarted::waited`). Written once, at creation. `None` for a
+    /// task whose times are not sampled (see `threads::timed`).
+    pub(crate) queued_at: Option<Instant>,
 }
 
 impl Header {
@@ -132,18 +133,18 @@ impl Header {
         timeout: Option<Duration>,
         bounded: bool,
     ) -> Self {
-        Self::with_queued_at(id, priority, timeout, bounded, Instant::now())
+        Self::with_queued_at(id, priority, timeout, bounded, Some(Instant::now()))
     }
 
     /// A header for a task submitted at `queued_at` (a batch reads the clock
-    /// once for all its tasks).
+    /// once for all its tasks; `None`: not timed).
     #[inline]
     pub(crate) fn with_queued_at(
         id: TaskId,
         priority: Priority,
         timeout: Option<Duration>,
         bounded: bool,
-        queued_at: Instant,
+        queued_at: Option<Instant>,
     ) -> Self {
         Header {
             state: AtomicUsize::new(0),
@@ -624,7 +625,7 @@ pub(crate) fn new_cell<P, T, E>(
     priority: Priority,
     timeout: Option<Duration>,
     bounded: bool,
-    queued_at: Instant,
+    queued_at: Option<Instant>,
     payload: P,
 ) -> Arc<Cell<P, T, E>> {
     Arc::new(Cell {
@@ -665,7 +666,7 @@ mod loom_model {
             Priority::Normal,
             None,
             false,
-            Instant::now(),
+            Some(Instant::now()),
             Plain(f),
         )
     }
@@ -745,7 +746,7 @@ mod loom_model {
                 Priority::Normal,
                 None,
                 false,
-                Instant::now(),
+                Some(Instant::now()),
                 Call::new(f),
             );
             let worker = {

@@ -67,6 +67,11 @@ const TERMINATING: usize = 1 << 1;
 /// alive; tasks fail at once with a start error. Cleared by the next good start.
 const BROKEN: usize = 1 << 2;
 
+/// A pool times each of its first this many tasks (see [`Shared::timed`])...
+pub(super) const TIME_ALL: u64 = 4096;
+/// ... and then one task in this many.
+pub(super) const TIME_ONE_IN: u64 = 8;
+
 /// The part of a batch the pool did not take: the refused payload and the ones
 /// after it.
 pub(crate) type Rejected<P> = (SubmitError<P>, Vec<P>);
@@ -132,8 +137,10 @@ struct Work<W> {
 struct Running<W> {
     job: Job<W>,
     deadline: Option<Instant>,
-    /// When the task started.
-    started: Instant,
+    /// When the task started, if it is timed (see the worker loop's sampling).
+    started: Option<Instant>,
+    /// How many tasks its run time stands for in the busy time (0: not sampled).
+    weight: u32,
     /// How long it waited between submit and start.
     waited: Duration,
     /// Whether a subscriber was present when it started (its `TaskStarted` was
@@ -337,7 +344,19 @@ impl<W: Worker> Shared<W> {
             _ => false,
         };
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
-        self.enqueue(id, payload, options, bounded, true, Instant::now())
+        let queued_at = self.timed(id).then(Instant::now);
+        self.enqueue(id, payload, options, bounded, true, queued_at)
+    }
+
+    /// Whether task `id`'s wait and run times are measured: the pool's first
+    /// [`TIME_ALL`] tasks, then one in [`TIME_ONE_IN`], and every task while an
+    /// event subscriber listens (its events carry the times). Two clock reads
+    /// and two histogram updates are a tenth of a short task's cost, so a pool
+    /// running millions of tasks samples; percentiles are then estimates and
+    /// `Latency::count` is the number of tasks measured.
+    #[inline]
+    pub(crate) fn timed(&self, id: TaskId) -> bool {
+        id.0 <= TIME_ALL || id.0 % TIME_ONE_IN == 0 || self.events.is_active()
     }
 
     /// Allocates task `id`, pushes it (waking a worker if `notify`), and takes it
@@ -350,7 +369,7 @@ impl<W: Worker> Shared<W> {
         options: TaskOptions,
         bounded: bool,
         notify: bool,
-        queued_at: Instant,
+        queued_at: Option<Instant>,
     ) -> Result<Task<P::Output, P::Error>, SubmitError<P>>
     where
         P: Payload<W>,
@@ -427,7 +446,8 @@ impl<W: Worker> Shared<W> {
                     break;
                 }
             }
-            match self.enqueue(id, payload, options, bounded, false, queued_at) {
+            let stamp = self.timed(id).then_some(queued_at);
+            match self.enqueue(id, payload, options, bounded, false, stamp) {
                 Ok(task) => tasks.push(task),
                 Err(error) => {
                     // Taken back: its tombstone is counted by whoever pops it.
@@ -457,7 +477,7 @@ impl<W: Worker> Shared<W> {
     {
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
         let queued_at = Instant::now();
-        let cell = new_cell(id, options.priority, None, false, queued_at, payload);
+        let cell = new_cell(id, options.priority, None, false, Some(queued_at), payload);
         let task = Task::new(cell.clone());
         let job = Job::<W>::new(cell);
         let mut ctx = Context::new(WorkerId::CALLER, None);
@@ -481,7 +501,7 @@ impl<W: Worker> Shared<W> {
                 ran = Some(elapsed);
                 let mut reg = lock(&self.registry);
                 reg.retired_timings.record_wait(waited);
-                reg.retired_timings.record_run(elapsed);
+                reg.retired_timings.record_run(elapsed, 1);
                 drop(reg);
                 let mut ctx = Context::new(WorkerId::CALLER, None);
                 let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
@@ -816,8 +836,10 @@ impl<W: Worker> Shared<W> {
         let taken = {
             let mut work = lock(&slot.work);
             work.running.take().map(|running| {
-                let ran = running.started.elapsed();
-                work.timings.record_run(ran);
+                let ran = running.started.map_or(Duration::ZERO, |s| s.elapsed());
+                if running.weight > 0 {
+                    work.timings.record_run(ran, running.weight);
+                }
                 (running, ran)
             })
         };
@@ -1129,8 +1151,9 @@ impl<W: Worker> Shared<W> {
                 let work = lock(&slot.work);
                 timings.add(&work.timings);
                 let running = work.running.as_ref();
-                let so_far =
-                    running.map_or(Duration::ZERO, |r| now.saturating_duration_since(r.started));
+                let so_far = running
+                    .and_then(|r| r.started)
+                    .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                 (
                     running.map(|r| r.job.header().id()),
                     work.timings.busy() + so_far,

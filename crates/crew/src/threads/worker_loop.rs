@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Stealer, Worker as Deque};
 
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
+use super::{TIME_ALL, TIME_ONE_IN};
 use crate::error::{panic_message, Failure};
 use crate::events::{Event, ExitReason};
 use crate::scheduler::sleep::Parked;
@@ -167,26 +168,45 @@ impl<W: Worker> Local<W> {
             }
             return Ran::Skipped;
         }
-        // The wait and run times every task records (`Stats::wait`, `Stats::run`):
-        // a clock read here, unless the previous task's end is just now (it
-        // then counts the few tens of nanoseconds of finding this task as run
-        // time), and one when it returns.
-        let started = self.last_end.take().unwrap_or_else(Instant::now);
-        let waited = started.saturating_duration_since(header.queued_at);
+        // Wait and run times (`Stats::wait`, `Stats::run`), for the tasks the
+        // submitter stamped (`Shared::timed`: sampled), plus a clock read for a
+        // task with a timeout or a subscriber. The start is the previous task's
+        // end when the worker went straight on (no search between them).
+        let weight = match header.queued_at {
+            None => 0,
+            Some(_) if header.id().0 <= TIME_ALL => 1,
+            Some(_) => TIME_ONE_IN as u32,
+        };
+        let timed = weight > 0 || observed || header.timeout.is_some();
+        let started = if timed {
+            Some(self.last_end.take().unwrap_or_else(Instant::now))
+        } else {
+            self.last_end = None;
+            None
+        };
+        let waited = started
+            .zip(header.queued_at)
+            .map_or(Duration::ZERO, |(s, q)| s.saturating_duration_since(q));
         // `TaskStarted` goes out before the task is published in `running`, so a
         // `TaskFinished` from whoever takes it from there (an abandonment) is
         // pushed after it.
         if observed {
             self.started(header.id(), waited);
         }
-        let deadline = header.timeout.map(|t| after(started, t));
+        let deadline = header
+            .timeout
+            .zip(started)
+            .map(|(t, started)| after(started, t));
         {
             let mut work = lock(&self.slot.work);
-            work.timings.record_wait(waited);
+            if weight > 0 {
+                work.timings.record_wait(waited);
+            }
             work.running = Some(Running {
                 job: job.clone(),
                 deadline,
                 started,
+                weight,
                 waited,
                 observed,
                 abandon_at: None,
@@ -201,10 +221,14 @@ impl<W: Worker> Local<W> {
         let mine = {
             let mut work = lock(&self.slot.work);
             work.running.take().map(|mine| {
-                let end = Instant::now();
-                let elapsed = end.saturating_duration_since(mine.started);
-                work.timings.record_run(elapsed);
-                self.last_end = Some(end);
+                let elapsed = mine.started.map_or(Duration::ZERO, |started| {
+                    let end = Instant::now();
+                    self.last_end = Some(end);
+                    end.saturating_duration_since(started)
+                });
+                if mine.weight > 0 {
+                    work.timings.record_run(elapsed, mine.weight);
+                }
                 (mine, elapsed)
             })
         };
