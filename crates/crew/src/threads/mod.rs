@@ -356,7 +356,7 @@ impl<W: Worker> Shared<W> {
     /// `Latency::count` is the number of tasks measured.
     #[inline]
     pub(crate) fn timed(&self, id: TaskId) -> bool {
-        id.0 <= TIME_ALL || id.0 % TIME_ONE_IN == 0 || self.events.is_active()
+        id.0 <= TIME_ALL || id.0.is_multiple_of(TIME_ONE_IN) || self.events.is_active()
     }
 
     /// Allocates task `id`, pushes it (waking a worker if `notify`), and takes it
