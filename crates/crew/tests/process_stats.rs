@@ -114,6 +114,11 @@ fn wait_for_event<T>(events: &Events, what: &str, mut pick: impl FnMut(Event) ->
 fn process_rows_have_a_live_pid_and_memory_and_counts_add_up() {
     const N: u64 = 300;
     let pool = processes(2).build().unwrap();
+    // Both rows must be idle at the end: wait for both starts first (a fast
+    // worker could otherwise run all 300 before the other is up).
+    wait_until("both workers have started", || {
+        pool.stats().per_worker.iter().filter(|w| w.started).count() == 2
+    });
     let tasks: Vec<_> = (0..N).map(|i| pool.submit(Job::Echo(i)).unwrap()).collect();
     for (i, task) in tasks.into_iter().enumerate() {
         assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), i as u64);

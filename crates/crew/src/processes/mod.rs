@@ -201,6 +201,9 @@ pub(crate) fn start<W: RemoteWorker>(
 
 // ---------------------------------------------------------------- the state
 
+/// The longest a link thread polls its socket for expected answers.
+const ANSWER_POLL: Duration = Duration::from_micros(50);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lifecycle {
     Open,
@@ -472,6 +475,22 @@ impl<W: RemoteWorker> Shared<W> {
                 .links
                 .iter()
                 .all(|l| l.window.is_empty() && l.backlog.is_empty())
+    }
+
+    /// How long worker `id`'s link thread polls before blocking: while its
+    /// window holds tasks expected to finish within [`ANSWER_POLL`] (by the run
+    /// time estimates), the answer is likely to come before a blocked thread
+    /// could even be woken. Long tasks (and an empty window) get no polling.
+    fn answer_expected_within(st: &State<W>, id: WorkerId) -> Duration {
+        match Self::link_index(st, id).map(|i| &st.links[i]) {
+            Some(link)
+                if !link.window.is_empty()
+                    && link.outstanding < ANSWER_POLL.as_secs_f64() * 1e6 =>
+            {
+                ANSWER_POLL
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// Can worker `i` take one more task now?
@@ -1226,8 +1245,9 @@ fn read_frames<W: RemoteWorker>(
     let mut decoder = FrameDecoder::new(DEFAULT_FRAME_LIMIT);
     let mut greeted = false;
     let mut frames = Vec::new();
+    let mut poll = Duration::ZERO;
     loop {
-        match decoder.read_from(&mut &process.stream) {
+        match child::read_soon(&mut decoder, &process.stream, poll) {
             Ok(0) => {
                 return match decoder.finish() {
                     Ok(()) => End::Closed,
@@ -1270,6 +1290,7 @@ fn read_frames<W: RemoteWorker>(
         let mut plan = Plan::default();
         let mut st = shared.lock();
         let applied = shared.on_frames(&mut st, id, std::mem::take(&mut frames), &mut plan);
+        poll = Shared::<W>::answer_expected_within(&st, id);
         drop(st);
         shared.finish(plan);
         if let Err(message) = applied {
