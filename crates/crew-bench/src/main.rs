@@ -123,6 +123,7 @@ impl Worker for Inc {
     type Input = u64;
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Inc)
@@ -140,6 +141,7 @@ impl Worker for Cpu {
     type Input = (u64, u64);
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Cpu)
@@ -157,6 +159,7 @@ impl Worker for Payload {
     type Input = ByteBuf;
     type Output = (u64, u64);
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Payload)

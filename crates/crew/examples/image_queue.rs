@@ -57,6 +57,7 @@ impl Worker for Resizer {
     type Input = Upload;
     type Output = Thumbnail;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Resizer {

@@ -270,9 +270,10 @@ pub enum ExitReason {
 
 // ------------------------------------------------------------------ the bus
 
-/// One subscriber's buffer. Written by emitting threads, read by its `Events`.
-struct Sub {
-    state: Mutex<SubState>,
+/// One subscriber's buffer. Written by emitting threads, read by its `Events`
+/// (or `Messages`, which uses the same bus for worker messages).
+pub(crate) struct Sub<T = Event> {
+    state: Mutex<SubState<T>>,
     /// Signalled on every push and on close, for a blocked `recv`.
     ready: Condvar,
     /// Events this subscriber lost to a full buffer. Written by emitters.
@@ -280,18 +281,18 @@ struct Sub {
     capacity: usize,
 }
 
-struct SubState {
-    queue: VecDeque<Event>,
+struct SubState<T> {
+    queue: VecDeque<T>,
     /// The pending `recv_async`'s waker; taken (and woken) by the next push.
     waker: Option<Waker>,
     /// No event will come any more.
     closed: bool,
 }
 
-impl Sub {
+impl<T: Clone> Sub<T> {
     /// Pushes `event`, or counts it as dropped if the buffer is full. Returns the
     /// waker to wake, so it is woken outside the lock.
-    fn push(&self, event: &Event) -> Option<Waker> {
+    fn push(&self, event: &T) -> Option<Waker> {
         let mut st = lock(&self.state);
         if st.closed {
             return None;
@@ -316,27 +317,77 @@ impl Sub {
         self.ready.notify_all();
         waker
     }
+
+    /// Items this subscriber lost to a full buffer.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// The next item if one is buffered.
+    pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
+        let mut st = lock(&self.state);
+        match st.queue.pop_front() {
+            Some(item) => Ok(item),
+            None if st.closed => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// The next item; `Err(true)`: the stream ended; `Err(false)`: the deadline
+    /// passed.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<T, bool> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(item) = st.queue.pop_front() {
+                return Ok(item);
+            }
+            if st.closed {
+                return Err(true);
+            }
+            st = match wait_until(&self.ready, st, deadline) {
+                Ok(st) => st,
+                Err(_) => return Err(false),
+            };
+        }
+    }
+
+    /// Polls for the next item; `Ready(None)` once the stream has ended. One
+    /// waker slot: callers borrow their subscription mutably while polling.
+    pub(crate) fn poll_recv(&self, cx: &mut PollContext<'_>) -> Poll<Option<T>> {
+        let mut st = lock(&self.state);
+        if let Some(item) = st.queue.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if st.closed {
+            return Poll::Ready(None);
+        }
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
 }
 
 /// The subscriber registry of one pool. Shared by the pool (which emits) and by
 /// every [`Events`] (which unsubscribes on drop); it does not keep the pool alive.
-pub(crate) struct Bus {
+pub(crate) struct Bus<T = Event> {
     /// Whether anyone is subscribed. The only thing the hot path reads (`Relaxed`:
     /// a subscriber that appears concurrently with a task may miss it, which the
     /// guarantees above allow). Written under `subs`.
     active: AtomicBool,
     /// The subscribers, copy-on-write so an emitter holds the lock only to clone
     /// the `Arc`. Also holds whether the bus is closed.
-    subs: Mutex<Subscribers>,
+    subs: Mutex<Subscribers<T>>,
     capacity: usize,
 }
 
-struct Subscribers {
-    list: Arc<Vec<Arc<Sub>>>,
+struct Subscribers<T> {
+    list: Arc<Vec<Arc<Sub<T>>>>,
     closed: bool,
 }
 
-impl Bus {
+impl<T: Clone> Bus<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         Bus {
             active: AtomicBool::new(false),
@@ -357,7 +408,7 @@ impl Bus {
     /// Pushes `event` to every subscriber. Never blocks on a reader.
     #[cold]
     #[inline(never)]
-    pub(crate) fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: T) {
         drop(self.emit_deferred(event));
     }
 
@@ -366,7 +417,7 @@ impl Bus {
     /// (a waker is user code, which crew never runs under its own locks).
     #[cold]
     #[inline(never)]
-    pub(crate) fn emit_deferred(&self, event: Event) -> Wake {
+    pub(crate) fn emit_deferred(&self, event: T) -> Wake {
         let mut wake = Wake(Vec::new());
         if !self.is_active() {
             return wake;
@@ -397,7 +448,8 @@ impl Bus {
         }
     }
 
-    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+    /// A new subscriber's buffer, registered (or closed at once if the bus is).
+    pub(crate) fn subscribe_raw(&self) -> Arc<Sub<T>> {
         let sub = Arc::new(Sub {
             state: Mutex::new(SubState {
                 queue: VecDeque::new(),
@@ -419,16 +471,13 @@ impl Bus {
                 self.active.store(true, SeqCst);
             }
         }
-        Events {
-            bus: Arc::clone(self),
-            sub,
-        }
+        sub
     }
 
-    fn unsubscribe(&self, sub: &Arc<Sub>) {
+    pub(crate) fn unsubscribe(&self, sub: &Arc<Sub<T>>) {
         let mut subs = lock(&self.subs);
         if subs.list.iter().any(|s| Arc::ptr_eq(s, sub)) {
-            let list: Vec<Arc<Sub>> = subs
+            let list: Vec<Arc<Sub<T>>> = subs
                 .list
                 .iter()
                 .filter(|s| !Arc::ptr_eq(s, sub))
@@ -446,6 +495,15 @@ impl Bus {
     }
 }
 
+impl Bus<Event> {
+    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+        Events {
+            bus: Arc::clone(self),
+            sub: self.subscribe_raw(),
+        }
+    }
+}
+
 /// Wakers to wake once the emitter has released its locks (on drop).
 #[must_use = "dropping it wakes the async readers"]
 pub(crate) struct Wake(Vec<Waker>);
@@ -458,7 +516,7 @@ impl Drop for Wake {
     }
 }
 
-impl fmt::Debug for Bus {
+impl<T: Clone> fmt::Debug for Bus<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("active", &self.is_active())
@@ -509,12 +567,7 @@ impl Events {
 
     /// The next event if one is buffered. `Disconnected` once the stream has ended.
     pub fn try_recv(&self) -> Result<Event, TryRecvError> {
-        let mut st = lock(&self.sub.state);
-        match st.queue.pop_front() {
-            Some(event) => Ok(event),
-            None if st.closed => Err(TryRecvError::Disconnected),
-            None => Err(TryRecvError::Empty),
-        }
+        self.sub.try_recv()
     }
 
     /// Waits for the next event asynchronously; resolves to `None` when the stream
@@ -528,24 +581,12 @@ impl Events {
 
     /// Events this subscriber lost because its buffer was full.
     pub fn dropped(&self) -> u64 {
-        self.sub.dropped.load(Relaxed)
+        self.sub.dropped()
     }
 
     /// `Err(true)`: the stream ended; `Err(false)`: the deadline passed.
     fn wait(&self, deadline: Option<Instant>) -> Result<Event, bool> {
-        let mut st = lock(&self.sub.state);
-        loop {
-            if let Some(event) = st.queue.pop_front() {
-                return Ok(event);
-            }
-            if st.closed {
-                return Err(true);
-            }
-            st = match wait_until(&self.sub.ready, st, deadline) {
-                Ok(st) => st,
-                Err(_) => return Err(false),
-            };
-        }
+        self.sub.wait(deadline)
     }
 }
 
@@ -583,20 +624,9 @@ impl Future for RecvAsync<'_> {
     type Output = Option<Event>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Option<Event>> {
-        let mut st = lock(&self.events.sub.state);
-        if let Some(event) = st.queue.pop_front() {
-            return Poll::Ready(Some(event));
-        }
-        if st.closed {
-            return Poll::Ready(None);
-        }
-        // One slot: `recv_async` borrows the subscription mutably, so at most one
-        // such future exists at a time.
-        match &mut st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        // `recv_async` borrows the subscription mutably, so at most one such
+        // future exists at a time (the buffer keeps one waker).
+        self.events.sub.poll_recv(cx)
     }
 }
 

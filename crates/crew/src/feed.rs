@@ -241,7 +241,7 @@ impl<W: Worker> Pool<W> {
     /// # use crew::{Context, Pool, StartError, Worker};
     /// # struct Double;
     /// # impl Worker for Double {
-    /// #     type Input = u64; type Output = u64; type Error = std::convert::Infallible;
+    /// #     type Input = u64; type Output = u64; type Error = std::convert::Infallible; type Message = ();
     /// #     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Double) }
     /// #     fn run(&mut self, n: u64, _: &mut Context<'_>) -> Result<u64, Self::Error> { Ok(2 * n) }
     /// # }

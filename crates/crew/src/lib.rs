@@ -83,6 +83,7 @@ mod error;
 mod events;
 mod feed;
 mod health;
+mod messages;
 mod pool;
 #[cfg(feature = "process")]
 mod processes;
@@ -107,10 +108,11 @@ pub use health::Health;
 /// `ProgressBar` or `ProgressDrawTarget` of the version crew takes.
 #[cfg(feature = "indicatif")]
 pub use indicatif;
+pub use messages::{Messages, RecvMessage};
 pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
-pub use worker::{Closures, Context, Worker, WorkerId};
+pub use worker::{Closures, Context, SendError, Worker, WorkerId};

@@ -439,6 +439,82 @@ impl<W: Worker> Pool<W> {
         }
     }
 
+    /// Subscribes to the messages workers send with
+    /// [`Context::send`](crate::Context::send): `(sender, message)` pairs, from
+    /// every worker, in each worker's send order. Several subscriptions each
+    /// get every message sent while they exist (see
+    /// [`Messages`](crate::Messages) for buffering and loss).
+    ///
+    /// ```
+    /// use crew::{Context, Pool, StartError, Worker};
+    ///
+    /// struct Counter;
+    /// impl Worker for Counter {
+    ///     type Input = u32;
+    ///     type Output = ();
+    ///     type Error = String;
+    ///     type Message = String;
+    ///     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Counter) }
+    ///     fn run(&mut self, n: u32, ctx: &mut Context<'_>) -> Result<(), String> {
+    ///         ctx.send(format!("halfway through {n}")).map_err(|e| e.to_string())
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::<Counter>::builder().workers(1).build()?;
+    /// let messages = pool.messages();
+    /// pool.submit(7)?.join().map_err(|e| e.to_string())?;
+    /// let (_worker, text) = messages.recv().unwrap();
+    /// assert_eq!(text, "halfway through 7");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn messages(&self) -> crate::Messages<W::Message> {
+        match self.backend() {
+            Backend::Threads(shared) => crate::Messages::subscribe(&shared.messages),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.messages(),
+        }
+    }
+
+    /// Sends `message` to every live worker; each receives it in
+    /// [`Worker::on_message`](crate::Worker::on_message) between tasks (an idle
+    /// worker at once, a busy one when its task ends). Workers started later do
+    /// not get it: see [`broadcast_sticky`](Pool::broadcast_sticky).
+    pub fn broadcast(&self, message: W::Message) {
+        match self.backend() {
+            Backend::Threads(shared) => shared.broadcast(message, false),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.broadcast(message, false),
+        }
+    }
+
+    /// Like [`broadcast`](Pool::broadcast), and every worker started later (a
+    /// replacement, a recycled process, an elastic pool's extra worker, a state
+    /// rebuilt after a panic) gets it too, right after its `start`, with every
+    /// other sticky message in the order they were sent: for settings.
+    pub fn broadcast_sticky(&self, message: W::Message) {
+        match self.backend() {
+            Backend::Threads(shared) => shared.broadcast(message, true),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.broadcast(message, true),
+        }
+    }
+
+    /// Sends `message` to one worker (an id from [`workers`](Pool::workers) or
+    /// an event). [`SendError::NoSuchWorker`](crate::SendError::NoSuchWorker)
+    /// gives it back if that worker is gone.
+    pub fn send_to(
+        &self,
+        worker: WorkerId,
+        message: W::Message,
+    ) -> Result<(), crate::SendError<W::Message>> {
+        let sent = match self.backend() {
+            Backend::Threads(shared) => shared.send_to(worker, message),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.send_to(worker, message),
+        };
+        sent.map_err(crate::SendError::NoSuchWorker)
+    }
+
     /// A snapshot of the pool's state and counters.
     pub fn stats(&self) -> Stats {
         match self.backend() {

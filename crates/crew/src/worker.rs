@@ -1,6 +1,7 @@
 //! The user's side of a worker: the [`Worker`] trait, and the [`Context`] its code
 //! receives.
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::fmt;
 
@@ -75,6 +76,7 @@ impl fmt::Display for WorkerId {
 ///     type Input = u64;
 ///     type Output = u64;
 ///     type Error = std::convert::Infallible;
+///     type Message = ();
 ///
 ///     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
 ///         Ok(Doubler { calls: 0 })
@@ -98,6 +100,12 @@ pub trait Worker: Sized + 'static {
     /// The worker's own error; it reaches the caller inside
     /// [`TaskError`](crate::TaskError), unflattened.
     type Error: Send + 'static;
+    /// What the pool and this worker say to each other outside tasks, both
+    /// ways (`()` for a worker that needs no messages): the worker sends with
+    /// [`Context::send`], the pool with [`Pool::broadcast`](crate::Pool::broadcast)
+    /// and [`Pool::send_to`](crate::Pool::send_to), and
+    /// [`on_message`](Worker::on_message) receives them between tasks.
+    type Message: Clone + Send + 'static;
 
     /// Builds this worker's state. Runs on the worker's thread.
     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError>;
@@ -114,6 +122,13 @@ pub trait Worker: Sized + 'static {
     fn stop(&mut self, ctx: &mut Context<'_>) {
         let _ = ctx;
     }
+
+    /// Receives a message from the pool, between two tasks (never during one).
+    /// The default ignores it. A panic here is treated as a task's: the state
+    /// is rebuilt (`stop`, then `start`).
+    fn on_message(&mut self, message: Self::Message, ctx: &mut Context<'_>) {
+        let _ = (message, ctx);
+    }
 }
 
 /// The worker type of a pool that runs closures only: `Pool<Closures>`, which is
@@ -126,6 +141,7 @@ impl Worker for Closures {
     type Input = Infallible;
     type Output = Infallible;
     type Error = Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Closures)
@@ -136,16 +152,27 @@ impl Worker for Closures {
     }
 }
 
-/// What worker code gets from the pool: who it is, and whether its task was
-/// cancelled.
+/// What worker code gets from the pool: who it is, whether its task was
+/// cancelled, and a way to send the pool a message.
 pub struct Context<'a> {
     worker: WorkerId,
     task: Option<&'a Header>,
+    outbox: Option<&'a dyn Outbox>,
 }
 
 impl<'a> Context<'a> {
     pub(crate) fn new(worker: WorkerId, task: Option<&'a Header>) -> Self {
-        Context { worker, task }
+        Context {
+            worker,
+            task,
+            outbox: None,
+        }
+    }
+
+    /// The same context, able to send messages through `outbox`.
+    pub(crate) fn with_outbox(mut self, outbox: &'a dyn Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// The worker this code runs on.
@@ -153,7 +180,7 @@ impl<'a> Context<'a> {
         self.worker
     }
 
-    /// The task being run; `None` in `start` and `stop`.
+    /// The task being run; `None` in `start`, `stop` and `on_message`.
     pub fn task_id(&self) -> Option<TaskId> {
         self.task.map(Header::id)
     }
@@ -165,7 +192,74 @@ impl<'a> Context<'a> {
     pub fn is_cancelled(&self) -> bool {
         self.task.is_some_and(Header::is_cancel_requested)
     }
+
+    /// Sends the pool a message, tagged with this worker's id: every
+    /// [`Pool::messages`](crate::Pool::messages) subscription gets it. Never
+    /// blocks. Messages from one worker arrive in the order it sent them, and a
+    /// message sent during a task arrives before that task's handle resolves.
+    ///
+    /// `M` must be the worker's [`Worker::Message`] type; another type is given
+    /// back in [`SendError::WrongType`]. On the calling thread
+    /// (`WhenFull::CallerRuns`) there is no one to send to:
+    /// [`SendError::Unavailable`].
+    pub fn send<M: Any + Send>(&self, message: M) -> Result<(), SendError<M>> {
+        let Some(outbox) = self.outbox else {
+            return Err(SendError::Unavailable(message));
+        };
+        outbox
+            .send(self.worker, Box::new(message))
+            .map_err(|back| match back.downcast::<M>() {
+                Ok(message) => SendError::WrongType(*message),
+                Err(_) => unreachable!("an outbox gives back what it was given"),
+            })
+    }
 }
+
+/// Where [`Context::send`] puts a message: each backend has one. `send` gives the
+/// message back if it is not the worker's `Message` type.
+pub(crate) trait Outbox: Sync {
+    fn send(&self, from: WorkerId, message: Box<dyn Any + Send>)
+        -> Result<(), Box<dyn Any + Send>>;
+}
+
+/// Why [`Context::send`] did not send; holds the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError<M> {
+    /// `M` is not the worker's `Message` type.
+    WrongType(M),
+    /// This context has no pool to send to (a task run on the submitting
+    /// thread under `WhenFull::CallerRuns`).
+    Unavailable(M),
+    /// [`Pool::send_to`](crate::Pool::send_to): no live worker has that id.
+    NoSuchWorker(M),
+}
+
+impl<M> SendError<M> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> M {
+        match self {
+            SendError::WrongType(m) | SendError::Unavailable(m) | SendError::NoSuchWorker(m) => m,
+        }
+    }
+}
+
+impl<M> fmt::Display for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::WrongType(_) => write!(
+                f,
+                "the message is not of the worker's Message type ({})",
+                std::any::type_name::<M>()
+            ),
+            SendError::Unavailable(_) => {
+                f.write_str("this context has no pool to send messages to")
+            }
+            SendError::NoSuchWorker(_) => f.write_str("no live worker has that id"),
+        }
+    }
+}
+
+impl<M: fmt::Debug> std::error::Error for SendError<M> {}
 
 impl fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -41,6 +41,14 @@ fn image_queue_resizes_every_upload_but_the_broken_one() {
 }
 
 #[test]
+fn messages_go_both_ways() {
+    run_example(
+        "messages",
+        "messages: 6 files reported 4 steps each in order; 3 workers took the unit",
+    );
+}
+
+#[test]
 fn isolation_survives_a_segfault_and_a_loop() {
     run_example("isolation", "isolation: all checks passed");
 }

@@ -25,6 +25,7 @@ impl Worker for Echo {
     type Input = Job;
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Echo)

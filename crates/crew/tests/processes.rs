@@ -54,6 +54,7 @@ impl Worker for Probe {
     type Input = Job;
     type Output = Answer;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Probe {
@@ -157,6 +158,7 @@ impl Worker for NeverStarts {
     type Input = u64;
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Err("the model file is missing".into())

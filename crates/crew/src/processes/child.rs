@@ -235,7 +235,7 @@ impl std::fmt::Debug for Bootstrap {
 /// # use crew::{Context, StartError, Worker};
 /// # struct Resize;
 /// # impl Worker for Resize {
-/// #     type Input = u32; type Output = u32; type Error = String;
+/// #     type Input = u32; type Output = u32; type Error = String; type Message = ();
 /// #     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Resize) }
 /// #     fn run(&mut self, i: u32, _: &mut Context<'_>) -> Result<u32, String> { Ok(i) }
 /// # }
@@ -318,8 +318,15 @@ struct OutState {
 /// What has arrived from the pool and not been run yet.
 struct Inbox {
     decoder: FrameDecoder,
-    pending: VecDeque<(u64, TaskInput)>,
+    pending: VecDeque<Pending>,
     shutting_down: bool,
+}
+
+/// What the runner has received and not handled yet, in arrival order.
+enum Pending {
+    Task(u64, TaskInput),
+    /// A message from the pool: its kind byte, then the encoded message.
+    Message(Vec<u8>),
 }
 
 /// Where a received task's encoded input is.
@@ -336,9 +343,9 @@ impl Inbox {
     fn absorb(&mut self, channel: &Channel) -> Result<(), String> {
         while let Some(message) = self.decoder.next_message::<ToWorker>().map_err(protocol)? {
             match message {
-                ToWorker::Task { id, payload, .. } => {
-                    self.pending.push_back((id, TaskInput::Inline(payload)))
-                }
+                ToWorker::Task { id, payload, .. } => self
+                    .pending
+                    .push_back(Pending::Task(id, TaskInput::Inline(payload))),
                 ToWorker::SharedTask {
                     id, offset, len, ..
                 } => {
@@ -353,12 +360,13 @@ impl Inbox {
                         ));
                     }
                     self.pending
-                        .push_back((id, TaskInput::Shared { offset, len }))
+                        .push_back(Pending::Task(id, TaskInput::Shared { offset, len }))
                 }
                 ToWorker::Cancel { id } => {
                     // Not begun: drop it. Already answered: the cancel crossed the
                     // answer on the wire; nothing to do.
-                    if let Some(at) = self.pending.iter().position(|(t, _)| *t == id) {
+                    let waiting = |p: &Pending| matches!(p, Pending::Task(t, _) if *t == id);
+                    if let Some(at) = self.pending.iter().position(waiting) {
                         self.pending.remove(at);
                         channel
                             .push(&ToParent::Done {
@@ -368,10 +376,7 @@ impl Inbox {
                             .map_err(protocol)?;
                     }
                 }
-                ToWorker::Message { .. } => {
-                    // Pool-to-worker messages reach `Worker` code in a later
-                    // version; until then they are read and dropped.
-                }
+                ToWorker::Message { payload } => self.pending.push_back(Pending::Message(payload)),
                 ToWorker::Shutdown => self.shutting_down = true,
             }
         }
@@ -392,6 +397,18 @@ impl Inbox {
 impl Channel {
     fn push<M: crate::wire::WireMessage>(&self, message: &M) -> Result<(), ProtocolError> {
         lock(&self.out).encoder.push(message)
+    }
+
+    /// Buffers `message` and, if nothing was waiting, starts the clock the
+    /// watcher flushes by, so a message sent during a long task goes out within
+    /// [`FLUSH_AFTER`].
+    fn push_deferred<M: crate::wire::WireMessage>(&self, message: &M) -> Result<(), ProtocolError> {
+        let mut st = lock(&self.out);
+        st.encoder.push(message)?;
+        if st.deferred_since.is_none() {
+            st.deferred_since = Some(Instant::now());
+        }
+        Ok(())
     }
 
     /// Writes everything buffered now.
@@ -644,6 +661,7 @@ fn run_worker<W: RemoteWorker>(
         id,
         worker: None,
         channel: &channel,
+        sticky: Vec::new(),
     };
     if let Err(message) = runner.start() {
         let message = codec::shorten(message, hello.frame_limit);
@@ -657,7 +675,7 @@ fn run_worker<W: RemoteWorker>(
 
     let mut last_read = Instant::now();
     loop {
-        let (task, payload) = {
+        let next = {
             let mut inbox = lock(&channel.inbox);
             if !inbox.pending.is_empty() && last_read.elapsed() >= POLL_EVERY {
                 if !inbox.read_available(&stream)? {
@@ -669,7 +687,7 @@ fn run_worker<W: RemoteWorker>(
             // the decoder is drained before any decision to block.
             inbox.absorb(&channel)?;
             match inbox.pending.pop_front() {
-                Some((task, payload)) => (task, payload),
+                Some(next) => next,
                 None if inbox.shutting_down => break,
                 None => {
                     // Nothing to run: block until the pool speaks.
@@ -683,6 +701,13 @@ fn run_worker<W: RemoteWorker>(
                     channel.set_busy();
                     continue;
                 }
+            }
+        };
+        let (task, payload) = match next {
+            Pending::Task(task, payload) => (task, payload),
+            Pending::Message(payload) => {
+                runner.on_message(&payload)?;
+                continue;
             }
         };
         channel.begin_task(task)?;
@@ -708,11 +733,37 @@ struct Runner<'a, W: RemoteWorker> {
     id: WorkerId,
     worker: Option<W>,
     channel: &'a Channel,
+    /// Sticky messages received so far: given again to a rebuilt state.
+    sticky: Vec<W::Message>,
+}
+
+/// The worker process's outbox: [`Context::send`] encodes the message into the
+/// frame buffer, ahead of the answer of the task that sent it.
+struct ChildOutbox<'a, W: RemoteWorker>(&'a Channel, std::marker::PhantomData<fn(W)>);
+
+impl<W: RemoteWorker> crate::worker::Outbox for ChildOutbox<'_, W> {
+    fn send(
+        &self,
+        _from: WorkerId,
+        message: Box<dyn std::any::Any + Send>,
+    ) -> Result<(), Box<dyn std::any::Any + Send>> {
+        let message = message.downcast::<W::Message>()?;
+        match codec::encode(&*message) {
+            Ok(payload) => {
+                if let Err(e) = self.0.push_deferred(&ToParent::Message { payload }) {
+                    eprintln!("crew worker: a message was not sent: {e}");
+                }
+            }
+            Err(e) => eprintln!("crew worker: a message could not be encoded: {e}"),
+        }
+        Ok(())
+    }
 }
 
 impl<W: RemoteWorker> Runner<'_, W> {
     fn start(&mut self) -> Result<(), String> {
-        let mut ctx = Context::new(self.id, None);
+        let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
+        let mut ctx = Context::new(self.id, None).with_outbox(&outbox);
         match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
             Ok(Ok(worker)) => {
                 self.worker = Some(worker);
@@ -726,9 +777,51 @@ impl<W: RemoteWorker> Runner<'_, W> {
         }
     }
 
+    /// A message from the pool, between tasks. A panic in `on_message` rebuilds
+    /// the state, as a task's panic does.
+    fn on_message(&mut self, payload: &[u8]) -> Result<(), String> {
+        let (kind, encoded) = payload
+            .split_first()
+            .ok_or("protocol error from the pool: an empty message")?;
+        let message: W::Message = codec::decode(encoded)
+            .map_err(|e| format!("crew could not decode a message from the pool: {e}"))?;
+        if *kind == codec::MESSAGE_STICKY {
+            self.sticky.push(message.clone());
+        }
+        self.deliver(message);
+        Ok(())
+    }
+
+    fn deliver(&mut self, message: W::Message) {
+        let Some(worker) = self.worker.as_mut() else {
+            return;
+        };
+        let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
+        let mut ctx = Context::new(self.id, None).with_outbox(&outbox);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| worker.on_message(message, &mut ctx)))
+        {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+            self.restart();
+        }
+    }
+
+    /// Rebuilds the state after a panic and gives it the sticky messages again.
+    fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.start() {
+            eprintln!("crew worker {}: restart after a panic failed: {e}", self.id);
+            let _ = self.channel.flush();
+            std::process::exit(EXIT_CHANNEL);
+        }
+        for message in self.sticky.clone() {
+            self.deliver(message);
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(mut worker) = self.worker.take() {
-            let mut ctx = Context::new(self.id, None);
+            let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
+            let mut ctx = Context::new(self.id, None).with_outbox(&outbox);
             let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
         }
     }
@@ -747,7 +840,8 @@ impl<W: RemoteWorker> Runner<'_, W> {
             return Outcome::Panicked("the worker has no state (its restart failed)".into());
         };
         let header = Header::with_queued_at(TaskId(task), Priority::Normal, None, false, None);
-        let mut ctx = Context::new(self.id, Some(&header));
+        let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
+        let mut ctx = Context::new(self.id, Some(&header)).with_outbox(&outbox);
         let result = catch_unwind(AssertUnwindSafe(|| worker.run(input, &mut ctx)));
         let outcome = match result {
             Ok(Ok(output)) => match codec::encode(&output) {
@@ -762,12 +856,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
                 let message = panic_message(&*panic);
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
                 // The state may be half-updated: rebuild it, as on threads.
-                self.stop();
-                if let Err(e) = self.start() {
-                    eprintln!("crew worker {}: restart after a panic failed: {e}", self.id);
-                    let _ = self.channel.flush();
-                    std::process::exit(EXIT_CHANNEL);
-                }
+                self.restart();
                 Outcome::Panicked(codec::shorten(message, limit))
             }
         };

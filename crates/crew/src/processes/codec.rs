@@ -18,14 +18,15 @@ use super::arena::{Arena, Block, SHARED_ABOVE};
 use crate::wire::{Outcome, MIN_FRAME_LIMIT};
 use crate::worker::Worker;
 
-/// A [`Worker`] that can run in a worker process: its input, output and error
-/// cross the process boundary, so they are serde types. Implemented for every such
+/// A [`Worker`] that can run in a worker process: its input, output, error and
+/// message types cross the process boundary, so they are serde types. Implemented for every such
 /// `Worker`; there is nothing to write.
 pub trait RemoteWorker:
     Worker<
     Input: Serialize + DeserializeOwned,
     Output: Serialize + DeserializeOwned,
     Error: Serialize + DeserializeOwned,
+    Message: Serialize + DeserializeOwned,
 >
 {
 }
@@ -35,8 +36,28 @@ impl<W> RemoteWorker for W where
         Input: Serialize + DeserializeOwned,
         Output: Serialize + DeserializeOwned,
         Error: Serialize + DeserializeOwned,
+        Message: Serialize + DeserializeOwned,
     >
 {
+}
+
+/// The first byte of a pool-to-worker message's payload: a plain message, or a
+/// sticky one (the worker keeps it and gives it again to a state it rebuilds).
+pub(crate) const MESSAGE_PLAIN: u8 = 0;
+pub(crate) const MESSAGE_STICKY: u8 = 1;
+
+/// A pool-to-worker message's payload: its kind byte, then the message.
+pub(crate) fn encode_message<M: Serialize>(
+    message: &M,
+    sticky: bool,
+) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![if sticky {
+        MESSAGE_STICKY
+    } else {
+        MESSAGE_PLAIN
+    }];
+    postcard::to_io(message, &mut out)?;
+    Ok(out)
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {

@@ -71,6 +71,7 @@ use nix::sys::signal::Signal;
 use crate::builder::Config;
 use crate::error::{Crash, Failure, ShutdownTimedOut, SubmitError, TaskError};
 use crate::events::{Bus, Event, Events, ExitReason};
+use crate::messages::MessageBus;
 use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
 use crate::sync::lock;
 use crate::task::cell::{Core, Handle, Header, Outcome};
@@ -141,6 +142,9 @@ pub(crate) trait Engine<W: Worker>: Send + Sync {
     fn stats(&self) -> Stats;
     /// The event bus (the health watcher emits into it).
     fn bus(&self) -> Arc<Bus>;
+    fn messages(&self) -> crate::Messages<W::Message>;
+    fn broadcast(&self, message: W::Message, sticky: bool);
+    fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message>;
 }
 
 /// Starts a process pool of `W`. The builder's `processes` stores this function.
@@ -149,6 +153,7 @@ pub(crate) fn start<W: RemoteWorker>(
     process: ProcessConfig,
 ) -> std::io::Result<Arc<dyn Engine<W>>> {
     let events = Arc::new(Bus::new(config.event_buffer));
+    let config_event_buffer = config.event_buffer;
     let launcher = Launcher {
         program: process.program.clone(),
         args: process.args.clone(),
@@ -160,6 +165,7 @@ pub(crate) fn start<W: RemoteWorker>(
     let shared = Arc::new(Shared::<W> {
         state: Mutex::new(State {
             lifecycle: Lifecycle::Open,
+            sticky_messages: Vec::new(),
             queue: Default::default(),
             links: Vec::new(),
             starting: 0,
@@ -184,6 +190,7 @@ pub(crate) fn start<W: RemoteWorker>(
         process,
         launcher,
         events,
+        messages: Arc::new(Bus::new(config_event_buffer)),
     });
     let monitor = {
         let shared = Arc::clone(&shared);
@@ -228,10 +235,15 @@ struct Shared<W: RemoteWorker> {
     process: ProcessConfig,
     launcher: Launcher,
     events: Arc<Bus>,
+    /// Worker-to-pool message subscribers (`messages.rs`).
+    messages: Arc<MessageBus<W::Message>>,
 }
 
 struct State<W: RemoteWorker> {
     lifecycle: Lifecycle,
+    /// Every sticky broadcast so far, encoded: sent to each new worker process
+    /// right after its hello, before any task.
+    sticky_messages: Vec<Vec<u8>>,
     /// Tasks not yet sent to any worker, by priority (index 0 = high).
     queue: [VecDeque<Entry<W>>; Priority::LEVELS],
     links: Vec<LinkState<W>>,
@@ -387,6 +399,8 @@ struct Plan {
     /// Start this many link threads, each after this backoff.
     start: Vec<Duration>,
     wakers: Vec<Waker>,
+    /// Readers of messages pushed under the lock, to wake after it.
+    woken_readers: Vec<crate::events::Wake>,
     notify: bool,
 }
 
@@ -953,6 +967,7 @@ impl<W: RemoteWorker> Shared<W> {
     fn check_finished(&self, st: &State<W>) {
         if st.lifecycle != Lifecycle::Open && st.links.is_empty() && st.starting == 0 {
             self.events.close();
+            self.messages.close();
             self.alarm.notify_all();
             self.changed.notify_all();
         }
@@ -996,6 +1011,15 @@ impl<W: RemoteWorker> Shared<W> {
                     // The link thread reports it when the process exits.
                     st.last_start_error = Some(message);
                 }
+                ToParent::Message { payload } => match codec::decode::<W::Message>(&payload) {
+                    Ok(message) => {
+                        plan.woken_readers
+                            .push(self.messages.emit_deferred((id, message)));
+                    }
+                    Err(e) => {
+                        return Err(format!("could not decode a message from the worker: {e}"))
+                    }
+                },
                 ToParent::Started { id: task } => {
                     let link = &mut st.links[i];
                     let Some(flight) = link.window.iter().find(|f| f.entry.id() == task) else {
@@ -1113,9 +1137,6 @@ impl<W: RemoteWorker> Shared<W> {
                         plan.start.extend(more.start);
                     }
                 }
-                ToParent::Message { .. } => {
-                    // Worker-to-pool messages reach the user in a later version.
-                }
             }
         }
         self.dispatch(st, plan);
@@ -1213,10 +1234,20 @@ fn link_main<W: RemoteWorker>(shared: &Arc<Shared<W>>, backoff: Duration) {
             timings: Timings::new(),
             born: Instant::now(),
         });
+        // Sticky messages first, under the lock a broadcast takes: each one
+        // reaches this worker exactly once, before its first task.
+        for payload in &st.sticky_messages {
+            let _ = process.outbox.append(|enc| {
+                enc.push(&ToWorker::Message {
+                    payload: payload.clone(),
+                })
+            });
+        }
         if st.lifecycle == Lifecycle::Terminating {
             shared.kill_link(&mut st, id, ExitReason::Shutdown, None);
         }
     }
+    process.outbox.pump();
     let end = read_frames(shared, &process, id);
     if matches!(end, End::Protocol(_)) {
         process.signal_group(Signal::SIGKILL);
@@ -1449,6 +1480,7 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
     if st.links.is_empty() && st.starting == 0 && st.lifecycle != Lifecycle::Open {
         shared.alarm.notify_all();
         shared.events.close();
+        shared.messages.close();
     }
     drop(st);
     shared.finish(plan);
@@ -1580,6 +1612,7 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
         if st.links.is_empty() && st.starting == 0 {
             self.alarm.notify_all();
             self.events.close();
+            self.messages.close();
         }
         drop(st);
         self.finish(plan);
@@ -1684,6 +1717,60 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
 
     fn events(&self) -> Events {
         self.events.subscribe()
+    }
+
+    fn messages(&self) -> crate::Messages<W::Message> {
+        crate::Messages::subscribe(&self.messages)
+    }
+
+    fn broadcast(&self, message: W::Message, sticky: bool) {
+        let payload = match codec::encode_message(&message, sticky) {
+            Ok(payload) => payload,
+            Err(e) => {
+                eprintln!(
+                    "crew: a broadcast message could not be encoded, so it was not sent: {e}"
+                );
+                return;
+            }
+        };
+        let mut st = self.lock();
+        if sticky {
+            st.sticky_messages.push(payload.clone());
+        }
+        let mut plan = Plan::default();
+        for link in &st.links {
+            let _ = link.process.outbox.append(|enc| {
+                enc.push(&ToWorker::Message {
+                    payload: payload.clone(),
+                })
+            });
+            plan.flush.push(Arc::clone(&link.process));
+        }
+        drop(st);
+        for process in &plan.flush {
+            process.outbox.pump();
+        }
+    }
+
+    fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message> {
+        let payload = match codec::encode_message(&message, false) {
+            Ok(payload) => payload,
+            Err(e) => {
+                eprintln!("crew: a message could not be encoded, so it was not sent: {e}");
+                return Ok(());
+            }
+        };
+        let st = self.lock();
+        let Some(link) = st.links.iter().find(|l| l.id == id && l.killing.is_none()) else {
+            return Err(message);
+        };
+        let process = Arc::clone(&link.process);
+        let _ = process
+            .outbox
+            .append(|enc| enc.push(&ToWorker::Message { payload }));
+        drop(st);
+        process.outbox.pump();
+        Ok(())
     }
 
     fn bus(&self) -> Arc<Bus> {

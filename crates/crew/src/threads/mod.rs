@@ -43,6 +43,7 @@ use crossbeam_utils::CachePadded;
 use crate::builder::{Config, WhenFull};
 use crate::error::{panic_message, Failure, ShutdownTimedOut, SubmitError};
 use crate::events::{Bus, Event, ExitReason, TaskOutcome};
+use crate::messages::{Mail, Mailbox, MessageBus};
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
 use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
@@ -95,8 +96,14 @@ fn new_counts() -> Counts {
 }
 
 /// One worker's shared face.
-pub(crate) struct Slot<W> {
+pub(crate) struct Slot<W: Worker> {
     pub(crate) id: WorkerId,
+    /// Messages from the pool, for `Worker::on_message` between tasks
+    /// (`messages.rs`). `has_mail` is set after every push, under the mailbox
+    /// lock, and read by the worker once per task (`Relaxed`: a message seen one
+    /// task late is still between tasks).
+    pub(crate) mail: Mutex<Mailbox<W::Message>>,
+    pub(crate) has_mail: AtomicBool,
     /// The other end of the worker's own deque.
     stealer: Stealer<Job<W>>,
     pub(crate) sleeper: modelled::Arc<Sleeper>,
@@ -151,7 +158,7 @@ struct Running<W> {
     abandon_at: Option<Instant>,
 }
 
-impl<W> Slot<W> {
+impl<W: Worker> Slot<W> {
     fn finished(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Acquire)).sum()
     }
@@ -165,7 +172,7 @@ impl<W> Slot<W> {
 }
 
 /// The registry of workers. Guarded by `Shared::registry`.
-struct Registry<W> {
+struct Registry<W: Worker> {
     /// Workers the pool counts: starting, running or idle.
     live: Vec<Arc<Slot<W>>>,
     /// Threads given up on (timed out, killed) that have not exited yet. Their
@@ -225,6 +232,10 @@ pub(crate) struct Shared<W: Worker> {
     /// Event subscribers (`events.rs`). Emitted to by workers, the monitor,
     /// drainers and abandoners.
     pub(crate) events: Arc<Bus>,
+    /// Worker-to-pool message subscribers (`messages.rs`).
+    pub(crate) messages: Arc<MessageBus<W::Message>>,
+    /// Every sticky broadcast so far, in order: replayed to each new worker state.
+    pub(crate) sticky: Mutex<Vec<W::Message>>,
     /// Threads inside `drain` now. The event stream ends only when the pool is
     /// closed, no worker is live and nobody is draining (`maybe_close_events`).
     draining: AtomicUsize,
@@ -246,6 +257,7 @@ impl<W: Worker> Shared<W> {
         let workers = config.workers;
         let capacity = config.queue_capacity.map(Capacity::new);
         let events = Arc::new(Bus::new(config.event_buffer));
+        let config_event_buffer = config.event_buffer;
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             injectors: Injectors::new(),
@@ -277,6 +289,8 @@ impl<W: Worker> Shared<W> {
             live_count: AtomicUsize::new(0),
             growing: AtomicBool::new(false),
             events,
+            messages: Arc::new(Bus::new(config_event_buffer)),
+            sticky: Mutex::new(Vec::new()),
             draining: AtomicUsize::new(0),
             created: Instant::now(),
             this: this.clone(),
@@ -654,6 +668,8 @@ impl<W: Worker> Shared<W> {
         let deque = Deque::new_fifo();
         let slot = Arc::new(Slot {
             id,
+            mail: Mutex::new(Mailbox::default()),
+            has_mail: AtomicBool::new(false),
             stealer: deque.stealer(),
             sleeper: modelled::Arc::new(Sleeper::new()),
             work: Mutex::new(Work {
@@ -880,6 +896,57 @@ impl<W: Worker> Shared<W> {
         slot.is_some_and(|slot| self.abandon(&slot, Failure::Killed))
     }
 
+    // ------------------------------------------------------------ messages
+
+    /// Puts `message` in every live worker's mailbox (and, if `sticky`, in the
+    /// list every later worker state gets at its start).
+    pub(crate) fn broadcast(&self, message: W::Message, sticky: bool) {
+        // The sticky list's lock is held while mailboxes are filled, so a worker
+        // that replays the list at its start (under the same lock) and the
+        // `Sticky(n)` entries in its mailbox agree on what it already has.
+        let mut list = lock(&self.sticky);
+        let index = sticky.then(|| {
+            list.push(message.clone());
+            list.len() - 1
+        });
+        let slots: Vec<Arc<Slot<W>>> = lock(&self.registry).live.clone();
+        for slot in &slots {
+            let mail = match index {
+                Some(n) => Mail::Sticky(n),
+                None => Mail::Plain(message.clone()),
+            };
+            self.deliver(slot, mail);
+        }
+        drop(list);
+    }
+
+    /// Puts `message` in worker `id`'s mailbox; gives it back if no live
+    /// worker has that id.
+    pub(crate) fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message> {
+        let slot = lock(&self.registry)
+            .live
+            .iter()
+            .find(|s| s.id == id)
+            .cloned();
+        match slot {
+            Some(slot) => {
+                self.deliver(&slot, Mail::Plain(message));
+                Ok(())
+            }
+            None => Err(message),
+        }
+    }
+
+    fn deliver(&self, slot: &Slot<W>, mail: Mail<W::Message>) {
+        {
+            let mut mailbox = lock(&slot.mail);
+            mailbox.queue.push_back(mail);
+            slot.has_mail.store(true, SeqCst);
+        }
+        // An idle worker is parked: wake it to read its mail now.
+        self.sleep.wake_worker(&slot.sleeper);
+    }
+
     /// The ids of the workers the pool counts, oldest first.
     pub(crate) fn worker_ids(&self) -> Vec<WorkerId> {
         let mut ids: Vec<WorkerId> = lock(&self.registry).live.iter().map(|s| s.id).collect();
@@ -1071,6 +1138,7 @@ impl<W: Worker> Shared<W> {
         }
         if lock(&self.registry).live.is_empty() {
             self.events.close();
+            self.messages.close();
         }
     }
 
@@ -1286,6 +1354,7 @@ impl<W: Worker> Drop for Shared<W> {
     fn drop(&mut self) {
         self.monitor.stop();
         self.events.close();
+        self.messages.close();
     }
 }
 

@@ -21,6 +21,7 @@ use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
 use super::{TIME_ALL, TIME_ONE_IN};
 use crate::error::{panic_message, Failure};
 use crate::events::{Event, ExitReason};
+use crate::messages::{BusOutbox, Mail};
 use crate::scheduler::sleep::Parked;
 use crate::scheduler::spin::{
     self, Spin, QUIET_SPIN_ROUNDS, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS,
@@ -50,6 +51,16 @@ struct Local<W: Worker> {
     /// task's start, which saves one clock read per task under load. Cleared
     /// whenever the worker searches, parks or rebuilds its state.
     last_end: Option<Instant>,
+    /// How many of the pool's sticky messages the current worker state has.
+    sticky_seen: usize,
+}
+
+/// What a worker does next.
+enum Next<W> {
+    Job(Job<W>),
+    /// Messages from the pool wait in its mailbox.
+    Mail,
+    Leave,
 }
 
 /// Runs a worker thread to completion.
@@ -65,17 +76,24 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         searching: false,
         retired: false,
         last_end: None,
+        sticky_seen: 0,
     };
     let _span = trace::worker_span(local.slot.id);
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
     let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {
-        let Some(job) = local.next_job() else { break };
-        if local.run_job(&job, w) == Ran::Panicked {
-            // The instance may be half-updated: retire it and build a fresh one.
-            local.stop(worker.take());
-            worker = local.start(Some(format!("{} panicked", job.header().id())));
-            local.last_end = None;
+        match local.next_job() {
+            Next::Job(job) => {
+                if local.run_job(&job, w) == Ran::Panicked {
+                    // The instance may be half-updated: retire it and build a
+                    // fresh one.
+                    local.stop(worker.take());
+                    worker = local.start(Some(format!("{} panicked", job.header().id())));
+                    local.last_end = None;
+                }
+            }
+            Next::Mail => worker = local.read_mail(worker),
+            Next::Leave => break,
         }
     }
     local.slot.stopping.store(true, Relaxed);
@@ -109,11 +127,12 @@ impl<W: Worker> Local<W> {
             if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
                 return None;
             }
-            let mut ctx = Context::new(self.id(), None);
+            let outbox = BusOutbox(&self.shared.messages);
+            let mut ctx = Context::new(self.id(), None).with_outbox(&outbox);
             let message = match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
                 Ok(Ok(worker)) => {
                     if self.shared.on_started(&self.slot, restarted.take()) {
-                        return Some(worker);
+                        return self.replay_sticky(worker);
                     }
                     // Abandoned while starting: undo the start and leave.
                     self.stop(Some(worker));
@@ -139,9 +158,67 @@ impl<W: Worker> Local<W> {
         }
     }
 
+    /// Gives a freshly started worker state every sticky message so far (see
+    /// `Shared::broadcast` for why the list's lock makes this exactly once).
+    /// `None` if a message's handler panicked and the rebuild gave up.
+    fn replay_sticky(&mut self, worker: W) -> Option<W> {
+        let sticky: Vec<W::Message> = {
+            let list = lock(&self.shared.sticky);
+            self.sticky_seen = list.len();
+            list.clone()
+        };
+        let mut worker = Some(worker);
+        for message in sticky {
+            worker = self.deliver(worker, message);
+        }
+        worker
+    }
+
+    /// Reads the mailbox: every message in order, to `on_message`.
+    #[cold]
+    fn read_mail(&mut self, mut worker: Option<W>) -> Option<W> {
+        let mail = {
+            let mut mailbox = lock(&self.slot.mail);
+            self.slot.has_mail.store(false, SeqCst);
+            std::mem::take(&mut mailbox.queue)
+        };
+        for mail in mail {
+            let message = match mail {
+                Mail::Plain(message) => message,
+                Mail::Sticky(n) => {
+                    if n < self.sticky_seen {
+                        continue; // this state got it when it started
+                    }
+                    self.sticky_seen = n + 1;
+                    lock(&self.shared.sticky)[n].clone()
+                }
+            };
+            worker = self.deliver(worker, message);
+        }
+        worker
+    }
+
+    /// Runs `on_message`; a panic rebuilds the state, as a task's panic does.
+    fn deliver(&mut self, worker: Option<W>, message: W::Message) -> Option<W> {
+        let mut worker = worker?;
+        let outbox = BusOutbox(&self.shared.messages);
+        let mut ctx = Context::new(self.id(), None).with_outbox(&outbox);
+        match catch_unwind(AssertUnwindSafe(|| worker.on_message(message, &mut ctx))) {
+            Ok(()) => Some(worker),
+            Err(panic) => {
+                let reason = format!("on_message panicked: {}", panic_message(&*panic));
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                self.stop(Some(worker));
+                self.last_end = None;
+                self.start(Some(reason))
+            }
+        }
+    }
+
     fn stop(&self, worker: Option<W>) {
         let Some(mut worker) = worker else { return };
-        let mut ctx = Context::new(self.id(), None);
+        let outbox = BusOutbox(&self.shared.messages);
+        let mut ctx = Context::new(self.id(), None).with_outbox(&outbox);
         let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
         let _ = catch_unwind(AssertUnwindSafe(move || drop(worker)));
         self.shared.on_stopped(&self.slot);
@@ -215,7 +292,8 @@ impl<W: Worker> Local<W> {
         if let Some(deadline) = deadline {
             self.shared.monitor.wake_at(&self.shared, deadline);
         }
-        let mut ctx = Context::new(self.id(), Some(header));
+        let outbox = BusOutbox(&self.shared.messages);
+        let mut ctx = Context::new(self.id(), Some(header)).with_outbox(&outbox);
         let span = trace::task_span(header.id(), self.id(), waited);
         let ran = span.run(|| job.run(worker, &mut ctx));
         let mine = {
@@ -298,22 +376,28 @@ impl<W: Worker> Local<W> {
 
     /// The next job, or `None` if the thread should exit.
     #[inline]
-    fn next_job(&mut self) -> Option<Job<W>> {
+    fn next_job(&mut self) -> Next<W> {
         if !self.must_leave() {
+            if self.slot.has_mail.load(Relaxed) {
+                return Next::Mail;
+            }
             if let Some(job) = self.find() {
-                return Some(job);
+                return Next::Job(job);
             }
         }
         self.search()
     }
 
-    /// Searches (spin, then park) until a job turns up or the thread must exit.
+    /// Searches (spin, then park) until a job or mail turns up or the thread must
+    /// exit.
     #[cold]
-    fn search(&mut self) -> Option<Job<W>> {
+    fn search(&mut self) -> Next<W> {
         self.last_end = None; // time passes here: the next start reads the clock
 
-        if let Some(job) = self.search_quietly() {
-            return Some(job);
+        match self.search_quietly() {
+            Some(next) => return next,
+            None if self.must_leave() => return Next::Leave,
+            None => {}
         }
         let others_searching = self.shared.sleep.start_searching();
         self.searching = true;
@@ -324,11 +408,15 @@ impl<W: Worker> Local<W> {
             let mut spin = Spin::new(spin_rounds, WORKER_YIELD_ROUNDS);
             loop {
                 if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
-                    return None;
+                    return Next::Leave;
+                }
+                if self.slot.has_mail.load(Relaxed) {
+                    self.stop_searching();
+                    return Next::Mail;
                 }
                 if let Some(job) = self.find() {
                     self.stop_searching();
-                    return Some(job);
+                    return Next::Job(job);
                 }
                 if !spin.next() {
                     break;
@@ -344,7 +432,7 @@ impl<W: Worker> Local<W> {
             let timeout = elastic.then_some(shared.config.idle_timeout);
             let mut parked = shared.sleep.park(
                 &slot.sleeper,
-                || self.has_work(),
+                || self.has_work() || slot.has_mail.load(SeqCst),
                 stay_awake,
                 || shared.notify_idle(),
                 timeout,
@@ -353,7 +441,7 @@ impl<W: Worker> Local<W> {
                 if shared.try_retire(&slot) {
                     self.retired = true;
                     shared.sleep.stop_waiting(&slot.sleeper);
-                    return None; // `exit` hands over anything that woke us
+                    return Next::Leave; // `exit` hands over anything that woke us
                 }
                 parked = shared.sleep.park_again(&slot.sleeper, stay_awake, timeout);
             }
@@ -369,14 +457,17 @@ impl<W: Worker> Local<W> {
     /// submission reads. Nobody is parked, so no submitter could have woken
     /// anyone on this worker's behalf; and before it parks, this worker goes
     /// through the announced search and the park's re-check.
-    fn search_quietly(&mut self) -> Option<Job<W>> {
+    fn search_quietly(&mut self) -> Option<Next<W>> {
         let mut spin = Spin::new(QUIET_SPIN_ROUNDS, 0);
         while self.shared.sleep.nobody_sleeping() && spin.next() {
             if self.must_leave() {
-                return None;
+                return Some(Next::Leave);
+            }
+            if self.slot.has_mail.load(Relaxed) {
+                return Some(Next::Mail);
             }
             if let Some(job) = self.find() {
-                return Some(job);
+                return Some(Next::Job(job));
             }
         }
         None
