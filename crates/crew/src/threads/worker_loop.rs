@@ -157,9 +157,11 @@ impl<W: Worker> Local<W> {
         // The one load the event stream costs a task when nobody subscribes.
         let observed = self.shared.events.is_active();
         if header.is_decided() {
-            // A tombstone: cancelled (or taken back) while queued.
+            // A tombstone: cancelled (or taken back) while queued. It never ran
+            // here, so it is counted pool-wide, not in this worker's row
+            // (`WorkerStats::tasks_done`), as on the process backend.
             let outcome = header.settled_outcome();
-            self.slot.count(outcome);
+            self.shared.count(outcome);
             if observed {
                 self.shared.events.emit(Event::TaskDiscarded {
                     task: header.id(),
