@@ -20,7 +20,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::RecvTimeoutError;
 use std::task::Poll;
@@ -45,11 +45,11 @@ enum Job {
     Fail(String),
     /// Panics with this message.
     Panic(String),
-    /// Waits until the file at `release` exists (then answers 0), or until the
+    /// Waits while the file at `gate` exists (then answers 0), or until the
     /// task is cancelled (threads: `Context::is_cancelled`; a worker process is
     /// killed instead). Gives up after [`LIMIT`], so a broken test cannot leave
     /// a worker behind for ever.
-    Hold { release: PathBuf },
+    Hold { gate: PathBuf },
 }
 
 /// Every answer says who ran the task and how many tasks that worker instance
@@ -80,9 +80,9 @@ impl Worker for Probe {
             Job::Echo(n) => n,
             Job::Fail(e) => return Err(e),
             Job::Panic(m) => panic!("{m}"),
-            Job::Hold { release } => {
+            Job::Hold { gate } => {
                 let deadline = Instant::now() + LIMIT;
-                while !release.exists() {
+                while gate.exists() {
                     if ctx.is_cancelled() {
                         return Err("cancelled".into());
                     }
@@ -190,9 +190,9 @@ conformance!(
 
 // ------------------------------------------------------------------ helpers
 
-/// A file whose creation releases `Job::Hold` tasks. Each gate has its own
-/// path; dropping it opens it (so a failing test does not leave workers
-/// waiting) and removes the file.
+/// A file that holds `Job::Hold` tasks while it exists; opening the gate
+/// removes it. Each gate has its own path. Dropping the gate opens it, so a
+/// failing test leaves neither a file nor a worker waiting.
 struct FileGate(PathBuf);
 
 impl FileGate {
@@ -203,30 +203,23 @@ impl FileGate {
             std::process::id(),
             NEXT.fetch_add(1, SeqCst)
         ));
-        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, b"closed").unwrap();
         FileGate(path)
     }
 
     fn hold(&self) -> Job {
         Job::Hold {
-            release: self.0.clone(),
+            gate: self.0.clone(),
         }
     }
 
     fn open(&self) {
-        std::fs::write(&self.0, b"open").unwrap();
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
+        std::fs::remove_file(&self.0).unwrap();
     }
 }
 
 impl Drop for FileGate {
     fn drop(&mut self) {
-        if !self.0.exists() {
-            let _ = std::fs::write(&self.0, b"open");
-        }
         let _ = std::fs::remove_file(&self.0);
     }
 }
@@ -1082,5 +1075,4 @@ fn submit_async_and_await(backend: Backend) {
     assert_eq!(futures::executor::block_on(blocker).unwrap().value, 0);
     futures::executor::block_on(pool.idle());
     pool.shutdown();
-    assert!(gate.path().exists());
 }
