@@ -156,7 +156,8 @@ pub struct WorkerStats {
     pub state: WorkerState,
     /// The task it is running, if any.
     pub current_task: Option<TaskId>,
-    /// Tasks it has finished with, of every outcome.
+    /// Tasks it ran and has finished with, of every outcome. A task resolved
+    /// without running (cancelled while queued, closed) counts for no worker.
     pub tasks_done: u64,
     /// Time it spent running tasks.
     pub busy_time: Duration,

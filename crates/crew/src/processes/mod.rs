@@ -896,16 +896,25 @@ impl<W: RemoteWorker> Shared<W> {
                     outcome: crate::events::TaskOutcome::Cancelled,
                 });
             }
-        } else if let Some(link) = st.links.iter_mut().find(|l| {
+        } else if let Some(i) = st.links.iter().position(|l| {
             l.window.iter().any(|f| f.entry.id() == id) || l.backlog.iter().any(|e| e.id() == id)
         }) {
+            // The handle is resolved already, so the paths that settle a task
+            // later (its *done*, the link's end) find it decided and stay
+            // silent: its one terminal event goes out here.
+            let link = &mut st.links[i];
+            let worker = link.id;
+            let mut ran = None;
             if let Some(at) = link.backlog.iter().position(|e| e.id() == id) {
                 if let Some(entry) = link.backlog.remove(at) {
                     entry.release_input();
                 }
-            } else if link.running.is_some_and(|(r, _)| r == id) {
+            } else if let Some((_, since)) = link.running.filter(|(r, _)| *r == id) {
                 // Running: the worker's process is the only way to stop it.
-                let worker = link.id;
+                let elapsed = since.elapsed();
+                ran = Some((since, elapsed));
+                st.observed.timings.record_run(elapsed, 1);
+                st.links[i].timings.record_run(elapsed, 1);
                 self.kill_link(&mut st, worker, ExitReason::Killed, None);
             } else if let Some(flight) = link.window.iter_mut().find(|f| f.entry.id() == id) {
                 if !flight.cancel_sent {
@@ -916,10 +925,37 @@ impl<W: RemoteWorker> Shared<W> {
                         .ok();
                 }
             }
+            if self.events.is_active() {
+                let outcome = crate::events::TaskOutcome::Cancelled;
+                self.events.emit(match ran {
+                    Some((since, ran)) => Event::TaskFinished {
+                        task,
+                        worker,
+                        outcome,
+                        waited: self
+                            .queued_at(&st, i, id)
+                            .map_or(Duration::ZERO, |q| since.saturating_duration_since(q)),
+                        ran,
+                    },
+                    // It had not started (as far as the pool knows): if the
+                    // worker begins it anyway, it is killed without a
+                    // `TaskStarted` (see *started* in `on_frames`).
+                    None => Event::TaskDiscarded { task, outcome },
+                });
+            }
         }
         self.dispatch(&mut st, &mut plan);
         drop(st);
         self.finish(plan);
+    }
+
+    /// When the task `id` in link `i`'s window was submitted.
+    fn queued_at(&self, st: &State<W>, i: usize, id: u64) -> Option<Instant> {
+        st.links[i]
+            .window
+            .iter()
+            .find(|f| f.entry.id() == id)
+            .and_then(|f| f.entry.core.header().queued_at)
     }
 
     /// Starts killing worker `id`: resolves the task it runs with `failure` (if

@@ -234,9 +234,11 @@ impl<W: Worker> Local<W> {
         // The one load the event stream costs a task when nobody subscribes.
         let observed = self.shared.events.is_active();
         if header.is_decided() {
-            // A tombstone: cancelled (or taken back) while queued.
+            // A tombstone: cancelled (or taken back) while queued. It never ran
+            // here, so it is counted pool-wide, not in this worker's row
+            // (`WorkerStats::tasks_done`), as on the process backend.
             let outcome = header.settled_outcome();
-            self.slot.count(outcome);
+            self.shared.count(outcome);
             if observed {
                 self.shared.events.emit(Event::TaskDiscarded {
                     task: header.id(),
@@ -506,7 +508,16 @@ impl<W: Worker> Local<W> {
         if handed_back {
             self.shared.sleep.notify_work();
         }
-        let (was_live, last) = {
+        // Exactly one `WorkerExited` per worker: whoever removes it from `live`
+        // says why. Still live here means the pool is closing (nothing else makes
+        // a live worker leave); `try_retire` and `abandon` removed it otherwise,
+        // and `abandon` emitted its own event.
+        //
+        // It is pushed under the registry lock, like `WorkerStarted`: the last
+        // worker to leave ends the event stream once it sees `live` empty, and
+        // an event pushed after this lock is released could come after that end
+        // and be lost (two workers leaving at once at shutdown).
+        let (reason, last, wake) = {
             let mut reg = lock(&self.shared.registry);
             let was_live = reg.live.iter().any(|s| Arc::ptr_eq(s, &self.slot));
             reg.live.retain(|s| !Arc::ptr_eq(s, &self.slot));
@@ -514,25 +525,25 @@ impl<W: Worker> Local<W> {
             reg.abandoned.retain(|s| !Arc::ptr_eq(s, &self.slot));
             Shared::retire_counts(&mut reg, &self.slot);
             self.shared.publish_peers(&mut reg);
-            (was_live, reg.live.is_empty())
+            let reason = if was_live {
+                Some(ExitReason::Shutdown)
+            } else if self.retired {
+                Some(ExitReason::Retired)
+            } else {
+                None
+            };
+            let wake = reason.map(|reason| {
+                self.shared.events.emit_deferred(Event::WorkerExited {
+                    worker: self.id(),
+                    reason,
+                })
+            });
+            (reason, reg.live.is_empty(), wake)
         };
-        // Exactly one `WorkerExited` per worker: whoever removes it from `live`
-        // says why. Still live here means the pool is closing (nothing else makes
-        // a live worker leave); `try_retire` and `abandon` removed it otherwise,
-        // and `abandon` emitted its own event.
-        let reason = if was_live {
-            Some(ExitReason::Shutdown)
-        } else if self.retired {
-            Some(ExitReason::Retired)
-        } else {
-            None
-        };
+        // Async readers are woken with no crew lock held.
+        drop(wake);
         if let Some(reason) = reason {
             trace::worker_exited(self.id(), reason);
-            self.shared.events.emit(Event::WorkerExited {
-                worker: self.id(),
-                reason,
-            });
         }
         if last && self.shared.is_closed() {
             // A submission that raced with close takes itself back; anything else
