@@ -86,7 +86,7 @@ use crate::worker::{Worker, WorkerId};
 use child_process::{Launcher, WorkerProcess};
 use codec::EncodedInput;
 
-pub(crate) use chunks::{Batch, Delivered};
+pub(crate) use chunks::{Batch, ChunkResults, Delivered};
 
 /// The process backend's own settings (the rest are in `Config`).
 #[derive(Clone)]
