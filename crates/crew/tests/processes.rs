@@ -905,7 +905,13 @@ fn map_errors_and_panics_come_back_in_their_place() {
 fn a_crash_inside_a_chunk_fails_only_the_crashing_item() {
     let pool = processes::<Probe>(2).build().unwrap();
     const CRASH_AT: u64 = 3_000;
-    let jobs = (0..6_000).map(|i| if i == CRASH_AT { Job::Exit(3) } else { Job::Echo(i) });
+    let jobs = (0..6_000).map(|i| {
+        if i == CRASH_AT {
+            Job::Exit(3)
+        } else {
+            Job::Echo(i)
+        }
+    });
     for (i, result) in pool.map(jobs).enumerate() {
         let i = i as u64;
         if i == CRASH_AT {

@@ -339,10 +339,7 @@ impl<W: RemoteWorker> Shared<W> {
         if worker.is_none() {
             entry.release_input();
         }
-        if !entry
-            .core
-            .resolve(Err(TaskError::failure(failure.clone())))
-        {
+        if !entry.core.resolve(Err(TaskError::failure(failure.clone()))) {
             return false;
         }
         let outcome = TaskError::<W::Error>::failure(failure).outcome();

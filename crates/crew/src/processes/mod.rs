@@ -50,8 +50,8 @@
 
 mod arena;
 mod child;
-mod chunks;
 mod child_process;
+mod chunks;
 mod codec;
 
 pub use child::{bootstrap, serve, Bootstrap};

@@ -87,7 +87,9 @@ impl Sizer {
             f64::INFINITY
         };
         let size = self.size as f64;
-        self.size = ideal.clamp(size / 4.0, size * 8.0).clamp(1.0, MAX_ITEMS as f64) as usize;
+        self.size = ideal
+            .clamp(size / 4.0, size * 8.0)
+            .clamp(1.0, MAX_ITEMS as f64) as usize;
     }
 }
 

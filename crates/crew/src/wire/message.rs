@@ -280,7 +280,8 @@ impl ChunkItems {
 
     /// Removes the last item, whose input was `len` bytes long.
     pub(crate) fn pop_last(&mut self, len: usize) {
-        self.bytes.truncate(self.bytes.len().saturating_sub(4 + len));
+        self.bytes
+            .truncate(self.bytes.len().saturating_sub(4 + len));
         self.count = self.count.saturating_sub(1);
     }
 
