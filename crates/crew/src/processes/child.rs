@@ -11,6 +11,12 @@
 //!    before that task would start;
 //! 3. on *shutdown*, run what was received, `W::stop`, exit 0.
 //!
+//! A *chunk* is run like one task (one *started*, the watcher watches it as one):
+//! its items in order, each as a task would run (a panic fails that item and
+//! rebuilds the state), and one *chunk done* with every outcome
+//! ([`Runner::run_chunk`]). A long chunk is a long task to the watcher, so cancels
+//! of the tasks waiting behind it are still answered.
+//!
 //! # Batching and the watcher
 //!
 //! *started* and *done* frames go to one buffer. The runner writes it out when it
