@@ -101,6 +101,7 @@ impl<E> TaskError<E> {
     }
 
     /// crew's failure, if it is one (not the user's error).
+    #[cfg(feature = "process")]
     pub(crate) fn as_failure(&self) -> Option<&Failure> {
         match &self.repr {
             Repr::Failure(failure) => Some(failure),
