@@ -168,6 +168,16 @@ impl<W: Worker> Pool<W> {
         }
     }
 
+    /// The process backend, if this is a process pool whose `map` ships chunks
+    /// (`sources/chunked.rs`).
+    #[cfg(feature = "process")]
+    pub(crate) fn chunk_engine(&self) -> Option<&std::sync::Arc<dyn crate::processes::Engine<W>>> {
+        match self.backend() {
+            Backend::Processes(engine) if engine.chunks_enabled() => Some(engine),
+            _ => None,
+        }
+    }
+
     /// Whether this pool runs its workers in processes.
     pub fn is_process_pool(&self) -> bool {
         !matches!(self.backend(), Backend::Threads(_))

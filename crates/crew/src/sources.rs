@@ -14,6 +14,10 @@
 //! finished until it yields. [`Pool::feed`](crate::Pool::feed) is the form for such
 //! a source (`feed.rs`). Unordered results are found without polling: each
 //! task in the window is given a waker that names its slot.
+//!
+//! On a process pool (without a default timeout) the three ship their inputs in
+//! adaptively sized *chunks* of many items instead of one task per item
+//! (`sources/chunked.rs`); results still come one per item.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -29,6 +33,9 @@ use crate::pool::Pool;
 use crate::sync::lock;
 use crate::task::Task;
 use crate::worker::{Closures, Worker};
+
+#[cfg(feature = "process")]
+mod chunked;
 
 /// One item's place in the window: its task, or the error it got without one.
 enum Slot<T, E> {
@@ -62,30 +69,56 @@ impl<W: Worker> Pool<W> {
     /// order, keeping at most `4 × size()` tasks in flight (see
     /// [`map_window`](Pool::map_window)). On a shut-down pool the remaining items
     /// yield closed errors.
+    ///
+    /// On a process pool the inputs travel in chunks of many items, sized so that
+    /// a chunk runs for about 2 ms in its worker, with three chunks per worker in
+    /// flight (not `4 × size()` items); each item still gets its own result. With a
+    /// pool default [`timeout`](crate::PoolBuilder::timeout), items go one task
+    /// each, so the timeout applies to each.
     pub fn map<I>(&self, inputs: I) -> Map<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
+        #[cfg(feature = "process")]
+        if let Some(engine) = self.chunk_engine() {
+            let chunks = chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, true);
+            return Map::chunked(chunks);
+        }
         self.map_window(inputs, default_window(self))
     }
 
-    /// [`map`](Pool::map) with an explicit window (at least 1).
+    /// [`map`](Pool::map) with an explicit window (at least 1): at most `window`
+    /// inputs pulled and not yet handed out (on a process pool, chunks are cut to
+    /// fit it).
     pub fn map_window<I>(&self, inputs: I, window: usize) -> Map<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
+        #[cfg(feature = "process")]
+        if let Some(engine) = self.chunk_engine() {
+            let chunks =
+                chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), Some(window), true);
+            return Map::chunked(chunks);
+        }
         Map::new(self.pull(inputs), window)
     }
 
     /// Like [`map`](Pool::map), but yields each result as soon as its task
     /// finishes (as `concurrent.futures.as_completed`), with the input's index.
+    /// On a process pool, in chunks as `map` (a chunk's results come together).
     pub fn map_unordered<I>(&self, inputs: I) -> MapUnordered<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
+        #[cfg(feature = "process")]
+        if let Some(engine) = self.chunk_engine() {
+            let chunks =
+                chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, false);
+            return MapUnordered::chunked(chunks);
+        }
         MapUnordered::new(self.pull(inputs), default_window(self))
     }
 
@@ -164,6 +197,10 @@ pub struct Map<'a, T, E> {
     window: usize,
     exhausted: bool,
     in_flight: VecDeque<Slot<T, E>>,
+    /// On a process pool: the chunks in flight (then `source` and `in_flight`
+    /// are unused).
+    #[cfg(feature = "process")]
+    chunked: Option<chunked::Chunked<'a, T, E>>,
     #[cfg(feature = "indicatif")]
     progress: Option<crate::progress::Progress>,
 }
@@ -175,16 +212,33 @@ impl<'a, T, E> Map<'a, T, E> {
             window: window.max(1),
             exhausted: false,
             in_flight: VecDeque::new(),
+            #[cfg(feature = "process")]
+            chunked: None,
             #[cfg(feature = "indicatif")]
             progress: None,
         }
     }
 
+    #[cfg(feature = "process")]
+    fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
+        let source = Source {
+            pull: Box::new(|| None),
+            len: chunks.len(),
+        };
+        let mut map = Map::new(source, 1);
+        map.chunked = Some(chunks);
+        map
+    }
+
     #[cfg(feature = "indicatif")]
     crate::progress::progress_methods!(source.len);
 
-    /// Tasks submitted and not yet handed out.
+    /// Inputs submitted and not yet handed out.
     pub fn in_flight(&self) -> usize {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &self.chunked {
+            return chunks.in_flight();
+        }
         self.in_flight.len()
     }
 }
@@ -193,6 +247,18 @@ impl<T, E> Iterator for Map<'_, T, E> {
     type Item = Result<T, TaskError<E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &mut self.chunked {
+            let result = chunks.next_ordered();
+            #[cfg(feature = "indicatif")]
+            if let Some(progress) = &mut self.progress {
+                match &result {
+                    Some(r) => progress.record(r.is_ok()),
+                    None => progress.finish(),
+                }
+            }
+            return result;
+        }
         while !self.exhausted && self.in_flight.len() < self.window {
             match (self.source.pull)() {
                 Some(slot) => self.in_flight.push_back(slot),
@@ -276,11 +342,26 @@ pub struct MapUnordered<'a, T, E> {
     /// Items that finished (or were refused) before anyone asked.
     ready: VecDeque<(usize, Result<T, TaskError<E>>)>,
     next_index: usize,
+    /// On a process pool: the chunks in flight (then the fields above are
+    /// unused).
+    #[cfg(feature = "process")]
+    chunked: Option<chunked::Chunked<'a, T, E>>,
     #[cfg(feature = "indicatif")]
     progress: Option<crate::progress::Progress>,
 }
 
 impl<'a, T, E> MapUnordered<'a, T, E> {
+    #[cfg(feature = "process")]
+    fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
+        let source = Source {
+            pull: Box::new(|| None),
+            len: chunks.len(),
+        };
+        let mut map = MapUnordered::new(source, 1);
+        map.chunked = Some(chunks);
+        map
+    }
+
     fn new(source: Source<'a, T, E>, window: usize) -> Self {
         let window = window.max(1);
         let woken = Arc::new(Woken::default());
@@ -301,6 +382,8 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
             woken,
             ready: VecDeque::new(),
             next_index: 0,
+            #[cfg(feature = "process")]
+            chunked: None,
             #[cfg(feature = "indicatif")]
             progress: None,
         }
@@ -312,6 +395,10 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
     /// Items pulled from the input and not yet handed out (running, queued, or
     /// finished and waiting to be yielded).
     pub fn in_flight(&self) -> usize {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &self.chunked {
+            return chunks.in_flight();
+        }
         self.slots.len() - self.free.len() + self.ready.len()
     }
 
@@ -360,6 +447,18 @@ impl<T, E> Iterator for MapUnordered<'_, T, E> {
     type Item = (usize, Result<T, TaskError<E>>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &mut self.chunked {
+            let item = chunks.next_unordered();
+            #[cfg(feature = "indicatif")]
+            if let Some(progress) = &mut self.progress {
+                match &item {
+                    Some((_, r)) => progress.record(r.is_ok()),
+                    None => progress.finish(),
+                }
+            }
+            return item;
+        }
         loop {
             self.fill();
             if let Some(item) = self.ready.pop_front() {

@@ -828,3 +828,150 @@ fn no_orphans_after_the_parent_is_killed() {
         pids.iter().all(|&p| !alive(p))
     });
 }
+
+// ---- `map` on a process pool: chunks (`processes/chunks.rs`) ----------------------
+
+/// Every outcome counter of `stats` added up: each item resolves exactly once.
+fn resolved(stats: &crew::Stats) -> u64 {
+    stats.completed
+        + stats.failed
+        + stats.panicked
+        + stats.cancelled
+        + stats.timed_out
+        + stats.killed
+        + stats.closed
+        + stats.start_failed
+        + stats.crashed
+}
+
+#[test]
+fn map_over_fifty_thousand_items_yields_every_result_in_order() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let results: Vec<_> = pool.map((0..50_000).map(Job::Echo)).collect();
+    assert_eq!(results.len(), 50_000);
+    for (i, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), Answer::Number(i as u64));
+    }
+    // A bounded window cuts chunks to fit, and keeps the order.
+    let mut in_order = pool.map_window((0..3_000).map(Job::Echo), 7);
+    let mut seen = 0;
+    while let Some(result) = in_order.next() {
+        assert!(in_order.in_flight() <= 7);
+        assert_eq!(result.unwrap(), Answer::Number(seen));
+        seen += 1;
+    }
+    assert_eq!(seen, 3_000);
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, 53_000);
+    assert_eq!(stats.completed, 53_000);
+    assert_eq!(resolved(&stats), stats.submitted);
+}
+
+#[test]
+fn map_errors_and_panics_come_back_in_their_place() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let job = |i: u64| match i {
+        i if i % 97 == 5 => Job::Fail(format!("bad {i}")),
+        i if i % 101 == 7 => Job::Panic(format!("boom {i}")),
+        i => Job::Echo(i),
+    };
+    let (mut failed, mut panicked) = (0, 0);
+    for (i, result) in pool.map((0..5_000).map(job)).enumerate() {
+        let i = i as u64;
+        match job(i) {
+            Job::Echo(n) => assert_eq!(result.unwrap(), Answer::Number(n)),
+            Job::Fail(message) => {
+                failed += 1;
+                assert_eq!(result.unwrap_err().user_error(), Some(&message));
+            }
+            Job::Panic(message) => {
+                panicked += 1;
+                let error = result.unwrap_err();
+                assert!(error.is_panic(), "{error}");
+                assert!(error.panic_message().unwrap().contains(&message));
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert!(failed > 0 && panicked > 0);
+    let stats = pool.stats();
+    assert_eq!(stats.failed, failed);
+    assert_eq!(stats.panicked, panicked);
+    assert_eq!(stats.completed, 5_000 - failed - panicked);
+    assert_eq!(resolved(&stats), 5_000);
+    // The panics rebuilt the workers' state and left the pool whole.
+    assert_eq!(echo(&pool, 42), 42);
+}
+
+#[test]
+fn a_crash_inside_a_chunk_fails_only_the_crashing_item() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    const CRASH_AT: u64 = 3_000;
+    let jobs = (0..6_000).map(|i| {
+        if i == CRASH_AT {
+            Job::Exit(3)
+        } else {
+            Job::Echo(i)
+        }
+    });
+    for (i, result) in pool.map(jobs).enumerate() {
+        let i = i as u64;
+        if i == CRASH_AT {
+            let error = result.unwrap_err();
+            assert!(error.is_crash(), "{error}");
+            assert_eq!(error.crash().unwrap().exit_code(), Some(3));
+        } else {
+            assert_eq!(result.unwrap(), Answer::Number(i), "item {i}");
+        }
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.crashed, 1);
+    assert_eq!(stats.completed, 5_999);
+    assert_eq!(resolved(&stats), stats.submitted);
+    assert_eq!(echo(&pool, 7), 7);
+}
+
+#[test]
+fn dropping_a_map_early_cancels_the_rest_and_the_pool_stays_usable() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let mut results = pool.map((0..10_000_000).map(Job::Echo));
+    for i in 0..10 {
+        assert_eq!(results.next().unwrap().unwrap(), Answer::Number(i));
+    }
+    drop(results);
+    wait_until("every item pulled has resolved", || {
+        let stats = pool.stats();
+        resolved(&stats) == stats.submitted
+    });
+    let stats = pool.stats();
+    assert!(stats.submitted < 10_000_000, "the map stopped pulling");
+    assert!(stats.cancelled > 0);
+    assert_eq!(echo(&pool, 9), 9);
+    assert!(pool.wait_idle_timeout(common::LIMIT));
+}
+
+#[test]
+fn map_unordered_yields_every_item_once() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let mut seen = vec![false; 20_000];
+    for (index, result) in pool.map_unordered((0..20_000).map(Job::Echo)) {
+        assert_eq!(result.unwrap(), Answer::Number(index as u64));
+        assert!(!seen[index], "item {index} came twice");
+        seen[index] = true;
+    }
+    assert!(seen.iter().all(|&s| s));
+    assert_eq!(pool.stats().completed, 20_000);
+}
+
+#[test]
+fn map_with_a_default_timeout_runs_item_by_item() {
+    let pool = processes::<Probe>(2)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool
+        .map((0..200).map(Job::Echo))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..200).map(Answer::Number).collect::<Vec<_>>());
+}

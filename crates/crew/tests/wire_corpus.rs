@@ -261,6 +261,58 @@ fn tags_with_no_meaning() {
     assert!(from_worker(0x23, &done).is_invalid_tag());
 }
 
+/// A chunk body: id 7, then `count`, then `rest` as it is.
+fn chunk_body(count: u32, rest: &[u8]) -> Vec<u8> {
+    let mut body = 7u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(rest);
+    body
+}
+
+/// A chunk done body: id 7, run time 1, then `count`, then `rest` as it is.
+fn chunk_done_body(count: u32, rest: &[u8]) -> Vec<u8> {
+    let mut body = 7u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(rest);
+    body
+}
+
+#[test]
+fn a_chunk_whose_items_do_not_fill_its_count_overruns() {
+    // Two items announced, one there.
+    let e = from_parent(0x15, &chunk_body(2, &[1, 0, 0, 0, b'a']));
+    assert!(e.is_overrun(), "{e}");
+    assert_one_sentence(&e);
+    // A huge count over an empty body fails at once, without allocating.
+    assert!(from_parent(0x15, &chunk_body(u32::MAX, &[])).is_overrun());
+    // An item whose length runs past the body.
+    assert!(from_parent(0x15, &chunk_body(1, &u32::MAX.to_le_bytes())).is_overrun());
+    // A chunk done with fewer outcomes than its count.
+    assert!(from_worker(0x25, &chunk_done_body(3, &[0, 0, 0, 0, 0])).is_overrun());
+    // Only from the side that sends it.
+    assert!(from_worker(0x15, &chunk_body(0, &[])).is_unexpected_kind());
+    assert!(from_parent(0x25, &chunk_done_body(0, &[])).is_unexpected_kind());
+}
+
+#[test]
+fn a_chunk_with_more_than_its_count_has_trailing_bytes() {
+    let e = from_parent(0x15, &chunk_body(1, &[1, 0, 0, 0, b'a', 0]));
+    assert!(e.is_trailing_bytes(), "{e}");
+    assert!(from_worker(0x25, &chunk_done_body(0, &[0])).is_trailing_bytes());
+}
+
+#[test]
+fn a_chunk_done_with_a_bad_tag_or_a_bad_panic_message_is_refused() {
+    // Not started (3) is not an item outcome: a chunk that never began is
+    // answered with *done*.
+    let e = from_worker(0x25, &chunk_done_body(1, &[3, 0, 0, 0, 0]));
+    assert!(e.is_invalid_tag(), "{e}");
+    assert_one_sentence(&e);
+    let e = from_worker(0x25, &chunk_done_body(1, &[2, 2, 0, 0, 0, 0xc3, 0x28]));
+    assert!(e.is_invalid_utf8(), "{e}");
+}
+
 // ---- handshake -------------------------------------------------------------------
 
 #[test]

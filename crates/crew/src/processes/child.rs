@@ -11,6 +11,12 @@
 //!    before that task would start;
 //! 3. on *shutdown*, run what was received, `W::stop`, exit 0.
 //!
+//! A *chunk* is run like one task (one *started*, the watcher watches it as one):
+//! its items in order, each as a task would run (a panic fails that item and
+//! rebuilds the state), and one *chunk done* with every outcome
+//! ([`Runner::run_chunk`]). A long chunk is a long task to the watcher, so cancels
+//! of the tasks waiting behind it are still answered.
+//!
 //! # Batching and the watcher
 //!
 //! *started* and *done* frames go to one buffer. The runner writes it out when it
@@ -60,8 +66,8 @@ use crate::sync::lock;
 use crate::task::cell::Header;
 use crate::task::{Priority, TaskId};
 use crate::wire::{
-    FrameDecoder, FrameEncoder, Hello, Outcome, ProtocolError, Role, ToParent, ToWorker,
-    WireMessage, DEFAULT_FRAME_LIMIT,
+    ChunkItems, ChunkOutcomes, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
+    ProtocolError, Role, ToParent, ToWorker, WireMessage, DEFAULT_FRAME_LIMIT,
 };
 use crate::worker::{Context, WorkerId};
 
@@ -79,6 +85,11 @@ pub(crate) const EXIT_UNKNOWN_TYPE: i32 = 97;
 /// Exit code of a worker process that lost its parent or its channel, or broke
 /// the protocol.
 pub(crate) const EXIT_CHANNEL: i32 = 98;
+
+/// What an item of a chunk answers when the chunk's results together would not
+/// fit the pool's frame limit (the item ran; its result could not be sent).
+const RESULT_DROPPED: &str =
+    "the item ran, but its result did not fit in its chunk's answer (the pool's frame limit)";
 
 /// How often, at most, the runner looks for frames between two tasks.
 const POLL_EVERY: Duration = Duration::from_micros(100);
@@ -335,6 +346,8 @@ enum TaskInput {
     Inline(Vec<u8>),
     /// In the payload arena (checked against the mapping when it arrived).
     Shared { offset: u64, len: u64 },
+    /// A chunk's items, run in order and answered with one *chunk done*.
+    Chunk(ChunkItems),
 }
 
 impl Inbox {
@@ -362,6 +375,9 @@ impl Inbox {
                     self.pending
                         .push_back(Pending::Task(id, TaskInput::Shared { offset, len }))
                 }
+                ToWorker::Chunk { id, items } => self
+                    .pending
+                    .push_back(Pending::Task(id, TaskInput::Chunk(items))),
                 ToWorker::Cancel { id } => {
                     // Not begun: drop it. Already answered: the cancel crossed the
                     // answer on the wire; nothing to do.
@@ -471,11 +487,14 @@ impl Channel {
     }
 
     fn end_task(&self, id: u64, outcome: Outcome) -> Result<(), String> {
+        self.end_with(&ToParent::Done { id, outcome })
+    }
+
+    /// Buffers the answer (*done* or *chunk done*) of the task or chunk that ran.
+    fn end_with(&self, answer: &ToParent) -> Result<(), String> {
         let mut st = lock(&self.out);
         st.task_since = None;
-        st.encoder
-            .push(&ToParent::Done { id, outcome })
-            .map_err(protocol)
+        st.encoder.push(answer).map_err(protocol)
     }
 
     fn close(&self) {
@@ -718,6 +737,12 @@ fn run_worker<W: RemoteWorker>(
                 .as_ref()
                 .and_then(|a| a.block(*offset, *len))
                 .expect("checked when the frame arrived"),
+            TaskInput::Chunk(items) => {
+                let answer = runner.run_chunk(task, items, hello.frame_limit);
+                drop(payload);
+                channel.end_with(&answer)?;
+                continue;
+            }
         };
         let outcome = runner.run(task, bytes, hello.frame_limit);
         drop(payload);
@@ -823,6 +848,44 @@ impl<W: RemoteWorker> Runner<'_, W> {
             let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
             let mut ctx = Context::new(self.id, None).with_outbox(&outbox);
             let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
+        }
+    }
+
+    /// Runs a chunk's items in order, each exactly as [`run`](Self::run) runs a
+    /// task (a panic fails that item only and rebuilds the worker's state), and
+    /// builds the one answer. Item `i` runs as task `chunk + i`: the pool
+    /// reserved those ids for the items.
+    ///
+    /// The answer must fit the pool's frame limit. Each item's outcome fits on
+    /// its own (`fit_outcome`); if together they would not, the items from the
+    /// one that would overflow on answer [`RESULT_DROPPED`] instead, and room
+    /// for that message is kept for every item still to run.
+    fn run_chunk(&mut self, chunk: u64, items: &ChunkItems, limit: u32) -> ToParent {
+        let since = Instant::now();
+        let mut outcomes = ChunkOutcomes::new();
+        // The frame's fixed fields (kind, id, run time, count) and a margin.
+        let budget = (limit as usize).saturating_sub(64);
+        let dropped_len = ItemOutcome::Panicked(RESULT_DROPPED).encoded_len();
+        let count = items.len();
+        for (i, input) in items.iter().enumerate() {
+            let outcome = self.run(chunk.wrapping_add(i as u64), input, limit);
+            let item = match &outcome {
+                Outcome::Ok(bytes) => ItemOutcome::Ok(bytes),
+                Outcome::UserError(bytes) => ItemOutcome::UserError(bytes),
+                Outcome::Panicked(message) => ItemOutcome::Panicked(message),
+                Outcome::NotStarted => ItemOutcome::Panicked("the item did not run"),
+            };
+            let after = count - i - 1;
+            if outcomes.encoded_len() + item.encoded_len() + after * dropped_len <= budget {
+                outcomes.push(item);
+            } else {
+                outcomes.push(ItemOutcome::Panicked(RESULT_DROPPED));
+            }
+        }
+        ToParent::ChunkDone {
+            id: chunk,
+            run_nanos: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            outcomes,
         }
     }
 

@@ -83,12 +83,41 @@ pub(crate) fn encode_input<T: Serialize>(
     encode(value).map(EncodedInput::Inline)
 }
 
+/// Appends `value`'s encoding to `out` (a chunk's buffer), with no buffer of its
+/// own.
+pub(crate) fn encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
+    /// A postcard output that appends to a borrowed `Vec`.
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl postcard::ser_flavors::Flavor for Append<'_> {
+        type Output = ();
+        #[inline]
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        #[inline]
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.0.push(data);
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    postcard::serialize_with_flavor(value, Append(out))
+}
+
 /// A task's encoded input, as the pool keeps it until no worker needs it.
 pub(crate) enum EncodedInput {
     /// Sent inside the *task* frame.
     Inline(Vec<u8>),
     /// In the payload arena; a *shared task* frame names the block.
     Shared(Block),
+    /// A chunk's items, sent in a *chunk* frame (`processes/chunks.rs`).
+    Chunk(crate::wire::ChunkItems),
     /// Let go: the task is over and no worker reads its input any more.
     Released,
 }

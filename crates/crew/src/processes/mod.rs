@@ -51,6 +51,7 @@
 mod arena;
 mod child;
 mod child_process;
+mod chunks;
 mod codec;
 
 pub use child::{bootstrap, serve, Bootstrap};
@@ -77,7 +78,7 @@ use crate::sync::lock;
 use crate::task::cell::{Core, Handle, Header, Outcome};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::threads::Admission;
-use crate::wire::message::TaskFrame;
+use crate::wire::message::{ChunkFrame, TaskFrame};
 use crate::wire::{
     FrameDecoder, Hello, Outcome as WireOutcome, Role, ToParent, ToWorker, WireMessage,
 };
@@ -85,6 +86,8 @@ use crate::wire::{ProtocolError, DEFAULT_FRAME_LIMIT};
 use crate::worker::{Worker, WorkerId};
 use child_process::{Launcher, WorkerProcess};
 use codec::EncodedInput;
+
+pub(crate) use chunks::{Batch, ChunkResults, Delivered};
 
 /// The process backend's own settings (the rest are in `Config`).
 #[derive(Clone)]
@@ -145,6 +148,16 @@ pub(crate) trait Engine<W: Worker>: Send + Sync {
     fn messages(&self) -> crate::Messages<W::Message>;
     fn broadcast(&self, message: W::Message, sticky: bool);
     fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message>;
+    /// Whether `map` ships chunks: not when the pool has a default timeout (a
+    /// timeout is kept per task by the pool, and a chunk is one task to it).
+    fn chunks_enabled(&self) -> bool;
+    /// Pulls up to `max_items` inputs into one chunk and submits it
+    /// (`processes/chunks.rs`).
+    fn submit_chunk(
+        &self,
+        pull: &mut dyn FnMut() -> Option<W::Input>,
+        max_items: usize,
+    ) -> Vec<Batch<W::Output, W::Error>>;
 }
 
 /// Starts a process pool of `W`. The builder's `processes` stores this function.
@@ -357,6 +370,8 @@ struct RemoteCell<W: RemoteWorker> {
     /// is charged to the right task.
     suspect: AtomicBool,
     shared: Weak<Shared<W>>,
+    /// Set for a chunk of `map` items (`processes/chunks.rs`).
+    chunk: Option<chunks::ChunkPart<W>>,
 }
 
 impl<W: RemoteWorker> RemoteCell<W> {
@@ -381,7 +396,7 @@ impl<W: RemoteWorker> Handle<W::Output, W::Error> for RemoteCell<W> {
         let resolved = self.core.fail(Failure::Cancelled);
         if resolved {
             if let Some(shared) = self.shared.upgrade() {
-                shared.on_cancelled(self.id(), self.core.header().priority);
+                shared.on_cancelled(self.id(), self.core.header().priority, self.items());
             }
         }
         resolved
@@ -417,6 +432,9 @@ impl<W: RemoteWorker> Shared<W> {
         result: Result<W::Output, TaskError<W::Error>>,
         worker: Option<(WorkerId, Duration)>,
     ) -> bool {
+        if entry.chunk.is_some() {
+            return self.resolve_chunk(st, entry, result, worker);
+        }
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome(),
@@ -521,7 +539,7 @@ impl<W: RemoteWorker> Shared<W> {
 
     /// Sends `entry` to link `i`: into its window, frame into its outbox.
     fn send_to(&self, st: &mut State<W>, i: usize, entry: Entry<W>, plan: &mut Plan) {
-        let est = self.estimate(st, entry.key);
+        let est = self.estimate(st, entry.key) * entry.items() as f64;
         let link = &mut st.links[i];
         let process = Arc::clone(&link.process);
         // Appended only: the write happens in `finish`, after the state lock is
@@ -537,6 +555,10 @@ impl<W: RemoteWorker> Shared<W> {
                 key: entry.key,
                 offset: block.offset(),
                 len: block.len(),
+            }),
+            EncodedInput::Chunk(items) => enc.push_encodable(&ChunkFrame {
+                id: entry.id(),
+                items,
             }),
             EncodedInput::Released => {
                 unreachable!("a task's input is released only once no worker needs it")
@@ -863,6 +885,7 @@ impl<W: RemoteWorker> Shared<W> {
             retries_left: AtomicU32::new(options.retries.unwrap_or(self.process.retries)),
             suspect: AtomicBool::new(false),
             shared: Arc::downgrade(self),
+            chunk: None,
         })
     }
 
@@ -878,10 +901,11 @@ impl<W: RemoteWorker> Shared<W> {
         })
     }
 
-    /// A handle cancelled its task (already resolved as cancelled).
-    fn on_cancelled(self: &Arc<Self>, id: u64, priority: Priority) {
+    /// A handle cancelled its task (already resolved as cancelled); `items` is
+    /// how many items it stands for (a chunk's).
+    fn on_cancelled(self: &Arc<Self>, id: u64, priority: Priority, items: usize) {
         let mut st = self.lock();
-        st.counts[Outcome::Cancelled as usize] += 1;
+        st.counts[Outcome::Cancelled as usize] += items as u64;
         let mut plan = Plan::default();
         let task = TaskId(id);
         let queue = &mut st.queue[priority.index()];
@@ -891,10 +915,12 @@ impl<W: RemoteWorker> Shared<W> {
             }
             plan.wakers.append(&mut st.room_wakers);
             if self.events.is_active() {
-                self.events.emit(Event::TaskDiscarded {
-                    task,
-                    outcome: crate::events::TaskOutcome::Cancelled,
-                });
+                for i in 0..items as u64 {
+                    self.events.emit(Event::TaskDiscarded {
+                        task: TaskId(task.0.wrapping_add(i)),
+                        outcome: crate::events::TaskOutcome::Cancelled,
+                    });
+                }
             }
         } else if let Some(i) = st.links.iter().position(|l| {
             l.window.iter().any(|f| f.entry.id() == id) || l.backlog.iter().any(|e| e.id() == id)
@@ -1078,11 +1104,13 @@ impl<W: RemoteWorker> Shared<W> {
                     st.observed.timings.record_wait(waited);
                     crate::trace::remote_started(TaskId(task), id, waited);
                     if self.events.is_active() {
-                        self.events.emit(Event::TaskStarted {
-                            task: TaskId(task),
-                            worker: id,
-                            waited,
-                        });
+                        for task in entry.item_ids() {
+                            self.events.emit(Event::TaskStarted {
+                                task,
+                                worker: id,
+                                waited,
+                            });
+                        }
                     }
                     if let Some(timeout) = entry.core.header().timeout {
                         self.add_alarm(
@@ -1100,6 +1128,11 @@ impl<W: RemoteWorker> Shared<W> {
                     let Some(at) = link.window.iter().position(|f| f.entry.id() == task) else {
                         return Err(format!("finished a task it was not sent ({task})"));
                     };
+                    if link.window[at].entry.chunk.is_some()
+                        && !matches!(outcome, WireOutcome::NotStarted)
+                    {
+                        return Err(format!("answered chunk {task} as a task"));
+                    }
                     let flight = link.window.remove(at).expect("position is in range");
                     link.outstanding = (link.outstanding - flight.est).max(0.0);
                     let ran = match link.running {
@@ -1173,6 +1206,11 @@ impl<W: RemoteWorker> Shared<W> {
                         plan.start.extend(more.start);
                     }
                 }
+                ToParent::ChunkDone {
+                    id: chunk,
+                    run_nanos,
+                    outcomes,
+                } => self.on_chunk_done(st, i, chunk, run_nanos, outcomes, plan)?,
             }
         }
         self.dispatch(st, plan);
@@ -1455,7 +1493,10 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
                 End::Protocol(message) => Failure::Protocol(message.clone()),
                 End::Closed => Failure::Crashed(crash.clone()),
             };
-            if retry {
+            if entry.chunk.is_some() {
+                // Its items run again one by one, so only the culprit fails.
+                shared.split_chunk(&mut st, entry);
+            } else if retry {
                 st.queue[entry.core.header().priority.index()].push_front(entry);
             } else {
                 shared.fail(&mut st, &entry, failure, Some((id, ran)));
@@ -1811,6 +1852,18 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
 
     fn bus(&self) -> Arc<Bus> {
         Arc::clone(&self.events)
+    }
+
+    fn chunks_enabled(&self) -> bool {
+        self.config.default_timeout.is_none()
+    }
+
+    fn submit_chunk(
+        &self,
+        pull: &mut dyn FnMut() -> Option<W::Input>,
+        max_items: usize,
+    ) -> Vec<Batch<W::Output, W::Error>> {
+        Shared::submit_chunk(self, pull, max_items)
     }
 
     fn stats(&self) -> Stats {
