@@ -60,6 +60,11 @@ impl Worker for Compressor {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = Pool::<Compressor>::builder().workers(3).build()?;
     let messages = pool.messages();
+    // (So that the count printed at the end is always 3: a worker still starting
+    // when the pool shuts down never starts, and never takes the unit.)
+    while pool.stats().per_worker.iter().filter(|w| w.started).count() < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 
     // Sticky: every worker gets it, and so would a replacement or a state
     // rebuilt after a panic.

@@ -402,6 +402,12 @@ impl<W: Worker> Shared<W> {
         if lifecycle & (CLOSING | BROKEN) != 0 {
             if lifecycle & CLOSING != 0 {
                 if let Some(payload) = cell.take_back() {
+                    // Its tombstone is counted by whoever pops it: a worker, or
+                    // the last worker's drain. If every worker had already left
+                    // (and drained) before the push, nobody would: pop it here.
+                    if lock(&self.registry).live.is_empty() {
+                        self.drain(Failure::Closed);
+                    }
                     return Err(SubmitError::closed(payload));
                 }
             } else {
