@@ -199,7 +199,7 @@ fn wait_idle_against_submit(make: Make) {
             let mut n = 0u64;
             while !stop.load(SeqCst) && n < 20_000 {
                 let task = pool.submit(n).unwrap();
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     assert_eq!(join(task).unwrap(), n);
                 }
                 n += 1;
