@@ -88,6 +88,7 @@ mod pool;
 mod processes;
 #[cfg(feature = "indicatif")]
 mod progress;
+pub mod rpc;
 mod scheduler;
 mod sources;
 mod stats;
@@ -114,3 +115,15 @@ pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
 pub use worker::{Closures, Context, Worker, WorkerId};
+
+// `service!` derives serde through `crew::__private::serde`, which must resolve
+// inside crew itself too (its unit tests and doctests declare services).
+extern crate self as crew;
+
+/// What `service!` expands to calls into. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::rpc::private::*;
+    #[cfg(feature = "process")]
+    pub use serde;
+}
