@@ -508,6 +508,34 @@ pub mod private {
 ///   traits through crew's own copy of serde, so every argument, return and error
 ///   type must be a serde type; the macro expects crew to be reachable as
 ///   `crew`. Calls by name take up to 12 arguments.
+///
+/// A client's arguments are checked by the compiler:
+///
+/// ```compile_fail
+/// crew::service! {
+///     /// Adds.
+///     pub mod math {
+///         /// `a + b`.
+///         fn add(a: i64, b: i64) -> i64;
+///     }
+/// }
+///
+/// struct Adder;
+///
+/// impl math::Handler for Adder {
+///     fn start(_: &mut crew::Context<'_>) -> Result<Self, crew::StartError> {
+///         Ok(Adder)
+///     }
+///     fn add(&mut self, a: i64, b: i64) -> i64 {
+///         a + b
+///     }
+/// }
+///
+/// fn main() {
+///     let pool = crew::Pool::<math::Worker<Adder>>::builder().build().unwrap();
+///     let _ = math::Client::new(&pool).add("1", 2); // a &str is not an i64
+/// }
+/// ```
 #[macro_export]
 macro_rules! service {
     // Entry: the module's visibility decides the generated items'.
@@ -518,7 +546,8 @@ macro_rules! service {
         $crate::service!(@parse [$(#[$attr])*] [pub(crate)] [pub(crate)] $name [] $($body)*);
     };
     ($(#[$attr:meta])* mod $name:ident { $($body:tt)* }) => {
-        $crate::service!(@parse [$(#[$attr])*] [] [pub(super)] $name [] $($body)*);
+        // `pub(self)`: private, spelled so that it is not an empty `vis`.
+        $crate::service!(@parse [$(#[$attr])*] [pub(self)] [pub(super)] $name [] $($body)*);
     };
 
     // One method at a time, into a uniform shape:
@@ -685,6 +714,16 @@ macro_rules! service {
                     write!(f, "{}::Error::{}(..)", stringify!($name), self.method())
                 }
             }
+
+            // Display and Error name the method only, for the same reason; the
+            // method's own error is inside, to match on.
+            impl ::core::fmt::Display for Error {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    write!(f, "`{}::{}` returned an error", stringify!($name), self.method())
+                }
+            }
+
+            impl ::std::error::Error for Error {}
 
             #[doc = concat!("The worker that serves `", stringify!($name), "` with the state `S`: a pool of them is `Pool<Worker<S>>`.")]
             $ivis struct Worker<S> {

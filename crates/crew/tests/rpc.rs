@@ -36,6 +36,26 @@ crew::service! {
     }
 }
 
+crew::service! {
+    /// A private service of one method: its items are visible to this module.
+    mod greeter {
+        /// A greeting for `name`.
+        fn greet(name: String) -> String;
+    }
+}
+
+struct Greeter;
+
+impl greeter::Handler for Greeter {
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Greeter)
+    }
+
+    fn greet(&mut self, name: String) -> String {
+        format!("Hello, {name}!")
+    }
+}
+
 /// `calc::div`'s own error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CalcError {
@@ -152,6 +172,19 @@ fn typed_client_calls_on_threads() {
     for (i, task) in (0..100).zip(tasks) {
         assert_eq!(join(task).unwrap(), 2 * i);
     }
+    pool.shutdown();
+}
+
+#[test]
+fn a_private_service_of_one_method() {
+    let pool: Pool<greeter::Worker<Greeter>> = Pool::builder().workers(1).build().unwrap();
+    let client = greeter::Client::new(&pool);
+    assert_eq!(
+        join(client.greet("World".to_owned()).unwrap()).unwrap(),
+        "Hello, World!"
+    );
+    let reply = join(pool.call("greet", "crew".to_owned()).unwrap()).unwrap();
+    assert!(matches!(reply, greeter::Reply::greet(ref s) if s == "Hello, crew!"));
     pool.shutdown();
 }
 
