@@ -59,6 +59,14 @@
 //! takes `.with_progress()`, and `pool.wait_idle_with_progress()` shows a pool
 //! draining.
 //!
+//! # RPC by method name
+//!
+//! [`service!`] declares a worker with several named methods: it generates a
+//! handler trait to implement on your per-worker state, a typed client whose
+//! calls are [`Task`]s of each method's own types, and calls by name
+//! ([`Pool::call`]) resolved on the caller's side, with an [`rpc::RpcError`] for
+//! an unknown name or wrong arguments. See [`rpc`].
+//!
 //! # Which errors
 //!
 //! [`TaskError`] says why a task has no output: the worker's own error (kept, not

@@ -10,7 +10,7 @@
 //! | `enum Call` | one variant per method, holding its arguments: the task's input |
 //! | `enum Reply` | one variant per method, holding its return value: the task's output |
 //! | `enum Error` | one variant per method, holding its error: the task's user error |
-//! | `struct Worker<S>` | the [`Worker`](crate::Worker) that runs `S: Handler`; the pool's type is `Pool<Worker<S>>` |
+//! | `struct Worker<S>` | the [`Worker`] that runs `S: Handler`; the pool's type is `Pool<Worker<S>>` |
 //! | `struct Client<S>` | a typed client: one method per service method, returning a [`Task`] of that method's result |
 //!
 //! A service is an ordinary `Worker` whose input is the call enum, so it runs on
