@@ -205,7 +205,12 @@ mod tests {
     fn mapping_an_already_resolved_task_resolves_at_once() {
         let pool = Pool::<Echo>::builder().workers(1).build().unwrap();
         let task = pool.submit(5).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !task.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the task never resolved"
+            );
             std::thread::yield_now();
         }
         let mapped = super::map_result(task, |r| {
