@@ -59,6 +59,14 @@
 //! takes `.with_progress()`, and `pool.wait_idle_with_progress()` shows a pool
 //! draining.
 //!
+//! # RPC by method name
+//!
+//! [`service!`] declares a worker with several named methods: it generates a
+//! handler trait to implement on your per-worker state, a typed client whose
+//! calls are [`Task`]s of each method's own types, and calls by name
+//! ([`Pool::call`]) resolved on the caller's side, with an [`rpc::RpcError`] for
+//! an unknown name or wrong arguments. See [`rpc`].
+//!
 //! # Which errors
 //!
 //! [`TaskError`] says why a task has no output: the worker's own error (kept, not
@@ -89,6 +97,7 @@ mod pool;
 mod processes;
 #[cfg(feature = "indicatif")]
 mod progress;
+pub mod rpc;
 mod scheduler;
 mod sources;
 mod stats;
@@ -116,3 +125,15 @@ pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
 pub use worker::{Closures, Context, SendError, Worker, WorkerId};
+
+// `service!` derives serde through `crew::__private::serde`, which must resolve
+// inside crew itself too (its unit tests and doctests declare services).
+extern crate self as crew;
+
+/// What `service!` expands to calls into. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::rpc::private::*;
+    #[cfg(feature = "process")]
+    pub use serde;
+}

@@ -54,6 +54,11 @@ fn isolation_survives_a_segfault_and_a_loop() {
 }
 
 #[test]
+fn rpc_calls_a_worker_process_by_client_and_by_name() {
+    run_example("rpc", "rpc: all checks passed");
+}
+
+#[test]
 fn health_reports_the_backlog_and_prints_the_table() {
     run_example("health", "health: all checks passed");
 }

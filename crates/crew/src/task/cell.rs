@@ -477,6 +477,11 @@ pub(crate) trait Runnable<W>: Send + Sync {
 pub(crate) trait Handle<T, E>: Send + Sync {
     fn core(&self) -> &Core<T, E>;
     fn cancel(&self) -> bool;
+    /// The worker running the task: the header's, unless the handle stands for
+    /// another task (`task::mapped`).
+    fn worker(&self) -> Option<WorkerId> {
+        self.core().header().worker()
+    }
 }
 
 impl<W, P> Runnable<W> for Cell<P, P::Output, P::Error>

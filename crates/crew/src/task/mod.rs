@@ -1,6 +1,9 @@
 //! `Task`, the handle to one submitted task, and the per-task options.
 
 pub(crate) mod cell;
+mod mapped;
+
+pub(crate) use mapped::map_result;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -98,7 +101,7 @@ impl<T, E> Task<T, E> {
     /// The worker that ran (or is running) this task; `None` while it is queued, and
     /// for a task that was resolved without running.
     pub fn worker(&self) -> Option<WorkerId> {
-        self.handle.core().header().worker()
+        self.handle.worker()
     }
 
     /// Whether the task has resolved (`join` would not block).
