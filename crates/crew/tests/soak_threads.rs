@@ -138,7 +138,10 @@ fn every_task_resolves_once_with_the_outcome_its_fault_implies() {
 fn soak(tasks: u64, seed: u64) {
     const WORKERS: usize = 4;
     let pool = Pool::<Soak>::builder()
-        .workers(WORKERS)
+        // Elastic: it grows under the burst and shrinks back when idle, so the
+        // soak also resizes the pool while the chaos thread kills workers.
+        .workers_range(WORKERS..=WORKERS + 4)
+        .idle_timeout(Duration::from_millis(5))
         .abandon_grace(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -147,14 +150,17 @@ fn soak(tasks: u64, seed: u64) {
     // The chaos thread kills a random live worker now and then until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
+    let largest = Arc::new(AtomicUsize::new(0));
     let chaos = {
         let (pool, stop, kills) = (pool.clone(), Arc::clone(&stop), Arc::clone(&kills));
+        let largest = Arc::clone(&largest);
         let mut rng = Rng(seed.rotate_left(17) | 1);
         std::thread::spawn(move || {
             while !stop.load(SeqCst) {
                 // Pacing only: no assertion depends on how many kills happen.
                 std::thread::sleep(Duration::from_millis(2));
                 let workers = pool.workers();
+                largest.fetch_max(workers.len(), SeqCst);
                 if !workers.is_empty() {
                     let victim = workers[rng.below(workers.len() as u64) as usize];
                     if pool.kill_worker(victim) {
@@ -233,8 +239,9 @@ fn soak(tasks: u64, seed: u64) {
     stop.store(true, SeqCst);
     chaos.join().unwrap();
     eprintln!(
-        "soak: outcomes {seen:?}, workers killed {}",
-        kills.load(SeqCst)
+        "soak: outcomes {seen:?}, workers killed {}, largest pool {}",
+        kills.load(SeqCst),
+        largest.load(SeqCst)
     );
 
     // Every handle resolved exactly once (each was joined once, above); now the
@@ -253,7 +260,17 @@ fn soak(tasks: u64, seed: u64) {
     assert!(count("panic") > 0 && count("timed out") > 0 && count("cancelled") > 0);
     assert!(kills.load(SeqCst) > 0, "the chaos thread killed nothing");
 
-    // The pool keeps its size through every kill.
+    assert!(
+        largest.load(SeqCst) > WORKERS,
+        "the pool never grew under the burst"
+    );
+    assert!(
+        largest.load(SeqCst) <= WORKERS + 4,
+        "the pool grew past its maximum: {}",
+        largest.load(SeqCst)
+    );
+    // Idle again, the pool shrinks back to its minimum (and kept at least that
+    // through every kill).
     wait_until("the pool is back to its size", || {
         pool.workers().len() == WORKERS
     });

@@ -696,6 +696,12 @@ impl<W: Worker> Shared<W> {
         }
         {
             let mut reg = lock(&self.registry);
+            // Checked under the lock that adds the worker: growth and a
+            // replacement racing each other must not take the pool past its
+            // maximum (each saw room before the other added its worker).
+            if reg.live.len() >= self.config.max_workers {
+                return Ok(());
+            }
             reg.live.push(Arc::clone(&slot));
             self.live_count.store(reg.live.len(), Relaxed);
             self.publish_peers(&mut reg);
