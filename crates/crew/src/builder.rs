@@ -59,6 +59,9 @@ pub(crate) struct Config {
     pub(crate) abandon_grace: Duration,
     /// Each event subscriber's buffer, in events.
     pub(crate) event_buffer: usize,
+    /// Tasks in flight per worker (async tasks; a synchronous task takes one
+    /// place while it runs).
+    pub(crate) concurrency: usize,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ pub struct PoolBuilder<W: Worker> {
     start_backoff: Duration,
     abandon_grace: Duration,
     event_buffer: usize,
+    concurrency: usize,
     #[cfg(feature = "process")]
     process: Option<ProcessSettings<W>>,
     _worker: PhantomData<fn() -> W>,
@@ -139,6 +143,7 @@ impl<W: Worker> PoolBuilder<W> {
             start_backoff: Duration::from_millis(20),
             abandon_grace: Duration::from_millis(100),
             event_buffer: 1024,
+            concurrency: 1,
             #[cfg(feature = "process")]
             process: None,
             _worker: PhantomData,
@@ -268,6 +273,24 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// How many tasks each worker may have in flight at once (default 1). Only
+    /// async tasks overlap ([`Pool::spawn_async`](crate::Pool::spawn_async), an
+    /// [`AsyncWorker`](crate::AsyncWorker)): while one waits at an `.await`, its
+    /// worker polls another or takes a new one from the queue, as long as fewer
+    /// than `n` are in flight. A synchronous task runs to its end and takes one of
+    /// the `n` places while it does.
+    ///
+    /// A worker with `n` tasks in flight takes no more, so the queue's
+    /// backpressure, `queued` and `busy` keep their meaning: a task is queued
+    /// until some worker has room for it. Must be at least 1.
+    ///
+    /// Thread pools only: a process pool with `n > 1` is a build error (an
+    /// `Async` worker in a process runs one task at a time).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
     /// Validates the settings and starts the workers.
     pub fn build(self) -> Result<Pool<W>, BuildError> {
         let (workers, max_workers) = match (self.workers, &self.range) {
@@ -309,6 +332,9 @@ impl<W: Worker> PoolBuilder<W> {
         if self.event_buffer == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroEventBuffer));
         }
+        if self.concurrency == 0 {
+            return Err(BuildError::new(BuildErrorKind::ZeroConcurrency));
+        }
         let config = Config {
             workers,
             max_workers,
@@ -325,12 +351,20 @@ impl<W: Worker> PoolBuilder<W> {
             max_start_backoff: (self.start_backoff.saturating_mul(64)).min(Duration::from_secs(10)),
             abandon_grace: self.abandon_grace,
             event_buffer: self.event_buffer,
+            concurrency: self.concurrency,
         };
         #[cfg(feature = "process")]
         if let Some(process) = self.process {
             if self.range.is_some() {
                 return Err(BuildError::new(BuildErrorKind::NotForProcesses(
                     "workers_range",
+                )));
+            }
+            if self.concurrency > 1 {
+                // A worker process runs one task at a time; several in flight
+                // would need an executor in the worker process.
+                return Err(BuildError::new(BuildErrorKind::NotForProcesses(
+                    "concurrency",
                 )));
             }
             if process.config.window == 0 {
@@ -472,6 +506,7 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("start_backoff", &self.start_backoff)
             .field("abandon_grace", &self.abandon_grace)
             .field("event_buffer", &self.event_buffer)
+            .field("concurrency", &self.concurrency)
             .finish()
     }
 }

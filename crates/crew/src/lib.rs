@@ -69,6 +69,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod async_worker;
 mod builder;
 mod error;
 mod events;
@@ -84,10 +85,11 @@ mod threads;
 pub mod wire;
 mod worker;
 
+pub use async_worker::{Async, AsyncWorker};
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
-pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
+pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};

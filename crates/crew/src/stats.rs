@@ -59,7 +59,8 @@ pub struct WorkerStats {
     pub id: WorkerId,
     /// Whether its `Worker::start` has succeeded.
     pub started: bool,
-    /// The task it is running, if any.
+    /// The task it is running, if any (with several async tasks in flight, the
+    /// one it started first).
     pub current_task: Option<TaskId>,
     /// Tasks it has finished with, of every outcome.
     pub tasks_done: u64,

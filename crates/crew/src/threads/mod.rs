@@ -4,6 +4,7 @@
 //!   the queues, the sleep state, the lifecycle, the worker registry and the
 //!   counters.
 //! - `worker_loop` is the body of each worker thread.
+//! - `executor` is each worker thread's set of async tasks in flight.
 //! - `monitor` is a helper thread, started on first need, that enforces running
 //!   tasks' timeouts and replaces threads that had to be abandoned.
 //!
@@ -26,6 +27,7 @@
 //! registry lock on the slow path (`is_idle`, `stats`).
 
 mod capacity;
+mod executor;
 mod idle;
 mod monitor;
 mod worker_loop;
@@ -49,7 +51,7 @@ use crate::stats::{Stats, WorkerStats};
 use crate::sync::{
     after, lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
 };
-use crate::task::cell::{new_cell, Job, Outcome, Payload};
+use crate::task::cell::{new_cell, Job, Outcome, Payload, Started};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::worker::{Context, Worker, WorkerId};
 
@@ -95,10 +97,12 @@ pub(crate) struct Slot<W> {
     /// The other end of the worker's own deque.
     stealer: Stealer<Job<W>>,
     pub(crate) sleeper: modelled::Arc<Sleeper>,
-    /// The task being run, published so a timeout or a kill can resolve it. Written
-    /// by the worker around each task; taken by `abandon`. Whoever takes the entry
-    /// counts the task, so it is counted once even when the two race.
-    running: Mutex<Option<Running<W>>>,
+    /// The tasks being run, published so a timeout or a kill can resolve them: one
+    /// at most for synchronous tasks, up to `concurrency` with async tasks in
+    /// flight. Written by the worker around each task (an async task's entry stays
+    /// until its future ends); taken by `abandon`. Whoever takes an entry counts
+    /// its task, so it is counted once even when the two race.
+    running: Mutex<Vec<Running<W>>>,
     /// Set once, by `abandon`: the pool no longer counts this worker; its thread
     /// exits as soon as it gets control back.
     abandoned: AtomicBool,
@@ -437,8 +441,10 @@ impl<W: Worker> Shared<W> {
                     });
                 }
                 let started = observed.then(Instant::now);
-                let mut ctx = Context::new(WorkerId::CALLER, Some(job.header()));
-                job.run(&mut worker, &mut ctx);
+                if let Started::Suspended(run) = job.run(&mut worker, WorkerId::CALLER) {
+                    // No executor here: the caller polls the future to its end.
+                    futures_executor::block_on(run);
+                }
                 ran = started.map(|t| t.elapsed());
                 let mut ctx = Context::new(WorkerId::CALLER, None);
                 let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
@@ -592,7 +598,7 @@ impl<W: Worker> Shared<W> {
             id,
             stealer: deque.stealer(),
             sleeper: modelled::Arc::new(Sleeper::new()),
-            running: Mutex::new(None),
+            running: Mutex::new(Vec::new()),
             abandoned: AtomicBool::new(false),
             started: AtomicBool::new(false),
             counts: CachePadded::new(new_counts()),
@@ -734,15 +740,18 @@ impl<W: Worker> Shared<W> {
         (self.peers_epoch.load(Acquire), Arc::clone(&reg.peers))
     }
 
-    /// Gives up on a worker: its running task (if any) resolves with `failure`, the
+    /// Gives up on a worker: its running tasks (if any) resolve with `failure`, the
     /// pool stops counting it, and a replacement starts. The thread exits when it
     /// gets control back; if it never does, it is left behind (threads cannot be
     /// killed). Returns false if the worker was not live.
     ///
-    /// Events: the running task's `TaskFinished` (if it was observed), then the
+    /// With async tasks in flight, one task's timeout abandons the thread they
+    /// all share: the tasks that did not time out themselves resolve as killed.
+    ///
+    /// Events: each running task's `TaskFinished` (if it was observed), then the
     /// worker's `WorkerExited` (`Killed` or `Abandoned`). Taking the `Running`
-    /// entry is what makes this thread, and not the worker, the one that counts
-    /// the task and emits its terminal event.
+    /// entries is what makes this thread, and not the worker, the one that counts
+    /// the tasks and emits their terminal events.
     pub(crate) fn abandon(&self, slot: &Arc<Slot<W>>, failure: Failure) -> bool {
         let reason = match failure {
             Failure::Killed => ExitReason::Killed,
@@ -762,8 +771,14 @@ impl<W: Worker> Shared<W> {
             }
             reg.abandoned.push(slot);
         }
-        let running = lock(&slot.running).take();
-        if let Some(running) = running {
+        let running = std::mem::take(&mut *lock(&slot.running));
+        for running in running {
+            let failure = match failure {
+                // Timed out by the monitor (it noted when to abandon): its own
+                // timeout; otherwise a bystander of another task's.
+                Failure::TimedOut if running.abandon_at.is_none() => Failure::Killed,
+                _ => failure.clone(),
+            };
             running.job.fail(failure);
             let outcome = running.job.header().settled_outcome();
             self.count(outcome);
@@ -946,8 +961,8 @@ impl<W: Worker> Shared<W> {
         for slot in &slots {
             // Resolve outside the lock: resolving wakes the caller's waker, which is
             // user code.
-            let job = lock(&slot.running).as_ref().map(|r| r.job.clone());
-            if let Some(job) = job {
+            let jobs: Vec<Job<W>> = lock(&slot.running).iter().map(|r| r.job.clone()).collect();
+            for job in jobs {
                 job.fail(Failure::Cancelled);
             }
         }
@@ -1057,9 +1072,14 @@ impl<W: Worker> Shared<W> {
             by_outcome[i] += c.load(SeqCst);
         }
         let mut workers = Vec::with_capacity(reg.live.len());
+        // Tasks running on live workers; with async tasks, several per worker.
+        let mut running_tasks: u64 = 0;
         for slot in reg.live.iter().chain(reg.abandoned.iter()) {
             let abandoned = slot.abandoned.load(Relaxed);
-            let running = lock(&slot.running).as_ref().map(|r| r.job.header().id());
+            let (current_task, tasks_running) = {
+                let running = lock(&slot.running);
+                (running.first().map(|r| r.job.header().id()), running.len())
+            };
             let mut done = 0;
             for (i, c) in slot.counts.iter().enumerate() {
                 let n = c.load(Acquire);
@@ -1067,10 +1087,11 @@ impl<W: Worker> Shared<W> {
                 done += n;
             }
             if !abandoned {
+                running_tasks += tasks_running as u64;
                 workers.push(WorkerStats {
                     id: slot.id,
                     started: slot.started.load(Relaxed),
-                    current_task: running,
+                    current_task,
                     tasks_done: done,
                 });
             }
@@ -1084,7 +1105,7 @@ impl<W: Worker> Shared<W> {
             workers: workers.len(),
             busy,
             idle: workers.len() - busy,
-            queued: in_flight.saturating_sub(busy as u64) as usize,
+            queued: in_flight.saturating_sub(running_tasks) as usize,
             submitted,
             completed: by_outcome[Outcome::Ok as usize],
             failed: by_outcome[Outcome::UserError as usize],
@@ -1111,46 +1132,40 @@ impl<W: Worker> Shared<W> {
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for slot in slots {
-            enum Due<J> {
-                Expire(J),
-                Abandon,
-            }
-            let due = {
+            // What is due on this worker, collected under its lock and acted on
+            // after it: resolving wakes the caller's waker (user code).
+            let mut expired: Vec<Job<W>> = Vec::new();
+            let mut abandon = false;
+            {
                 let running = lock(&slot.running);
-                let Some(r) = running.as_ref() else { continue };
-                let Some(deadline) = r.deadline else { continue };
-                match r.abandon_at {
-                    None if deadline <= now => Due::Expire(r.job.clone()),
-                    None => {
-                        earliest(deadline);
-                        continue;
+                for r in running.iter() {
+                    let Some(deadline) = r.deadline else { continue };
+                    match r.abandon_at {
+                        None if deadline <= now => expired.push(r.job.clone()),
+                        None => earliest(deadline),
+                        Some(at) if at <= now => abandon = true,
+                        Some(at) => earliest(at),
                     }
-                    Some(at) if at <= now => Due::Abandon,
-                    Some(at) => {
+                }
+            }
+            if abandon {
+                // A task still inside its code a grace after its timeout: the
+                // thread is stuck in it (and any other task on it with it).
+                self.abandon(&slot, Failure::TimedOut);
+                continue;
+            }
+            for job in expired {
+                let timed_out = job.fail(Failure::TimedOut);
+                let mut running = lock(&slot.running);
+                let id = job.header().id();
+                if let Some(r) = running.iter_mut().find(|r| r.job.header().id() == id) {
+                    if timed_out {
+                        let at = after(now, self.config.abandon_grace);
+                        r.abandon_at = Some(at);
                         earliest(at);
-                        continue;
+                    } else {
+                        r.deadline = None; // it finished first
                     }
-                }
-            };
-            match due {
-                // Resolved outside the lock: resolving wakes the caller's waker.
-                Due::Expire(job) => {
-                    let timed_out = job.fail(Failure::TimedOut);
-                    let mut running = lock(&slot.running);
-                    if let Some(r) = running.as_mut() {
-                        if r.job.header().id() == job.header().id() {
-                            if timed_out {
-                                let at = after(now, self.config.abandon_grace);
-                                r.abandon_at = Some(at);
-                                earliest(at);
-                            } else {
-                                r.deadline = None; // it finished first
-                            }
-                        }
-                    }
-                }
-                Due::Abandon => {
-                    self.abandon(&slot, Failure::TimedOut);
                 }
             }
         }

@@ -1,15 +1,37 @@
 //! The body of one worker thread.
 //!
 //! ```text
-//! start (retry with backoff) ──► loop { find a job ─► run it } ──► stop ──► exit
-//!              ▲                           │ panicked
-//!              └──── stop, start again ◄───┘
+//! start (retry with backoff) ──► loop { poll woken futures ─► find a job ─► run it } ──► stop ──► exit
+//!              ▲                                                  │ panicked
+//!              └──── stop, start again (once no future is left) ◄─┘
 //! ```
 //!
 //! Finding a job: own deque and the injectors first; if empty, become a searcher
 //! and spin a bounded number of rounds; then park through the sleep protocol
 //! (`scheduler/sleep.md`). The thread leaves the loop when the pool is
 //! terminating, when it is closing and no work is left, or when it was abandoned.
+//!
+//! # Async tasks: polling and taking tasks on one thread
+//!
+//! A job whose code is a future (`Pool::spawn_async`, an `AsyncWorker`) starts like
+//! any other: published in the slot's `running` list, then run, which here means
+//! polled once and, if not finished, left in the worker's [`Executor`]. Its
+//! `running` entry stays until the future ends, so timeouts, kills, stats and the
+//! idle count see it as running. Each turn of the loop:
+//!
+//! 1. polls the futures woken since the last turn (one load when none was);
+//! 2. if fewer than `concurrency` tasks are in flight, takes one job (or searches
+//!    and parks as usual, with a woken future as one more reason to wake up: a
+//!    parked worker with futures in flight is still a sleeper that submitters may
+//!    wake);
+//! 3. otherwise takes nothing and waits for a future outside the sleep protocol
+//!    ([`Executor::wait`]): it is busy, so no submitter counts on it, and the
+//!    queue's work goes to other workers (backpressure per worker).
+//!
+//! A closing pool's worker leaves only once its futures have ended. A panic in a
+//! future rebuilds the worker's state as a synchronous panic does, but only after
+//! the worker's other futures (which share that state) have ended; it takes no
+//! new task meanwhile.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
@@ -17,6 +39,7 @@ use std::time::Instant;
 
 use crossbeam_deque::{Stealer, Worker as Deque};
 
+use super::executor::Executor;
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
 use crate::error::{panic_message, Failure};
 use crate::events::{Event, ExitReason};
@@ -24,8 +47,9 @@ use crate::scheduler::sleep::Parked;
 use crate::scheduler::spin::{
     self, Spin, QUIET_SPIN_ROUNDS, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS,
 };
-use crate::sync::{after, lock, Arc};
-use crate::task::cell::{Job, Outcome, Ran};
+use crate::sync::{after, lock, modelled, Arc};
+use crate::task::cell::{Job, Outcome, Ran, Started};
+use crate::task::TaskId;
 use crate::worker::{Context, Worker, WorkerId};
 
 /// The worker thread's own, unshared state.
@@ -42,11 +66,31 @@ struct Local<W: Worker> {
     searching: bool,
     /// Set when an elastic pool granted this idle worker's retirement.
     retired: bool,
+    /// The async tasks in flight on this thread.
+    executor: Executor,
+    /// A task panicked: the state is rebuilt (this says why) once no future is
+    /// in flight; no new task is taken until then.
+    rebuild: Option<String>,
+}
+
+/// What a worker that looked for work does next (`None`: leave).
+enum Next<W> {
+    /// Run this job.
+    Job(Job<W>),
+    /// A future was woken: poll it.
+    Poll,
+    /// The pool is closing and nothing is queued, but futures are in flight:
+    /// wait for them.
+    Wait,
 }
 
 /// Runs a worker thread to completion.
 pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: Deque<Job<W>>) {
     slot.sleeper.bind();
+    let executor = Executor::new(
+        shared.config.concurrency,
+        modelled::Arc::clone(&slot.sleeper),
+    );
     let mut local = Local {
         shared,
         slot,
@@ -56,20 +100,82 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         peers_epoch: usize::MAX,
         searching: false,
         retired: false,
+        executor,
+        rebuild: None,
     };
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
     let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {
-        let Some(job) = local.next_job() else { break };
-        if local.run_job(&job, w) == Ran::Panicked {
+        local.poll_futures();
+        if local.rebuild.is_some() && local.executor.is_empty() {
             // The instance may be half-updated: retire it and build a fresh one.
+            let reason = local.rebuild.take();
             local.stop(worker.take());
-            worker = local.start(Some(format!("{} panicked", job.header().id())));
+            worker = local.start(reason);
+            continue;
+        }
+        if local.rebuild.is_some() || !local.executor.has_room() {
+            // Full, or waiting out the futures before a rebuild: take no task.
+            if local.must_leave() {
+                break;
+            }
+            local.wait_for_futures();
+            continue;
+        }
+        match local.next_job() {
+            Some(Next::Job(job)) => {
+                if local.run_job(&job, w) == Ran::Panicked {
+                    local.rebuild = Some(format!("{} panicked", job.header().id()));
+                }
+            }
+            Some(Next::Poll) => {}
+            Some(Next::Wait) => local.wait_for_futures(),
+            None => break,
         }
     }
+    local.drop_futures();
     local.stop(worker);
     drop(guard);
     local.exit();
+}
+
+/// Takes a finished task's `running` entry back, counts its outcome and emits its
+/// `TaskFinished`. If the entry is gone, the pool abandoned this thread meanwhile
+/// and has counted the task (and emitted its `TaskFinished`); `must_leave` is
+/// then true and the loop ends.
+#[inline]
+fn task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>, id: TaskId) {
+    let mine = {
+        let mut running = lock(&slot.running);
+        // The newest entry on the synchronous path; one of `concurrency` otherwise.
+        running
+            .iter()
+            .rposition(|r| r.job.header().id() == id)
+            .map(|at| running.swap_remove(at))
+    };
+    if let Some(mine) = mine {
+        let outcome = mine.job.header().settled_outcome();
+        slot.count(outcome);
+        if let Some(started) = mine.observed {
+            finished(shared, slot.id, id, outcome, started);
+        }
+    }
+}
+
+#[cold]
+fn finished<W: Worker>(
+    shared: &Shared<W>,
+    worker: WorkerId,
+    task: TaskId,
+    outcome: Outcome,
+    started: Instant,
+) {
+    shared.events.emit(Event::TaskFinished {
+        task,
+        worker,
+        outcome: outcome.into(),
+        ran: started.elapsed(),
+    });
 }
 
 impl<W: Worker> Local<W> {
@@ -167,7 +273,7 @@ impl<W: Worker> Local<W> {
             Instant::now()
         });
         let deadline = header.timeout.map(|t| after(Instant::now(), t));
-        *lock(&self.slot.running) = Some(Running {
+        lock(&self.slot.running).push(Running {
             job: job.clone(),
             deadline,
             observed,
@@ -176,29 +282,65 @@ impl<W: Worker> Local<W> {
         if let Some(deadline) = deadline {
             self.shared.monitor.wake_at(&self.shared, deadline);
         }
-        let mut ctx = Context::new(self.id(), Some(header));
-        let ran = job.run(worker, &mut ctx);
-        let mine = lock(&self.slot.running).take();
-        if let Some(mine) = mine {
-            let outcome = header.settled_outcome();
-            self.slot.count(outcome);
-            if let Some(started) = mine.observed {
-                self.finished(header.id(), outcome, started);
+        match job.run(worker, self.id()) {
+            Started::Done(ran) => {
+                self.task_ended(header.id());
+                ran
+            }
+            Started::Suspended(run) => {
+                // In flight: its `running` entry stays until the future ends.
+                self.executor.push(run);
+                Ran::Returned
             }
         }
-        // else: the pool abandoned this thread mid-task and counted the task (and
-        // emitted its `TaskFinished`); `must_leave` is now true and the loop ends.
-        ran
     }
 
-    #[cold]
-    fn finished(&self, task: crate::task::TaskId, outcome: Outcome, started: Instant) {
-        self.shared.events.emit(Event::TaskFinished {
-            task,
-            worker: self.id(),
-            outcome: outcome.into(),
-            ran: started.elapsed(),
+    #[inline]
+    fn task_ended(&self, id: TaskId) {
+        task_ended(&self.shared, &self.slot, id);
+    }
+
+    /// Polls the futures that were woken; counts the tasks that ended. A panic in
+    /// one of them schedules a rebuild of the worker's state.
+    #[inline]
+    fn poll_futures(&mut self) {
+        let Local {
+            executor,
+            shared,
+            slot,
+            rebuild,
+            ..
+        } = self;
+        executor.poll(|id, ran| {
+            task_ended(shared, slot, id);
+            if ran == Ran::Panicked && rebuild.is_none() {
+                *rebuild = Some(format!("{id} panicked"));
+            }
         });
+    }
+
+    /// Waits, taking no task, until a future is woken or the thread must leave.
+    #[cold]
+    fn wait_for_futures(&self) {
+        self.executor.wait(|| self.must_leave());
+    }
+
+    /// The thread is leaving with futures in flight (the pool is terminating, or
+    /// this worker was abandoned): drops them, then counts the tasks whose entries
+    /// are still here (terminate resolved them; a future dropped undecided
+    /// resolves its task as closed).
+    fn drop_futures(&mut self) {
+        if self.executor.is_empty() {
+            return;
+        }
+        self.executor.clear();
+        let ids: Vec<TaskId> = lock(&self.slot.running)
+            .iter()
+            .map(|r| r.job.header().id())
+            .collect();
+        for id in ids {
+            self.task_ended(id);
+        }
     }
 
     // ------------------------------------------------------------ finding work
@@ -232,22 +374,24 @@ impl<W: Worker> Local<W> {
             || self.peers.iter().any(|s| !s.is_empty())
     }
 
-    /// The next job, or `None` if the thread should exit.
+    /// What to do next: a job, a woken future, or `None` if the thread should
+    /// exit.
     #[inline]
-    fn next_job(&mut self) -> Option<Job<W>> {
+    fn next_job(&mut self) -> Option<Next<W>> {
         if !self.must_leave() {
             if let Some(job) = self.find() {
-                return Some(job);
+                return Some(Next::Job(job));
             }
         }
         self.search()
     }
 
-    /// Searches (spin, then park) until a job turns up or the thread must exit.
+    /// Searches (spin, then park) until a job turns up, a future is woken, or the
+    /// thread must exit.
     #[cold]
-    fn search(&mut self) -> Option<Job<W>> {
-        if let Some(job) = self.search_quietly() {
-            return Some(job);
+    fn search(&mut self) -> Option<Next<W>> {
+        if let Some(next) = self.search_quietly() {
+            return Some(next);
         }
         let others_searching = self.shared.sleep.start_searching();
         self.searching = true;
@@ -257,23 +401,46 @@ impl<W: Worker> Local<W> {
             let spin_rounds = if may_spin { WORKER_SPIN_ROUNDS } else { 0 };
             let mut spin = Spin::new(spin_rounds, WORKER_YIELD_ROUNDS);
             loop {
-                if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
+                if self.must_leave() {
                     return None;
+                }
+                if self.shared.is_closed() && !self.has_work() {
+                    if self.executor.is_empty() {
+                        return None;
+                    }
+                    self.stop_searching();
+                    return Some(Next::Wait);
+                }
+                if self.executor.is_ready() {
+                    self.stop_searching();
+                    return Some(Next::Poll);
                 }
                 if let Some(job) = self.find() {
                     self.stop_searching();
-                    return Some(job);
+                    return Some(Next::Job(job));
                 }
                 if !spin.next() {
                     break;
                 }
             }
             self.refresh_peers();
+            if !self.executor.sleeping() {
+                // A future was woken just now: poll it instead of parking.
+                self.stop_searching();
+                return Some(Next::Poll);
+            }
             let shared = Arc::clone(&self.shared);
             let slot = Arc::clone(&self.slot);
-            let stay_awake = || slot.abandoned.load(SeqCst) || shared.lifecycle() & CLOSING != 0;
+            let futures = self.executor.wake_handle();
+            // A woken future ends the park like a shutdown or a kill does
+            // (`Parked::Interrupted`); see `executor.rs`.
+            let stay_awake = || {
+                slot.abandoned.load(SeqCst)
+                    || shared.lifecycle() & CLOSING != 0
+                    || futures.is_ready()
+            };
             // An elastic pool's extra workers park with a timeout and retire when it
-            // passes with nothing to do.
+            // passes with nothing to do (and no future in flight).
             let elastic = shared.config.is_elastic();
             let timeout = elastic.then_some(shared.config.idle_timeout);
             let mut parked = shared.sleep.park(
@@ -284,13 +451,15 @@ impl<W: Worker> Local<W> {
                 timeout,
             );
             while parked == Parked::TimedOut {
-                if shared.try_retire(&slot) {
+                if self.executor.is_empty() && shared.try_retire(&slot) {
+                    self.executor.awake();
                     self.retired = true;
                     shared.sleep.stop_waiting(&slot.sleeper);
                     return None; // `exit` hands over anything that woke us
                 }
                 parked = shared.sleep.park_again(&slot.sleeper, stay_awake, timeout);
             }
+            self.executor.awake();
             // Woken (or nothing to sleep for): counted as searching again. A woken
             // worker was chosen to find work, so it spins.
             may_spin = true;
@@ -303,14 +472,17 @@ impl<W: Worker> Local<W> {
     /// submission reads. Nobody is parked, so no submitter could have woken
     /// anyone on this worker's behalf; and before it parks, this worker goes
     /// through the announced search and the park's re-check.
-    fn search_quietly(&mut self) -> Option<Job<W>> {
+    fn search_quietly(&mut self) -> Option<Next<W>> {
         let mut spin = Spin::new(QUIET_SPIN_ROUNDS, 0);
         while self.shared.sleep.nobody_sleeping() && spin.next() {
             if self.must_leave() {
                 return None;
             }
+            if self.executor.is_ready() {
+                return Some(Next::Poll);
+            }
             if let Some(job) = self.find() {
-                return Some(job);
+                return Some(Next::Job(job));
             }
         }
         None
