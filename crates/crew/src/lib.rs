@@ -32,6 +32,12 @@
 //! 5. **Join.** [`Task::join`] spins briefly, then parks; `.await` registers a
 //!    waker. Either takes the result out of the cell.
 //!
+//! **Async tasks.** A task may be a future ([`Pool::spawn_async`], or an
+//! [`AsyncWorker`] run as `Pool<Async<W>>`). The worker that claims it keeps it in
+//! its own executor (`threads::executor`) and polls it between taking tasks, with
+//! up to [`PoolBuilder::concurrency`] tasks in flight; the task resolves like any
+//! other, and a cancel drops the future at its next poll.
+//!
 //! Every step can be watched: [`Pool::events`] subscribes to task and worker
 //! [`Event`]s (lossy per subscriber, never blocking the pool; `events`).
 //!

@@ -496,16 +496,15 @@ impl Pool<Closures> {
     /// panic inside the future resolves the task as panicked.
     ///
     /// ```
-    /// let pool = crew::Pool::builder().workers(1).concurrency(4).build()?;
-    /// let (tx, rx) = futures_channel_like();
-    /// let waiter = pool.spawn_async(async move { rx.await + 1 });
-    /// let sender = pool.spawn_async(async move { tx(41) });
+    /// use futures::channel::oneshot;
+    ///
+    /// // One worker, two tasks in flight: the first waits for what the second sends.
+    /// let pool = crew::Pool::builder().workers(1).concurrency(2).build()?;
+    /// let (tx, rx) = oneshot::channel::<u32>();
+    /// let waiter = pool.spawn_async(async move { rx.await.unwrap() + 1 });
+    /// let sender = pool.spawn_async(async move { tx.send(41).unwrap() });
     /// sender.join()?;
     /// assert_eq!(waiter.join()?, 42);
-    /// # fn futures_channel_like() -> (impl FnOnce(u32) + Send, impl std::future::Future<Output = u32> + Send) {
-    /// #     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    /// #     (move |v| tx.send(v).unwrap(), async move { rx.recv().unwrap() })
-    /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn spawn_async<F>(&self, future: F) -> Task<F::Output>
