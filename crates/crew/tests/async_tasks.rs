@@ -497,3 +497,103 @@ fn events_report_each_async_task_once() {
     assert!(outcomes.contains(&TaskOutcome::Completed));
     assert!(outcomes.contains(&TaskOutcome::Panicked));
 }
+
+/// An async worker whose types cross a process boundary.
+struct Echo;
+
+impl AsyncWorker for Echo {
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Echo)
+    }
+
+    async fn run(&self, input: u64, _ctx: &mut Context<'_>) -> Result<u64, String> {
+        yield_once().await;
+        Ok(input)
+    }
+}
+
+#[test]
+fn several_tasks_in_flight_is_a_build_error_for_process_pools() {
+    // Checked before any process starts.
+    let error = Pool::<Async<Echo>>::builder()
+        .processes(1)
+        .concurrency(2)
+        .build()
+        .unwrap_err();
+    assert!(error.is_invalid_setting());
+    assert!(error.to_string().contains("concurrency"), "{error}");
+}
+
+#[test]
+fn an_async_task_under_caller_runs_is_polled_to_its_end_by_the_caller() {
+    use crew::{WhenFull, WorkerId};
+    let pool = Pool::builder()
+        .workers(1)
+        .queue_capacity(1)
+        .when_full(WhenFull::CallerRuns)
+        .build()
+        .unwrap();
+    let gate = common::Gate::new();
+    let _open = common::OpenOnDrop(gate.clone());
+    let blockers = common::block_workers(&pool, 1, &gate);
+    let queued = pool.spawn(|| 1); // fills the queue
+    let here = pool.spawn_async(async {
+        yield_once().await;
+        2
+    });
+    // The queue was full: the submitter ran the future itself, to its end.
+    assert!(here.is_finished());
+    assert_eq!(here.worker(), Some(WorkerId::CALLER));
+    assert_eq!(join(here).unwrap(), 2);
+    gate.open();
+    assert_eq!(join(queued).unwrap(), 1);
+    for blocker in blockers {
+        join(blocker).unwrap();
+    }
+    pool.shutdown();
+}
+
+#[test]
+fn a_future_that_blocks_its_thread_past_its_timeout_gets_the_worker_replaced() {
+    let pool = Pool::builder()
+        .workers(1)
+        .concurrency(2)
+        .abandon_grace(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let gate = common::Gate::new();
+    let _open = common::OpenOnDrop(gate.clone());
+    let started = Counter::new();
+    let (_never_sent, rx) = oneshot::channel::<()>();
+    let bystander = {
+        let started = started.clone();
+        pool.spawn_async(async move {
+            started.bump();
+            let _ = rx.await;
+        })
+    };
+    started.wait_for(1);
+    let victim = pool.workers()[0];
+    // Blocks the worker's thread (what a future must not do): the bystander
+    // cannot be polled any more, and the timeout cannot drop the blocker.
+    let blocker = {
+        let gate = gate.clone();
+        pool.job_async(async move { gate.wait() })
+            .timeout(Duration::from_millis(20))
+            .spawn()
+    };
+    assert!(join(blocker).unwrap_err().is_timeout());
+    // After the grace the thread is abandoned; its other task shared it.
+    assert!(join(bystander).unwrap_err().is_killed());
+    assert_eq!(join(pool.spawn_async(async { 3 })).unwrap(), 3);
+    assert_ne!(pool.workers(), vec![victim]);
+    gate.open();
+    pool.shutdown();
+    let stats = pool.stats();
+    assert_eq!(stats.timed_out, 1);
+    assert_eq!(stats.killed, 1);
+}

@@ -771,15 +771,29 @@ impl<W: Worker> Shared<W> {
             }
             reg.abandoned.push(slot);
         }
+        // Resolve first (outside the lock: resolving wakes the caller's waker),
+        // then take the entries: a worker leaving with async tasks in flight waits
+        // for its entries to be gone before it drops their futures, so each task
+        // ends with this failure, not as closed.
+        let doomed: Vec<(Job<W>, Failure)> = lock(&slot.running)
+            .iter()
+            .map(|r| {
+                let failure = match failure {
+                    // Timed out by the monitor (it noted when to abandon): its own
+                    // timeout; otherwise a bystander of another task's.
+                    Failure::TimedOut if r.abandon_at.is_none() => Failure::Killed,
+                    _ => failure.clone(),
+                };
+                (r.job.clone(), failure)
+            })
+            .collect();
+        for (job, failure) in doomed {
+            job.fail(failure);
+        }
+        // Whoever takes an entry counts its task: here, or the worker if its task
+        // returned meanwhile.
         let running = std::mem::take(&mut *lock(&slot.running));
         for running in running {
-            let failure = match failure {
-                // Timed out by the monitor (it noted when to abandon): its own
-                // timeout; otherwise a bystander of another task's.
-                Failure::TimedOut if running.abandon_at.is_none() => Failure::Killed,
-                _ => failure.clone(),
-            };
-            running.job.fail(failure);
             let outcome = running.job.header().settled_outcome();
             self.count(outcome);
             if let Some(started) = running.observed {

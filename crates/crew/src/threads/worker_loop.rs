@@ -326,12 +326,32 @@ impl<W: Worker> Local<W> {
     }
 
     /// The thread is leaving with futures in flight (the pool is terminating, or
-    /// this worker was abandoned): drops them, then counts the tasks whose entries
-    /// are still here (terminate resolved them; a future dropped undecided
-    /// resolves its task as closed).
+    /// this worker was abandoned): resolves their tasks as the pool's caller
+    /// would, drops the futures, then counts the tasks whose entries are still
+    /// here.
     fn drop_futures(&mut self) {
         if self.executor.is_empty() {
             return;
+        }
+        if self.slot.abandoned.load(SeqCst) {
+            // Right after it raises the flag, `abandon` resolves every entry (as
+            // killed or timed out), then takes and counts them, in crew code only:
+            // wait for that, so no task here ends as closed instead.
+            let backoff = crossbeam_utils::Backoff::new();
+            while !lock(&self.slot.running).is_empty() {
+                backoff.snooze();
+            }
+        } else {
+            // Terminating: `terminate` resolves running tasks as cancelled, and may
+            // not have reached this worker yet. Do it first, so a future dropped
+            // below does not resolve its task as closed.
+            let jobs: Vec<Job<W>> = lock(&self.slot.running)
+                .iter()
+                .map(|r| r.job.clone())
+                .collect();
+            for job in jobs {
+                job.fail(Failure::Cancelled);
+            }
         }
         self.executor.clear();
         let ids: Vec<TaskId> = lock(&self.slot.running)
