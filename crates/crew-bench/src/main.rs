@@ -17,7 +17,8 @@
 //!   processes that re-execute this binary; `main` therefore calls
 //!   `crew::Bootstrap` first. Tasks go through `pool.submit(input)`; W1 also reports
 //!   `[submit_batch]` (one `submit_batch` call for all N) and `[map]` (`pool.map`,
-//!   results in order, crew's default window of 4 x size in flight). W4 moves each
+//!   results in order; on a process pool it ships adaptively sized chunks of items,
+//!   the path comparable with `multiprocessing.Pool.map`). W4 moves each
 //!   1 MiB `serde_bytes::ByteBuf` into `submit`, which encodes (copies) it and drops
 //!   it inside the timed region, as procspawn's natural path does with its `Vec<u8>`.
 //!   W5's shutdown is `pool.shutdown()`, which returns once every worker process is
@@ -123,6 +124,7 @@ impl Worker for Inc {
     type Input = u64;
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Inc)
@@ -140,6 +142,7 @@ impl Worker for Cpu {
     type Input = (u64, u64);
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Cpu)
@@ -157,6 +160,7 @@ impl Worker for Payload {
     type Input = ByteBuf;
     type Output = (u64, u64);
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Payload)
@@ -244,7 +248,7 @@ fn w1_overhead_processes(imp: &str) {
             handles.into_iter().map(join).sum()
         },
     );
-    // `pool.map`: results in input order, crew's default bounded window.
+    // `pool.map`: results in input order; items travel in adaptively sized chunks.
     w1_run(
         &format!("{imp}[map]"),
         new_process_pool::<Inc>(),

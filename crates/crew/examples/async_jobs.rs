@@ -31,6 +31,7 @@ impl AsyncWorker for Fetcher {
     /// The job's number, the worker that ran it, and that worker's peak so far.
     type Output = (usize, WorkerId, usize);
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Fetcher {

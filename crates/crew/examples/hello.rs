@@ -15,6 +15,7 @@ impl Worker for Greeter {
     type Input = String;
     type Output = String;
     type Error = Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Greeter)

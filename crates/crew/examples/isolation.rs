@@ -18,6 +18,7 @@ impl Worker for Parser {
     type Input = u32;
     type Output = String;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Parser { parsed: 0 })

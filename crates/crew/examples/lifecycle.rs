@@ -32,6 +32,7 @@ impl Worker for Connection {
     type Input = &'static str;
     type Output = String;
     type Error = Infallible;
+    type Message = ();
 
     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError> {
         STARTS.fetch_add(1, SeqCst);

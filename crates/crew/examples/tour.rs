@@ -80,6 +80,7 @@ impl Worker for Checksummer {
     type Input = Job;
     type Output = Done;
     type Error = Refused;
+    type Message = ();
 
     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError> {
         STARTS.fetch_add(1, SeqCst);

@@ -37,6 +37,7 @@ use crate::worker::{Context, Execution, Worker};
 ///     type Input = u64;
 ///     type Output = u64;
 ///     type Error = std::convert::Infallible;
+///     type Message = ();
 ///
 ///     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
 ///         Ok(Lookup { served: Cell::new(0) })
@@ -83,6 +84,9 @@ pub trait AsyncWorker: Sized + 'static {
     /// The worker's own error; it reaches the caller inside
     /// [`TaskError`](crate::TaskError), unflattened.
     type Error: Send + 'static;
+    /// What the pool and this worker say to each other outside tasks, as for
+    /// [`Worker::Message`] (`()` for a worker that needs no messages).
+    type Message: Clone + Send + 'static;
 
     /// Builds this worker's state. Runs on the worker's thread.
     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError>;
@@ -100,6 +104,20 @@ pub trait AsyncWorker: Sized + 'static {
     /// default does nothing (the value is then dropped).
     fn stop(&self, ctx: &mut Context<'_>) {
         let _ = ctx;
+    }
+
+    /// Receives a message from the pool ([`Pool::broadcast`](crate::Pool::broadcast),
+    /// [`Pool::send_to`](crate::Pool::send_to)). The default ignores it.
+    ///
+    /// It runs on the worker's thread between two polls, never inside one, so
+    /// while this worker's other tasks wait at an `.await`: hence `&self`, as in
+    /// `run` (change state through a `Cell` or `RefCell`, and expect a task to
+    /// see the change at its next `.await`). Messages arrive in the order the
+    /// pool sent them; a sticky one reaches every new or rebuilt state right
+    /// after its `start`. A panic here rebuilds the state, once no task of it is
+    /// in flight, as a panicking task does.
+    fn on_message(&self, message: Self::Message, ctx: &mut Context<'_>) {
+        let _ = (message, ctx);
     }
 }
 
@@ -123,6 +141,7 @@ impl<A: AsyncWorker> Worker for Async<A> {
     type Input = A::Input;
     type Output = A::Output;
     type Error = A::Error;
+    type Message = A::Message;
 
     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError> {
         A::start(ctx).map(|state| Async {
@@ -139,6 +158,14 @@ impl<A: AsyncWorker> Worker for Async<A> {
 
     fn stop(&mut self, ctx: &mut Context<'_>) {
         self.state.stop(ctx);
+    }
+
+    /// Hands the message to [`AsyncWorker::on_message`], which gets the state by
+    /// shared reference: the futures in flight hold shares of it (`Rc`), so the
+    /// worker loop may deliver mail between polls without anything borrowing
+    /// the state exclusively.
+    fn on_message(&mut self, message: A::Message, ctx: &mut Context<'_>) {
+        self.state.on_message(message, ctx);
     }
 
     /// Hands the task's future to the worker's executor. The future owns what it

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{BuildError, BuildErrorKind};
+use crate::health::Health;
 use crate::pool::Pool;
 use crate::worker::Worker;
 
@@ -107,6 +108,7 @@ pub struct PoolBuilder<W: Worker> {
     abandon_grace: Duration,
     event_buffer: usize,
     concurrency: usize,
+    health: Option<Health>,
     #[cfg(feature = "process")]
     process: Option<ProcessSettings<W>>,
     _worker: PhantomData<fn() -> W>,
@@ -144,6 +146,7 @@ impl<W: Worker> PoolBuilder<W> {
             abandon_grace: Duration::from_millis(100),
             event_buffer: 1024,
             concurrency: 1,
+            health: None,
             #[cfg(feature = "process")]
             process: None,
             _worker: PhantomData,
@@ -291,6 +294,15 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// Starts a health watcher with these settings: a helper thread that emits
+    /// [`Event::Backlog`](crate::Event::Backlog) when the queue stays deep and,
+    /// if asked, a periodic [`Event::Stats`](crate::Event::Stats) snapshot. Off
+    /// by default. See [`Health`].
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
     /// Validates the settings and starts the workers.
     pub fn build(self) -> Result<Pool<W>, BuildError> {
         let (workers, max_workers) = match (self.workers, &self.range) {
@@ -335,6 +347,10 @@ impl<W: Worker> PoolBuilder<W> {
         if self.concurrency == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroConcurrency));
         }
+        if let Some(setting) = self.health.as_ref().and_then(Health::invalid_setting) {
+            return Err(BuildError::new(BuildErrorKind::ZeroDuration(setting)));
+        }
+        let health = self.health;
         let config = Config {
             workers,
             max_workers,
@@ -375,9 +391,9 @@ impl<W: Worker> PoolBuilder<W> {
             }
             let engine = (process.launch)(config, process.config)
                 .map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
-            return Ok(Pool::from_backend(crate::pool::Backend::Processes(engine)));
+            return Pool::from_backend(crate::pool::Backend::Processes(engine), health);
         }
-        Pool::start(config)
+        Pool::start(config, health)
     }
 }
 
@@ -452,7 +468,9 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     }
 
     /// Replaces a worker process whose resident memory, measured after a task,
-    /// is above `bytes`. The replacement starts first.
+    /// is above `bytes`. Its own memory counts (anonymous and file-backed
+    /// pages), not the shared memory large inputs arrive in. The replacement
+    /// starts first.
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.process_config().max_memory = Some(bytes);
         self
@@ -507,6 +525,7 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("abandon_grace", &self.abandon_grace)
             .field("event_buffer", &self.event_buffer)
             .field("concurrency", &self.concurrency)
+            .field("health", &self.health)
             .finish()
     }
 }

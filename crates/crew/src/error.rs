@@ -100,6 +100,15 @@ impl<E> TaskError<E> {
         }
     }
 
+    /// crew's failure, if it is one (not the user's error).
+    #[cfg(feature = "process")]
+    pub(crate) fn as_failure(&self) -> Option<&Failure> {
+        match &self.repr {
+            Repr::Failure(failure) => Some(failure),
+            Repr::User(_) => None,
+        }
+    }
+
     /// The task ran and returned the worker's own error.
     pub fn is_user(&self) -> bool {
         matches!(self.repr, Repr::User(_))

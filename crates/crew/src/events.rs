@@ -36,22 +36,17 @@
 //! # Cost
 //!
 //! With no subscriber, a task pays one `Relaxed` load of [`Bus::is_active`] on
-//! the worker (in `run_job`), and nothing on submit; no clock is read. With
-//! subscribers, each event takes the bus lock briefly (to clone the subscriber
-//! list's `Arc`) and each subscriber's lock (to push), and a task pays two
-//! `Instant::now()` calls to measure `ran`.
-//!
-//! # Why no `waited`
-//!
-//! How long a task waited in the queue needs its enqueue instant. The thread
-//! backend's task cell has no field for it, and a side record kept at submit
-//! time would cost a second atomic load per task (on the submit path) plus a
-//! shared map. `TaskStarted` therefore carries no `waited` yet; its variants are
-//! `#[non_exhaustive]`, so the field can be added without breaking matches.
+//! the worker (in `run_job`). With subscribers, each event takes the bus lock
+//! briefly (to clone the subscriber list's `Arc`) and each subscriber's lock (to
+//! push). The durations in `TaskStarted` and `TaskFinished` come from the clock
+//! reads every task makes anyway for [`Stats`](crate::Stats) (one at submit, one
+//! at start, one at the end: `waited` is start minus submit, `ran` end minus
+//! start).
 //!
 //! # Backends
 //!
-//! Every field is plain data (ids, durations, strings, small enums), with no
+//! Every field is plain data (ids, durations, strings, small enums, a boxed
+//! `Stats` snapshot), with no
 //! reference and no user type, so the process backend can fill the same events
 //! from its supervisor and its wire frames.
 
@@ -64,6 +59,7 @@ use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::task::{Context as PollContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::stats::Stats;
 use crate::sync::{after, lock, wait_until, Arc, AtomicBool, AtomicU64, Condvar, Mutex};
 use crate::task::cell::Outcome;
 use crate::task::TaskId;
@@ -71,9 +67,8 @@ use crate::worker::WorkerId;
 
 /// Something a pool's tasks or workers did. From an [`Events`] subscription.
 ///
-/// Both the enum and each variant are `#[non_exhaustive]`: new kinds (a process
-/// worker's crash) and new fields (a task's queue wait) can be added later, so
-/// match with `..`.
+/// Both the enum and each variant are `#[non_exhaustive]`: new kinds and new
+/// fields can be added later, so match with `..`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -85,6 +80,8 @@ pub enum Event {
         /// The worker running it ([`WorkerId::CALLER`] under
         /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)).
         worker: WorkerId,
+        /// From its submission until now.
+        waited: Duration,
     },
     /// A task that started is finished with: it returned, or the pool resolved
     /// it (timeout, kill, cancel) and its worker returned or was given up on.
@@ -96,6 +93,8 @@ pub enum Event {
         worker: WorkerId,
         /// How it ended, as its handle saw it.
         outcome: TaskOutcome,
+        /// From its submission until it started (as in its `TaskStarted`).
+        waited: Duration,
         /// From start until its worker returned, or until the pool gave up on
         /// the worker (abandoned or killed).
         ran: Duration,
@@ -145,6 +144,28 @@ pub enum Event {
         /// Why.
         reason: ExitReason,
     },
+    /// The queue has held more than the health watcher's threshold for its
+    /// whole `backlog_for` period ([`Health`](crate::Health)). Emitted once
+    /// per episode: again only after the queue has dropped to the threshold or
+    /// below.
+    #[non_exhaustive]
+    Backlog {
+        /// Tasks queued when the watcher looked.
+        queued: usize,
+        /// Workers the pool counted then.
+        workers: usize,
+        /// The threshold it stayed above.
+        threshold: usize,
+        /// How long it has stayed above.
+        since: Duration,
+    },
+    /// A periodic snapshot from the health watcher
+    /// ([`Health::stats_every`](crate::Health::stats_every)).
+    #[non_exhaustive]
+    Stats {
+        /// The snapshot, as [`Pool::stats`](crate::Pool::stats) returns it.
+        stats: Box<Stats>,
+    },
 }
 
 impl Event {
@@ -167,7 +188,7 @@ impl Event {
             | Event::WorkerStartFailed { worker, .. }
             | Event::WorkerRestarted { worker, .. }
             | Event::WorkerExited { worker, .. } => Some(*worker),
-            Event::TaskDiscarded { .. } => None,
+            Event::TaskDiscarded { .. } | Event::Backlog { .. } | Event::Stats { .. } => None,
         }
     }
 
@@ -249,9 +270,10 @@ pub enum ExitReason {
 
 // ------------------------------------------------------------------ the bus
 
-/// One subscriber's buffer. Written by emitting threads, read by its `Events`.
-struct Sub {
-    state: Mutex<SubState>,
+/// One subscriber's buffer. Written by emitting threads, read by its `Events`
+/// (or `Messages`, which uses the same bus for worker messages).
+pub(crate) struct Sub<T = Event> {
+    state: Mutex<SubState<T>>,
     /// Signalled on every push and on close, for a blocked `recv`.
     ready: Condvar,
     /// Events this subscriber lost to a full buffer. Written by emitters.
@@ -259,18 +281,18 @@ struct Sub {
     capacity: usize,
 }
 
-struct SubState {
-    queue: VecDeque<Event>,
+struct SubState<T> {
+    queue: VecDeque<T>,
     /// The pending `recv_async`'s waker; taken (and woken) by the next push.
     waker: Option<Waker>,
     /// No event will come any more.
     closed: bool,
 }
 
-impl Sub {
+impl<T: Clone> Sub<T> {
     /// Pushes `event`, or counts it as dropped if the buffer is full. Returns the
     /// waker to wake, so it is woken outside the lock.
-    fn push(&self, event: &Event) -> Option<Waker> {
+    fn push(&self, event: &T) -> Option<Waker> {
         let mut st = lock(&self.state);
         if st.closed {
             return None;
@@ -295,27 +317,77 @@ impl Sub {
         self.ready.notify_all();
         waker
     }
+
+    /// Items this subscriber lost to a full buffer.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// The next item if one is buffered.
+    pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
+        let mut st = lock(&self.state);
+        match st.queue.pop_front() {
+            Some(item) => Ok(item),
+            None if st.closed => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// The next item; `Err(true)`: the stream ended; `Err(false)`: the deadline
+    /// passed.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<T, bool> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(item) = st.queue.pop_front() {
+                return Ok(item);
+            }
+            if st.closed {
+                return Err(true);
+            }
+            st = match wait_until(&self.ready, st, deadline) {
+                Ok(st) => st,
+                Err(_) => return Err(false),
+            };
+        }
+    }
+
+    /// Polls for the next item; `Ready(None)` once the stream has ended. One
+    /// waker slot: callers borrow their subscription mutably while polling.
+    pub(crate) fn poll_recv(&self, cx: &mut PollContext<'_>) -> Poll<Option<T>> {
+        let mut st = lock(&self.state);
+        if let Some(item) = st.queue.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if st.closed {
+            return Poll::Ready(None);
+        }
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
 }
 
 /// The subscriber registry of one pool. Shared by the pool (which emits) and by
 /// every [`Events`] (which unsubscribes on drop); it does not keep the pool alive.
-pub(crate) struct Bus {
+pub(crate) struct Bus<T = Event> {
     /// Whether anyone is subscribed. The only thing the hot path reads (`Relaxed`:
     /// a subscriber that appears concurrently with a task may miss it, which the
     /// guarantees above allow). Written under `subs`.
     active: AtomicBool,
     /// The subscribers, copy-on-write so an emitter holds the lock only to clone
     /// the `Arc`. Also holds whether the bus is closed.
-    subs: Mutex<Subscribers>,
+    subs: Mutex<Subscribers<T>>,
     capacity: usize,
 }
 
-struct Subscribers {
-    list: Arc<Vec<Arc<Sub>>>,
+struct Subscribers<T> {
+    list: Arc<Vec<Arc<Sub<T>>>>,
     closed: bool,
 }
 
-impl Bus {
+impl<T: Clone> Bus<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         Bus {
             active: AtomicBool::new(false),
@@ -336,7 +408,7 @@ impl Bus {
     /// Pushes `event` to every subscriber. Never blocks on a reader.
     #[cold]
     #[inline(never)]
-    pub(crate) fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: T) {
         drop(self.emit_deferred(event));
     }
 
@@ -345,7 +417,7 @@ impl Bus {
     /// (a waker is user code, which crew never runs under its own locks).
     #[cold]
     #[inline(never)]
-    pub(crate) fn emit_deferred(&self, event: Event) -> Wake {
+    pub(crate) fn emit_deferred(&self, event: T) -> Wake {
         let mut wake = Wake(Vec::new());
         if !self.is_active() {
             return wake;
@@ -376,7 +448,8 @@ impl Bus {
         }
     }
 
-    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+    /// A new subscriber's buffer, registered (or closed at once if the bus is).
+    pub(crate) fn subscribe_raw(&self) -> Arc<Sub<T>> {
         let sub = Arc::new(Sub {
             state: Mutex::new(SubState {
                 queue: VecDeque::new(),
@@ -398,16 +471,13 @@ impl Bus {
                 self.active.store(true, SeqCst);
             }
         }
-        Events {
-            bus: Arc::clone(self),
-            sub,
-        }
+        sub
     }
 
-    fn unsubscribe(&self, sub: &Arc<Sub>) {
+    pub(crate) fn unsubscribe(&self, sub: &Arc<Sub<T>>) {
         let mut subs = lock(&self.subs);
         if subs.list.iter().any(|s| Arc::ptr_eq(s, sub)) {
-            let list: Vec<Arc<Sub>> = subs
+            let list: Vec<Arc<Sub<T>>> = subs
                 .list
                 .iter()
                 .filter(|s| !Arc::ptr_eq(s, sub))
@@ -425,6 +495,15 @@ impl Bus {
     }
 }
 
+impl Bus<Event> {
+    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+        Events {
+            bus: Arc::clone(self),
+            sub: self.subscribe_raw(),
+        }
+    }
+}
+
 /// Wakers to wake once the emitter has released its locks (on drop).
 #[must_use = "dropping it wakes the async readers"]
 pub(crate) struct Wake(Vec<Waker>);
@@ -437,7 +516,7 @@ impl Drop for Wake {
     }
 }
 
-impl fmt::Debug for Bus {
+impl<T: Clone> fmt::Debug for Bus<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("active", &self.is_active())
@@ -488,12 +567,7 @@ impl Events {
 
     /// The next event if one is buffered. `Disconnected` once the stream has ended.
     pub fn try_recv(&self) -> Result<Event, TryRecvError> {
-        let mut st = lock(&self.sub.state);
-        match st.queue.pop_front() {
-            Some(event) => Ok(event),
-            None if st.closed => Err(TryRecvError::Disconnected),
-            None => Err(TryRecvError::Empty),
-        }
+        self.sub.try_recv()
     }
 
     /// Waits for the next event asynchronously; resolves to `None` when the stream
@@ -507,24 +581,12 @@ impl Events {
 
     /// Events this subscriber lost because its buffer was full.
     pub fn dropped(&self) -> u64 {
-        self.sub.dropped.load(Relaxed)
+        self.sub.dropped()
     }
 
     /// `Err(true)`: the stream ended; `Err(false)`: the deadline passed.
     fn wait(&self, deadline: Option<Instant>) -> Result<Event, bool> {
-        let mut st = lock(&self.sub.state);
-        loop {
-            if let Some(event) = st.queue.pop_front() {
-                return Ok(event);
-            }
-            if st.closed {
-                return Err(true);
-            }
-            st = match wait_until(&self.sub.ready, st, deadline) {
-                Ok(st) => st,
-                Err(_) => return Err(false),
-            };
-        }
+        self.sub.wait(deadline)
     }
 }
 
@@ -562,20 +624,9 @@ impl Future for RecvAsync<'_> {
     type Output = Option<Event>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Option<Event>> {
-        let mut st = lock(&self.events.sub.state);
-        if let Some(event) = st.queue.pop_front() {
-            return Poll::Ready(Some(event));
-        }
-        if st.closed {
-            return Poll::Ready(None);
-        }
-        // One slot: `recv_async` borrows the subscription mutably, so at most one
-        // such future exists at a time.
-        match &mut st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        // `recv_async` borrows the subscription mutably, so at most one such
+        // future exists at a time (the buffer keeps one waker).
+        self.events.sub.poll_recv(cx)
     }
 }
 

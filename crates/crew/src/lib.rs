@@ -56,6 +56,15 @@
 //! - **Elastic size**: [`PoolBuilder::workers_range`] grows the pool while every
 //!   worker is busy and the backlog is deep, and retires idle extra workers.
 //!
+//! # Sources
+//!
+//! [`Pool::map`] / [`Pool::map_unordered`] run an iterator's inputs through the
+//! pool; [`Pool::feed`] runs a channel (or, with [`Pool::feed_stream`], an async
+//! `Stream`) until it closes, pulled by a feeder thread. Each keeps a bounded
+//! window in flight and cancels it when dropped. With the feature `indicatif`, each
+//! takes `.with_progress()`, and `pool.wait_idle_with_progress()` shows a pool
+//! draining.
+//!
 //! # Which errors
 //!
 //! [`TaskError`] says why a task has no output: the worker's own error (kept, not
@@ -79,15 +88,21 @@ mod async_worker;
 mod builder;
 mod error;
 mod events;
+mod feed;
+mod health;
+mod messages;
 mod pool;
 #[cfg(feature = "process")]
 mod processes;
+#[cfg(feature = "indicatif")]
+mod progress;
 mod scheduler;
 mod sources;
 mod stats;
 mod sync;
 mod task;
 mod threads;
+mod trace;
 pub mod wire;
 mod worker;
 
@@ -95,10 +110,17 @@ pub use async_worker::{Async, AsyncWorker};
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
+pub use feed::{Feed, FeedStream};
+pub use health::Health;
+/// The progress-bar crate crew draws with (feature `indicatif`), for building a
+/// `ProgressBar` or `ProgressDrawTarget` of the version crew takes.
+#[cfg(feature = "indicatif")]
+pub use indicatif;
+pub use messages::{Messages, RecvMessage};
 pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};
-pub use stats::{Stats, WorkerStats};
+pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
-pub use worker::{Closures, Context, Worker, WorkerId};
+pub use worker::{Closures, Context, SendError, Worker, WorkerId};

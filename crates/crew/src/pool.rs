@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::builder::{Config, PoolBuilder};
 use crate::error::{BuildError, BuildErrorKind, ShutdownTimedOut, SubmitError};
 use crate::events::Events;
+use crate::health::{Health, Probe, Watcher};
 use crate::stats::Stats;
 use crate::sync::Arc;
 use crate::task::cell::{new_cell, AsyncCall, Call, Input, Job, Payload, Plain};
@@ -42,6 +43,9 @@ pub struct Pool<W: Worker = Closures> {
 /// The part whose drop means "the last handle is gone".
 struct Inner<W: Worker> {
     backend: Backend<W>,
+    /// The health watcher thread, if `PoolBuilder::health` was set. It holds
+    /// only a weak reference to the backend.
+    watcher: Option<Watcher>,
 }
 
 /// Where the pool's workers run.
@@ -56,6 +60,9 @@ pub(crate) enum Backend<W: Worker> {
 
 impl<W: Worker> Drop for Inner<W> {
     fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.signal();
+        }
         match &self.backend {
             Backend::Threads(shared) => shared.close(),
             #[cfg(feature = "process")]
@@ -79,15 +86,69 @@ impl<W: Worker> Pool<W> {
         PoolBuilder::new()
     }
 
-    pub(crate) fn start(config: Config) -> Result<Self, BuildError> {
+    pub(crate) fn start(config: Config, health: Option<Health>) -> Result<Self, BuildError> {
         let shared =
             Shared::start(config).map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
-        Ok(Pool::from_backend(Backend::Threads(shared)))
+        Pool::from_backend(Backend::Threads(shared), health)
     }
 
-    pub(crate) fn from_backend(backend: Backend<W>) -> Self {
-        Pool {
-            inner: Arc::new(Inner { backend }),
+    /// The handle over a started backend, with its health watcher if asked.
+    pub(crate) fn from_backend(
+        backend: Backend<W>,
+        health: Option<Health>,
+    ) -> Result<Self, BuildError> {
+        let watcher = match health {
+            None => None,
+            Some(health) => {
+                let started = Self::start_watcher(&backend, health);
+                match started {
+                    Ok(watcher) => Some(watcher),
+                    Err(e) => {
+                        let pool = Pool {
+                            inner: Arc::new(Inner {
+                                backend,
+                                watcher: None,
+                            }),
+                        };
+                        pool.terminate();
+                        return Err(BuildError::new(BuildErrorKind::Spawn(e)));
+                    }
+                }
+            }
+        };
+        Ok(Pool {
+            inner: Arc::new(Inner { backend, watcher }),
+        })
+    }
+
+    /// Starts the health watcher over a weak reference to `backend`, so the
+    /// watcher never keeps a dropped pool alive.
+    fn start_watcher(backend: &Backend<W>, health: Health) -> std::io::Result<Watcher> {
+        match backend {
+            Backend::Threads(shared) => {
+                let weak = Arc::downgrade(shared);
+                let probe: Probe = Box::new(move || {
+                    let shared = weak.upgrade()?;
+                    (!shared.is_closed()).then(|| shared.stats())
+                });
+                let bus = Arc::clone(&shared.events);
+                Watcher::start(health, &shared.config.thread_name, bus, probe)
+            }
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => {
+                let weak = std::sync::Arc::downgrade(engine);
+                let probe: Probe = Box::new(move || {
+                    let engine = weak.upgrade()?;
+                    (!engine.is_closed()).then(|| engine.stats())
+                });
+                Watcher::start(health, "crew", engine.bus(), probe)
+            }
+        }
+    }
+
+    fn stop_watcher(&self) {
+        if let Some(watcher) = &self.inner.watcher {
+            watcher.stop();
         }
     }
 
@@ -104,6 +165,16 @@ impl<W: Worker> Pool<W> {
             Backend::Threads(shared) => shared,
             #[cfg(feature = "process")]
             Backend::Processes(_) => unreachable!("closures never run on a process pool"),
+        }
+    }
+
+    /// The process backend, if this is a process pool whose `map` ships chunks
+    /// (`sources/chunked.rs`).
+    #[cfg(feature = "process")]
+    pub(crate) fn chunk_engine(&self) -> Option<&std::sync::Arc<dyn crate::processes::Engine<W>>> {
+        match self.backend() {
+            Backend::Processes(engine) if engine.chunks_enabled() => Some(engine),
+            _ => None,
         }
     }
 
@@ -277,6 +348,9 @@ impl<W: Worker> Pool<W> {
     /// as cancelled (it sees [`Context::is_cancelled`]). Returns at once; worker
     /// threads exit as soon as their current task returns, running `Worker::stop`.
     pub fn terminate(&self) {
+        if let Some(watcher) = &self.inner.watcher {
+            watcher.signal();
+        }
         match self.backend() {
             Backend::Threads(shared) => shared.terminate(),
             #[cfg(feature = "process")]
@@ -293,6 +367,7 @@ impl<W: Worker> Pool<W> {
     }
 
     fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+        self.stop_watcher();
         match self.backend() {
             Backend::Threads(shared) => shared.shutdown(deadline),
             #[cfg(feature = "process")]
@@ -372,6 +447,82 @@ impl<W: Worker> Pool<W> {
             #[cfg(feature = "process")]
             Backend::Processes(engine) => engine.events(),
         }
+    }
+
+    /// Subscribes to the messages workers send with
+    /// [`Context::send`](crate::Context::send): `(sender, message)` pairs, from
+    /// every worker, in each worker's send order. Several subscriptions each
+    /// get every message sent while they exist (see
+    /// [`Messages`](crate::Messages) for buffering and loss).
+    ///
+    /// ```
+    /// use crew::{Context, Pool, StartError, Worker};
+    ///
+    /// struct Counter;
+    /// impl Worker for Counter {
+    ///     type Input = u32;
+    ///     type Output = ();
+    ///     type Error = String;
+    ///     type Message = String;
+    ///     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Counter) }
+    ///     fn run(&mut self, n: u32, ctx: &mut Context<'_>) -> Result<(), String> {
+    ///         ctx.send(format!("halfway through {n}")).map_err(|e| e.to_string())
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::<Counter>::builder().workers(1).build()?;
+    /// let messages = pool.messages();
+    /// pool.submit(7)?.join().map_err(|e| e.to_string())?;
+    /// let (_worker, text) = messages.recv().unwrap();
+    /// assert_eq!(text, "halfway through 7");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn messages(&self) -> crate::Messages<W::Message> {
+        match self.backend() {
+            Backend::Threads(shared) => crate::Messages::subscribe(&shared.messages),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.messages(),
+        }
+    }
+
+    /// Sends `message` to every live worker; each receives it in
+    /// [`Worker::on_message`](crate::Worker::on_message) between tasks (an idle
+    /// worker at once, a busy one when its task ends). Workers started later do
+    /// not get it: see [`broadcast_sticky`](Pool::broadcast_sticky).
+    pub fn broadcast(&self, message: W::Message) {
+        match self.backend() {
+            Backend::Threads(shared) => shared.broadcast(message, false),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.broadcast(message, false),
+        }
+    }
+
+    /// Like [`broadcast`](Pool::broadcast), and every worker started later (a
+    /// replacement, a recycled process, an elastic pool's extra worker, a state
+    /// rebuilt after a panic) gets it too, right after its `start`, with every
+    /// other sticky message in the order they were sent: for settings.
+    pub fn broadcast_sticky(&self, message: W::Message) {
+        match self.backend() {
+            Backend::Threads(shared) => shared.broadcast(message, true),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.broadcast(message, true),
+        }
+    }
+
+    /// Sends `message` to one worker (an id from [`workers`](Pool::workers) or
+    /// an event). [`SendError::NoSuchWorker`](crate::SendError::NoSuchWorker)
+    /// gives it back if that worker is gone.
+    pub fn send_to(
+        &self,
+        worker: WorkerId,
+        message: W::Message,
+    ) -> Result<(), crate::SendError<W::Message>> {
+        let sent = match self.backend() {
+            Backend::Threads(shared) => shared.send_to(worker, message),
+            #[cfg(feature = "process")]
+            Backend::Processes(engine) => engine.send_to(worker, message),
+        };
+        sent.map_err(crate::SendError::NoSuchWorker)
     }
 
     /// A snapshot of the pool's state and counters.
@@ -566,6 +717,7 @@ where
         Priority::Normal,
         None,
         false,
+        None,
         payload,
     );
     let task = Task::new(cell.clone());

@@ -11,8 +11,13 @@
 //!
 //! The input iterator is pulled on the caller's thread, inside `next()`: an input
 //! iterator that blocks (a channel with nothing in it) delays the results already
-//! finished until it yields. Unordered results are found without polling: each
+//! finished until it yields. [`Pool::feed`](crate::Pool::feed) is the form for such
+//! a source (`feed.rs`). Unordered results are found without polling: each
 //! task in the window is given a waker that names its slot.
+//!
+//! On a process pool (without a default timeout) the three ship their inputs in
+//! adaptively sized *chunks* of many items instead of one task per item
+//! (`sources/chunked.rs`); results still come one per item.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,10 +28,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context as PollContext, Poll, Wake, Waker};
 
 use crate::error::{Failure, TaskError};
+use crate::feed::exact_len;
 use crate::pool::Pool;
 use crate::sync::lock;
 use crate::task::Task;
 use crate::worker::{Closures, Worker};
+
+#[cfg(feature = "process")]
+mod chunked;
 
 /// One item's place in the window: its task, or the error it got without one.
 enum Slot<T, E> {
@@ -34,7 +43,16 @@ enum Slot<T, E> {
     Refused,
 }
 
-type Feed<'a, T, E> = Box<dyn FnMut() -> Option<Slot<T, E>> + 'a>;
+/// Pulls the next input and submits it. Built by `Pool::pull` / `Pool::pull_fn`.
+type Pull<'a, T, E> = Box<dyn FnMut() -> Option<Slot<T, E>> + 'a>;
+
+/// A source for `Map` / `MapUnordered`: how to pull, and how many inputs there
+/// are when the iterator knows exactly (for a progress bar's total).
+struct Source<'a, T, E> {
+    pull: Pull<'a, T, E>,
+    #[cfg_attr(not(feature = "indicatif"), allow(dead_code))]
+    len: Option<u64>,
+}
 
 fn refused<T, E>() -> Result<T, TaskError<E>> {
     Err(TaskError::failure(Failure::Closed))
@@ -51,46 +69,74 @@ impl<W: Worker> Pool<W> {
     /// order, keeping at most `4 × size()` tasks in flight (see
     /// [`map_window`](Pool::map_window)). On a shut-down pool the remaining items
     /// yield closed errors.
+    ///
+    /// On a process pool the inputs travel in chunks of many items, sized so that
+    /// a chunk runs for about 2 ms in its worker, with three chunks per worker in
+    /// flight (not `4 × size()` items); each item still gets its own result. With a
+    /// pool default [`timeout`](crate::PoolBuilder::timeout), items go one task
+    /// each, so the timeout applies to each.
     pub fn map<I>(&self, inputs: I) -> Map<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
+        #[cfg(feature = "process")]
+        if let Some(engine) = self.chunk_engine() {
+            let chunks = chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, true);
+            return Map::chunked(chunks);
+        }
         self.map_window(inputs, default_window(self))
     }
 
-    /// [`map`](Pool::map) with an explicit window (at least 1).
+    /// [`map`](Pool::map) with an explicit window (at least 1): at most `window`
+    /// inputs pulled and not yet handed out (on a process pool, chunks are cut to
+    /// fit it).
     pub fn map_window<I>(&self, inputs: I, window: usize) -> Map<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        Map::new(self.feed(inputs), window)
+        #[cfg(feature = "process")]
+        if let Some(engine) = self.chunk_engine() {
+            let chunks =
+                chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), Some(window), true);
+            return Map::chunked(chunks);
+        }
+        Map::new(self.pull(inputs), window)
     }
 
     /// Like [`map`](Pool::map), but yields each result as soon as its task
     /// finishes (as `concurrent.futures.as_completed`), with the input's index.
+    /// On a process pool, in chunks as `map` (a chunk's results come together).
     pub fn map_unordered<I>(&self, inputs: I) -> MapUnordered<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        MapUnordered::new(self.feed(inputs), default_window(self))
+        #[cfg(feature = "process")]
+        if let Some(engine) = self.chunk_engine() {
+            let chunks =
+                chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, false);
+            return MapUnordered::chunked(chunks);
+        }
+        MapUnordered::new(self.pull(inputs), default_window(self))
     }
 
-    fn feed<I>(&self, inputs: I) -> Feed<'_, W::Output, W::Error>
+    fn pull<I>(&self, inputs: I) -> Source<'_, W::Output, W::Error>
     where
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
         let mut inputs = inputs.into_iter();
-        Box::new(move || {
+        let len = exact_len(inputs.size_hint());
+        let pull = Box::new(move || {
             let input = inputs.next()?;
             Some(match self.submit(input) {
                 Ok(task) => Slot::Task(task),
                 Err(_) => Slot::Refused,
             })
-        })
+        });
+        Source { pull, len }
     }
 }
 
@@ -106,7 +152,7 @@ impl Pool<Closures> {
         F: Fn(I::Item) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
-        Map::new(self.feed_fn(inputs, f), default_window(self))
+        Map::new(self.pull_fn(inputs, f), default_window(self))
     }
 
     /// Like [`map_fn`](Pool::map_fn), yielding results as they complete, with the
@@ -119,10 +165,10 @@ impl Pool<Closures> {
         F: Fn(I::Item) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
-        MapUnordered::new(self.feed_fn(inputs, f), default_window(self))
+        MapUnordered::new(self.pull_fn(inputs, f), default_window(self))
     }
 
-    fn feed_fn<I, F, T>(&self, inputs: I, f: F) -> Feed<'_, T, Infallible>
+    fn pull_fn<I, F, T>(&self, inputs: I, f: F) -> Source<'_, T, Infallible>
     where
         I: IntoIterator,
         I::IntoIter: 'static,
@@ -132,37 +178,67 @@ impl Pool<Closures> {
     {
         let f = Arc::new(f);
         let mut inputs = inputs.into_iter();
-        Box::new(move || {
+        let len = exact_len(inputs.size_hint());
+        let pull = Box::new(move || {
             let input = inputs.next()?;
             let f = Arc::clone(&f);
             // On a shut-down pool `spawn` hands back a task already resolved as
             // closed, which the window yields in its place.
             Some(Slot::Task(self.spawn(move || f(input))))
-        })
+        });
+        Source { pull, len }
     }
 }
 
 /// Results in input order; from [`Pool::map`] or [`Pool::map_fn`].
 #[must_use = "a Map runs nothing until iterated; dropping it cancels its window"]
 pub struct Map<'a, T, E> {
-    feed: Feed<'a, T, E>,
+    source: Source<'a, T, E>,
     window: usize,
     exhausted: bool,
     in_flight: VecDeque<Slot<T, E>>,
+    /// On a process pool: the chunks in flight (then `source` and `in_flight`
+    /// are unused).
+    #[cfg(feature = "process")]
+    chunked: Option<chunked::Chunked<'a, T, E>>,
+    #[cfg(feature = "indicatif")]
+    progress: Option<crate::progress::Progress>,
 }
 
 impl<'a, T, E> Map<'a, T, E> {
-    fn new(feed: Feed<'a, T, E>, window: usize) -> Self {
+    fn new(source: Source<'a, T, E>, window: usize) -> Self {
         Map {
-            feed,
+            source,
             window: window.max(1),
             exhausted: false,
             in_flight: VecDeque::new(),
+            #[cfg(feature = "process")]
+            chunked: None,
+            #[cfg(feature = "indicatif")]
+            progress: None,
         }
     }
 
-    /// Tasks submitted and not yet handed out.
+    #[cfg(feature = "process")]
+    fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
+        let source = Source {
+            pull: Box::new(|| None),
+            len: chunks.len(),
+        };
+        let mut map = Map::new(source, 1);
+        map.chunked = Some(chunks);
+        map
+    }
+
+    #[cfg(feature = "indicatif")]
+    crate::progress::progress_methods!(source.len);
+
+    /// Inputs submitted and not yet handed out.
     pub fn in_flight(&self) -> usize {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &self.chunked {
+            return chunks.in_flight();
+        }
         self.in_flight.len()
     }
 }
@@ -171,16 +247,40 @@ impl<T, E> Iterator for Map<'_, T, E> {
     type Item = Result<T, TaskError<E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &mut self.chunked {
+            let result = chunks.next_ordered();
+            #[cfg(feature = "indicatif")]
+            if let Some(progress) = &mut self.progress {
+                match &result {
+                    Some(r) => progress.record(r.is_ok()),
+                    None => progress.finish(),
+                }
+            }
+            return result;
+        }
         while !self.exhausted && self.in_flight.len() < self.window {
-            match (self.feed)() {
+            match (self.source.pull)() {
                 Some(slot) => self.in_flight.push_back(slot),
                 None => self.exhausted = true,
             }
         }
-        Some(match self.in_flight.pop_front()? {
+        let Some(slot) = self.in_flight.pop_front() else {
+            #[cfg(feature = "indicatif")]
+            if let Some(progress) = &mut self.progress {
+                progress.finish();
+            }
+            return None;
+        };
+        let result = match slot {
             Slot::Task(task) => task.join(),
             Slot::Refused => refused(),
-        })
+        };
+        #[cfg(feature = "indicatif")]
+        if let Some(progress) = &mut self.progress {
+            progress.record(result.is_ok());
+        }
+        Some(result)
     }
 }
 
@@ -232,7 +332,7 @@ impl Wake for SlotWaker {
 /// [`Pool::map_unordered`] or [`Pool::map_fn_unordered`].
 #[must_use = "a MapUnordered runs nothing until iterated; dropping it cancels its window"]
 pub struct MapUnordered<'a, T, E> {
-    feed: Feed<'a, T, E>,
+    source: Source<'a, T, E>,
     exhausted: bool,
     /// The window: slot number → (input index, task). Free slots are `None`.
     slots: Vec<Option<(usize, Task<T, E>)>>,
@@ -242,10 +342,27 @@ pub struct MapUnordered<'a, T, E> {
     /// Items that finished (or were refused) before anyone asked.
     ready: VecDeque<(usize, Result<T, TaskError<E>>)>,
     next_index: usize,
+    /// On a process pool: the chunks in flight (then the fields above are
+    /// unused).
+    #[cfg(feature = "process")]
+    chunked: Option<chunked::Chunked<'a, T, E>>,
+    #[cfg(feature = "indicatif")]
+    progress: Option<crate::progress::Progress>,
 }
 
 impl<'a, T, E> MapUnordered<'a, T, E> {
-    fn new(feed: Feed<'a, T, E>, window: usize) -> Self {
+    #[cfg(feature = "process")]
+    fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
+        let source = Source {
+            pull: Box::new(|| None),
+            len: chunks.len(),
+        };
+        let mut map = MapUnordered::new(source, 1);
+        map.chunked = Some(chunks);
+        map
+    }
+
+    fn new(source: Source<'a, T, E>, window: usize) -> Self {
         let window = window.max(1);
         let woken = Arc::new(Woken::default());
         let wakers = (0..window)
@@ -257,7 +374,7 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
             })
             .collect();
         MapUnordered {
-            feed,
+            source,
             exhausted: false,
             slots: (0..window).map(|_| None).collect(),
             free: (0..window).rev().collect(),
@@ -265,12 +382,23 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
             woken,
             ready: VecDeque::new(),
             next_index: 0,
+            #[cfg(feature = "process")]
+            chunked: None,
+            #[cfg(feature = "indicatif")]
+            progress: None,
         }
     }
+
+    #[cfg(feature = "indicatif")]
+    crate::progress::progress_methods!(source.len);
 
     /// Items pulled from the input and not yet handed out (running, queued, or
     /// finished and waiting to be yielded).
     pub fn in_flight(&self) -> usize {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &self.chunked {
+            return chunks.in_flight();
+        }
         self.slots.len() - self.free.len() + self.ready.len()
     }
 
@@ -295,7 +423,7 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
         while !self.exhausted && self.in_flight() < self.slots.len() {
             let Some(slot) = self.free.pop() else { return };
             let index = self.next_index;
-            match (self.feed)() {
+            match (self.source.pull)() {
                 None => {
                     self.free.push(slot);
                     self.exhausted = true;
@@ -319,13 +447,34 @@ impl<T, E> Iterator for MapUnordered<'_, T, E> {
     type Item = (usize, Result<T, TaskError<E>>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        #[cfg(feature = "process")]
+        if let Some(chunks) = &mut self.chunked {
+            let item = chunks.next_unordered();
+            #[cfg(feature = "indicatif")]
+            if let Some(progress) = &mut self.progress {
+                match &item {
+                    Some((_, r)) => progress.record(r.is_ok()),
+                    None => progress.finish(),
+                }
+            }
+            return item;
+        }
         loop {
             self.fill();
             if let Some(item) = self.ready.pop_front() {
+                #[cfg(feature = "indicatif")]
+                if let Some(progress) = &mut self.progress {
+                    progress.record(item.1.is_ok());
+                }
                 return Some(item);
             }
             if self.slots.len() == self.free.len() {
-                return None; // exhausted and nothing left in the window
+                // Exhausted and nothing left in the window.
+                #[cfg(feature = "indicatif")]
+                if let Some(progress) = &mut self.progress {
+                    progress.finish();
+                }
+                return None;
             }
             let woken = {
                 let mut slots = lock(&self.woken.slots);

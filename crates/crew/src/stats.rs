@@ -1,6 +1,20 @@
 //! `Stats`: a snapshot of what a pool is doing and has done.
+//!
+//! # Where the latency figures come from
+//!
+//! Each worker records its tasks' wait and run times into its own [`Timings`]
+//! (two HDR histograms and a busy-time sum). On the thread backend the worker
+//! does so under the mutex of its slot's running entry, which it takes around
+//! every task anyway, so recording costs no extra lock; `stats()` takes each
+//! slot's mutex briefly and merges. The process backend records under its
+//! scheduler lock, which it holds while it applies a worker's answers. The
+//! public figures are plain [`Latency`] values, so the histogram type is not part
+//! of crew's API.
 
 use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
 
 use crate::task::TaskId;
 use crate::worker::WorkerId;
@@ -8,12 +22,15 @@ use crate::worker::WorkerId;
 /// A snapshot from [`Pool::stats`](crate::Pool::stats). Counters cover the pool's
 /// whole life; every accepted task is in exactly one of `queued`, `busy` (running)
 /// or one of the outcome counters.
+///
+/// Its `Display` is a small table for people: a summary block, then one row per
+/// worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Workers the pool counts (starting, idle or busy).
     pub workers: usize,
-    /// Workers running a task.
+    /// Workers running a task (with async tasks: at least one in flight).
     pub busy: usize,
     /// Workers not running a task.
     pub idle: usize,
@@ -47,8 +64,86 @@ pub struct Stats {
     pub start_failures: u32,
     /// The message of the most recent `Worker::start` failure, if any ever failed.
     pub last_start_error: Option<String>,
+    /// How long tasks waited between `submit` and the moment a worker started
+    /// them. One sample per task that started.
+    pub wait: Latency,
+    /// How long tasks ran on a worker: until it returned, or until the pool gave
+    /// up on it (killed, abandoned). One sample per task that finished running.
+    /// On a process pool both figures are taken when the pool reads the
+    /// worker's answers, which a worker sends in batches.
+    pub run: Latency,
+    /// Time since the pool was built.
+    pub uptime: Duration,
+    /// Time the workers spent running tasks, summed over workers (those still
+    /// running a task count what they have run so far). Tasks are summed, so a
+    /// worker's overlapping async tasks each count their whole run (from start
+    /// to the future's end, including its time at `.await`s).
+    pub busy_time: Duration,
+    /// Time the workers spent in the pool, summed over workers, from the moment
+    /// each was created until it left (or now). For a fixed pool that is about
+    /// `workers × uptime`; an elastic pool counts each worker only while it lived.
+    pub worker_time: Duration,
     /// One row per worker, by id.
     pub per_worker: Vec<WorkerStats>,
+}
+
+/// A summary of one latency distribution in [`Stats`]: how many samples, and
+/// their percentiles. Percentiles come from a histogram with two significant
+/// digits (within 1%), from 1 ns to one hour; longer values count as one hour.
+/// With no sample, every figure is zero.
+///
+/// On the thread backend a pool measures each of its first 4,096 tasks, then one
+/// task in eight (by task id), and every task while an [`Events`](crate::Events)
+/// subscriber listens: two clock reads and two histogram updates are about a
+/// tenth of a tiny task's cost, so a pool running millions of tasks samples.
+/// `count` is the number of tasks measured, and the busy time (utilization)
+/// counts each sampled run eight times. Process pools measure every task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Latency {
+    /// Tasks measured (see above: past 4,096 tasks, threads sample).
+    pub count: u64,
+    /// The median.
+    pub p50: Duration,
+    /// 90% of samples are at or below this.
+    pub p90: Duration,
+    /// 99% of samples are at or below this.
+    pub p99: Duration,
+    /// The largest sample.
+    pub max: Duration,
+}
+
+/// What a worker is doing, in [`WorkerStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Its `Worker::start` has not succeeded yet (or it is rebuilding its state
+    /// after a panic); a worker process that has not said *ready*.
+    Starting,
+    /// Started, and waiting for a task.
+    Idle,
+    /// Running a task (with async tasks: at least one in flight).
+    Busy,
+    /// Leaving: shutting down, retired, or being killed or recycled.
+    Stopping,
+}
+
+impl WorkerState {
+    /// A short lowercase name: `starting`, `idle`, `busy`, `stopping`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Stopping => "stopping",
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One worker's row in [`Stats`].
@@ -59,11 +154,23 @@ pub struct WorkerStats {
     pub id: WorkerId,
     /// Whether its `Worker::start` has succeeded.
     pub started: bool,
+    /// What it is doing now.
+    pub state: WorkerState,
     /// The task it is running, if any (with several async tasks in flight, the
     /// one it started first).
     pub current_task: Option<TaskId>,
-    /// Tasks it has finished with, of every outcome.
+    /// Tasks it ran and has finished with, of every outcome. A task resolved
+    /// without running (cancelled while queued, closed) counts for no worker.
     pub tasks_done: u64,
+    /// Time it spent running tasks.
+    pub busy_time: Duration,
+    /// Run times of the tasks it ran.
+    pub run: Latency,
+    /// Its process id (process pools only).
+    pub pid: Option<u32>,
+    /// Its process's resident memory in bytes, read from `/proc` when the
+    /// snapshot was taken (process pools on Linux only).
+    pub rss_bytes: Option<u64>,
 }
 
 impl Stats {
@@ -79,18 +186,56 @@ impl Stats {
             + self.start_failed
             + self.crashed
     }
+
+    /// The share of the workers' time spent running tasks since the pool was
+    /// built: `busy_time / worker_time`, from 0.0 to 1.0 (0.0 before any worker
+    /// existed). A pool that keeps every worker busy is at 1.0; an idle one
+    /// falls towards 0.0 as it waits.
+    pub fn utilization(&self) -> f64 {
+        let total = self.worker_time.as_secs_f64();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        (self.busy_time.as_secs_f64() / total).clamp(0.0, 1.0)
+    }
 }
 
 impl fmt::Display for Stats {
-    /// One line: `workers 4 (busy 3, idle 1) | queued 12 | submitted 100: ok 80, ...`.
+    /// A summary block, then one row per worker:
+    ///
+    /// ```text
+    /// workers 2 (busy 1, idle 1) | queued 3 | utilization 48.1% over 2.00s
+    /// tasks   submitted 10: ok 6, err 0, panic 0, cancelled 0, timed out 0, killed 0, closed 0, start failed 0, crashed 0
+    /// wait    n 7  p50 1.2µs  p90 8.1µs  p99 40µs  max 41µs
+    /// run     n 6  p50 180ms  p90 200ms  p99 200ms  max 200ms
+    /// worker      state     task       done  busy     run p50  run p99
+    /// worker-1    busy      task-7        3  605ms    200ms    200ms
+    /// worker-2    idle      -             3  600ms    180ms    200ms
+    /// ```
+    ///
+    /// Process pools add `pid` and `rss` columns.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "workers {} (busy {}, idle {}) | queued {} | submitted {}: ok {}, err {}, panic {}, cancelled {}, timed out {}, killed {}, closed {}, start failed {}, crashed {}",
+            "workers {} (busy {}, idle {}) | queued {} | utilization {:.1}% over {}",
             self.workers,
             self.busy,
             self.idle,
             self.queued,
+            self.utilization() * 100.0,
+            Short(self.uptime),
+        )?;
+        if self.abandoned_threads > 0 {
+            write!(f, " | abandoned threads {}", self.abandoned_threads)?;
+        }
+        if self.start_failures > 0 {
+            if let Some(e) = &self.last_start_error {
+                write!(f, " | start failing ({}x): {e}", self.start_failures)?;
+            }
+        }
+        writeln!(
+            f,
+            "\ntasks   submitted {}: ok {}, err {}, panic {}, cancelled {}, timed out {}, killed {}, closed {}, start failed {}, crashed {}",
             self.submitted,
             self.completed,
             self.failed,
@@ -102,14 +247,228 @@ impl fmt::Display for Stats {
             self.start_failed,
             self.crashed,
         )?;
-        if self.abandoned_threads > 0 {
-            write!(f, " | abandoned threads {}", self.abandoned_threads)?;
+        writeln!(f, "wait    {}", self.wait)?;
+        write!(f, "run     {}", self.run)?;
+        let processes = self.per_worker.iter().any(|w| w.pid.is_some());
+        // Each line is built whole and written without its trailing padding.
+        let mut line = format!(
+            "{:<11} {:<9} {:<10} {:>6}  {:<8} {:<8} {:<8}",
+            "worker", "state", "task", "done", "busy", "run p50", "run p99"
+        );
+        if processes {
+            line.push_str(&format!(" {:<8} {:>9}", "pid", "rss"));
         }
-        if self.start_failures > 0 {
-            if let Some(e) = &self.last_start_error {
-                write!(f, " | start failing ({}x): {e}", self.start_failures)?;
+        write!(f, "\n{}", line.trim_end())?;
+        for w in &self.per_worker {
+            let task = w
+                .current_task
+                .map_or_else(|| "-".to_owned(), |t| t.to_string());
+            let mut line = format!(
+                "{:<11} {:<9} {:<10} {:>6}  {:<8} {:<8} {:<8}",
+                w.id.to_string(),
+                w.state,
+                task,
+                w.tasks_done,
+                Short(w.busy_time).to_string(),
+                Short(w.run.p50).to_string(),
+                Short(w.run.p99).to_string(),
+            );
+            if processes {
+                let pid = w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+                let rss = w.rss_bytes.map_or_else(
+                    || "-".to_owned(),
+                    |b| format!("{:.1}MiB", b as f64 / 1048576.0),
+                );
+                line.push_str(&format!(" {pid:<8} {rss:>9}"));
             }
+            write!(f, "\n{}", line.trim_end())?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Latency {
+    /// `n 7  p50 1.2µs  p90 8.1µs  p99 40µs  max 41µs`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "n {}  p50 {}  p90 {}  p99 {}  max {}",
+            self.count,
+            Short(self.p50),
+            Short(self.p90),
+            Short(self.p99),
+            Short(self.max)
+        )
+    }
+}
+
+/// A duration with two or three significant digits and a unit (`850ns`, `1.2µs`,
+/// `40ms`, `2.00s`).
+struct Short(Duration);
+
+impl fmt::Display for Short {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.as_nanos() as f64;
+        let (value, unit) = if nanos < 1e3 {
+            (nanos, "ns")
+        } else if nanos < 1e6 {
+            (nanos / 1e3, "µs")
+        } else if nanos < 1e9 {
+            (nanos / 1e6, "ms")
+        } else {
+            (nanos / 1e9, "s")
+        };
+        let text = if unit == "ns" || value >= 100.0 {
+            format!("{value:.0}{unit}")
+        } else if value >= 10.0 {
+            format!("{value:.1}{unit}")
+        } else {
+            format!("{value:.2}{unit}")
+        };
+        f.pad(&text)
+    }
+}
+
+// ------------------------------------------------------------ recording
+
+/// The largest value a histogram tells apart, in nanoseconds: one hour.
+const MAX_TRACKED_NANOS: u64 = 3_600_000_000_000;
+
+/// Two significant digits: percentiles within 1%, and about 36 KiB per
+/// histogram (three digits would be about 300 KiB, per worker).
+const SIGNIFICANT_DIGITS: u8 = 2;
+
+/// One worker's (or one pool's) latency record: what [`Stats::wait`],
+/// [`Stats::run`] and the busy times are built from. Written by one recorder
+/// (the worker, under its slot's lock; the process scheduler, under its lock);
+/// merged by `stats()`.
+#[derive(Clone)]
+pub(crate) struct Timings {
+    wait: Histogram<u64>,
+    run: Histogram<u64>,
+    busy: Duration,
+}
+
+impl Timings {
+    pub(crate) fn new() -> Self {
+        Timings {
+            wait: new_histogram(),
+            run: new_histogram(),
+            busy: Duration::ZERO,
+        }
+    }
+
+    /// A task started after waiting `waited` since it was submitted.
+    #[inline]
+    pub(crate) fn record_wait(&mut self, waited: Duration) {
+        self.wait.saturating_record(nanos(waited));
+    }
+
+    /// A task ran for `ran`; as a sample, it stands for `weight` tasks in the
+    /// busy time.
+    #[inline]
+    pub(crate) fn record_run(&mut self, ran: Duration, weight: u32) {
+        self.run.saturating_record(nanos(ran));
+        self.busy += ran * weight;
+    }
+
+    /// Adds `other`'s samples to these.
+    pub(crate) fn add(&mut self, other: &Timings) {
+        // Same bounds on both sides, and values are clamped when recorded, so
+        // adding cannot fail.
+        let _ = self.wait.add(&other.wait);
+        let _ = self.run.add(&other.run);
+        self.busy += other.busy;
+    }
+
+    pub(crate) fn busy(&self) -> Duration {
+        self.busy
+    }
+
+    pub(crate) fn wait_latency(&self) -> Latency {
+        latency(&self.wait)
+    }
+
+    pub(crate) fn run_latency(&self) -> Latency {
+        latency(&self.run)
+    }
+}
+
+impl fmt::Debug for Timings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timings")
+            .field("wait", &self.wait.len())
+            .field("run", &self.run.len())
+            .field("busy", &self.busy)
+            .finish()
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, SIGNIFICANT_DIGITS)
+        .unwrap_or_else(|_| unreachable!("constant, valid histogram bounds"))
+}
+
+#[inline]
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    let at = |q: f64| Duration::from_nanos(h.value_at_quantile(q));
+    Latency {
+        count: h.len(),
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: Duration::from_nanos(h.max()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_ordered_and_count_every_sample() {
+        let mut t = Timings::new();
+        for micros in 1..=1000u64 {
+            t.record_run(Duration::from_micros(micros), 1);
+            t.record_wait(Duration::from_nanos(micros));
+        }
+        let run = t.run_latency();
+        assert_eq!(run.count, 1000);
+        assert!(run.p50 <= run.p90 && run.p90 <= run.p99 && run.p99 <= run.max);
+        let p50 = run.p50.as_micros();
+        assert!((495..=505).contains(&p50), "{run:?}");
+        assert_eq!(t.wait_latency().count, 1000);
+        let mut sum = Timings::new();
+        sum.add(&t);
+        sum.add(&t);
+        assert_eq!(sum.run_latency().count, 2000);
+        assert_eq!(sum.busy(), t.busy() * 2);
+    }
+
+    #[test]
+    fn huge_values_are_clamped_not_lost() {
+        let mut t = Timings::new();
+        t.record_run(Duration::from_secs(100_000), 1);
+        assert_eq!(t.run_latency().count, 1);
+    }
+
+    #[test]
+    fn empty_is_zero() {
+        assert_eq!(Timings::new().run_latency(), Latency::default());
+    }
+
+    #[test]
+    fn short_durations_read_well() {
+        assert_eq!(Short(Duration::from_nanos(850)).to_string(), "850ns");
+        assert_eq!(Short(Duration::from_nanos(1_234)).to_string(), "1.23µs");
+        assert_eq!(Short(Duration::from_millis(40)).to_string(), "40.0ms");
+        assert_eq!(Short(Duration::from_secs(2)).to_string(), "2.00s");
     }
 }

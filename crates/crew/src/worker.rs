@@ -1,6 +1,7 @@
 //! The user's side of a worker: the [`Worker`] trait, and the [`Context`] its code
 //! receives.
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -78,6 +79,7 @@ impl fmt::Display for WorkerId {
 ///     type Input = u64;
 ///     type Output = u64;
 ///     type Error = std::convert::Infallible;
+///     type Message = ();
 ///
 ///     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
 ///         Ok(Doubler { calls: 0 })
@@ -101,6 +103,12 @@ pub trait Worker: Sized + 'static {
     /// The worker's own error; it reaches the caller inside
     /// [`TaskError`](crate::TaskError), unflattened.
     type Error: Send + 'static;
+    /// What the pool and this worker say to each other outside tasks, both
+    /// ways (`()` for a worker that needs no messages): the worker sends with
+    /// [`Context::send`], the pool with [`Pool::broadcast`](crate::Pool::broadcast)
+    /// and [`Pool::send_to`](crate::Pool::send_to), and
+    /// [`on_message`](Worker::on_message) receives them between tasks.
+    type Message: Clone + Send + 'static;
 
     /// Builds this worker's state. Runs on the worker's thread.
     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError>;
@@ -116,6 +124,13 @@ pub trait Worker: Sized + 'static {
     /// dropped).
     fn stop(&mut self, ctx: &mut Context<'_>) {
         let _ = ctx;
+    }
+
+    /// Receives a message from the pool, between two tasks (never during one).
+    /// The default ignores it. A panic here is treated as a task's: the state
+    /// is rebuilt (`stop`, then `start`).
+    fn on_message(&mut self, message: Self::Message, ctx: &mut Context<'_>) {
+        let _ = (message, ctx);
     }
 
     /// How the pool runs one input: [`run`](Worker::run) to its end. Crew's
@@ -175,6 +190,7 @@ impl Worker for Closures {
     type Input = Infallible;
     type Output = Infallible;
     type Error = Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Closures)
@@ -185,19 +201,21 @@ impl Worker for Closures {
     }
 }
 
-/// What worker code gets from the pool: who it is, and whether its task was
-/// cancelled.
+/// What worker code gets from the pool: who it is, whether its task was
+/// cancelled, and a way to send the pool a message.
 ///
 /// An [`AsyncWorker`](crate::AsyncWorker)'s task gets a `Context` that lives as
-/// long as its future (it keeps the task's record alive itself).
+/// long as its future (it keeps the task's record, and its way to send
+/// messages, alive itself).
 pub struct Context<'a> {
     worker: WorkerId,
     task: TaskRef<'a>,
+    outbox: OutboxRef<'a>,
 }
 
 /// Which task a `Context` is about.
 enum TaskRef<'a> {
-    /// `start` and `stop`.
+    /// `start`, `stop` and `on_message`.
     None,
     /// A synchronous run: the header, borrowed for the call, and, when the task
     /// came from a queue, the job (to make an owned context from).
@@ -206,22 +224,52 @@ enum TaskRef<'a> {
     Owned(Arc<dyn CellRef>),
 }
 
+/// Where a `Context` sends messages: borrowed from the worker for a call, or
+/// shared with it by an async task's context (one `Arc` per worker, so making
+/// an owned context costs a reference count, not an allocation).
+enum OutboxRef<'a> {
+    /// No pool to send to (`WhenFull::CallerRuns`).
+    None,
+    Borrowed(&'a Arc<dyn Outbox>),
+    Owned(Arc<dyn Outbox>),
+}
+
 impl<'a> Context<'a> {
     pub(crate) fn new(worker: WorkerId, task: Option<&'a Header>) -> Self {
         let task = match task {
             Some(header) => TaskRef::Borrowed(header, None),
             None => TaskRef::None,
         };
-        Context { worker, task }
+        Context {
+            worker,
+            task,
+            outbox: OutboxRef::None,
+        }
+    }
+
+    /// The same context, able to send messages through `outbox`.
+    #[inline]
+    pub(crate) fn with_outbox(mut self, outbox: &'a Arc<dyn Outbox>) -> Self {
+        self.outbox = OutboxRef::Borrowed(outbox);
+        self
     }
 
     /// The context of a queued job's run, able to outlive the call
-    /// ([`Context::to_owned`]).
+    /// ([`Context::to_owned`]), sending through `outbox` if there is one.
     #[inline]
-    pub(crate) fn for_job(worker: WorkerId, header: &'a Header, job: &'a dyn ShareCell) -> Self {
+    pub(crate) fn for_job(
+        worker: WorkerId,
+        header: &'a Header,
+        job: &'a dyn ShareCell,
+        outbox: Option<&'a Arc<dyn Outbox>>,
+    ) -> Self {
         Context {
             worker,
             task: TaskRef::Borrowed(header, Some(job)),
+            outbox: match outbox {
+                Some(outbox) => OutboxRef::Borrowed(outbox),
+                None => OutboxRef::None,
+            },
         }
     }
 
@@ -234,17 +282,23 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// A context for the same worker and task that borrows nothing, for an async
-    /// task's future. Without a job to own (a context crew made for a direct
-    /// call), it keeps only the worker id.
+    /// A context for the same worker, task and outbox that borrows nothing, for
+    /// an async task's future. Without a job to own (a context crew made for a
+    /// direct call), it keeps only the worker id and the outbox.
     pub(crate) fn to_owned(&self) -> Context<'static> {
         let task = match self.share_cell() {
             Some(cell) => TaskRef::Owned(cell),
             None => TaskRef::None,
         };
+        let outbox = match &self.outbox {
+            OutboxRef::None => OutboxRef::None,
+            OutboxRef::Borrowed(outbox) => OutboxRef::Owned(Arc::clone(outbox)),
+            OutboxRef::Owned(outbox) => OutboxRef::Owned(Arc::clone(outbox)),
+        };
         Context {
             worker: self.worker,
             task,
+            outbox,
         }
     }
 
@@ -257,12 +311,21 @@ impl<'a> Context<'a> {
         }
     }
 
+    #[inline]
+    fn outbox(&self) -> Option<&dyn Outbox> {
+        match &self.outbox {
+            OutboxRef::None => None,
+            OutboxRef::Borrowed(outbox) => Some(&***outbox),
+            OutboxRef::Owned(outbox) => Some(&**outbox),
+        }
+    }
+
     /// The worker this code runs on.
     pub fn worker_id(&self) -> WorkerId {
         self.worker
     }
 
-    /// The task being run; `None` in `start` and `stop`.
+    /// The task being run; `None` in `start`, `stop` and `on_message`.
     pub fn task_id(&self) -> Option<TaskId> {
         self.header().map(Header::id)
     }
@@ -277,7 +340,75 @@ impl<'a> Context<'a> {
     pub fn is_cancelled(&self) -> bool {
         self.header().is_some_and(Header::is_cancel_requested)
     }
+
+    /// Sends the pool a message, tagged with this worker's id: every
+    /// [`Pool::messages`](crate::Pool::messages) subscription gets it. Never
+    /// blocks. Messages from one worker arrive in the order it sent them, and a
+    /// message sent during a task arrives before that task's handle resolves.
+    ///
+    /// `M` must be the worker's [`Worker::Message`] type; another type is given
+    /// back in [`SendError::WrongType`]. On the calling thread
+    /// (`WhenFull::CallerRuns`) there is no one to send to:
+    /// [`SendError::Unavailable`].
+    pub fn send<M: Any + Send>(&self, message: M) -> Result<(), SendError<M>> {
+        let Some(outbox) = self.outbox() else {
+            return Err(SendError::Unavailable(message));
+        };
+        outbox
+            .send(self.worker, Box::new(message))
+            .map_err(|back| match back.downcast::<M>() {
+                Ok(message) => SendError::WrongType(*message),
+                Err(_) => unreachable!("an outbox gives back what it was given"),
+            })
+    }
 }
+
+/// Where [`Context::send`] puts a message: each backend has one per worker,
+/// shared (`Arc`) by the contexts it hands out. `send` gives the message back if
+/// it is not the worker's `Message` type.
+pub(crate) trait Outbox: Send + Sync {
+    fn send(&self, from: WorkerId, message: Box<dyn Any + Send>)
+        -> Result<(), Box<dyn Any + Send>>;
+}
+
+/// Why [`Context::send`] did not send; holds the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError<M> {
+    /// `M` is not the worker's `Message` type.
+    WrongType(M),
+    /// This context has no pool to send to (a task run on the submitting
+    /// thread under `WhenFull::CallerRuns`).
+    Unavailable(M),
+    /// [`Pool::send_to`](crate::Pool::send_to): no live worker has that id.
+    NoSuchWorker(M),
+}
+
+impl<M> SendError<M> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> M {
+        match self {
+            SendError::WrongType(m) | SendError::Unavailable(m) | SendError::NoSuchWorker(m) => m,
+        }
+    }
+}
+
+impl<M> fmt::Display for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::WrongType(_) => write!(
+                f,
+                "the message is not of the worker's Message type ({})",
+                std::any::type_name::<M>()
+            ),
+            SendError::Unavailable(_) => {
+                f.write_str("this context has no pool to send messages to")
+            }
+            SendError::NoSuchWorker(_) => f.write_str("no live worker has that id"),
+        }
+    }
+}
+
+impl<M: fmt::Debug> std::error::Error for SendError<M> {}
 
 impl fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -398,6 +398,7 @@ impl AsyncWorker for Meeter {
     type Input = Job;
     type Output = (u32, Option<u64>);
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         MEETER_STARTS.fetch_add(1, SeqCst);
@@ -505,6 +506,7 @@ impl AsyncWorker for Echo {
     type Input = u64;
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Echo)

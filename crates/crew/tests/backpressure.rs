@@ -40,6 +40,7 @@ impl Worker for Probe {
     type Input = Cmd;
     type Output = (u32, ThreadId);
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         PROBE_STARTED_ON
@@ -693,6 +694,7 @@ impl Worker for Counted {
     type Input = (Runs, usize);
     type Output = usize;
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Counted)

@@ -18,6 +18,7 @@ impl Worker for Square {
     type Input = u64;
     type Output = u64;
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Square)
@@ -41,6 +42,7 @@ impl Worker for Gated {
     type Input = Cmd;
     type Output = u64;
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Gated)

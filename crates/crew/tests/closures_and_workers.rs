@@ -60,6 +60,7 @@ impl Worker for Tally {
     type Input = u64;
     type Output = (u64, u64);
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Tally { handled: 0 })
@@ -117,6 +118,7 @@ impl Worker for Db {
     type Input = u32;
     type Output = u32;
     type Error = QueryFailed;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Db)

@@ -176,6 +176,7 @@ impl Worker for Stopper {
     type Input = Option<(Gate, Counter)>;
     type Output = ();
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Stopper)

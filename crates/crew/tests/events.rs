@@ -185,6 +185,7 @@ impl Worker for Scripted {
     type Input = Do;
     type Output = ();
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Scripted)
@@ -369,6 +370,7 @@ impl Worker for NeverStarts {
     type Input = ();
     type Output = ();
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Err("database unreachable".into())

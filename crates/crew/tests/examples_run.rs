@@ -41,8 +41,29 @@ fn async_jobs_runs_several_jobs_per_worker() {
 }
 
 #[test]
+fn image_queue_resizes_every_upload_but_the_broken_one() {
+    run_example(
+        "image_queue",
+        "image_queue: 40 uploads, 39 thumbnails, 1 failed",
+    );
+}
+
+#[test]
+fn messages_go_both_ways() {
+    run_example(
+        "messages",
+        "messages: 6 files reported 4 steps each in order; 3 workers took the unit",
+    );
+}
+
+#[test]
 fn isolation_survives_a_segfault_and_a_loop() {
     run_example("isolation", "isolation: all checks passed");
+}
+
+#[test]
+fn health_reports_the_backlog_and_prints_the_table() {
+    run_example("health", "health: all checks passed");
 }
 
 #[test]

@@ -59,6 +59,7 @@ impl<const N: usize> Worker for Counted<N> {
     type Input = Job;
     type Output = u64;
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError> {
         if ctx.task_id().is_some() || ctx.is_cancelled() {

@@ -52,6 +52,7 @@ impl Worker for Stateful {
     type Input = Req;
     type Output = (u64, u64);
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         STARTS.fetch_add(1, SeqCst);

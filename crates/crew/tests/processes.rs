@@ -27,6 +27,16 @@ enum Job {
     Garbage,
     /// Starts a long `sleep` as its own child, prints both pids, and waits.
     Grandchild,
+    /// Prints each line to stdout, then returns 0.
+    Print(Vec<String>),
+    /// Keeps this many more MiB in the worker's state, touched so they count in
+    /// its resident memory, and answers the pid.
+    Grow(u64),
+    /// Answers the sum of the bytes (large ones travel through the payload
+    /// arena).
+    Blob(serde_bytes::ByteBuf),
+    /// Writes into the payload arena's mapping, which is read-only here.
+    ScribbleOnArena,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,15 +47,20 @@ enum Answer {
 /// A worker with state (its start count), that does what each `Job` says.
 struct Probe {
     ran: u64,
+    ballast: Vec<Vec<u8>>,
 }
 
 impl Worker for Probe {
     type Input = Job;
     type Output = Answer;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
-        Ok(Probe { ran: 0 })
+        Ok(Probe {
+            ran: 0,
+            ballast: Vec::new(),
+        })
     }
 
     fn run(&mut self, job: Job, _ctx: &mut Context<'_>) -> Result<Answer, String> {
@@ -71,6 +86,31 @@ impl Worker for Probe {
                 std::process::exit(3)
             }
             Job::Pid => Ok(Answer::Number(u64::from(std::process::id()))),
+            Job::Print(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                Ok(Answer::Number(0))
+            }
+            Job::Blob(bytes) => Ok(Answer::Number(bytes.iter().map(|&b| u64::from(b)).sum())),
+            Job::ScribbleOnArena => {
+                let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+                let line = maps
+                    .lines()
+                    .find(|l| l.contains("crew-payloads"))
+                    .ok_or("no payload arena is mapped")?;
+                let start = line.split('-').next().unwrap();
+                let address = usize::from_str_radix(start, 16).map_err(|e| e.to_string())?;
+                // SAFETY: not safe: the page is mapped read-only, so this write
+                // is meant to kill this worker with SIGSEGV.
+                unsafe { std::ptr::write_volatile(address as *mut u8, 1) };
+                Err("the payload arena took a write".into())
+            }
+            Job::Grow(mib) => {
+                // Non-zero bytes: every page is written, so it is resident.
+                self.ballast.push(vec![7u8; (mib as usize) << 20]);
+                Ok(Answer::Number(u64::from(std::process::id())))
+            }
             Job::Sleep(ms) => {
                 std::thread::sleep(Duration::from_millis(ms));
                 Ok(Answer::Number(ms))
@@ -118,6 +158,7 @@ impl Worker for NeverStarts {
     type Input = u64;
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Err("the model file is missing".into())
@@ -449,6 +490,201 @@ fn workers_are_recycled_after_max_tasks() {
 }
 
 #[test]
+fn a_worker_above_max_memory_is_recycled_after_its_task() {
+    let pool = processes::<Probe>(1).max_memory(200 << 20).build().unwrap();
+    let events = pool.events();
+    let pid = |job| match pool.submit(job).unwrap().join().unwrap() {
+        Answer::Number(pid) => pid,
+    };
+    // Well below the limit: the same process keeps serving.
+    let small = pid(Job::Grow(1));
+    assert_eq!(pid(Job::Pid), small);
+    // Above it: the task itself succeeds, then its worker is replaced.
+    let big = pid(Job::Grow(300));
+    assert_eq!(big, small);
+    wait_until("the bloated worker is recycled", || pid(Job::Pid) != big);
+    wait_until("the bloated worker process is gone", || {
+        !std::path::Path::new(&format!("/proc/{big}")).exists()
+    });
+    pool.shutdown();
+    let recycled = events
+        .filter(|e| {
+            matches!(
+                e,
+                crew::Event::WorkerExited {
+                    reason: crew::ExitReason::Recycled,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(recycled, 1);
+}
+
+#[test]
+fn output_lines_are_forwarded_with_the_worker_id() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&seen);
+    let pool = processes::<Probe>(1)
+        .on_output(move |worker, stream, line| {
+            if line.starts_with("line ") {
+                sink.lock().unwrap().push((worker, stream, line.to_owned()));
+            }
+        })
+        .build()
+        .unwrap();
+    full_size(&pool);
+    let worker = pool.workers()[0];
+    let lines: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
+    pool.submit(Job::Print(lines.clone()))
+        .unwrap()
+        .join()
+        .unwrap();
+    wait_until("all 50 lines arrive", || seen.lock().unwrap().len() == 50);
+    let seen = seen.lock().unwrap().clone();
+    for ((from, stream, line), expected) in seen.into_iter().zip(&lines) {
+        assert_eq!(from, worker);
+        assert_eq!(stream, crew::OutputStream::Stdout);
+        assert_eq!(&line, expected, "lines arrive whole and in order");
+    }
+    pool.shutdown();
+}
+
+/// A small deterministic generator, so a failing mix can be replayed from its
+/// seed (printed on failure).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn ten_thousand_tasks_with_random_crashes_each_resolve_once() {
+    let seed = std::env::var("CREW_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("random crash mix: CREW_SEED={seed}");
+    let mut rng = XorShift(seed);
+    let pool = processes::<Probe>(3).build().unwrap();
+    // About 1 task in 200 kills its worker, one of three ways; 1 in 50 fails
+    // with its own error.
+    let jobs: Vec<Job> = (0..10_000u64)
+        .map(|i| match rng.next() % 1000 {
+            0 | 1 => Job::Exit(9),
+            2 | 3 => Job::Abort,
+            4 => Job::Segfault,
+            5..=24 => Job::Fail(format!("no {i}")),
+            _ => Job::Echo(i),
+        })
+        .collect();
+    let tasks: Vec<_> = jobs
+        .iter()
+        .map(|job| pool.submit(job.clone()).unwrap())
+        .collect();
+    let (mut ok, mut failed, mut crashed) = (0u64, 0u64, 0u64);
+    for (i, (job, task)) in jobs.iter().zip(tasks).enumerate() {
+        let result = task.join();
+        match (job, result) {
+            (Job::Echo(n), Ok(Answer::Number(m))) if *n == m => ok += 1,
+            (Job::Fail(e), Err(err)) if err.user_error() == Some(e) => failed += 1,
+            (Job::Exit(9), Err(err)) if err.crash().unwrap().exit_code() == Some(9) => crashed += 1,
+            (Job::Abort, Err(err)) if err.crash().unwrap().signal() == Some(6) => crashed += 1,
+            (Job::Segfault, Err(err)) if err.crash().unwrap().signal() == Some(11) => crashed += 1,
+            (job, result) => panic!("seed {seed}: task {i} ({job:?}) resolved {result:?}"),
+        }
+    }
+    full_size(&pool);
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, 10_000, "seed {seed}");
+    assert_eq!(stats.finished(), 10_000, "seed {seed}: {stats:?}");
+    assert_eq!(stats.completed, ok, "seed {seed}");
+    assert_eq!(stats.failed, failed, "seed {seed}");
+    assert_eq!(stats.crashed, crashed, "seed {seed}");
+    assert_eq!(stats.queued + stats.busy, 0, "seed {seed}");
+    eprintln!("ok {ok}, failed {failed}, crashed {crashed}");
+    pool.shutdown();
+}
+
+fn blob(len: usize, seed: u8) -> (Job, u64) {
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let sum = bytes.iter().map(|&b| u64::from(b)).sum();
+    (Job::Blob(serde_bytes::ByteBuf::from(bytes)), sum)
+}
+
+#[test]
+fn large_inputs_travel_through_shared_memory_intact() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    // Sizes around the arena threshold (64 KiB) and well above it; several
+    // rounds, so blocks are freed and reused.
+    let sizes = [1, 65_535, 65_536, 65_537, 300_000, 1 << 20, 3 << 20];
+    for round in 0..4u8 {
+        let (tasks, sums): (Vec<_>, Vec<_>) = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let (job, sum) = blob(len, round.wrapping_mul(7).wrapping_add(i as u8));
+                (pool.submit(job).unwrap(), sum)
+            })
+            .unzip();
+        for ((task, sum), len) in tasks.into_iter().zip(sums).zip(sizes) {
+            assert_eq!(task.join().unwrap(), Answer::Number(sum), "{len} bytes");
+        }
+    }
+    pool.shutdown();
+}
+
+#[test]
+fn large_inputs_queued_behind_a_crash_run_again_intact() {
+    let pool = processes::<Probe>(1).window(8).build().unwrap();
+    let crash = pool.submit(Job::Abort).unwrap();
+    let behind: Vec<_> = (0..6u8)
+        .map(|i| {
+            let (job, sum) = blob(200_000, i);
+            (pool.submit(job).unwrap(), sum)
+        })
+        .collect();
+    assert!(crash.join().unwrap_err().is_crash());
+    for (task, sum) in behind {
+        assert_eq!(task.join().unwrap(), Answer::Number(sum));
+    }
+    pool.shutdown();
+}
+
+#[test]
+fn a_worker_cannot_write_into_the_shared_inputs() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let (big, sum) = blob(1 << 20, 9);
+    let kept = pool.submit(big).unwrap();
+    let err = pool
+        .submit(Job::ScribbleOnArena)
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert_eq!(err.crash().map(|c| c.signal()), Some(Some(11)), "{err}");
+    assert_eq!(kept.join().unwrap(), Answer::Number(sum));
+    let (big, sum) = blob(1 << 20, 10);
+    assert_eq!(
+        pool.submit(big).unwrap().join().unwrap(),
+        Answer::Number(sum)
+    );
+    pool.shutdown();
+}
+
+#[test]
 fn sticky_keys_go_to_the_same_worker() {
     let pool = processes::<Probe>(2).build().unwrap();
     full_size(&pool);
@@ -591,4 +827,151 @@ fn no_orphans_after_the_parent_is_killed() {
     wait_until("every worker and grandchild is gone", || {
         pids.iter().all(|&p| !alive(p))
     });
+}
+
+// ---- `map` on a process pool: chunks (`processes/chunks.rs`) ----------------------
+
+/// Every outcome counter of `stats` added up: each item resolves exactly once.
+fn resolved(stats: &crew::Stats) -> u64 {
+    stats.completed
+        + stats.failed
+        + stats.panicked
+        + stats.cancelled
+        + stats.timed_out
+        + stats.killed
+        + stats.closed
+        + stats.start_failed
+        + stats.crashed
+}
+
+#[test]
+fn map_over_fifty_thousand_items_yields_every_result_in_order() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let results: Vec<_> = pool.map((0..50_000).map(Job::Echo)).collect();
+    assert_eq!(results.len(), 50_000);
+    for (i, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), Answer::Number(i as u64));
+    }
+    // A bounded window cuts chunks to fit, and keeps the order.
+    let mut in_order = pool.map_window((0..3_000).map(Job::Echo), 7);
+    let mut seen = 0;
+    while let Some(result) = in_order.next() {
+        assert!(in_order.in_flight() <= 7);
+        assert_eq!(result.unwrap(), Answer::Number(seen));
+        seen += 1;
+    }
+    assert_eq!(seen, 3_000);
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, 53_000);
+    assert_eq!(stats.completed, 53_000);
+    assert_eq!(resolved(&stats), stats.submitted);
+}
+
+#[test]
+fn map_errors_and_panics_come_back_in_their_place() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let job = |i: u64| match i {
+        i if i % 97 == 5 => Job::Fail(format!("bad {i}")),
+        i if i % 101 == 7 => Job::Panic(format!("boom {i}")),
+        i => Job::Echo(i),
+    };
+    let (mut failed, mut panicked) = (0, 0);
+    for (i, result) in pool.map((0..5_000).map(job)).enumerate() {
+        let i = i as u64;
+        match job(i) {
+            Job::Echo(n) => assert_eq!(result.unwrap(), Answer::Number(n)),
+            Job::Fail(message) => {
+                failed += 1;
+                assert_eq!(result.unwrap_err().user_error(), Some(&message));
+            }
+            Job::Panic(message) => {
+                panicked += 1;
+                let error = result.unwrap_err();
+                assert!(error.is_panic(), "{error}");
+                assert!(error.panic_message().unwrap().contains(&message));
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert!(failed > 0 && panicked > 0);
+    let stats = pool.stats();
+    assert_eq!(stats.failed, failed);
+    assert_eq!(stats.panicked, panicked);
+    assert_eq!(stats.completed, 5_000 - failed - panicked);
+    assert_eq!(resolved(&stats), 5_000);
+    // The panics rebuilt the workers' state and left the pool whole.
+    assert_eq!(echo(&pool, 42), 42);
+}
+
+#[test]
+fn a_crash_inside_a_chunk_fails_only_the_crashing_item() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    const CRASH_AT: u64 = 3_000;
+    let jobs = (0..6_000).map(|i| {
+        if i == CRASH_AT {
+            Job::Exit(3)
+        } else {
+            Job::Echo(i)
+        }
+    });
+    for (i, result) in pool.map(jobs).enumerate() {
+        let i = i as u64;
+        if i == CRASH_AT {
+            let error = result.unwrap_err();
+            assert!(error.is_crash(), "{error}");
+            assert_eq!(error.crash().unwrap().exit_code(), Some(3));
+        } else {
+            assert_eq!(result.unwrap(), Answer::Number(i), "item {i}");
+        }
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.crashed, 1);
+    assert_eq!(stats.completed, 5_999);
+    assert_eq!(resolved(&stats), stats.submitted);
+    assert_eq!(echo(&pool, 7), 7);
+}
+
+#[test]
+fn dropping_a_map_early_cancels_the_rest_and_the_pool_stays_usable() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let mut results = pool.map((0..10_000_000).map(Job::Echo));
+    for i in 0..10 {
+        assert_eq!(results.next().unwrap().unwrap(), Answer::Number(i));
+    }
+    drop(results);
+    wait_until("every item pulled has resolved", || {
+        let stats = pool.stats();
+        resolved(&stats) == stats.submitted
+    });
+    let stats = pool.stats();
+    assert!(stats.submitted < 10_000_000, "the map stopped pulling");
+    assert!(stats.cancelled > 0);
+    assert_eq!(echo(&pool, 9), 9);
+    assert!(pool.wait_idle_timeout(common::LIMIT));
+}
+
+#[test]
+fn map_unordered_yields_every_item_once() {
+    let pool = processes::<Probe>(2).build().unwrap();
+    let mut seen = vec![false; 20_000];
+    for (index, result) in pool.map_unordered((0..20_000).map(Job::Echo)) {
+        assert_eq!(result.unwrap(), Answer::Number(index as u64));
+        assert!(!seen[index], "item {index} came twice");
+        seen[index] = true;
+    }
+    assert!(seen.iter().all(|&s| s));
+    assert_eq!(pool.stats().completed, 20_000);
+}
+
+#[test]
+fn map_with_a_default_timeout_runs_item_by_item() {
+    let pool = processes::<Probe>(2)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool
+        .map((0..200).map(Job::Echo))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..200).map(Answer::Number).collect::<Vec<_>>());
 }

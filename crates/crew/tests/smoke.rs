@@ -19,6 +19,7 @@ impl Worker for Adder {
     type Input = u64;
     type Output = u64;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Adder { base: 0 })

@@ -55,6 +55,7 @@ impl Worker for Soak {
     type Input = (u64, Fault);
     type Output = u64;
     type Error = u64;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Soak)

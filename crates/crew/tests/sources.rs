@@ -28,6 +28,7 @@ impl Worker for Squarer {
     type Input = u64;
     type Output = u64;
     type Error = u64;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Squarer)

@@ -26,6 +26,7 @@ impl Worker for NeverStarts {
     type Input = u32;
     type Output = u32;
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         NEVER_ATTEMPTS.fetch_add(1, SeqCst);
@@ -82,6 +83,7 @@ impl Worker for PanicsInStart {
     type Input = ();
     type Output = ();
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         panic!("config file missing")
@@ -113,6 +115,7 @@ impl<const N: usize> Worker for Flaky<N> {
     type Input = u32;
     type Output = u32;
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         if FLAKY_ATTEMPTS[N].fetch_add(1, SeqCst) < FAILS {
@@ -174,6 +177,7 @@ impl Worker for StartsOnce {
     type Input = bool;
     type Output = ();
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         if REBUILD_ATTEMPTS.fetch_add(1, SeqCst) == 0 {

@@ -25,6 +25,7 @@ impl Worker for Mixed {
     type Input = Op;
     type Output = u32;
     type Error = u32;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Mixed)

@@ -20,6 +20,7 @@ impl Worker for Shop {
     type Input = Order;
     type Output = usize;
     type Error = std::convert::Infallible;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Shop)

@@ -72,6 +72,7 @@ impl Worker for Halver {
     type Input = u32;
     type Output = u32;
     type Error = String;
+    type Message = ();
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Halver)

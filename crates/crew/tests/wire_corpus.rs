@@ -4,7 +4,7 @@
 
 use crew::wire::{
     Frame, FrameDecoder, FrameEncoder, Hello, ProtocolError, Role, ToParent, ToWorker, WireMessage,
-    MIN_FRAME_LIMIT,
+    MIN_FRAME_LIMIT, PROTOCOL_VERSION,
 };
 
 /// A frame's bytes: `len`, `kind`, `body`.
@@ -173,7 +173,7 @@ fn kinds_from_the_wrong_side_are_refused() {
     assert!(e.to_string().contains("task"), "{e}");
     assert!(from_parent(0x23, &[0; 9]).is_unexpected_kind());
     // A hello after the handshake.
-    let e = from_worker(0x01, &hello_body(1, 2, MIN_FRAME_LIMIT));
+    let e = from_worker(0x01, &hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT));
     assert!(e.is_unexpected_kind());
     assert!(e.to_string().contains("hello"), "{e}");
 }
@@ -261,11 +261,63 @@ fn tags_with_no_meaning() {
     assert!(from_worker(0x23, &done).is_invalid_tag());
 }
 
+/// A chunk body: id 7, then `count`, then `rest` as it is.
+fn chunk_body(count: u32, rest: &[u8]) -> Vec<u8> {
+    let mut body = 7u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(rest);
+    body
+}
+
+/// A chunk done body: id 7, run time 1, then `count`, then `rest` as it is.
+fn chunk_done_body(count: u32, rest: &[u8]) -> Vec<u8> {
+    let mut body = 7u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(rest);
+    body
+}
+
+#[test]
+fn a_chunk_whose_items_do_not_fill_its_count_overruns() {
+    // Two items announced, one there.
+    let e = from_parent(0x15, &chunk_body(2, &[1, 0, 0, 0, b'a']));
+    assert!(e.is_overrun(), "{e}");
+    assert_one_sentence(&e);
+    // A huge count over an empty body fails at once, without allocating.
+    assert!(from_parent(0x15, &chunk_body(u32::MAX, &[])).is_overrun());
+    // An item whose length runs past the body.
+    assert!(from_parent(0x15, &chunk_body(1, &u32::MAX.to_le_bytes())).is_overrun());
+    // A chunk done with fewer outcomes than its count.
+    assert!(from_worker(0x25, &chunk_done_body(3, &[0, 0, 0, 0, 0])).is_overrun());
+    // Only from the side that sends it.
+    assert!(from_worker(0x15, &chunk_body(0, &[])).is_unexpected_kind());
+    assert!(from_parent(0x25, &chunk_done_body(0, &[])).is_unexpected_kind());
+}
+
+#[test]
+fn a_chunk_with_more_than_its_count_has_trailing_bytes() {
+    let e = from_parent(0x15, &chunk_body(1, &[1, 0, 0, 0, b'a', 0]));
+    assert!(e.is_trailing_bytes(), "{e}");
+    assert!(from_worker(0x25, &chunk_done_body(0, &[0])).is_trailing_bytes());
+}
+
+#[test]
+fn a_chunk_done_with_a_bad_tag_or_a_bad_panic_message_is_refused() {
+    // Not started (3) is not an item outcome: a chunk that never began is
+    // answered with *done*.
+    let e = from_worker(0x25, &chunk_done_body(1, &[3, 0, 0, 0, 0]));
+    assert!(e.is_invalid_tag(), "{e}");
+    assert_one_sentence(&e);
+    let e = from_worker(0x25, &chunk_done_body(1, &[2, 2, 0, 0, 0, 0xc3, 0x28]));
+    assert!(e.is_invalid_utf8(), "{e}");
+}
+
 // ---- handshake -------------------------------------------------------------------
 
 #[test]
 fn hello_with_the_wrong_magic() {
-    let mut body = hello_body(1, 2, MIN_FRAME_LIMIT);
+    let mut body = hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT);
     body[..4].copy_from_slice(b"HTTP");
     let e = hello_error(&body);
     assert!(e.is_handshake(), "{e}");
@@ -278,9 +330,10 @@ fn hello_with_the_wrong_magic() {
 
 #[test]
 fn hello_of_another_version() {
-    let e = hello_error(&hello_body(2, 2, MIN_FRAME_LIMIT));
+    let other = PROTOCOL_VERSION + 1;
+    let e = hello_error(&hello_body(other, 2, MIN_FRAME_LIMIT));
     assert!(e.is_handshake() && e.is_version_mismatch(), "{e}");
-    assert_eq!(e.peer_version(), Some(2));
+    assert_eq!(e.peer_version(), Some(other));
     assert_one_sentence(&e);
     // Nothing after the version is read: a future hello may be laid out otherwise.
     let e = hello_error(b"CREW\x07\x00whatever follows");
@@ -297,14 +350,14 @@ fn hello_that_is_not_first() {
 
 #[test]
 fn hello_with_a_bad_role_a_tiny_limit_or_extra_bytes() {
-    assert!(hello_error(&hello_body(1, 0, MIN_FRAME_LIMIT)).is_invalid_tag());
-    assert!(hello_error(&hello_body(1, 3, MIN_FRAME_LIMIT)).is_invalid_tag());
+    assert!(hello_error(&hello_body(PROTOCOL_VERSION, 0, MIN_FRAME_LIMIT)).is_invalid_tag());
+    assert!(hello_error(&hello_body(PROTOCOL_VERSION, 3, MIN_FRAME_LIMIT)).is_invalid_tag());
 
-    let e = hello_error(&hello_body(1, 2, MIN_FRAME_LIMIT - 1));
+    let e = hello_error(&hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT - 1));
     assert!(e.is_handshake(), "{e}");
     assert_one_sentence(&e);
 
-    let mut body = hello_body(1, 2, MIN_FRAME_LIMIT);
+    let mut body = hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT);
     body.push(0);
     assert!(hello_error(&body).is_trailing_bytes());
     assert!(hello_error(&body[..8]).is_overrun());
@@ -312,8 +365,11 @@ fn hello_with_a_bad_role_a_tiny_limit_or_extra_bytes() {
 
 #[test]
 fn hello_from_the_wrong_side() {
-    let hello =
-        Hello::decode(Frame::new(0x01, hello_body(1, 1, MIN_FRAME_LIMIT))).expect("a valid hello");
+    let hello = Hello::decode(Frame::new(
+        0x01,
+        hello_body(PROTOCOL_VERSION, 1, MIN_FRAME_LIMIT),
+    ))
+    .expect("a valid hello");
     assert_eq!(hello.role, Role::Parent);
     let e = hello.check_role(Role::Worker).unwrap_err();
     assert!(e.is_handshake(), "{e}");

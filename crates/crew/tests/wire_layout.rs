@@ -2,8 +2,9 @@
 //! byte for byte, and a round trip of every message through the public API.
 
 use crew::wire::{
-    Frame, FrameDecoder, FrameEncoder, Hello, Outcome, Role, ToParent, ToWorker, WireMessage,
-    DEFAULT_FRAME_LIMIT, MAGIC, MIN_FRAME_LIMIT, PROTOCOL_VERSION,
+    ChunkItems, ChunkOutcomes, Frame, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
+    Role, ToParent, ToWorker, WireMessage, DEFAULT_FRAME_LIMIT, MAGIC, MIN_FRAME_LIMIT,
+    PROTOCOL_VERSION,
 };
 
 /// Parses `"10 00 ff"` into bytes.
@@ -44,7 +45,7 @@ fn assert_layout<M: WireMessage + PartialEq + std::fmt::Debug>(message: M, expec
 
 #[test]
 fn constants_are_the_documented_ones() {
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 3);
     assert_eq!(&MAGIC, b"CREW");
     assert_eq!(DEFAULT_FRAME_LIMIT, 64 << 20);
     assert_eq!(MIN_FRAME_LIMIT, 4096);
@@ -58,7 +59,7 @@ fn hello_layout() {
             pid: 4242,
             frame_limit: DEFAULT_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  01 00  02  92 10 00 00  00 00 00 04",
+        "10 00 00 00  01  43 52 45 57  03 00  02  92 10 00 00  00 00 00 04",
     );
     assert_layout(
         Hello {
@@ -66,7 +67,7 @@ fn hello_layout() {
             pid: 1,
             frame_limit: MIN_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  01 00  01  01 00 00 00  00 10 00 00",
+        "10 00 00 00  01  43 52 45 57  03 00  01  01 00 00 00  00 10 00 00",
     );
 }
 
@@ -99,6 +100,15 @@ fn parent_to_worker_layouts() {
         "07 00 00 00  12  02 00 00 00 68 69",
     );
     assert_layout(ToWorker::Shutdown, "01 00 00 00  13");
+    assert_layout(
+        ToWorker::SharedTask {
+            id: 7,
+            key: None,
+            offset: 8192,
+            len: 1 << 20,
+        },
+        "1a 00 00 00  14  07 00 00 00 00 00 00 00  00  00 20 00 00 00 00 00 00  00 00 10 00 00 00 00 00",
+    );
 }
 
 #[test]
@@ -139,6 +149,77 @@ fn worker_to_parent_layouts() {
     );
 }
 
+fn items(inputs: &[&[u8]]) -> ChunkItems {
+    let mut items = ChunkItems::new();
+    for input in inputs {
+        items.push(input);
+    }
+    items
+}
+
+fn outcomes(each: &[ItemOutcome<'_>]) -> ChunkOutcomes {
+    let mut outcomes = ChunkOutcomes::new();
+    for outcome in each {
+        outcomes.push(*outcome);
+    }
+    outcomes
+}
+
+#[test]
+fn chunk_layouts() {
+    assert_layout(
+        ToWorker::Chunk {
+            id: 7,
+            items: items(&[b"hi", b""]),
+        },
+        "17 00 00 00  15  07 00 00 00 00 00 00 00  02 00 00 00  02 00 00 00 68 69  00 00 00 00",
+    );
+    assert_layout(
+        ToParent::ChunkDone {
+            id: 7,
+            run_nanos: 1000,
+            outcomes: outcomes(&[
+                ItemOutcome::Ok(b"HI"),
+                ItemOutcome::UserError(b"e"),
+                ItemOutcome::Panicked("boom"),
+            ]),
+        },
+        "2b 00 00 00  25  07 00 00 00 00 00 00 00  e8 03 00 00 00 00 00 00  03 00 00 00
+         00 02 00 00 00 48 49  01 01 00 00 00 65  02 04 00 00 00 62 6f 6f 6d",
+    );
+}
+
+#[test]
+fn chunks_hand_back_their_items_and_outcomes_in_order() {
+    let sent = items(&[b"a", b"", &[0xff; 300]]);
+    let ToWorker::Chunk { items: got, .. } = decode_one(&encode(&ToWorker::Chunk {
+        id: 1,
+        items: sent.clone(),
+    })) else {
+        panic!("not a chunk")
+    };
+    assert_eq!(got.len(), 3);
+    assert_eq!(got.encoded_len(), sent.encoded_len());
+    let inputs: Vec<&[u8]> = got.iter().collect();
+    assert_eq!(inputs, [&b"a"[..], b"", &[0xff; 300]]);
+
+    let each = [
+        ItemOutcome::Panicked("✗"),
+        ItemOutcome::Ok(b""),
+        ItemOutcome::Ok(b"x"),
+        ItemOutcome::UserError(b"no"),
+    ];
+    let ToParent::ChunkDone { outcomes: got, .. } = decode_one(&encode(&ToParent::ChunkDone {
+        id: 1,
+        run_nanos: u64::MAX,
+        outcomes: outcomes(&each),
+    })) else {
+        panic!("not a chunk done")
+    };
+    assert_eq!(got.iter().collect::<Vec<_>>(), each);
+    assert_eq!(got.tally(), (2, 1, 1));
+}
+
 /// Every message, with edge values (zero, maximum, empty, non-ASCII).
 fn every_to_worker() -> Vec<ToWorker> {
     vec![
@@ -166,6 +247,14 @@ fn every_to_worker() -> Vec<ToWorker> {
             payload: b"\x00\xff".to_vec(),
         },
         ToWorker::Shutdown,
+        ToWorker::Chunk {
+            id: 0,
+            items: ChunkItems::new(),
+        },
+        ToWorker::Chunk {
+            id: u64::MAX,
+            items: items(&[b"", &[1; 1000], b"z"]),
+        },
     ]
 }
 
@@ -209,6 +298,20 @@ fn every_to_parent() -> Vec<ToParent> {
         },
         ToParent::Message {
             payload: vec![1, 2, 3],
+        },
+        ToParent::ChunkDone {
+            id: 0,
+            run_nanos: 0,
+            outcomes: ChunkOutcomes::new(),
+        },
+        ToParent::ChunkDone {
+            id: u64::MAX,
+            run_nanos: 12_345,
+            outcomes: outcomes(&[
+                ItemOutcome::Ok(&[7; 300]),
+                ItemOutcome::Panicked("attempt to divide by zero 🦀"),
+                ItemOutcome::UserError(b""),
+            ]),
         },
     ]
 }

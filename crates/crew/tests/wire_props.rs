@@ -12,8 +12,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use crew::wire::{
-    Frame, FrameDecoder, FrameEncoder, Hello, Outcome, Role, ToParent, ToWorker, WireMessage,
-    MIN_FRAME_LIMIT,
+    ChunkItems, ChunkOutcomes, Frame, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
+    Role, ToParent, ToWorker, WireMessage, MIN_FRAME_LIMIT,
 };
 
 // ---- strategies ------------------------------------------------------------------
@@ -36,7 +36,41 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
         any::<u64>().prop_map(|id| ToWorker::Cancel { id }),
         payload().prop_map(|payload| ToWorker::Message { payload }),
         Just(ToWorker::Shutdown),
+        (
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(id, key, offset, len)| ToWorker::SharedTask {
+                id,
+                key,
+                offset,
+                len
+            }),
+        (any::<u64>(), vec(payload(), 0..6)).prop_map(|(id, inputs)| {
+            let mut items = ChunkItems::new();
+            for input in &inputs {
+                items.push(input);
+            }
+            ToWorker::Chunk { id, items }
+        }),
     ]
+}
+
+/// A chunk's outcomes: each (tag, payload, text) becomes one item outcome.
+fn chunk_outcomes() -> impl Strategy<Value = ChunkOutcomes> {
+    vec((0..3u8, payload(), text()), 0..6).prop_map(|each| {
+        let mut outcomes = ChunkOutcomes::new();
+        for (tag, payload, text) in &each {
+            outcomes.push(match tag {
+                0 => ItemOutcome::Ok(payload),
+                1 => ItemOutcome::UserError(payload),
+                _ => ItemOutcome::Panicked(text),
+            });
+        }
+        outcomes
+    })
 }
 
 fn outcome() -> impl Strategy<Value = Outcome> {
@@ -55,6 +89,13 @@ fn to_parent() -> impl Strategy<Value = ToParent> {
         any::<u64>().prop_map(|id| ToParent::Started { id }),
         (any::<u64>(), outcome()).prop_map(|(id, outcome)| ToParent::Done { id, outcome }),
         payload().prop_map(|payload| ToParent::Message { payload }),
+        (any::<u64>(), any::<u64>(), chunk_outcomes()).prop_map(|(id, run_nanos, outcomes)| {
+            ToParent::ChunkDone {
+                id,
+                run_nanos,
+                outcomes,
+            }
+        }),
     ]
 }
 
@@ -101,7 +142,7 @@ enum Segment {
 
 fn segment() -> impl Strategy<Value = Segment> {
     let kind = prop_oneof![
-        3 => prop_oneof![Just(0x01u8), 0x10..=0x13u8, 0x20..=0x24u8],
+        3 => prop_oneof![Just(0x01u8), 0x10..=0x14u8, 0x20..=0x24u8],
         1 => any::<u8>(),
     ];
     let length = prop_oneof![

@@ -11,6 +11,12 @@
 //!    before that task would start;
 //! 3. on *shutdown*, run what was received, `W::stop`, exit 0.
 //!
+//! A *chunk* is run like one task (one *started*, the watcher watches it as one):
+//! its items in order, each as a task would run (a panic fails that item and
+//! rebuilds the state), and one *chunk done* with every outcome
+//! ([`Runner::run_chunk`]). A long chunk is a long task to the watcher, so cancels
+//! of the tasks waiting behind it are still answered.
+//!
 //! # Batching and the watcher
 //!
 //! *started* and *done* frames go to one buffer. The runner writes it out when it
@@ -22,8 +28,17 @@
 //! such tasks back for an idle worker). So a second thread, the *watcher*, wakes
 //! every [`FLUSH_AFTER`] while the runner is busy: it writes frames left behind
 //! for that long and, when one task has run that long, reads the socket on the
-//! runner's behalf. While the runner is idle the watcher sleeps; the runner wakes
-//! it once per busy period, not per task.
+//! runner's behalf.
+//!
+//! *started* is buffered like everything else: a task that finishes within
+//! [`FLUSH_AFTER`] sends its *started* and *done* in one write, and a longer one
+//! is announced by the watcher. A death before *started* went out charges no
+//! task; the pool then re-runs that worker's tasks one at a time until a death
+//! names the culprit (see `processes/mod.rs`, "suspect").
+//!
+//! The watcher keeps ticking for [`WATCHER_LINGER`] after the runner goes idle and
+//! parks only then, so a steady stream of tasks with short gaps never pays for
+//! waking it: only the first task after a quiet spell does.
 //!
 //! # Death of the parent
 //!
@@ -44,22 +59,25 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::socket::{recv, MsgFlags};
 use nix::unistd::Pid;
 
+use super::arena::ArenaView;
 use super::codec::{self, RemoteWorker};
 use crate::error::{panic_message, StartError};
 use crate::sync::lock;
 use crate::task::cell::Header;
 use crate::task::{Priority, TaskId};
 use crate::wire::{
-    FrameDecoder, FrameEncoder, Hello, Outcome, ProtocolError, Role, ToParent, ToWorker,
-    WireMessage, DEFAULT_FRAME_LIMIT,
+    ChunkItems, ChunkOutcomes, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
+    ProtocolError, Role, ToParent, ToWorker, WireMessage, DEFAULT_FRAME_LIMIT,
 };
-use crate::worker::{Context, WorkerId};
+use crate::worker::{Context, Outbox, WorkerId};
 
 /// The environment variables a pool sets for a worker process.
 pub(crate) const ENV_FD: &str = "CREW_WORKER_FD";
 pub(crate) const ENV_TYPE: &str = "CREW_WORKER_TYPE";
 pub(crate) const ENV_ID: &str = "CREW_WORKER_ID";
 pub(crate) const ENV_PARENT: &str = "CREW_PARENT_PID";
+/// The payload arena's memory file (`processes/arena.rs`), if the pool has one.
+pub(crate) const ENV_ARENA_FD: &str = "CREW_ARENA_FD";
 
 /// Exit code of a worker process whose program does not serve the requested
 /// worker type (its `bootstrap` does not list it).
@@ -68,16 +86,27 @@ pub(crate) const EXIT_UNKNOWN_TYPE: i32 = 97;
 /// the protocol.
 pub(crate) const EXIT_CHANNEL: i32 = 98;
 
+/// What an item of a chunk answers when the chunk's results together would not
+/// fit the pool's frame limit (the item ran; its result could not be sent).
+const RESULT_DROPPED: &str =
+    "the item ran, but its result did not fit in its chunk's answer (the pool's frame limit)";
+
 /// How often, at most, the runner looks for frames between two tasks.
 const POLL_EVERY: Duration = Duration::from_micros(100);
 /// How long buffered frames may wait behind a running task.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// How long an idle runner polls for the next task before blocking.
+const IDLE_POLL: Duration = Duration::from_micros(50);
+/// How long the watcher keeps ticking after the runner went idle before it
+/// parks (and must be woken by the next task).
+const WATCHER_LINGER: Duration = Duration::from_millis(50);
 
 /// What the pool handed this process.
 struct Launch {
     stream: UnixStream,
     worker: WorkerId,
     type_name: String,
+    arena: Option<ArenaView>,
 }
 
 /// Reads the launch variables. `None` if this process was not started as a crew
@@ -105,14 +134,28 @@ fn launch_from_env() -> Option<Result<Launch, String>> {
         // and nothing else in the process knows it; the variables are removed
         // below so no one takes it a second time.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let arena = match std::env::var(ENV_ARENA_FD) {
+            Err(_) => None,
+            Ok(fd) => {
+                let fd: RawFd = fd
+                    .parse()
+                    .map_err(|_| format!("bad {ENV_ARENA_FD}: {fd:?}"))?;
+                // SAFETY: as for the channel: passed by the pool for this
+                // process's sole use, taken once (the variable is removed below).
+                let file = unsafe { OwnedFd::from_raw_fd(fd) };
+                // The mapping keeps the file; the descriptor closes here.
+                Some(ArenaView::map(file).map_err(|e| format!("payload arena: {e}"))?)
+            }
+        };
         Ok(Launch {
             stream: UnixStream::from(owned),
             worker,
             type_name,
+            arena,
         })
     };
     let launch = parse();
-    for var in [ENV_FD, ENV_TYPE, ENV_ID, ENV_PARENT] {
+    for var in [ENV_FD, ENV_TYPE, ENV_ID, ENV_PARENT, ENV_ARENA_FD] {
         // Only at start-up, before the worker's code runs: no other thread reads
         // the environment yet. A pool the worker builds itself must not see them.
         std::env::remove_var(var);
@@ -123,7 +166,7 @@ fn launch_from_env() -> Option<Result<Launch, String>> {
 /// Sets up the process-level guards, then serves `W` and exits.
 fn serve_launch<W: RemoteWorker>(launch: Launch) -> ! {
     install_group_kill_on_term();
-    let code = match run_worker::<W>(launch.stream, launch.worker) {
+    let code = match run_worker::<W>(launch.stream, launch.worker, launch.arena) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("crew worker {}: {e}", launch.worker);
@@ -203,7 +246,7 @@ impl std::fmt::Debug for Bootstrap {
 /// # use crew::{Context, StartError, Worker};
 /// # struct Resize;
 /// # impl Worker for Resize {
-/// #     type Input = u32; type Output = u32; type Error = String;
+/// #     type Input = u32; type Output = u32; type Error = String; type Message = ();
 /// #     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Resize) }
 /// #     fn run(&mut self, i: u32, _: &mut Context<'_>) -> Result<u32, String> { Ok(i) }
 /// # }
@@ -256,6 +299,8 @@ fn kill_own_group() -> ! {
 /// The worker's side of the socket, shared by the runner and the watcher.
 struct Channel {
     out: Mutex<OutState>,
+    /// The pool's payload arena, mapped read-only.
+    arena: Option<ArenaView>,
     /// Wakes the watcher: the runner became busy, or left frames to it.
     wake: Condvar,
     stream: UnixStream,
@@ -268,6 +313,10 @@ struct OutState {
     deferred_since: Option<Instant>,
     /// The runner has work (it is not blocked reading the socket).
     busy: bool,
+    /// When the runner last went idle.
+    idle_since: Option<Instant>,
+    /// The watcher waits without a timeout: the runner must wake it.
+    watcher_parked: bool,
     /// When the task being run began; `None` between tasks.
     task_since: Option<Instant>,
     /// A *started* went out while its task ran, and that task's *done* has not:
@@ -280,8 +329,25 @@ struct OutState {
 /// What has arrived from the pool and not been run yet.
 struct Inbox {
     decoder: FrameDecoder,
-    pending: VecDeque<(u64, Vec<u8>)>,
+    pending: VecDeque<Pending>,
     shutting_down: bool,
+}
+
+/// What the runner has received and not handled yet, in arrival order.
+enum Pending {
+    Task(u64, TaskInput),
+    /// A message from the pool: its kind byte, then the encoded message.
+    Message(Vec<u8>),
+}
+
+/// Where a received task's encoded input is.
+enum TaskInput {
+    /// In its *task* frame.
+    Inline(Vec<u8>),
+    /// In the payload arena (checked against the mapping when it arrived).
+    Shared { offset: u64, len: u64 },
+    /// A chunk's items, run in order and answered with one *chunk done*.
+    Chunk(ChunkItems),
 }
 
 impl Inbox {
@@ -290,11 +356,33 @@ impl Inbox {
     fn absorb(&mut self, channel: &Channel) -> Result<(), String> {
         while let Some(message) = self.decoder.next_message::<ToWorker>().map_err(protocol)? {
             match message {
-                ToWorker::Task { id, payload, .. } => self.pending.push_back((id, payload)),
+                ToWorker::Task { id, payload, .. } => self
+                    .pending
+                    .push_back(Pending::Task(id, TaskInput::Inline(payload))),
+                ToWorker::SharedTask {
+                    id, offset, len, ..
+                } => {
+                    if channel
+                        .arena
+                        .as_ref()
+                        .and_then(|a| a.block(offset, len))
+                        .is_none()
+                    {
+                        return Err(format!(
+                            "protocol error from the pool: task {id}'s input ({len} bytes at {offset}) is outside the payload arena"
+                        ));
+                    }
+                    self.pending
+                        .push_back(Pending::Task(id, TaskInput::Shared { offset, len }))
+                }
+                ToWorker::Chunk { id, items } => self
+                    .pending
+                    .push_back(Pending::Task(id, TaskInput::Chunk(items))),
                 ToWorker::Cancel { id } => {
                     // Not begun: drop it. Already answered: the cancel crossed the
                     // answer on the wire; nothing to do.
-                    if let Some(at) = self.pending.iter().position(|(t, _)| *t == id) {
+                    let waiting = |p: &Pending| matches!(p, Pending::Task(t, _) if *t == id);
+                    if let Some(at) = self.pending.iter().position(waiting) {
                         self.pending.remove(at);
                         channel
                             .push(&ToParent::Done {
@@ -304,10 +392,7 @@ impl Inbox {
                             .map_err(protocol)?;
                     }
                 }
-                ToWorker::Message { .. } => {
-                    // Pool-to-worker messages reach `Worker` code in a later
-                    // version; until then they are read and dropped.
-                }
+                ToWorker::Message { payload } => self.pending.push_back(Pending::Message(payload)),
                 ToWorker::Shutdown => self.shutting_down = true,
             }
         }
@@ -328,6 +413,18 @@ impl Inbox {
 impl Channel {
     fn push<M: crate::wire::WireMessage>(&self, message: &M) -> Result<(), ProtocolError> {
         lock(&self.out).encoder.push(message)
+    }
+
+    /// Buffers `message` and, if nothing was waiting, starts the clock the
+    /// watcher flushes by, so a message sent during a long task goes out within
+    /// [`FLUSH_AFTER`].
+    fn push_deferred<M: crate::wire::WireMessage>(&self, message: &M) -> Result<(), ProtocolError> {
+        let mut st = lock(&self.out);
+        st.encoder.push(message)?;
+        if st.deferred_since.is_none() {
+            st.deferred_since = Some(Instant::now());
+        }
+        Ok(())
     }
 
     /// Writes everything buffered now.
@@ -352,21 +449,25 @@ impl Channel {
         let mut st = lock(&self.out);
         st.busy = false;
         st.task_since = None;
+        st.idle_since = Some(Instant::now());
     }
 
-    /// The runner has work again: the watcher keeps an eye on it.
+    /// The runner has work again: the watcher keeps an eye on it (waking it if
+    /// it parked).
     fn set_busy(&self) {
         let mut st = lock(&self.out);
         if !st.busy {
             st.busy = true;
-            self.wake.notify_one();
+            if st.watcher_parked {
+                self.wake.notify_one();
+            }
         }
     }
 
-    /// Announces task `id` and marks its start. With more tasks waiting, the
-    /// *started* frame (and earlier answers) are left to the watcher; with none,
-    /// they go out now.
-    fn begin_task(&self, id: u64, more_waiting: bool) -> Result<(), String> {
+    /// Announces task `id` and marks its start. The *started* frame is buffered:
+    /// it goes out with the task's *done* if the task is short, or with the
+    /// watcher's next write if it is not.
+    fn begin_task(&self, id: u64) -> Result<(), String> {
         let mut st = lock(&self.out);
         if st.announced {
             // The pool thinks the previous task still runs: tell it it ended
@@ -379,23 +480,21 @@ impl Channel {
             .map_err(protocol)?;
         let now = Instant::now();
         st.task_since = Some(now);
-        if more_waiting {
-            if st.deferred_since.is_none() {
-                st.deferred_since = Some(now);
-            }
-            Ok(())
-        } else {
-            st.deferred_since = None;
-            Self::write_out(&self.stream, &mut st).map_err(|e| format!("channel: {e}"))
+        if st.deferred_since.is_none() {
+            st.deferred_since = Some(now);
         }
+        Ok(())
     }
 
     fn end_task(&self, id: u64, outcome: Outcome) -> Result<(), String> {
+        self.end_with(&ToParent::Done { id, outcome })
+    }
+
+    /// Buffers the answer (*done* or *chunk done*) of the task or chunk that ran.
+    fn end_with(&self, answer: &ToParent) -> Result<(), String> {
         let mut st = lock(&self.out);
         st.task_since = None;
-        st.encoder
-            .push(&ToParent::Done { id, outcome })
-            .map_err(protocol)
+        st.encoder.push(answer).map_err(protocol)
     }
 
     fn close(&self) {
@@ -407,15 +506,19 @@ impl Channel {
     /// [`FLUSH_AFTER`]: it writes frames the runner left behind, and, if one task
     /// has been running that long, reads the socket for the runner, so a
     /// *cancel* of a task waiting behind a long one is answered (the pool takes
-    /// such tasks back for an idle worker). While the runner is idle it sleeps.
+    /// such tasks back for an idle worker). It parks once the runner has been
+    /// idle for [`WATCHER_LINGER`].
     fn run_watcher(&self) {
         let mut st = lock(&self.out);
         loop {
             if st.closed {
                 return;
             }
-            if !st.busy && st.deferred_since.is_none() {
+            let lingering = st.idle_since.is_some_and(|t| t.elapsed() < WATCHER_LINGER);
+            if !st.busy && st.deferred_since.is_none() && !lingering {
+                st.watcher_parked = true;
                 st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.watcher_parked = false;
                 continue;
             }
             st = self
@@ -465,7 +568,7 @@ impl Channel {
 
 /// Reads without blocking: `Ok(0)` only at the end of the stream, `WouldBlock`
 /// when nothing is there.
-struct NonBlocking<'a>(&'a UnixStream);
+pub(super) struct NonBlocking<'a>(pub(super) &'a UnixStream);
 
 impl Read for NonBlocking<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -479,24 +582,58 @@ impl Read for NonBlocking<'_> {
     }
 }
 
+/// Reads into `decoder`, polling without blocking for up to `budget` before
+/// blocking in `read`. Blocking costs a thread wake-up when the bytes come
+/// (several microseconds on a VM, the larger part of a round trip); when an
+/// answer or the next task is expected within the budget, polling is cheaper.
+/// Between polls the thread yields, so a peer on the same core can run.
+pub(super) fn read_soon(
+    decoder: &mut FrameDecoder,
+    stream: &UnixStream,
+    budget: Duration,
+) -> io::Result<usize> {
+    if !budget.is_zero() {
+        let since = Instant::now();
+        loop {
+            match decoder.read_from(&mut NonBlocking(stream)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if since.elapsed() >= budget {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                other => return other,
+            }
+        }
+    }
+    decoder.read_from(&mut &*stream)
+}
+
 fn protocol(e: ProtocolError) -> String {
     format!("protocol error from the pool: {e}")
 }
 
 /// The worker's conversation with the pool, until shutdown or the end of the
 /// channel.
-fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), String> {
+fn run_worker<W: RemoteWorker>(
+    stream: UnixStream,
+    id: WorkerId,
+    arena: Option<ArenaView>,
+) -> Result<(), String> {
     let io_err = |e: io::Error| format!("channel: {e}");
     let channel = Arc::new(Channel {
         out: Mutex::new(OutState {
             encoder: FrameEncoder::new(DEFAULT_FRAME_LIMIT),
             deferred_since: None,
             busy: false,
+            idle_since: None,
+            watcher_parked: false,
             task_since: None,
             announced: false,
             closed: false,
         }),
         wake: Condvar::new(),
+        arena,
         stream: stream.try_clone().map_err(io_err)?,
         inbox: Mutex::new(Inbox {
             decoder: FrameDecoder::new(DEFAULT_FRAME_LIMIT),
@@ -543,6 +680,11 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
         id,
         worker: None,
         channel: &channel,
+        outbox: Arc::new(ChildOutbox::<W>(
+            Arc::clone(&channel),
+            std::marker::PhantomData,
+        )),
+        sticky: Vec::new(),
     };
     if let Err(message) = runner.start() {
         let message = codec::shorten(message, hello.frame_limit);
@@ -556,7 +698,7 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
 
     let mut last_read = Instant::now();
     loop {
-        let (task, payload, more_waiting) = {
+        let next = {
             let mut inbox = lock(&channel.inbox);
             if !inbox.pending.is_empty() && last_read.elapsed() >= POLL_EVERY {
                 if !inbox.read_available(&stream)? {
@@ -568,13 +710,13 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
             // the decoder is drained before any decision to block.
             inbox.absorb(&channel)?;
             match inbox.pending.pop_front() {
-                Some((task, payload)) => (task, payload, !inbox.pending.is_empty()),
+                Some(next) => next,
                 None if inbox.shutting_down => break,
                 None => {
                     // Nothing to run: block until the pool speaks.
                     channel.set_idle();
                     channel.flush().map_err(io_err)?;
-                    if inbox.decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
+                    if read_soon(&mut inbox.decoder, &stream, IDLE_POLL).map_err(io_err)? == 0 {
                         // The pool closed the channel without a shutdown: it is gone.
                         kill_own_group();
                     }
@@ -584,8 +726,29 @@ fn run_worker<W: RemoteWorker>(stream: UnixStream, id: WorkerId) -> Result<(), S
                 }
             }
         };
-        channel.begin_task(task, more_waiting)?;
-        let outcome = runner.run(task, &payload, hello.frame_limit);
+        let (task, payload) = match next {
+            Pending::Task(task, payload) => (task, payload),
+            Pending::Message(payload) => {
+                runner.on_message(&payload)?;
+                continue;
+            }
+        };
+        channel.begin_task(task)?;
+        let bytes = match &payload {
+            TaskInput::Inline(bytes) => bytes.as_slice(),
+            TaskInput::Shared { offset, len } => channel
+                .arena
+                .as_ref()
+                .and_then(|a| a.block(*offset, *len))
+                .expect("checked when the frame arrived"),
+            TaskInput::Chunk(items) => {
+                let answer = runner.run_chunk(task, items, hello.frame_limit);
+                drop(payload);
+                channel.end_with(&answer)?;
+                continue;
+            }
+        };
+        let outcome = runner.run(task, bytes, hello.frame_limit);
         drop(payload);
         channel.end_task(task, outcome)?;
     }
@@ -599,11 +762,40 @@ struct Runner<'a, W: RemoteWorker> {
     id: WorkerId,
     worker: Option<W>,
     channel: &'a Channel,
+    /// Where `Context::send` goes: one for the process, shared by every context.
+    outbox: Arc<dyn Outbox>,
+    /// Sticky messages received so far: given again to a rebuilt state.
+    sticky: Vec<W::Message>,
+}
+
+/// The worker process's outbox: [`Context::send`] encodes the message into the
+/// frame buffer, ahead of the answer of the task that sent it. It holds a share
+/// of the channel, so a context that outlives a call (an async task's) can keep
+/// it.
+struct ChildOutbox<W: RemoteWorker>(Arc<Channel>, std::marker::PhantomData<fn(W)>);
+
+impl<W: RemoteWorker> Outbox for ChildOutbox<W> {
+    fn send(
+        &self,
+        _from: WorkerId,
+        message: Box<dyn std::any::Any + Send>,
+    ) -> Result<(), Box<dyn std::any::Any + Send>> {
+        let message = message.downcast::<W::Message>()?;
+        match codec::encode(&*message) {
+            Ok(payload) => {
+                if let Err(e) = self.0.push_deferred(&ToParent::Message { payload }) {
+                    eprintln!("crew worker: a message was not sent: {e}");
+                }
+            }
+            Err(e) => eprintln!("crew worker: a message could not be encoded: {e}"),
+        }
+        Ok(())
+    }
 }
 
 impl<W: RemoteWorker> Runner<'_, W> {
     fn start(&mut self) -> Result<(), String> {
-        let mut ctx = Context::new(self.id, None);
+        let mut ctx = Context::new(self.id, None).with_outbox(&self.outbox);
         match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
             Ok(Ok(worker)) => {
                 self.worker = Some(worker);
@@ -617,10 +809,88 @@ impl<W: RemoteWorker> Runner<'_, W> {
         }
     }
 
+    /// A message from the pool, between tasks. A panic in `on_message` rebuilds
+    /// the state, as a task's panic does.
+    fn on_message(&mut self, payload: &[u8]) -> Result<(), String> {
+        let (kind, encoded) = payload
+            .split_first()
+            .ok_or("protocol error from the pool: an empty message")?;
+        let message: W::Message = codec::decode(encoded)
+            .map_err(|e| format!("crew could not decode a message from the pool: {e}"))?;
+        if *kind == codec::MESSAGE_STICKY {
+            self.sticky.push(message.clone());
+        }
+        self.deliver(message);
+        Ok(())
+    }
+
+    fn deliver(&mut self, message: W::Message) {
+        let Some(worker) = self.worker.as_mut() else {
+            return;
+        };
+        let mut ctx = Context::new(self.id, None).with_outbox(&self.outbox);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| worker.on_message(message, &mut ctx)))
+        {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+            self.restart();
+        }
+    }
+
+    /// Rebuilds the state after a panic and gives it the sticky messages again.
+    fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.start() {
+            eprintln!("crew worker {}: restart after a panic failed: {e}", self.id);
+            let _ = self.channel.flush();
+            std::process::exit(EXIT_CHANNEL);
+        }
+        for message in self.sticky.clone() {
+            self.deliver(message);
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(mut worker) = self.worker.take() {
-            let mut ctx = Context::new(self.id, None);
+            let mut ctx = Context::new(self.id, None).with_outbox(&self.outbox);
             let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
+        }
+    }
+
+    /// Runs a chunk's items in order, each exactly as [`run`](Self::run) runs a
+    /// task (a panic fails that item only and rebuilds the worker's state), and
+    /// builds the one answer. Item `i` runs as task `chunk + i`: the pool
+    /// reserved those ids for the items.
+    ///
+    /// The answer must fit the pool's frame limit. Each item's outcome fits on
+    /// its own (`fit_outcome`); if together they would not, the items from the
+    /// one that would overflow on answer [`RESULT_DROPPED`] instead, and room
+    /// for that message is kept for every item still to run.
+    fn run_chunk(&mut self, chunk: u64, items: &ChunkItems, limit: u32) -> ToParent {
+        let since = Instant::now();
+        let mut outcomes = ChunkOutcomes::new();
+        // The frame's fixed fields (kind, id, run time, count) and a margin.
+        let budget = (limit as usize).saturating_sub(64);
+        let dropped_len = ItemOutcome::Panicked(RESULT_DROPPED).encoded_len();
+        let count = items.len();
+        for (i, input) in items.iter().enumerate() {
+            let outcome = self.run(chunk.wrapping_add(i as u64), input, limit);
+            let item = match &outcome {
+                Outcome::Ok(bytes) => ItemOutcome::Ok(bytes),
+                Outcome::UserError(bytes) => ItemOutcome::UserError(bytes),
+                Outcome::Panicked(message) => ItemOutcome::Panicked(message),
+                Outcome::NotStarted => ItemOutcome::Panicked("the item did not run"),
+            };
+            let after = count - i - 1;
+            if outcomes.encoded_len() + item.encoded_len() + after * dropped_len <= budget {
+                outcomes.push(item);
+            } else {
+                outcomes.push(ItemOutcome::Panicked(RESULT_DROPPED));
+            }
+        }
+        ToParent::ChunkDone {
+            id: chunk,
+            run_nanos: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            outcomes,
         }
     }
 
@@ -637,8 +907,8 @@ impl<W: RemoteWorker> Runner<'_, W> {
         let Some(worker) = self.worker.as_mut() else {
             return Outcome::Panicked("the worker has no state (its restart failed)".into());
         };
-        let header = Header::new(TaskId(task), Priority::Normal, None, false);
-        let mut ctx = Context::new(self.id, Some(&header));
+        let header = Header::with_queued_at(TaskId(task), Priority::Normal, None, false, None);
+        let mut ctx = Context::new(self.id, Some(&header)).with_outbox(&self.outbox);
         let result = catch_unwind(AssertUnwindSafe(|| worker.run(input, &mut ctx)));
         let outcome = match result {
             Ok(Ok(output)) => match codec::encode(&output) {
@@ -653,12 +923,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
                 let message = panic_message(&*panic);
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
                 // The state may be half-updated: rebuild it, as on threads.
-                self.stop();
-                if let Err(e) = self.start() {
-                    eprintln!("crew worker {}: restart after a panic failed: {e}", self.id);
-                    let _ = self.channel.flush();
-                    std::process::exit(EXIT_CHANNEL);
-                }
+                self.restart();
                 Outcome::Panicked(codec::shorten(message, limit))
             }
         };

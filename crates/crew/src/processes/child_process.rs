@@ -55,7 +55,7 @@ use nix::sys::socket::{send, MsgFlags};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::child::{ENV_FD, ENV_ID, ENV_PARENT, ENV_TYPE};
+use super::child::{ENV_ARENA_FD, ENV_FD, ENV_ID, ENV_PARENT, ENV_TYPE};
 use crate::error::Crash;
 use crate::sync::lock;
 use crate::wire::FrameEncoder;
@@ -84,6 +84,8 @@ pub(crate) struct Launcher {
     pub(crate) args: Vec<OsString>,
     pub(crate) type_name: &'static str,
     pub(crate) output: Option<OutputHandler>,
+    /// The payload arena every worker inherits (`None`: inputs go inline).
+    pub(crate) arena: Option<Arc<super::arena::Arena>>,
 }
 
 /// A started worker process.
@@ -109,6 +111,10 @@ impl WorkerProcess {
             .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
         let mut command = Command::new(program);
         let their_fd = theirs.as_raw_fd();
+        let arena_fd = launcher.arena.as_ref().map(|a| a.file().as_raw_fd());
+        if let Some(fd) = arena_fd {
+            command.env(ENV_ARENA_FD, fd.to_string());
+        }
         command
             .args(&launcher.args)
             .env(ENV_FD, their_fd.to_string())
@@ -131,6 +137,12 @@ impl WorkerProcess {
                 let mut flags = FdFlag::from_bits_truncate(flags);
                 flags.remove(FdFlag::FD_CLOEXEC);
                 fcntl(fd, FcntlArg::F_SETFD(flags)).map_err(io::Error::from)?;
+                if let Some(arena) = arena_fd {
+                    // SAFETY: the arena (its memory file) lives in the parent
+                    // for the pool's life, so the descriptor is valid here.
+                    let arena = std::os::fd::BorrowedFd::borrow_raw(arena);
+                    fcntl(arena, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+                }
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from)?;
                 Ok(())
             });
@@ -184,13 +196,15 @@ impl WorkerProcess {
 
     /// The worker's resident memory in bytes, from `/proc`.
     pub(crate) fn rss_bytes(&self) -> Option<u64> {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .unwrap_or(4096) as u64;
-        Some(pages * page)
+        // RssAnon + RssFile: the process's own memory. RssShmem is left out: it
+        // holds the pages of the payload arena the worker has read, which are
+        // the pool's memory, shared, and counted once there.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let kib = |field: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(field))?;
+            line[field.len()..].split_whitespace().next()?.parse().ok()
+        };
+        Some((kib("RssAnon:")? + kib("RssFile:")?) * 1024)
     }
 
     /// Waits for the process to exit, kills what is left of its group, reaps it,

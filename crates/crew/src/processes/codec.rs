@@ -9,20 +9,24 @@
 //! `#[serde(with = "serde_bytes")]`): serde encodes a plain `Vec<u8>` one element
 //! at a time.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::arena::{Arena, Block, SHARED_ABOVE};
 use crate::wire::{Outcome, MIN_FRAME_LIMIT};
 use crate::worker::Worker;
 
-/// A [`Worker`] that can run in a worker process: its input, output and error
-/// cross the process boundary, so they are serde types. Implemented for every such
+/// A [`Worker`] that can run in a worker process: its input, output, error and
+/// message types cross the process boundary, so they are serde types. Implemented for every such
 /// `Worker`; there is nothing to write.
 pub trait RemoteWorker:
     Worker<
     Input: Serialize + DeserializeOwned,
     Output: Serialize + DeserializeOwned,
     Error: Serialize + DeserializeOwned,
+    Message: Serialize + DeserializeOwned,
 >
 {
 }
@@ -32,12 +36,90 @@ impl<W> RemoteWorker for W where
         Input: Serialize + DeserializeOwned,
         Output: Serialize + DeserializeOwned,
         Error: Serialize + DeserializeOwned,
+        Message: Serialize + DeserializeOwned,
     >
 {
 }
 
+/// The first byte of a pool-to-worker message's payload: a plain message, or a
+/// sticky one (the worker keeps it and gives it again to a state it rebuilds).
+pub(crate) const MESSAGE_PLAIN: u8 = 0;
+pub(crate) const MESSAGE_STICKY: u8 = 1;
+
+/// A pool-to-worker message's payload: its kind byte, then the message.
+pub(crate) fn encode_message<M: Serialize>(
+    message: &M,
+    sticky: bool,
+) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![if sticky {
+        MESSAGE_STICKY
+    } else {
+        MESSAGE_PLAIN
+    }];
+    postcard::to_io(message, &mut out)?;
+    Ok(out)
+}
+
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(value)
+}
+
+/// Encodes a task's input: into a block of the payload arena if it is large and
+/// the arena has room (one measuring pass, then one write into shared memory),
+/// into a `Vec` otherwise.
+pub(crate) fn encode_input<T: Serialize>(
+    value: &T,
+    arena: Option<&Arc<Arena>>,
+) -> Result<EncodedInput, postcard::Error> {
+    if let Some(arena) = arena {
+        let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())?;
+        if size >= SHARED_ABOVE {
+            if let Some(mut block) = arena.alloc(size) {
+                postcard::to_slice(value, block.bytes_mut())?;
+                return Ok(EncodedInput::Shared(block));
+            }
+        }
+    }
+    encode(value).map(EncodedInput::Inline)
+}
+
+/// Appends `value`'s encoding to `out` (a chunk's buffer), with no buffer of its
+/// own.
+pub(crate) fn encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
+    /// A postcard output that appends to a borrowed `Vec`.
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl postcard::ser_flavors::Flavor for Append<'_> {
+        type Output = ();
+        #[inline]
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        #[inline]
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.0.push(data);
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    postcard::serialize_with_flavor(value, Append(out))
+}
+
+/// A task's encoded input, as the pool keeps it until no worker needs it.
+pub(crate) enum EncodedInput {
+    /// Sent inside the *task* frame.
+    Inline(Vec<u8>),
+    /// In the payload arena; a *shared task* frame names the block.
+    Shared(Block),
+    /// A chunk's items, sent in a *chunk* frame (`processes/chunks.rs`).
+    Chunk(crate::wire::ChunkItems),
+    /// Let go: the task is over and no worker reads its input any more.
+    Released,
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {

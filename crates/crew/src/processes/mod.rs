@@ -48,8 +48,10 @@
 //!   `start_attempts` failures in a row with no worker up, waiting tasks fail with
 //!   a start error instead of waiting for ever.
 
+mod arena;
 mod child;
 mod child_process;
+mod chunks;
 mod codec;
 
 pub use child::{bootstrap, serve, Bootstrap};
@@ -70,18 +72,22 @@ use nix::sys::signal::Signal;
 use crate::builder::Config;
 use crate::error::{Crash, Failure, ShutdownTimedOut, SubmitError, TaskError};
 use crate::events::{Bus, Event, Events, ExitReason};
-use crate::stats::{Stats, WorkerStats};
+use crate::messages::MessageBus;
+use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
 use crate::sync::lock;
 use crate::task::cell::{Core, Handle, Header, Outcome};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::threads::Admission;
-use crate::wire::message::TaskFrame;
+use crate::wire::message::{ChunkFrame, TaskFrame};
 use crate::wire::{
     FrameDecoder, Hello, Outcome as WireOutcome, Role, ToParent, ToWorker, WireMessage,
 };
 use crate::wire::{ProtocolError, DEFAULT_FRAME_LIMIT};
 use crate::worker::{Worker, WorkerId};
 use child_process::{Launcher, WorkerProcess};
+use codec::EncodedInput;
+
+pub(crate) use chunks::{Batch, ChunkResults, Delivered};
 
 /// The process backend's own settings (the rest are in `Config`).
 #[derive(Clone)]
@@ -137,6 +143,21 @@ pub(crate) trait Engine<W: Worker>: Send + Sync {
     fn size(&self) -> usize;
     fn events(&self) -> Events;
     fn stats(&self) -> Stats;
+    /// The event bus (the health watcher emits into it).
+    fn bus(&self) -> Arc<Bus>;
+    fn messages(&self) -> crate::Messages<W::Message>;
+    fn broadcast(&self, message: W::Message, sticky: bool);
+    fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message>;
+    /// Whether `map` ships chunks: not when the pool has a default timeout (a
+    /// timeout is kept per task by the pool, and a chunk is one task to it).
+    fn chunks_enabled(&self) -> bool;
+    /// Pulls up to `max_items` inputs into one chunk and submits it
+    /// (`processes/chunks.rs`).
+    fn submit_chunk(
+        &self,
+        pull: &mut dyn FnMut() -> Option<W::Input>,
+        max_items: usize,
+    ) -> Vec<Batch<W::Output, W::Error>>;
 }
 
 /// Starts a process pool of `W`. The builder's `processes` stores this function.
@@ -145,15 +166,19 @@ pub(crate) fn start<W: RemoteWorker>(
     process: ProcessConfig,
 ) -> std::io::Result<Arc<dyn Engine<W>>> {
     let events = Arc::new(Bus::new(config.event_buffer));
+    let config_event_buffer = config.event_buffer;
     let launcher = Launcher {
         program: process.program.clone(),
         args: process.args.clone(),
         type_name: std::any::type_name::<W>(),
         output: process.output.clone(),
+        // Without an arena (memfd refused), every input goes through the socket.
+        arena: arena::Arena::new().ok(),
     };
     let shared = Arc::new(Shared::<W> {
         state: Mutex::new(State {
             lifecycle: Lifecycle::Open,
+            sticky_messages: Vec::new(),
             queue: Default::default(),
             links: Vec::new(),
             starting: 0,
@@ -168,6 +193,7 @@ pub(crate) fn start<W: RemoteWorker>(
             threads: Vec::new(),
             alarms: Vec::new(),
             monitor_running: true,
+            observed: Observed::new(),
         }),
         changed: Condvar::new(),
         alarm: Condvar::new(),
@@ -177,6 +203,7 @@ pub(crate) fn start<W: RemoteWorker>(
         process,
         launcher,
         events,
+        messages: Arc::new(Bus::new(config_event_buffer)),
     });
     let monitor = {
         let shared = Arc::clone(&shared);
@@ -193,6 +220,9 @@ pub(crate) fn start<W: RemoteWorker>(
 }
 
 // ---------------------------------------------------------------- the state
+
+/// The longest a link thread polls its socket for expected answers.
+const ANSWER_POLL: Duration = Duration::from_micros(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lifecycle {
@@ -218,10 +248,15 @@ struct Shared<W: RemoteWorker> {
     process: ProcessConfig,
     launcher: Launcher,
     events: Arc<Bus>,
+    /// Worker-to-pool message subscribers (`messages.rs`).
+    messages: Arc<MessageBus<W::Message>>,
 }
 
 struct State<W: RemoteWorker> {
     lifecycle: Lifecycle,
+    /// Every sticky broadcast so far, encoded: sent to each new worker process
+    /// right after its hello, before any task.
+    sticky_messages: Vec<Vec<u8>>,
     /// Tasks not yet sent to any worker, by priority (index 0 = high).
     queue: [VecDeque<Entry<W>>; Priority::LEVELS],
     links: Vec<LinkState<W>>,
@@ -240,6 +275,27 @@ struct State<W: RemoteWorker> {
     threads: Vec<JoinHandle<()>>,
     alarms: Vec<Alarm>,
     monitor_running: bool,
+    observed: Observed,
+}
+
+/// The pool-wide latency record and clocks behind `Stats` (under the state lock).
+struct Observed {
+    /// Every task's wait (recorded on *started*) and run (recorded when it is
+    /// resolved with a worker).
+    timings: Timings,
+    /// `Stats::worker_time` of worker processes that have ended.
+    retired_worker_time: Duration,
+    created: Instant,
+}
+
+impl Observed {
+    fn new() -> Self {
+        Observed {
+            timings: Timings::new(),
+            retired_worker_time: Duration::ZERO,
+            created: Instant::now(),
+        }
+    }
 }
 
 /// A deadline the monitor keeps.
@@ -281,6 +337,9 @@ struct LinkState<W: RemoteWorker> {
     tasks_done: u64,
     /// Recycle after this many tasks (the setting, with jitter).
     recycle_after: Option<u64>,
+    /// This worker's run times (its `WorkerStats` row).
+    timings: Timings,
+    born: Instant,
 }
 
 struct InFlight<W: RemoteWorker> {
@@ -298,7 +357,10 @@ type Entry<W> = Arc<RemoteCell<W>>;
 /// encoded input, kept until the task resolves (a crash may send it again).
 struct RemoteCell<W: RemoteWorker> {
     core: Core<W::Output, W::Error>,
-    input: Vec<u8>,
+    /// Let go (`Released`) once the task is over and no worker reads it, so a
+    /// caller holding many finished handles does not hold their inputs, and an
+    /// arena block is reused soon.
+    input: Mutex<EncodedInput>,
     key: Option<u64>,
     retries_left: AtomicU32,
     /// It was in the window of a worker that died before saying which task it
@@ -308,11 +370,20 @@ struct RemoteCell<W: RemoteWorker> {
     /// is charged to the right task.
     suspect: AtomicBool,
     shared: Weak<Shared<W>>,
+    /// Set for a chunk of `map` items (`processes/chunks.rs`).
+    chunk: Option<chunks::ChunkPart<W>>,
 }
 
 impl<W: RemoteWorker> RemoteCell<W> {
     fn id(&self) -> u64 {
         self.core.header().id().0
+    }
+
+    /// Lets the input go. Only once no worker can read it: its *done* arrived,
+    /// it was never sent, or the process that held it was reaped.
+    fn release_input(&self) {
+        let input = std::mem::replace(&mut *lock(&self.input), EncodedInput::Released);
+        drop(input);
     }
 }
 
@@ -325,7 +396,7 @@ impl<W: RemoteWorker> Handle<W::Output, W::Error> for RemoteCell<W> {
         let resolved = self.core.fail(Failure::Cancelled);
         if resolved {
             if let Some(shared) = self.shared.upgrade() {
-                shared.on_cancelled(self.id(), self.core.header().priority);
+                shared.on_cancelled(self.id(), self.core.header().priority, self.items());
             }
         }
         resolved
@@ -343,6 +414,8 @@ struct Plan {
     /// Start this many link threads, each after this backoff.
     start: Vec<Duration>,
     wakers: Vec<Waker>,
+    /// Readers of messages pushed under the lock, to wake after it.
+    woken_readers: Vec<crate::events::Wake>,
     notify: bool,
 }
 
@@ -359,14 +432,28 @@ impl<W: RemoteWorker> Shared<W> {
         result: Result<W::Output, TaskError<W::Error>>,
         worker: Option<(WorkerId, Duration)>,
     ) -> bool {
+        if entry.chunk.is_some() {
+            return self.resolve_chunk(st, entry, result, worker);
+        }
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome(),
         };
+        if worker.is_none() {
+            // Resolved without a worker: it sits in no window.
+            entry.release_input();
+        }
         if !entry.core.resolve(result) {
             return false;
         }
         st.counts[outcome as usize] += 1;
+        if let Some((worker, ran)) = worker {
+            st.observed.timings.record_run(ran, 1);
+            if let Some(i) = Self::link_index(st, worker) {
+                st.links[i].timings.record_run(ran, 1);
+            }
+            crate::trace::remote_finished(entry.core.header().id(), worker, outcome, ran);
+        }
         if self.events.is_active() {
             let task = entry.core.header().id();
             let event = match worker {
@@ -374,6 +461,12 @@ impl<W: RemoteWorker> Shared<W> {
                     task,
                     worker,
                     outcome: outcome.into(),
+                    // It started `ran` ago.
+                    waited: entry
+                        .core
+                        .header()
+                        .queued_at
+                        .map_or(Duration::ZERO, |q| q.elapsed().saturating_sub(ran)),
                     ran,
                 },
                 None => Event::TaskDiscarded {
@@ -416,6 +509,22 @@ impl<W: RemoteWorker> Shared<W> {
                 .all(|l| l.window.is_empty() && l.backlog.is_empty())
     }
 
+    /// How long worker `id`'s link thread polls before blocking: while its
+    /// window holds tasks expected to finish within [`ANSWER_POLL`] (by the run
+    /// time estimates), the answer is likely to come before a blocked thread
+    /// could even be woken. Long tasks (and an empty window) get no polling.
+    fn answer_expected_within(st: &State<W>, id: WorkerId) -> Duration {
+        match Self::link_index(st, id).map(|i| &st.links[i]) {
+            Some(link)
+                if !link.window.is_empty()
+                    && link.outstanding < ANSWER_POLL.as_secs_f64() * 1e6 =>
+            {
+                ANSWER_POLL
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Can worker `i` take one more task now?
     fn has_room(&self, link: &LinkState<W>) -> bool {
         link.ready
@@ -430,17 +539,30 @@ impl<W: RemoteWorker> Shared<W> {
 
     /// Sends `entry` to link `i`: into its window, frame into its outbox.
     fn send_to(&self, st: &mut State<W>, i: usize, entry: Entry<W>, plan: &mut Plan) {
-        let est = self.estimate(st, entry.key);
+        let est = self.estimate(st, entry.key) * entry.items() as f64;
         let link = &mut st.links[i];
         let process = Arc::clone(&link.process);
         // Appended only: the write happens in `finish`, after the state lock is
         // released, once for every frame this dispatch produced.
-        let sent = process.outbox.append(|enc| {
-            enc.push_encodable(&TaskFrame {
+        let sent = process.outbox.append(|enc| match &*lock(&entry.input) {
+            EncodedInput::Inline(payload) => enc.push_encodable(&TaskFrame {
                 id: entry.id(),
                 key: entry.key,
-                payload: &entry.input,
-            })
+                payload,
+            }),
+            EncodedInput::Shared(block) => enc.push(&ToWorker::SharedTask {
+                id: entry.id(),
+                key: entry.key,
+                offset: block.offset(),
+                len: block.len(),
+            }),
+            EncodedInput::Chunk(items) => enc.push_encodable(&ChunkFrame {
+                id: entry.id(),
+                items,
+            }),
+            EncodedInput::Released => {
+                unreachable!("a task's input is released only once no worker needs it")
+            }
         });
         if let Err(e) = sent {
             // Larger than the worker accepts: this task alone fails.
@@ -712,10 +834,10 @@ impl<W: RemoteWorker> Shared<W> {
         options: TaskOptions,
         admission: Admission,
     ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
-        let encoded = match codec::encode(&input) {
-            Ok(bytes) => bytes,
+        let encoded = match codec::encode_input(&input, self.launcher.arena.as_ref()) {
+            Ok(encoded) => encoded,
             Err(e) => {
-                let entry = self.new_entry(Vec::new(), options);
+                let entry = self.new_entry(EncodedInput::Released, options);
                 let message = format!("crew could not encode the task's input: {e}");
                 let mut st = self.lock();
                 st.submitted += 1;
@@ -753,16 +875,17 @@ impl<W: RemoteWorker> Shared<W> {
         Ok(Task::new(entry))
     }
 
-    fn new_entry(self: &Arc<Self>, input: Vec<u8>, options: TaskOptions) -> Entry<W> {
+    fn new_entry(self: &Arc<Self>, input: EncodedInput, options: TaskOptions) -> Entry<W> {
         let id = TaskId(self.next_task.fetch_add(1, Relaxed));
         let timeout = options.timeout.or(self.config.default_timeout);
         Arc::new(RemoteCell {
             core: Core::new(Header::new(id, options.priority, timeout, false)),
-            input,
+            input: Mutex::new(input),
             key: options.key,
             retries_left: AtomicU32::new(options.retries.unwrap_or(self.process.retries)),
             suspect: AtomicBool::new(false),
             shared: Arc::downgrade(self),
+            chunk: None,
         })
     }
 
@@ -778,30 +901,46 @@ impl<W: RemoteWorker> Shared<W> {
         })
     }
 
-    /// A handle cancelled its task (already resolved as cancelled).
-    fn on_cancelled(self: &Arc<Self>, id: u64, priority: Priority) {
+    /// A handle cancelled its task (already resolved as cancelled); `items` is
+    /// how many items it stands for (a chunk's).
+    fn on_cancelled(self: &Arc<Self>, id: u64, priority: Priority, items: usize) {
         let mut st = self.lock();
-        st.counts[Outcome::Cancelled as usize] += 1;
+        st.counts[Outcome::Cancelled as usize] += items as u64;
         let mut plan = Plan::default();
         let task = TaskId(id);
         let queue = &mut st.queue[priority.index()];
         if let Some(at) = queue.iter().position(|e| e.id() == id) {
-            queue.remove(at);
+            if let Some(entry) = queue.remove(at) {
+                entry.release_input();
+            }
             plan.wakers.append(&mut st.room_wakers);
             if self.events.is_active() {
-                self.events.emit(Event::TaskDiscarded {
-                    task,
-                    outcome: crate::events::TaskOutcome::Cancelled,
-                });
+                for i in 0..items as u64 {
+                    self.events.emit(Event::TaskDiscarded {
+                        task: TaskId(task.0.wrapping_add(i)),
+                        outcome: crate::events::TaskOutcome::Cancelled,
+                    });
+                }
             }
-        } else if let Some(link) = st.links.iter_mut().find(|l| {
+        } else if let Some(i) = st.links.iter().position(|l| {
             l.window.iter().any(|f| f.entry.id() == id) || l.backlog.iter().any(|e| e.id() == id)
         }) {
+            // The handle is resolved already, so the paths that settle a task
+            // later (its *done*, the link's end) find it decided and stay
+            // silent: its one terminal event goes out here.
+            let link = &mut st.links[i];
+            let worker = link.id;
+            let mut ran = None;
             if let Some(at) = link.backlog.iter().position(|e| e.id() == id) {
-                link.backlog.remove(at);
-            } else if link.running.is_some_and(|(r, _)| r == id) {
+                if let Some(entry) = link.backlog.remove(at) {
+                    entry.release_input();
+                }
+            } else if let Some((_, since)) = link.running.filter(|(r, _)| *r == id) {
                 // Running: the worker's process is the only way to stop it.
-                let worker = link.id;
+                let elapsed = since.elapsed();
+                ran = Some((since, elapsed));
+                st.observed.timings.record_run(elapsed, 1);
+                st.links[i].timings.record_run(elapsed, 1);
                 self.kill_link(&mut st, worker, ExitReason::Killed, None);
             } else if let Some(flight) = link.window.iter_mut().find(|f| f.entry.id() == id) {
                 if !flight.cancel_sent {
@@ -812,10 +951,37 @@ impl<W: RemoteWorker> Shared<W> {
                         .ok();
                 }
             }
+            if self.events.is_active() {
+                let outcome = crate::events::TaskOutcome::Cancelled;
+                self.events.emit(match ran {
+                    Some((since, ran)) => Event::TaskFinished {
+                        task,
+                        worker,
+                        outcome,
+                        waited: self
+                            .queued_at(&st, i, id)
+                            .map_or(Duration::ZERO, |q| since.saturating_duration_since(q)),
+                        ran,
+                    },
+                    // It had not started (as far as the pool knows): if the
+                    // worker begins it anyway, it is killed without a
+                    // `TaskStarted` (see *started* in `on_frames`).
+                    None => Event::TaskDiscarded { task, outcome },
+                });
+            }
         }
         self.dispatch(&mut st, &mut plan);
         drop(st);
         self.finish(plan);
+    }
+
+    /// When the task `id` in link `i`'s window was submitted.
+    fn queued_at(&self, st: &State<W>, i: usize, id: u64) -> Option<Instant> {
+        st.links[i]
+            .window
+            .iter()
+            .find(|f| f.entry.id() == id)
+            .and_then(|f| f.entry.core.header().queued_at)
     }
 
     /// Starts killing worker `id`: resolves the task it runs with `failure` (if
@@ -863,6 +1029,7 @@ impl<W: RemoteWorker> Shared<W> {
     fn check_finished(&self, st: &State<W>) {
         if st.lifecycle != Lifecycle::Open && st.links.is_empty() && st.starting == 0 {
             self.events.close();
+            self.messages.close();
             self.alarm.notify_all();
             self.changed.notify_all();
         }
@@ -897,6 +1064,7 @@ impl<W: RemoteWorker> Shared<W> {
                     }
                     st.links[i].ready = true;
                     st.start_failures = 0;
+                    crate::trace::worker_started(id);
                     if self.events.is_active() {
                         self.events.emit(Event::WorkerStarted { worker: id });
                     }
@@ -905,6 +1073,15 @@ impl<W: RemoteWorker> Shared<W> {
                     // The link thread reports it when the process exits.
                     st.last_start_error = Some(message);
                 }
+                ToParent::Message { payload } => match codec::decode::<W::Message>(&payload) {
+                    Ok(message) => {
+                        plan.woken_readers
+                            .push(self.messages.emit_deferred((id, message)));
+                    }
+                    Err(e) => {
+                        return Err(format!("could not decode a message from the worker: {e}"))
+                    }
+                },
                 ToParent::Started { id: task } => {
                     let link = &mut st.links[i];
                     let Some(flight) = link.window.iter().find(|f| f.entry.id() == task) else {
@@ -919,11 +1096,21 @@ impl<W: RemoteWorker> Shared<W> {
                         self.kill_link(st, id, ExitReason::Killed, None);
                         continue;
                     }
+                    let waited = entry
+                        .core
+                        .header()
+                        .queued_at
+                        .map_or(Duration::ZERO, |q| now.saturating_duration_since(q));
+                    st.observed.timings.record_wait(waited);
+                    crate::trace::remote_started(TaskId(task), id, waited);
                     if self.events.is_active() {
-                        self.events.emit(Event::TaskStarted {
-                            task: TaskId(task),
-                            worker: id,
-                        });
+                        for task in entry.item_ids() {
+                            self.events.emit(Event::TaskStarted {
+                                task,
+                                worker: id,
+                                waited,
+                            });
+                        }
                     }
                     if let Some(timeout) = entry.core.header().timeout {
                         self.add_alarm(
@@ -941,6 +1128,11 @@ impl<W: RemoteWorker> Shared<W> {
                     let Some(at) = link.window.iter().position(|f| f.entry.id() == task) else {
                         return Err(format!("finished a task it was not sent ({task})"));
                     };
+                    if link.window[at].entry.chunk.is_some()
+                        && !matches!(outcome, WireOutcome::NotStarted)
+                    {
+                        return Err(format!("answered chunk {task} as a task"));
+                    }
                     let flight = link.window.remove(at).expect("position is in range");
                     link.outstanding = (link.outstanding - flight.est).max(0.0);
                     let ran = match link.running {
@@ -951,9 +1143,15 @@ impl<W: RemoteWorker> Shared<W> {
                         _ => None,
                     };
                     let entry = flight.entry;
+                    let requeue = matches!(outcome, WireOutcome::NotStarted)
+                        && flight.stolen
+                        && !entry.core.header().is_decided();
+                    if !requeue {
+                        entry.release_input();
+                    }
                     let result: Result<W::Output, TaskError<W::Error>> = match outcome {
                         WireOutcome::NotStarted => {
-                            if flight.stolen && !entry.core.header().is_decided() {
+                            if requeue {
                                 let level = entry.core.header().priority.index();
                                 st.queue[level].push_front(entry);
                             }
@@ -1008,9 +1206,11 @@ impl<W: RemoteWorker> Shared<W> {
                         plan.start.extend(more.start);
                     }
                 }
-                ToParent::Message { .. } => {
-                    // Worker-to-pool messages reach the user in a later version.
-                }
+                ToParent::ChunkDone {
+                    id: chunk,
+                    run_nanos,
+                    outcomes,
+                } => self.on_chunk_done(st, i, chunk, run_nanos, outcomes, plan)?,
             }
         }
         self.dispatch(st, plan);
@@ -1105,11 +1305,23 @@ fn link_main<W: RemoteWorker>(shared: &Arc<Shared<W>>, backoff: Duration) {
             backlog: VecDeque::new(),
             tasks_done: 0,
             recycle_after,
+            timings: Timings::new(),
+            born: Instant::now(),
         });
+        // Sticky messages first, under the lock a broadcast takes: each one
+        // reaches this worker exactly once, before its first task.
+        for payload in &st.sticky_messages {
+            let _ = process.outbox.append(|enc| {
+                enc.push(&ToWorker::Message {
+                    payload: payload.clone(),
+                })
+            });
+        }
         if st.lifecycle == Lifecycle::Terminating {
             shared.kill_link(&mut st, id, ExitReason::Shutdown, None);
         }
     }
+    process.outbox.pump();
     let end = read_frames(shared, &process, id);
     if matches!(end, End::Protocol(_)) {
         process.signal_group(Signal::SIGKILL);
@@ -1138,8 +1350,9 @@ fn read_frames<W: RemoteWorker>(
     let mut decoder = FrameDecoder::new(DEFAULT_FRAME_LIMIT);
     let mut greeted = false;
     let mut frames = Vec::new();
+    let mut poll = Duration::ZERO;
     loop {
-        match decoder.read_from(&mut &process.stream) {
+        match child::read_soon(&mut decoder, &process.stream, poll) {
             Ok(0) => {
                 return match decoder.finish() {
                     Ok(()) => End::Closed,
@@ -1182,6 +1395,7 @@ fn read_frames<W: RemoteWorker>(
         let mut plan = Plan::default();
         let mut st = shared.lock();
         let applied = shared.on_frames(&mut st, id, std::mem::take(&mut frames), &mut plan);
+        poll = Shared::<W>::answer_expected_within(&st, id);
         drop(st);
         shared.finish(plan);
         if let Err(message) = applied {
@@ -1222,6 +1436,7 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
         return;
     };
     let link = st.links.remove(i);
+    st.observed.retired_worker_time += link.born.elapsed();
     st.alarms.retain(|a| a.worker != id);
     st.sticky.retain(|_, w| *w != id);
     let mut window = link.window;
@@ -1246,10 +1461,12 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
     } else if reason == ExitReason::Crashed {
         // The death is charged to the task it said it was running. If it had
         // not said (its *started* was still buffered, with the answers of the
-        // tasks before it), nobody is charged: every task it held runs again,
-        // each alone on a worker (`suspect`), so a second death names the task.
+        // tasks before it) and held one task only, that task is charged. With
+        // several, nobody is: every task it held runs again, each alone on a
+        // worker (`suspect`), so a second death names the task.
         let culprit = match link.running {
             Some((r, _)) => window.iter().position(|f| f.entry.id() == r),
+            None if window.len() == 1 => Some(0),
             None => {
                 for flight in &window {
                     flight.entry.suspect.store(true, Relaxed);
@@ -1276,7 +1493,10 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
                 End::Protocol(message) => Failure::Protocol(message.clone()),
                 End::Closed => Failure::Crashed(crash.clone()),
             };
-            if retry {
+            if entry.chunk.is_some() {
+                // Its items run again one by one, so only the culprit fails.
+                shared.split_chunk(&mut st, entry);
+            } else if retry {
                 st.queue[entry.core.header().priority.index()].push_front(entry);
             } else {
                 shared.fail(&mut st, &entry, failure, Some((id, ran)));
@@ -1298,6 +1518,8 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
     for flight in window.into_iter().rev() {
         let entry = flight.entry;
         if entry.core.header().is_decided() {
+            // The process is reaped: no one reads its input any more.
+            entry.release_input();
             continue;
         }
         if terminating {
@@ -1314,6 +1536,9 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
                 st.queue[entry.core.header().priority.index()].push_front(entry);
             }
         }
+    }
+    if link.ready {
+        crate::trace::worker_exited(id, reason);
     }
     if shared.events.is_active() && link.ready {
         shared
@@ -1332,6 +1557,7 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
     if st.links.is_empty() && st.starting == 0 && st.lifecycle != Lifecycle::Open {
         shared.alarm.notify_all();
         shared.events.close();
+        shared.messages.close();
     }
     drop(st);
     shared.finish(plan);
@@ -1463,6 +1689,7 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
         if st.links.is_empty() && st.starting == 0 {
             self.alarm.notify_all();
             self.events.close();
+            self.messages.close();
         }
         drop(st);
         self.finish(plan);
@@ -1569,20 +1796,118 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
         self.events.subscribe()
     }
 
+    fn messages(&self) -> crate::Messages<W::Message> {
+        crate::Messages::subscribe(&self.messages)
+    }
+
+    fn broadcast(&self, message: W::Message, sticky: bool) {
+        let payload = match codec::encode_message(&message, sticky) {
+            Ok(payload) => payload,
+            Err(e) => {
+                eprintln!(
+                    "crew: a broadcast message could not be encoded, so it was not sent: {e}"
+                );
+                return;
+            }
+        };
+        let mut st = self.lock();
+        if sticky {
+            st.sticky_messages.push(payload.clone());
+        }
+        let mut plan = Plan::default();
+        for link in &st.links {
+            let _ = link.process.outbox.append(|enc| {
+                enc.push(&ToWorker::Message {
+                    payload: payload.clone(),
+                })
+            });
+            plan.flush.push(Arc::clone(&link.process));
+        }
+        drop(st);
+        for process in &plan.flush {
+            process.outbox.pump();
+        }
+    }
+
+    fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message> {
+        let payload = match codec::encode_message(&message, false) {
+            Ok(payload) => payload,
+            Err(e) => {
+                eprintln!("crew: a message could not be encoded, so it was not sent: {e}");
+                return Ok(());
+            }
+        };
+        let st = self.lock();
+        let Some(link) = st.links.iter().find(|l| l.id == id && l.killing.is_none()) else {
+            return Err(message);
+        };
+        let process = Arc::clone(&link.process);
+        let _ = process
+            .outbox
+            .append(|enc| enc.push(&ToWorker::Message { payload }));
+        drop(st);
+        process.outbox.pump();
+        Ok(())
+    }
+
+    fn bus(&self) -> Arc<Bus> {
+        Arc::clone(&self.events)
+    }
+
+    fn chunks_enabled(&self) -> bool {
+        self.config.default_timeout.is_none()
+    }
+
+    fn submit_chunk(
+        &self,
+        pull: &mut dyn FnMut() -> Option<W::Input>,
+        max_items: usize,
+    ) -> Vec<Batch<W::Output, W::Error>> {
+        Shared::submit_chunk(self, pull, max_items)
+    }
+
     fn stats(&self) -> Stats {
         let st = self.lock();
         let c = &st.counts;
-        let mut per_worker: Vec<WorkerStats> = st
+        let now = Instant::now();
+        let mut busy_time = st.observed.timings.busy();
+        let mut worker_time = st.observed.retired_worker_time;
+        let mut processes = Vec::with_capacity(st.links.len());
+        let per_worker: Vec<WorkerStats> = st
             .links
             .iter()
-            .map(|l| WorkerStats {
-                id: l.id,
-                started: l.ready,
-                current_task: l.running.map(|(r, _)| TaskId(r)),
-                tasks_done: l.tasks_done,
+            .map(|l| {
+                let so_far = l.running.map_or(Duration::ZERO, |(_, since)| {
+                    now.saturating_duration_since(since)
+                });
+                busy_time += so_far;
+                worker_time += now.saturating_duration_since(l.born);
+                processes.push(Arc::clone(&l.process));
+                let state = if l.killing.is_some() || l.retiring || l.shutdown_sent {
+                    WorkerState::Stopping
+                } else if !l.ready {
+                    WorkerState::Starting
+                } else if l.running.is_some() {
+                    WorkerState::Busy
+                } else {
+                    WorkerState::Idle
+                };
+                WorkerStats {
+                    id: l.id,
+                    started: l.ready,
+                    state,
+                    current_task: l.running.map(|(r, _)| TaskId(r)),
+                    tasks_done: l.tasks_done,
+                    busy_time: l.timings.busy() + so_far,
+                    run: l.timings.run_latency(),
+                    pid: u32::try_from(l.process.pid).ok(),
+                    rss_bytes: None,
+                }
             })
             .collect();
-        per_worker.sort_by_key(|w| w.id);
+        let wait = st.observed.timings.wait_latency();
+        let run = st.observed.timings.run_latency();
+        let uptime = now.saturating_duration_since(st.observed.created);
         let busy = st
             .links
             .iter()
@@ -1590,7 +1915,7 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
             .count();
         let finished: u64 = c.iter().sum();
         let in_flight = st.submitted.saturating_sub(finished);
-        Stats {
+        let mut stats = Stats {
             workers: st.links.len(),
             busy,
             idle: st.links.len() - busy,
@@ -1608,7 +1933,19 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
             abandoned_threads: 0,
             start_failures: st.start_failures,
             last_start_error: st.last_start_error.clone(),
+            wait,
+            run,
+            uptime,
+            busy_time,
+            worker_time,
             per_worker,
+        };
+        drop(st);
+        // `/proc` is read after the lock is released.
+        for (row, process) in stats.per_worker.iter_mut().zip(processes) {
+            row.rss_bytes = process.rss_bytes();
         }
+        stats.per_worker.sort_by_key(|w| w.id);
+        stats
     }
 }

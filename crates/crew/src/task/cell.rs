@@ -59,7 +59,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::task::{Context as PollContext, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
@@ -67,7 +67,7 @@ use crate::error::{panic_message, Failure, TaskError};
 use crate::sync::modelled::{current, lock, AtomicU64, AtomicUsize, Mutex, Thread, UnsafeCell};
 use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
-use crate::worker::{Context, Execution, ExecutionKind, Worker, WorkerId};
+use crate::worker::{Context, Execution, ExecutionKind, Outbox, Worker, WorkerId};
 
 /// The payload has exactly one owner: the worker that runs it, or the thread that
 /// discards it. Set once.
@@ -141,15 +141,33 @@ pub(crate) struct Header {
     pub(crate) timeout: Option<Duration>,
     /// Holds a place in the pool's queue capacity until popped.
     pub(crate) bounded: bool,
+    /// When it was submitted: the start of its wait (`Stats::wait`,
+    /// `Event::TaskStarted::waited`). Written once, at creation. `None` for a
+    /// task whose times are not sampled (see `threads::timed`).
+    pub(crate) queued_at: Option<Instant>,
 }
 
 impl Header {
+    /// A header for a task submitted now.
     #[inline]
     pub(crate) fn new(
         id: TaskId,
         priority: Priority,
         timeout: Option<Duration>,
         bounded: bool,
+    ) -> Self {
+        Self::with_queued_at(id, priority, timeout, bounded, Some(Instant::now()))
+    }
+
+    /// A header for a task submitted at `queued_at` (a batch reads the clock
+    /// once for all its tasks; `None`: not timed).
+    #[inline]
+    pub(crate) fn with_queued_at(
+        id: TaskId,
+        priority: Priority,
+        timeout: Option<Duration>,
+        bounded: bool,
+        queued_at: Option<Instant>,
     ) -> Self {
         Header {
             state: AtomicUsize::new(0),
@@ -158,6 +176,7 @@ impl Header {
             priority,
             timeout,
             bounded,
+            queued_at,
         }
     }
 
@@ -772,10 +791,16 @@ impl<W: 'static> ShareCell for Job<W> {
 }
 
 impl<W: Worker> Job<W> {
-    /// Runs the task on `worker` as worker `id` (see `Runnable::run`).
+    /// Runs the task on `worker` as worker `id` (see `Runnable::run`); its
+    /// context sends messages through `outbox`, if there is one.
     #[inline]
-    pub(crate) fn run(&self, worker: &mut W, id: WorkerId) -> Started {
-        let mut ctx = Context::for_job(id, self.header(), self);
+    pub(crate) fn run(
+        &self,
+        worker: &mut W,
+        id: WorkerId,
+        outbox: Option<&Arc<dyn Outbox>>,
+    ) -> Started {
+        let mut ctx = Context::for_job(id, self.header(), self, outbox);
         self.0.run(worker, &mut ctx)
     }
 
@@ -794,11 +819,12 @@ pub(crate) fn new_cell<P, T, E>(
     priority: Priority,
     timeout: Option<Duration>,
     bounded: bool,
+    queued_at: Option<Instant>,
     payload: P,
 ) -> Arc<Cell<P, T, E>> {
     Arc::new(Cell {
         core: Core {
-            header: Header::new(id, priority, timeout, bounded),
+            header: Header::with_queued_at(id, priority, timeout, bounded, queued_at),
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
             poller: AtomicWaker::new(),
@@ -830,12 +856,19 @@ mod loom_model {
             ran.store(true, SeqCst);
             42
         });
-        new_cell(TaskId(1), Priority::Normal, None, false, Plain(f))
+        new_cell(
+            TaskId(1),
+            Priority::Normal,
+            None,
+            false,
+            Some(Instant::now()),
+            Plain(f),
+        )
     }
 
     fn run_on_worker(cell: &Arc<TestCell>) -> Ran {
         let job = Job::<Closures>::new(Arc::clone(cell));
-        job.run(&mut Closures, WorkerId::new(1)).ran()
+        job.run(&mut Closures, WorkerId::new(1), None).ran()
     }
 
     /// What the handle does in `join`: register, park until resolved, take.
@@ -902,13 +935,19 @@ mod loom_model {
                 }
                 7u64
             };
-            let cell: Arc<Cell<_, u64, Infallible>> =
-                new_cell(TaskId(1), Priority::Normal, None, false, Call::new(f));
+            let cell: Arc<Cell<_, u64, Infallible>> = new_cell(
+                TaskId(1),
+                Priority::Normal,
+                None,
+                false,
+                Some(Instant::now()),
+                Call::new(f),
+            );
             let worker = {
                 let cell = Arc::clone(&cell);
                 loom::thread::spawn(move || {
                     let job = Job::<Closures>::new(cell);
-                    job.run(&mut Closures, WorkerId::new(1)).ran()
+                    job.run(&mut Closures, WorkerId::new(1), None).ran()
                 })
             };
             // The task only returns once cancelled, so whatever the interleaving

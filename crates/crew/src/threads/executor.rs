@@ -134,12 +134,15 @@ impl Executor {
     }
 
     /// Polls the futures woken since the last call and hands each task that ended
-    /// to `finished`. Cheap (one load) when nothing was woken.
+    /// to `finished`; returns whether it polled. Cheap (one load) when nothing was
+    /// woken.
     #[inline]
-    pub(super) fn poll(&mut self, finished: impl FnMut(TaskId, Ran)) {
+    pub(super) fn poll(&mut self, finished: impl FnMut(TaskId, Ran)) -> bool {
         if self.wake.ready.load(SeqCst) {
             self.poll_woken(finished);
+            return true;
         }
+        false
     }
 
     #[cold]

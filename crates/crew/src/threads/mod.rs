@@ -37,7 +37,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::Weak;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Stealer, Worker as Deque};
 use crossbeam_utils::CachePadded;
@@ -45,9 +45,10 @@ use crossbeam_utils::CachePadded;
 use crate::builder::{Config, WhenFull};
 use crate::error::{panic_message, Failure, ShutdownTimedOut, SubmitError};
 use crate::events::{Bus, Event, ExitReason, TaskOutcome};
+use crate::messages::{Mail, Mailbox, MessageBus};
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
-use crate::stats::{Stats, WorkerStats};
+use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
 use crate::sync::{
     after, lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
 };
@@ -68,6 +69,11 @@ const TERMINATING: usize = 1 << 1;
 /// Lifecycle bit: `start_attempts` consecutive starts failed and no worker is
 /// alive; tasks fail at once with a start error. Cleared by the next good start.
 const BROKEN: usize = 1 << 2;
+
+/// A pool times each of its first this many tasks (see [`Shared::timed`])...
+pub(super) const TIME_ALL: u64 = 4096;
+/// ... and then one task in this many.
+pub(super) const TIME_ONE_IN: u64 = 8;
 
 /// The part of a batch the pool did not take: the refused payload and the ones
 /// after it.
@@ -92,17 +98,26 @@ fn new_counts() -> Counts {
 }
 
 /// One worker's shared face.
-pub(crate) struct Slot<W> {
+pub(crate) struct Slot<W: Worker> {
     pub(crate) id: WorkerId,
+    /// Messages from the pool, for `Worker::on_message` between tasks
+    /// (`messages.rs`). `has_mail` is set after every push, under the mailbox
+    /// lock, and read by the worker once per task (`Relaxed`: a message seen one
+    /// task late is still between tasks).
+    pub(crate) mail: Mutex<Mailbox<W::Message>>,
+    pub(crate) has_mail: AtomicBool,
     /// The other end of the worker's own deque.
     stealer: Stealer<Job<W>>,
     pub(crate) sleeper: modelled::Arc<Sleeper>,
-    /// The tasks being run, published so a timeout or a kill can resolve them: one
-    /// at most for synchronous tasks, up to `concurrency` with async tasks in
-    /// flight. Written by the worker around each task (an async task's entry stays
-    /// until its future ends); taken by `abandon`. Whoever takes an entry counts
-    /// its task, so it is counted once even when the two race.
-    running: Mutex<Vec<Running<W>>>,
+    /// The tasks being run and the worker's latency record. The worker takes this
+    /// lock twice per task anyway (to publish and to take back its running
+    /// entry), so recording wait and run times under it costs no extra lock;
+    /// `stats()` takes it briefly to merge, so it is rarely contended.
+    work: Mutex<Work<W>>,
+    /// When the worker was created (for `Stats::worker_time`).
+    born: Instant,
+    /// Set by the worker when it leaves its loop (`WorkerState::Stopping`).
+    stopping: AtomicBool,
     /// Set once, by `abandon`: the pool no longer counts this worker; its thread
     /// exits as soon as it gets control back.
     abandoned: AtomicBool,
@@ -116,19 +131,41 @@ pub(crate) struct Slot<W> {
     counts_retired: AtomicBool,
 }
 
+/// What a worker's slot lock guards.
+struct Work<W> {
+    /// The tasks being run, published so a timeout or a kill can resolve them:
+    /// one at most for synchronous tasks, up to `concurrency` with async tasks
+    /// in flight (in the order they started). Written by the worker around each
+    /// task (an async task's entry stays until its future ends); taken by
+    /// `abandon`. Whoever takes an entry counts its task (and records its run
+    /// time), so it is counted once even when the two race.
+    running: Vec<Running<W>>,
+    /// Wait and run times of this worker's tasks. Written by whoever takes
+    /// `running` (and by the worker when a task starts); read by `stats()`.
+    timings: Timings,
+}
+
 struct Running<W> {
     job: Job<W>,
     deadline: Option<Instant>,
-    /// When the task started, if a subscriber was present then (its
-    /// `TaskStarted` was emitted): whoever takes this entry emits the matching
-    /// `TaskFinished`.
-    observed: Option<Instant>,
+    /// When the task started, if it is timed (see the worker loop's sampling).
+    started: Option<Instant>,
+    /// How many tasks its run time stands for in the busy time (0: not sampled).
+    weight: u32,
+    /// How long it waited between submit and start.
+    waited: Duration,
+    /// Whether a subscriber was present when it started (its `TaskStarted` was
+    /// emitted): whoever takes this entry emits the matching `TaskFinished`.
+    observed: bool,
     /// Set by the monitor when it resolved the task as timed out: abandon the
     /// thread if it is still in this task at this instant.
     abandon_at: Option<Instant>,
+    /// Its tracing span (zero-sized without the `tracing` feature), closed by
+    /// whoever counts the task on the worker.
+    span: crate::trace::TaskSpan,
 }
 
-impl<W> Slot<W> {
+impl<W: Worker> Slot<W> {
     fn finished(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Acquire)).sum()
     }
@@ -142,7 +179,7 @@ impl<W> Slot<W> {
 }
 
 /// The registry of workers. Guarded by `Shared::registry`.
-struct Registry<W> {
+struct Registry<W: Worker> {
     /// Workers the pool counts: starting, running or idle.
     live: Vec<Arc<Slot<W>>>,
     /// Threads given up on (timed out, killed) that have not exited yet. Their
@@ -154,6 +191,11 @@ struct Registry<W> {
     handles: Vec<(WorkerId, JoinHandle<()>)>,
     /// Counts of workers that have exited.
     retired: [u64; Outcome::SLOTS],
+    /// Latency records of workers that have exited, and of tasks run on the
+    /// caller (`CallerRuns`).
+    retired_timings: Timings,
+    /// `Stats::worker_time` of workers that have exited.
+    retired_worker_time: Duration,
     /// Live workers whose `start` succeeded.
     started: usize,
     /// Consecutive failed starts, pool-wide.
@@ -197,9 +239,15 @@ pub(crate) struct Shared<W: Worker> {
     /// Event subscribers (`events.rs`). Emitted to by workers, the monitor,
     /// drainers and abandoners.
     pub(crate) events: Arc<Bus>,
+    /// Worker-to-pool message subscribers (`messages.rs`).
+    pub(crate) messages: Arc<MessageBus<W::Message>>,
+    /// Every sticky broadcast so far, in order: replayed to each new worker state.
+    pub(crate) sticky: Mutex<Vec<W::Message>>,
     /// Threads inside `drain` now. The event stream ends only when the pool is
     /// closed, no worker is live and nobody is draining (`maybe_close_events`).
     draining: AtomicUsize,
+    /// When the pool was built (`Stats::uptime`).
+    created: Instant,
     /// Back-reference for spawning workers from `&self` contexts.
     this: Weak<Shared<W>>,
 }
@@ -216,6 +264,7 @@ impl<W: Worker> Shared<W> {
         let workers = config.workers;
         let capacity = config.queue_capacity.map(Capacity::new);
         let events = Arc::new(Bus::new(config.event_buffer));
+        let config_event_buffer = config.event_buffer;
         let shared = Arc::new_cyclic(|this| Shared {
             config,
             injectors: Injectors::new(),
@@ -228,6 +277,8 @@ impl<W: Worker> Shared<W> {
                 abandoned: Vec::new(),
                 handles: Vec::new(),
                 retired: [0; Outcome::SLOTS],
+                retired_timings: Timings::new(),
+                retired_worker_time: Duration::ZERO,
                 started: 0,
                 start_failures: 0,
                 last_start_error: None,
@@ -245,7 +296,10 @@ impl<W: Worker> Shared<W> {
             live_count: AtomicUsize::new(0),
             growing: AtomicBool::new(false),
             events,
+            messages: Arc::new(Bus::new(config_event_buffer)),
+            sticky: Mutex::new(Vec::new()),
             draining: AtomicUsize::new(0),
+            created: Instant::now(),
             this: this.clone(),
         });
         for _ in 0..workers {
@@ -311,7 +365,19 @@ impl<W: Worker> Shared<W> {
             _ => false,
         };
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
-        self.enqueue(id, payload, options, bounded, true)
+        let queued_at = self.timed(id).then(Instant::now);
+        self.enqueue(id, payload, options, bounded, true, queued_at)
+    }
+
+    /// Whether task `id`'s wait and run times are measured: the pool's first
+    /// [`TIME_ALL`] tasks, then one in [`TIME_ONE_IN`], and every task while an
+    /// event subscriber listens (its events carry the times). Two clock reads
+    /// and two histogram updates are a tenth of a short task's cost, so a pool
+    /// running millions of tasks samples; percentiles are then estimates and
+    /// `Latency::count` is the number of tasks measured.
+    #[inline]
+    pub(crate) fn timed(&self, id: TaskId) -> bool {
+        id.0 <= TIME_ALL || id.0.is_multiple_of(TIME_ONE_IN) || self.events.is_active()
     }
 
     /// Allocates task `id`, pushes it (waking a worker if `notify`), and takes it
@@ -324,12 +390,14 @@ impl<W: Worker> Shared<W> {
         options: TaskOptions,
         bounded: bool,
         notify: bool,
+        queued_at: Option<Instant>,
     ) -> Result<Task<P::Output, P::Error>, SubmitError<P>>
     where
         P: Payload<W>,
     {
         let timeout = options.timeout.or(self.config.default_timeout);
-        let cell = new_cell(id, options.priority, timeout, bounded, payload);
+        let cell = new_cell(id, options.priority, timeout, bounded, queued_at, payload);
+        crate::trace::queued(id);
         self.push(Job::new(cell.clone()), options.priority, notify);
         if !notify {
             // `notify_work` (skipped in a batch) is where the fence usually is.
@@ -375,6 +443,8 @@ impl<W: Worker> Shared<W> {
         let first = self.submitted.fetch_add(rest.len() as u64, Relaxed) + 1;
         let mut rejected: Option<Rejected<P>> = None;
         let mut ids = first..;
+        // One clock read for the whole batch: its tasks were submitted together.
+        let queued_at = Instant::now();
         while let Some(payload) = rest.next() {
             let id = TaskId(ids.next().unwrap_or(u64::MAX));
             if bounded {
@@ -397,7 +467,8 @@ impl<W: Worker> Shared<W> {
                     break;
                 }
             }
-            match self.enqueue(id, payload, options, bounded, false) {
+            let stamp = self.timed(id).then_some(queued_at);
+            match self.enqueue(id, payload, options, bounded, false, stamp) {
                 Ok(task) => tasks.push(task),
                 Err(error) => {
                     // Taken back: its tombstone is counted by whoever pops it.
@@ -426,26 +497,36 @@ impl<W: Worker> Shared<W> {
         P: Payload<W>,
     {
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
-        let cell = new_cell(id, options.priority, None, false, payload);
+        let queued_at = Instant::now();
+        let cell = new_cell(id, options.priority, None, false, Some(queued_at), payload);
         let task = Task::new(cell.clone());
         let job = Job::<W>::new(cell);
         let mut ctx = Context::new(WorkerId::CALLER, None);
         let observed = self.events.is_active();
         let mut ran = None;
+        let mut waited = Duration::ZERO;
         match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
             Ok(Ok(mut worker)) => {
+                let started = Instant::now();
+                waited = started.saturating_duration_since(queued_at);
                 if observed {
                     self.events.emit(Event::TaskStarted {
                         task: id,
                         worker: WorkerId::CALLER,
+                        waited,
                     });
                 }
-                let started = observed.then(Instant::now);
-                if let Started::Suspended(run) = job.run(&mut worker, WorkerId::CALLER) {
+                // No outbox here: `Context::send` says `Unavailable` on the caller.
+                if let Started::Suspended(run) = job.run(&mut worker, WorkerId::CALLER, None) {
                     // No executor here: the caller polls the future to its end.
                     futures_executor::block_on(run);
                 }
-                ran = started.map(|t| t.elapsed());
+                let elapsed = started.elapsed();
+                ran = Some(elapsed);
+                let mut reg = lock(&self.registry);
+                reg.retired_timings.record_wait(waited);
+                reg.retired_timings.record_run(elapsed, 1);
+                drop(reg);
                 let mut ctx = Context::new(WorkerId::CALLER, None);
                 let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
             }
@@ -466,6 +547,7 @@ impl<W: Worker> Shared<W> {
                     task: id,
                     worker: WorkerId::CALLER,
                     outcome,
+                    waited,
                     ran,
                 },
                 None => Event::TaskDiscarded { task: id, outcome },
@@ -596,9 +678,17 @@ impl<W: Worker> Shared<W> {
         let deque = Deque::new_fifo();
         let slot = Arc::new(Slot {
             id,
+            mail: Mutex::new(Mailbox::default()),
+            has_mail: AtomicBool::new(false),
             stealer: deque.stealer(),
             sleeper: modelled::Arc::new(Sleeper::new()),
-            running: Mutex::new(Vec::new()),
+            work: Mutex::new(Work {
+                // Room for every task in flight, so the hot path never allocates.
+                running: Vec::with_capacity(self.config.concurrency.min(64)),
+                timings: Timings::new(),
+            }),
+            born: Instant::now(),
+            stopping: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             started: AtomicBool::new(false),
             counts: CachePadded::new(new_counts()),
@@ -721,6 +811,8 @@ impl<W: Worker> Shared<W> {
         for (i, c) in slot.counts.iter().enumerate() {
             reg.retired[i] += c.load(Acquire);
         }
+        reg.retired_timings.add(&lock(&slot.work).timings);
+        reg.retired_worker_time += slot.born.elapsed();
     }
 
     fn publish_peers(&self, reg: &mut Registry<W>) {
@@ -775,36 +867,53 @@ impl<W: Worker> Shared<W> {
         // then take the entries: a worker leaving with async tasks in flight waits
         // for its entries to be gone before it drops their futures, so each task
         // ends with this failure, not as closed.
-        let doomed: Vec<(Job<W>, Failure)> = lock(&slot.running)
+        let failure_of = |r: &Running<W>| match failure {
+            // Timed out by the monitor (it noted when to abandon): its own
+            // timeout; otherwise a bystander of another task's.
+            Failure::TimedOut if r.abandon_at.is_none() => Failure::Killed,
+            _ => failure.clone(),
+        };
+        let doomed: Vec<(Job<W>, Failure)> = lock(&slot.work)
+            .running
             .iter()
-            .map(|r| {
-                let failure = match failure {
-                    // Timed out by the monitor (it noted when to abandon): its own
-                    // timeout; otherwise a bystander of another task's.
-                    Failure::TimedOut if r.abandon_at.is_none() => Failure::Killed,
-                    _ => failure.clone(),
-                };
-                (r.job.clone(), failure)
-            })
+            .map(|r| (r.job.clone(), failure_of(r)))
             .collect();
         for (job, failure) in doomed {
             job.fail(failure);
         }
-        // Whoever takes an entry counts its task: here, or the worker if its task
-        // returned meanwhile.
-        let running = std::mem::take(&mut *lock(&slot.running));
-        for running in running {
+        // Whoever takes an entry counts its task (and records its run time):
+        // here, or the worker if its task returned meanwhile.
+        let taken: Vec<(Running<W>, Duration)> = {
+            let mut work = lock(&slot.work);
+            let running = std::mem::take(&mut work.running);
+            running
+                .into_iter()
+                .map(|running| {
+                    let ran = running.started.map_or(Duration::ZERO, |s| s.elapsed());
+                    if running.weight > 0 {
+                        work.timings.record_run(ran, running.weight);
+                    }
+                    (running, ran)
+                })
+                .collect()
+        };
+        for (running, ran) in taken {
+            // A no-op for the tasks resolved above; this resolves one the worker
+            // published after they were collected.
+            running.job.fail(failure_of(&running));
             let outcome = running.job.header().settled_outcome();
             self.count(outcome);
-            if let Some(started) = running.observed {
+            if running.observed {
                 self.events.emit(Event::TaskFinished {
                     task: running.job.header().id(),
                     worker: slot.id,
                     outcome: outcome.into(),
-                    ran: started.elapsed(),
+                    waited: running.waited,
+                    ran,
                 });
             }
         }
+        crate::trace::worker_exited(slot.id, reason);
         self.events.emit(Event::WorkerExited {
             worker: slot.id,
             reason,
@@ -825,6 +934,57 @@ impl<W: Worker> Shared<W> {
             .find(|s| s.id == id)
             .cloned();
         slot.is_some_and(|slot| self.abandon(&slot, Failure::Killed))
+    }
+
+    // ------------------------------------------------------------ messages
+
+    /// Puts `message` in every live worker's mailbox (and, if `sticky`, in the
+    /// list every later worker state gets at its start).
+    pub(crate) fn broadcast(&self, message: W::Message, sticky: bool) {
+        // The sticky list's lock is held while mailboxes are filled, so a worker
+        // that replays the list at its start (under the same lock) and the
+        // `Sticky(n)` entries in its mailbox agree on what it already has.
+        let mut list = lock(&self.sticky);
+        let index = sticky.then(|| {
+            list.push(message.clone());
+            list.len() - 1
+        });
+        let slots: Vec<Arc<Slot<W>>> = lock(&self.registry).live.clone();
+        for slot in &slots {
+            let mail = match index {
+                Some(n) => Mail::Sticky(n),
+                None => Mail::Plain(message.clone()),
+            };
+            self.deliver(slot, mail);
+        }
+        drop(list);
+    }
+
+    /// Puts `message` in worker `id`'s mailbox; gives it back if no live
+    /// worker has that id.
+    pub(crate) fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message> {
+        let slot = lock(&self.registry)
+            .live
+            .iter()
+            .find(|s| s.id == id)
+            .cloned();
+        match slot {
+            Some(slot) => {
+                self.deliver(&slot, Mail::Plain(message));
+                Ok(())
+            }
+            None => Err(message),
+        }
+    }
+
+    fn deliver(&self, slot: &Slot<W>, mail: Mail<W::Message>) {
+        {
+            let mut mailbox = lock(&slot.mail);
+            mailbox.queue.push_back(mail);
+            slot.has_mail.store(true, SeqCst);
+        }
+        // An idle worker is parked: wake it to read its mail now.
+        self.sleep.wake_worker(&slot.sleeper);
     }
 
     /// The ids of the workers the pool counts, oldest first.
@@ -851,6 +1011,7 @@ impl<W: Worker> Shared<W> {
         self.lifecycle.fetch_and(!BROKEN, SeqCst);
         // Under the registry lock: `abandon` removes the worker under it too and
         // emits `WorkerExited` after, so the two can never arrive swapped.
+        crate::trace::worker_started(slot.id);
         let event = match restarted {
             None => Event::WorkerStarted { worker: slot.id },
             Some(reason) => Event::WorkerRestarted {
@@ -975,7 +1136,11 @@ impl<W: Worker> Shared<W> {
         for slot in &slots {
             // Resolve outside the lock: resolving wakes the caller's waker, which is
             // user code.
-            let jobs: Vec<Job<W>> = lock(&slot.running).iter().map(|r| r.job.clone()).collect();
+            let jobs: Vec<Job<W>> = lock(&slot.work)
+                .running
+                .iter()
+                .map(|r| r.job.clone())
+                .collect();
             for job in jobs {
                 job.fail(Failure::Cancelled);
             }
@@ -1017,6 +1182,7 @@ impl<W: Worker> Shared<W> {
         }
         if lock(&self.registry).live.is_empty() {
             self.events.close();
+            self.messages.close();
         }
     }
 
@@ -1085,28 +1251,64 @@ impl<W: Worker> Shared<W> {
         for (i, c) in self.counts.iter().enumerate() {
             by_outcome[i] += c.load(SeqCst);
         }
+        let mut timings = reg.retired_timings.clone();
+        let mut worker_time = reg.retired_worker_time;
+        let mut busy_time = timings.busy();
+        let now = Instant::now();
         let mut workers = Vec::with_capacity(reg.live.len());
         // Tasks running on live workers; with async tasks, several per worker.
         let mut running_tasks: u64 = 0;
         for slot in reg.live.iter().chain(reg.abandoned.iter()) {
             let abandoned = slot.abandoned.load(Relaxed);
-            let (current_task, tasks_running) = {
-                let running = lock(&slot.running);
-                (running.first().map(|r| r.job.header().id()), running.len())
+            // Under the worker's lock: merge its record, read its running tasks
+            // (with async tasks, several: each counts in the busy time so far).
+            let (current_task, tasks_running, busy, run) = {
+                let work = lock(&slot.work);
+                timings.add(&work.timings);
+                let so_far: Duration = work
+                    .running
+                    .iter()
+                    .filter_map(|r| r.started)
+                    .map(|s| now.saturating_duration_since(s))
+                    .sum();
+                (
+                    work.running.first().map(|r| r.job.header().id()),
+                    work.running.len(),
+                    work.timings.busy() + so_far,
+                    (!abandoned).then(|| work.timings.run_latency()),
+                )
             };
+            busy_time += busy;
+            worker_time += now.saturating_duration_since(slot.born);
             let mut done = 0;
             for (i, c) in slot.counts.iter().enumerate() {
                 let n = c.load(Acquire);
                 by_outcome[i] += n;
                 done += n;
             }
-            if !abandoned {
+            if let Some(run) = run {
                 running_tasks += tasks_running as u64;
+                let started = slot.started.load(Relaxed);
+                // Busy with any task in flight.
+                let state = if current_task.is_some() {
+                    WorkerState::Busy
+                } else if slot.stopping.load(Relaxed) {
+                    WorkerState::Stopping
+                } else if started {
+                    WorkerState::Idle
+                } else {
+                    WorkerState::Starting
+                };
                 workers.push(WorkerStats {
                     id: slot.id,
-                    started: slot.started.load(Relaxed),
+                    started,
+                    state,
                     current_task,
                     tasks_done: done,
+                    busy_time: busy,
+                    run,
+                    pid: None,
+                    rss_bytes: None,
                 });
             }
         }
@@ -1133,6 +1335,11 @@ impl<W: Worker> Shared<W> {
             abandoned_threads: reg.abandoned.len(),
             start_failures: reg.start_failures,
             last_start_error: reg.last_start_error.clone(),
+            wait: timings.wait_latency(),
+            run: timings.run_latency(),
+            uptime: now.saturating_duration_since(self.created),
+            busy_time,
+            worker_time,
             per_worker: workers,
         }
     }
@@ -1151,8 +1358,8 @@ impl<W: Worker> Shared<W> {
             let mut expired: Vec<Job<W>> = Vec::new();
             let mut abandon = false;
             {
-                let running = lock(&slot.running);
-                for r in running.iter() {
+                let work = lock(&slot.work);
+                for r in work.running.iter() {
                     let Some(deadline) = r.deadline else { continue };
                     match r.abandon_at {
                         None if deadline <= now => expired.push(r.job.clone()),
@@ -1170,9 +1377,9 @@ impl<W: Worker> Shared<W> {
             }
             for job in expired {
                 let timed_out = job.fail(Failure::TimedOut);
-                let mut running = lock(&slot.running);
+                let mut work = lock(&slot.work);
                 let id = job.header().id();
-                if let Some(r) = running.iter_mut().find(|r| r.job.header().id() == id) {
+                if let Some(r) = work.running.iter_mut().find(|r| r.job.header().id() == id) {
                     if timed_out {
                         let at = after(now, self.config.abandon_grace);
                         r.abandon_at = Some(at);
@@ -1191,6 +1398,7 @@ impl<W: Worker> Drop for Shared<W> {
     fn drop(&mut self) {
         self.monitor.stop();
         self.events.close();
+        self.messages.close();
     }
 }
 

@@ -28,6 +28,19 @@
 //!    ([`Executor::wait`]): it is busy, so no submitter counts on it, and the
 //!    queue's work goes to other workers (backpressure per worker).
 //!
+//! # Mail and async tasks
+//!
+//! The mailbox is read at a turn of the loop, never inside a task's code: for
+//! synchronous tasks that is between two tasks, as before. With async tasks in
+//! flight it is between two polls: `on_message` runs while those tasks wait at
+//! an `.await`. That is sound because no future borrows the worker value
+//! itself: `Pool::spawn_async`'s futures never see it, and an
+//! `AsyncWorker`'s futures own a share of its state (`Async` holds it in an
+//! `Rc`), to which `Async::on_message` gives `AsyncWorker::on_message` only a
+//! shared reference. A full worker waiting for its futures also wakes up for
+//! mail. While a rebuild waits for the futures to end (below), mail waits too:
+//! it goes to the new state.
+//!
 //! A closing pool's worker leaves only once its futures have ended. A panic in a
 //! future rebuilds the worker's state as a synchronous panic does, but only after
 //! the worker's other futures (which share that state) have ended; it takes no
@@ -35,14 +48,16 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Stealer, Worker as Deque};
 
 use super::executor::Executor;
 use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
+use super::{TIME_ALL, TIME_ONE_IN};
 use crate::error::{panic_message, Failure};
 use crate::events::{Event, ExitReason};
+use crate::messages::{BusOutbox, Mail};
 use crate::scheduler::sleep::Parked;
 use crate::scheduler::spin::{
     self, Spin, QUIET_SPIN_ROUNDS, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS,
@@ -50,7 +65,8 @@ use crate::scheduler::spin::{
 use crate::sync::{after, lock, modelled, Arc};
 use crate::task::cell::{Job, Outcome, Ran, Started};
 use crate::task::TaskId;
-use crate::worker::{Context, Worker, WorkerId};
+use crate::trace;
+use crate::worker::{Context, Outbox, Worker, WorkerId};
 
 /// The worker thread's own, unshared state.
 struct Local<W: Worker> {
@@ -66,22 +82,35 @@ struct Local<W: Worker> {
     searching: bool,
     /// Set when an elastic pool granted this idle worker's retirement.
     retired: bool,
+    /// When the previous task returned, if this worker went straight on to the
+    /// next one (found without searching): that instant is then also the next
+    /// task's start, which saves one clock read per task under load. Cleared
+    /// whenever the worker searches, parks or rebuilds its state.
+    last_end: Option<Instant>,
+    /// How many of the pool's sticky messages the current worker state has.
+    sticky_seen: usize,
+    /// Where `Context::send` puts this worker's messages: made once per worker
+    /// and shared by every context it hands out (an async task's owns a clone).
+    outbox: Arc<dyn Outbox>,
     /// The async tasks in flight on this thread.
     executor: Executor,
-    /// A task panicked: the state is rebuilt (this says why) once no future is
-    /// in flight; no new task is taken until then.
+    /// A task (or `on_message`) panicked while futures were in flight: the
+    /// state is rebuilt (this says why) once none is; no new task is taken and
+    /// no mail read until then.
     rebuild: Option<String>,
 }
 
-/// What a worker that looked for work does next (`None`: leave).
+/// What a worker does next.
 enum Next<W> {
-    /// Run this job.
     Job(Job<W>),
+    /// Messages from the pool wait in its mailbox.
+    Mail,
     /// A future was woken: poll it.
     Poll,
     /// The pool is closing and nothing is queued, but futures are in flight:
     /// wait for them.
     Wait,
+    Leave,
 }
 
 /// Runs a worker thread to completion.
@@ -91,6 +120,7 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         shared.config.concurrency,
         modelled::Arc::clone(&slot.sleeper),
     );
+    let outbox: Arc<dyn Outbox> = Arc::new(BusOutbox(Arc::clone(&shared.messages)));
     let mut local = Local {
         shared,
         slot,
@@ -100,9 +130,13 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         peers_epoch: usize::MAX,
         searching: false,
         retired: false,
+        last_end: None,
+        sticky_seen: 0,
+        outbox,
         executor,
         rebuild: None,
     };
+    let _span = trace::worker_span(local.slot.id);
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
     let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {
@@ -112,6 +146,7 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
             let reason = local.rebuild.take();
             local.stop(worker.take());
             worker = local.start(reason);
+            local.last_end = None;
             continue;
         }
         if local.rebuild.is_some() || !local.executor.has_room() {
@@ -119,47 +154,68 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
             if local.must_leave() {
                 break;
             }
+            if local.rebuild.is_none() && local.slot.has_mail.load(Relaxed) {
+                worker = local.read_mail(worker);
+                continue;
+            }
             local.wait_for_futures();
             continue;
         }
         match local.next_job() {
-            Some(Next::Job(job)) => {
+            Next::Job(job) => {
                 if local.run_job(&job, w) == Ran::Panicked {
                     local.rebuild = Some(format!("{} panicked", job.header().id()));
                 }
             }
-            Some(Next::Poll) => {}
-            Some(Next::Wait) => local.wait_for_futures(),
-            None => break,
+            Next::Mail => worker = local.read_mail(worker),
+            Next::Poll => {}
+            Next::Wait => local.wait_for_futures(),
+            Next::Leave => break,
         }
     }
+    local.slot.stopping.store(true, Relaxed);
     local.drop_futures();
     local.stop(worker);
     drop(guard);
     local.exit();
 }
 
-/// Takes a finished task's `running` entry back, counts its outcome and emits its
-/// `TaskFinished`. If the entry is gone, the pool abandoned this thread meanwhile
-/// and has counted the task (and emitted its `TaskFinished`); `must_leave` is
-/// then true and the loop ends.
+/// Takes a finished task's `running` entry back, records its run time (if it
+/// was timed), counts its outcome, closes its span and emits its
+/// `TaskFinished`. Returns the instant it ended if the clock was read. If the
+/// entry is gone, the pool abandoned this thread meanwhile and has counted the
+/// task (and emitted its `TaskFinished`); `must_leave` is then true and the
+/// loop ends.
 #[inline]
-fn task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>, id: TaskId) {
+fn task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>, id: TaskId) -> Option<Instant> {
+    let mut end = None;
     let mine = {
-        let mut running = lock(&slot.running);
-        // The newest entry on the synchronous path; one of `concurrency` otherwise.
-        running
-            .iter()
-            .rposition(|r| r.job.header().id() == id)
-            .map(|at| running.swap_remove(at))
+        let mut work = lock(&slot.work);
+        // The last entry on the synchronous path; one of `concurrency` otherwise
+        // (removed in place: the first entry is the oldest task in flight).
+        let at = work.running.iter().rposition(|r| r.job.header().id() == id);
+        at.map(|at| {
+            let mine = work.running.remove(at);
+            let elapsed = mine.started.map_or(Duration::ZERO, |started| {
+                let now = Instant::now();
+                end = Some(now);
+                now.saturating_duration_since(started)
+            });
+            if mine.weight > 0 {
+                work.timings.record_run(elapsed, mine.weight);
+            }
+            (mine, elapsed)
+        })
     };
-    if let Some(mine) = mine {
+    if let Some((mine, elapsed)) = mine {
         let outcome = mine.job.header().settled_outcome();
         slot.count(outcome);
-        if let Some(started) = mine.observed {
-            finished(shared, slot.id, id, outcome, started);
+        mine.span.finished(outcome, elapsed);
+        if mine.observed {
+            finished(shared, slot.id, id, outcome, mine.waited, elapsed);
         }
     }
+    end
 }
 
 #[cold]
@@ -168,13 +224,15 @@ fn finished<W: Worker>(
     worker: WorkerId,
     task: TaskId,
     outcome: Outcome,
-    started: Instant,
+    waited: Duration,
+    ran: Duration,
 ) {
     shared.events.emit(Event::TaskFinished {
         task,
         worker,
         outcome: outcome.into(),
-        ran: started.elapsed(),
+        waited,
+        ran,
     });
 }
 
@@ -203,11 +261,11 @@ impl<W: Worker> Local<W> {
             if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
                 return None;
             }
-            let mut ctx = Context::new(self.id(), None);
+            let mut ctx = Context::new(self.id(), None).with_outbox(&self.outbox);
             let message = match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
                 Ok(Ok(worker)) => {
                     if self.shared.on_started(&self.slot, restarted.take()) {
-                        return Some(worker);
+                        return self.replay_sticky(worker);
                     }
                     // Abandoned while starting: undo the start and leave.
                     self.stop(Some(worker));
@@ -233,9 +291,84 @@ impl<W: Worker> Local<W> {
         }
     }
 
+    /// Gives a freshly started worker state every sticky message so far (see
+    /// `Shared::broadcast` for why the list's lock makes this exactly once).
+    /// `None` if a message's handler panicked and the rebuild gave up.
+    fn replay_sticky(&mut self, worker: W) -> Option<W> {
+        let sticky: Vec<W::Message> = {
+            let list = lock(&self.shared.sticky);
+            self.sticky_seen = list.len();
+            list.clone()
+        };
+        let mut worker = Some(worker);
+        for message in sticky {
+            worker = self.deliver(worker, message);
+        }
+        worker
+    }
+
+    /// Reads the mailbox: every message in order, to `on_message`. If one
+    /// panics with futures in flight, the rest stays in the mailbox for the
+    /// rebuilt state.
+    #[cold]
+    fn read_mail(&mut self, mut worker: Option<W>) -> Option<W> {
+        let mail = {
+            let mut mailbox = lock(&self.slot.mail);
+            self.slot.has_mail.store(false, SeqCst);
+            std::mem::take(&mut mailbox.queue)
+        };
+        let mut pending = mail.into_iter();
+        while let Some(mail) = pending.next() {
+            if self.rebuild.is_some() {
+                // Put the rest back, in order, ahead of anything sent since.
+                let mut mailbox = lock(&self.slot.mail);
+                let newer = std::mem::take(&mut mailbox.queue);
+                mailbox.queue.push_back(mail);
+                mailbox.queue.extend(pending);
+                mailbox.queue.extend(newer);
+                self.slot.has_mail.store(true, SeqCst);
+                break;
+            }
+            let message = match mail {
+                Mail::Plain(message) => message,
+                Mail::Sticky(n) => {
+                    if n < self.sticky_seen {
+                        continue; // this state got it when it started
+                    }
+                    self.sticky_seen = n + 1;
+                    lock(&self.shared.sticky)[n].clone()
+                }
+            };
+            worker = self.deliver(worker, message);
+        }
+        worker
+    }
+
+    /// Runs `on_message`; a panic rebuilds the state, as a task's panic does: at
+    /// once, or, with futures in flight (they share the state), once they have
+    /// ended.
+    fn deliver(&mut self, worker: Option<W>, message: W::Message) -> Option<W> {
+        let mut worker = worker?;
+        let mut ctx = Context::new(self.id(), None).with_outbox(&self.outbox);
+        match catch_unwind(AssertUnwindSafe(|| worker.on_message(message, &mut ctx))) {
+            Ok(()) => Some(worker),
+            Err(panic) => {
+                let reason = format!("on_message panicked: {}", panic_message(&*panic));
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                if !self.executor.is_empty() {
+                    self.rebuild.get_or_insert(reason);
+                    return Some(worker);
+                }
+                self.stop(Some(worker));
+                self.last_end = None;
+                self.start(Some(reason))
+            }
+        }
+    }
+
     fn stop(&self, worker: Option<W>) {
         let Some(mut worker) = worker else { return };
-        let mut ctx = Context::new(self.id(), None);
+        let mut ctx = Context::new(self.id(), None).with_outbox(&self.outbox);
         let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
         let _ = catch_unwind(AssertUnwindSafe(move || drop(worker)));
         self.shared.on_stopped(&self.slot);
@@ -251,9 +384,11 @@ impl<W: Worker> Local<W> {
         // The one load the event stream costs a task when nobody subscribes.
         let observed = self.shared.events.is_active();
         if header.is_decided() {
-            // A tombstone: cancelled (or taken back) while queued.
+            // A tombstone: cancelled (or taken back) while queued. It never ran
+            // here, so it is counted pool-wide, not in this worker's row
+            // (`WorkerStats::tasks_done`), as on the process backend.
             let outcome = header.settled_outcome();
-            self.slot.count(outcome);
+            self.shared.count(outcome);
             if observed {
                 self.shared.events.emit(Event::TaskDiscarded {
                     task: header.id(),
@@ -262,42 +397,72 @@ impl<W: Worker> Local<W> {
             }
             return Ran::Skipped;
         }
+        // Wait and run times (`Stats::wait`, `Stats::run`), for the tasks the
+        // submitter stamped (`Shared::timed`: sampled), plus a clock read for a
+        // task with a timeout or a subscriber. The start is the previous task's
+        // end when the worker went straight on (no search between them).
+        let weight = match header.queued_at {
+            None => 0,
+            Some(_) if header.id().0 <= TIME_ALL => 1,
+            Some(_) => TIME_ONE_IN as u32,
+        };
+        let timed = weight > 0 || observed || header.timeout.is_some();
+        let started = if timed {
+            Some(self.last_end.take().unwrap_or_else(Instant::now))
+        } else {
+            self.last_end = None;
+            None
+        };
+        let waited = started
+            .zip(header.queued_at)
+            .map_or(Duration::ZERO, |(s, q)| s.saturating_duration_since(q));
         // `TaskStarted` goes out before the task is published in `running`, so a
         // `TaskFinished` from whoever takes it from there (an abandonment) is
         // pushed after it.
-        let observed = observed.then(|| {
-            self.shared.events.emit(Event::TaskStarted {
-                task: header.id(),
-                worker: self.id(),
+        if observed {
+            self.started(header.id(), waited);
+        }
+        let deadline = header
+            .timeout
+            .zip(started)
+            .map(|(t, started)| after(started, t));
+        let span = trace::task_span(header.id(), self.id(), waited);
+        {
+            let mut work = lock(&self.slot.work);
+            if weight > 0 {
+                work.timings.record_wait(waited);
+            }
+            work.running.push(Running {
+                job: job.clone(),
+                deadline,
+                started,
+                weight,
+                waited,
+                observed,
+                abandon_at: None,
+                span: span.share(),
             });
-            Instant::now()
-        });
-        let deadline = header.timeout.map(|t| after(Instant::now(), t));
-        lock(&self.slot.running).push(Running {
-            job: job.clone(),
-            deadline,
-            observed,
-            abandon_at: None,
-        });
+        }
         if let Some(deadline) = deadline {
             self.shared.monitor.wake_at(&self.shared, deadline);
         }
-        match job.run(worker, self.id()) {
+        let id = self.id();
+        let outbox = Some(&self.outbox);
+        match span.run(|| job.run(worker, id, outbox)) {
             Started::Done(ran) => {
-                self.task_ended(header.id());
+                // If the entry is gone, the pool abandoned this thread mid-task
+                // and counted the task (and emitted its `TaskFinished`);
+                // `must_leave` is now true and the loop ends.
+                self.last_end = task_ended(&self.shared, &self.slot, header.id());
                 ran
             }
             Started::Suspended(run) => {
-                // In flight: its `running` entry stays until the future ends.
-                self.executor.push(run);
+                // In flight: its `running` entry stays until the future ends, and
+                // its run time is measured to then.
+                self.executor.push(span.instrument(run));
                 Ran::Returned
             }
         }
-    }
-
-    #[inline]
-    fn task_ended(&self, id: TaskId) {
-        task_ended(&self.shared, &self.slot, id);
     }
 
     /// Polls the futures that were woken; counts the tasks that ended. A panic in
@@ -311,18 +476,26 @@ impl<W: Worker> Local<W> {
             rebuild,
             ..
         } = self;
-        executor.poll(|id, ran| {
+        let polled = executor.poll(|id, ran| {
             task_ended(shared, slot, id);
             if ran == Ran::Panicked && rebuild.is_none() {
                 *rebuild = Some(format!("{id} panicked"));
             }
         });
+        if polled {
+            // Time passed polling: the next start reads the clock.
+            self.last_end = None;
+        }
     }
 
-    /// Waits, taking no task, until a future is woken or the thread must leave.
+    /// Waits, taking no task, until a future is woken, mail can be read, or the
+    /// thread must leave.
     #[cold]
-    fn wait_for_futures(&self) {
-        self.executor.wait(|| self.must_leave());
+    fn wait_for_futures(&mut self) {
+        self.last_end = None;
+        let mail = self.rebuild.is_none();
+        self.executor
+            .wait(|| self.must_leave() || (mail && self.slot.has_mail.load(SeqCst)));
     }
 
     /// The thread is leaving with futures in flight (the pool is terminating, or
@@ -338,14 +511,15 @@ impl<W: Worker> Local<W> {
             // killed or timed out), then takes and counts them, in crew code only:
             // wait for that, so no task here ends as closed instead.
             let backoff = crossbeam_utils::Backoff::new();
-            while !lock(&self.slot.running).is_empty() {
+            while !lock(&self.slot.work).running.is_empty() {
                 backoff.snooze();
             }
         } else {
             // Terminating: `terminate` resolves running tasks as cancelled, and may
             // not have reached this worker yet. Do it first, so a future dropped
             // below does not resolve its task as closed.
-            let jobs: Vec<Job<W>> = lock(&self.slot.running)
+            let jobs: Vec<Job<W>> = lock(&self.slot.work)
+                .running
                 .iter()
                 .map(|r| r.job.clone())
                 .collect();
@@ -354,13 +528,23 @@ impl<W: Worker> Local<W> {
             }
         }
         self.executor.clear();
-        let ids: Vec<TaskId> = lock(&self.slot.running)
+        let ids: Vec<TaskId> = lock(&self.slot.work)
+            .running
             .iter()
             .map(|r| r.job.header().id())
             .collect();
         for id in ids {
-            self.task_ended(id);
+            task_ended(&self.shared, &self.slot, id);
         }
+    }
+
+    #[cold]
+    fn started(&self, task: TaskId, waited: Duration) {
+        self.shared.events.emit(Event::TaskStarted {
+            task,
+            worker: self.id(),
+            waited,
+        });
     }
 
     // ------------------------------------------------------------ finding work
@@ -394,24 +578,30 @@ impl<W: Worker> Local<W> {
             || self.peers.iter().any(|s| !s.is_empty())
     }
 
-    /// What to do next: a job, a woken future, or `None` if the thread should
-    /// exit.
+    /// The next job, or `None` if the thread should exit.
     #[inline]
-    fn next_job(&mut self) -> Option<Next<W>> {
+    fn next_job(&mut self) -> Next<W> {
         if !self.must_leave() {
+            if self.slot.has_mail.load(Relaxed) {
+                return Next::Mail;
+            }
             if let Some(job) = self.find() {
-                return Some(Next::Job(job));
+                return Next::Job(job);
             }
         }
         self.search()
     }
 
-    /// Searches (spin, then park) until a job turns up, a future is woken, or the
-    /// thread must exit.
+    /// Searches (spin, then park) until a job or mail turns up or the thread must
+    /// exit.
     #[cold]
-    fn search(&mut self) -> Option<Next<W>> {
-        if let Some(next) = self.search_quietly() {
-            return Some(next);
+    fn search(&mut self) -> Next<W> {
+        self.last_end = None; // time passes here: the next start reads the clock
+
+        match self.search_quietly() {
+            Some(next) => return next,
+            None if self.must_leave() => return Next::Leave,
+            None => {}
         }
         let others_searching = self.shared.sleep.start_searching();
         self.searching = true;
@@ -422,22 +612,26 @@ impl<W: Worker> Local<W> {
             let mut spin = Spin::new(spin_rounds, WORKER_YIELD_ROUNDS);
             loop {
                 if self.must_leave() {
-                    return None;
+                    return Next::Leave;
                 }
                 if self.shared.is_closed() && !self.has_work() {
                     if self.executor.is_empty() {
-                        return None;
+                        return Next::Leave;
                     }
                     self.stop_searching();
-                    return Some(Next::Wait);
+                    return Next::Wait;
                 }
                 if self.executor.is_ready() {
                     self.stop_searching();
-                    return Some(Next::Poll);
+                    return Next::Poll;
+                }
+                if self.slot.has_mail.load(Relaxed) {
+                    self.stop_searching();
+                    return Next::Mail;
                 }
                 if let Some(job) = self.find() {
                     self.stop_searching();
-                    return Some(Next::Job(job));
+                    return Next::Job(job);
                 }
                 if !spin.next() {
                     break;
@@ -447,7 +641,7 @@ impl<W: Worker> Local<W> {
             if !self.executor.sleeping() {
                 // A future was woken just now: poll it instead of parking.
                 self.stop_searching();
-                return Some(Next::Poll);
+                return Next::Poll;
             }
             let shared = Arc::clone(&self.shared);
             let slot = Arc::clone(&self.slot);
@@ -465,7 +659,7 @@ impl<W: Worker> Local<W> {
             let timeout = elastic.then_some(shared.config.idle_timeout);
             let mut parked = shared.sleep.park(
                 &slot.sleeper,
-                || self.has_work(),
+                || self.has_work() || slot.has_mail.load(SeqCst),
                 stay_awake,
                 || shared.notify_idle(),
                 timeout,
@@ -475,7 +669,7 @@ impl<W: Worker> Local<W> {
                     self.executor.awake();
                     self.retired = true;
                     shared.sleep.stop_waiting(&slot.sleeper);
-                    return None; // `exit` hands over anything that woke us
+                    return Next::Leave; // `exit` hands over anything that woke us
                 }
                 parked = shared.sleep.park_again(&slot.sleeper, stay_awake, timeout);
             }
@@ -496,10 +690,13 @@ impl<W: Worker> Local<W> {
         let mut spin = Spin::new(QUIET_SPIN_ROUNDS, 0);
         while self.shared.sleep.nobody_sleeping() && spin.next() {
             if self.must_leave() {
-                return None;
+                return Some(Next::Leave);
             }
             if self.executor.is_ready() {
                 return Some(Next::Poll);
+            }
+            if self.slot.has_mail.load(Relaxed) {
+                return Some(Next::Mail);
             }
             if let Some(job) = self.find() {
                 return Some(Next::Job(job));
@@ -541,7 +738,16 @@ impl<W: Worker> Local<W> {
         if handed_back {
             self.shared.sleep.notify_work();
         }
-        let (was_live, last) = {
+        // Exactly one `WorkerExited` per worker: whoever removes it from `live`
+        // says why. Still live here means the pool is closing (nothing else makes
+        // a live worker leave); `try_retire` and `abandon` removed it otherwise,
+        // and `abandon` emitted its own event.
+        //
+        // It is pushed under the registry lock, like `WorkerStarted`: the last
+        // worker to leave ends the event stream once it sees `live` empty, and
+        // an event pushed after this lock is released could come after that end
+        // and be lost (two workers leaving at once at shutdown).
+        let (reason, last, wake) = {
             let mut reg = lock(&self.shared.registry);
             let was_live = reg.live.iter().any(|s| Arc::ptr_eq(s, &self.slot));
             reg.live.retain(|s| !Arc::ptr_eq(s, &self.slot));
@@ -549,24 +755,25 @@ impl<W: Worker> Local<W> {
             reg.abandoned.retain(|s| !Arc::ptr_eq(s, &self.slot));
             Shared::retire_counts(&mut reg, &self.slot);
             self.shared.publish_peers(&mut reg);
-            (was_live, reg.live.is_empty())
-        };
-        // Exactly one `WorkerExited` per worker: whoever removes it from `live`
-        // says why. Still live here means the pool is closing (nothing else makes
-        // a live worker leave); `try_retire` and `abandon` removed it otherwise,
-        // and `abandon` emitted its own event.
-        let reason = if was_live {
-            Some(ExitReason::Shutdown)
-        } else if self.retired {
-            Some(ExitReason::Retired)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            self.shared.events.emit(Event::WorkerExited {
-                worker: self.id(),
-                reason,
+            let reason = if was_live {
+                Some(ExitReason::Shutdown)
+            } else if self.retired {
+                Some(ExitReason::Retired)
+            } else {
+                None
+            };
+            let wake = reason.map(|reason| {
+                self.shared.events.emit_deferred(Event::WorkerExited {
+                    worker: self.id(),
+                    reason,
+                })
             });
+            (reason, reg.live.is_empty(), wake)
+        };
+        // Async readers are woken with no crew lock held.
+        drop(wake);
+        if let Some(reason) = reason {
+            trace::worker_exited(self.id(), reason);
         }
         if last && self.shared.is_closed() {
             // A submission that raced with close takes itself back; anything else

@@ -19,12 +19,15 @@ pub(crate) mod kind {
     pub(crate) const CANCEL: u8 = 0x11;
     pub(crate) const TO_WORKER_MESSAGE: u8 = 0x12;
     pub(crate) const SHUTDOWN: u8 = 0x13;
+    pub(crate) const SHARED_TASK: u8 = 0x14;
+    pub(crate) const CHUNK: u8 = 0x15;
 
     pub(crate) const READY: u8 = 0x20;
     pub(crate) const START_FAILED: u8 = 0x21;
     pub(crate) const STARTED: u8 = 0x22;
     pub(crate) const DONE: u8 = 0x23;
     pub(crate) const TO_PARENT_MESSAGE: u8 = 0x24;
+    pub(crate) const CHUNK_DONE: u8 = 0x25;
 }
 
 /// The name `protocol.md` gives a kind byte, for error messages.
@@ -35,11 +38,14 @@ pub(crate) fn kind_name(kind: u8) -> Option<&'static str> {
         kind::CANCEL => "cancel",
         kind::TO_WORKER_MESSAGE => "message to worker",
         kind::SHUTDOWN => "shutdown",
+        kind::SHARED_TASK => "shared task",
+        kind::CHUNK => "chunk",
         kind::READY => "ready",
         kind::START_FAILED => "start-failed",
         kind::STARTED => "started",
         kind::DONE => "done",
         kind::TO_PARENT_MESSAGE => "message to parent",
+        kind::CHUNK_DONE => "chunk done",
         _ => return None,
     })
 }
@@ -151,6 +157,29 @@ pub enum ToWorker {
     },
     /// Finish the tasks already received, stop, and exit. Nothing follows it.
     Shutdown,
+    /// Run a task whose input is in the pool's payload arena (shared memory the
+    /// worker was given at start), not in the frame.
+    SharedTask {
+        /// As in [`ToWorker::Task`].
+        id: u64,
+        /// As in [`ToWorker::Task`].
+        key: Option<u64>,
+        /// Where the input starts in the arena.
+        offset: u64,
+        /// The input's length in bytes.
+        len: u64,
+    },
+    /// Run a *chunk*: many inputs, one after the other, answered by one
+    /// [`ToParent::ChunkDone`] with every item's outcome (or one
+    /// [`ToParent::Done`] with [`Outcome::NotStarted`] if it is cancelled before
+    /// it begins).
+    Chunk {
+        /// The chunk's id, unique on this connection among the tasks and chunks
+        /// in flight; *started*, *cancel* and the answer name it.
+        id: u64,
+        /// The items' inputs, in the order they run.
+        items: ChunkItems,
+    },
 }
 
 /// What a worker sends the parent after the handshake (exhaustive, as
@@ -182,6 +211,16 @@ pub enum ToParent {
         /// The message (opaque here).
         payload: Vec<u8>,
     },
+    /// Chunk `id` is finished: one outcome per item, in the chunk's order.
+    ChunkDone {
+        /// The chunk.
+        id: u64,
+        /// Nanoseconds the worker spent running the chunk's items (the pool sizes
+        /// its next chunks from it).
+        run_nanos: u64,
+        /// Every item's outcome.
+        outcomes: ChunkOutcomes,
+    },
 }
 
 /// How a task ended, in a [`ToParent::Done`].
@@ -196,6 +235,187 @@ pub enum Outcome {
     /// It never ran: a [`ToWorker::Cancel`] arrived before it started. No
     /// [`ToParent::Started`] was sent for it, so the parent may run it elsewhere.
     NotStarted,
+}
+
+/// The inputs of a [`ToWorker::Chunk`], kept as they are on the wire: a sequence
+/// of `bytes` fields ("chunk" in `protocol.md`). Building one appends to a single
+/// buffer, and decoding one keeps the frame's body, so a chunk of thousands of
+/// items costs no allocation per item either way.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ChunkItems {
+    count: u32,
+    /// `count` `bytes` fields, back to back.
+    bytes: Vec<u8>,
+}
+
+impl ChunkItems {
+    /// No items.
+    pub fn new() -> Self {
+        ChunkItems::default()
+    }
+
+    /// Appends one item's input.
+    pub fn push(&mut self, item: &[u8]) {
+        put_bytes(&mut self.bytes, item);
+        self.count += 1;
+    }
+
+    /// Appends one item whose input `write` appends to the buffer in place; on
+    /// an error nothing is added. Returns the item's length.
+    pub(crate) fn push_with<E>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let start = self.bytes.len();
+        put_u32(&mut self.bytes, 0);
+        if let Err(e) = write(&mut self.bytes) {
+            self.bytes.truncate(start);
+            return Err(e);
+        }
+        let len = self.bytes.len() - start - 4;
+        self.bytes[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.count += 1;
+        Ok(len)
+    }
+
+    /// Removes the last item, whose input was `len` bytes long.
+    pub(crate) fn pop_last(&mut self, len: usize) {
+        self.bytes
+            .truncate(self.bytes.len().saturating_sub(4 + len));
+        self.count = self.count.saturating_sub(1);
+    }
+
+    /// The number of items.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True if there is no item.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The items' encoded size on the wire (their `bytes` fields).
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The items' inputs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut rest = self.bytes.as_slice();
+        (0..self.count).map_while(move |_| {
+            let (item, tail) = split_bytes(rest)?;
+            rest = tail;
+            Some(item)
+        })
+    }
+}
+
+/// One item's outcome in a [`ChunkOutcomes`]: as [`Outcome`], without
+/// *not started* (a chunk is answered as a whole when it never began).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOutcome<'a> {
+    /// It returned its output (encoded by the backend).
+    Ok(&'a [u8]),
+    /// It returned the worker's own error (encoded by the backend).
+    UserError(&'a [u8]),
+    /// It panicked; the panic's message.
+    Panicked(&'a str),
+}
+
+impl ItemOutcome<'_> {
+    fn tag(&self) -> u8 {
+        match self {
+            ItemOutcome::Ok(_) => 0,
+            ItemOutcome::UserError(_) => 1,
+            ItemOutcome::Panicked(_) => 2,
+        }
+    }
+
+    /// The bytes this outcome adds to a chunk's answer: its tag and its field.
+    pub fn encoded_len(&self) -> usize {
+        1 + 4
+            + match self {
+                ItemOutcome::Ok(b) | ItemOutcome::UserError(b) => b.len(),
+                ItemOutcome::Panicked(m) => m.len(),
+            }
+    }
+}
+
+/// The outcomes of a [`ToParent::ChunkDone`], kept as they are on the wire (a
+/// tag and a field per item, "chunk done" in `protocol.md`), with a tally of
+/// each kind taken as they are written or checked.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ChunkOutcomes {
+    count: u32,
+    /// How many items ended ok, with a user error, with a panic.
+    tally: [u32; 3],
+    bytes: Vec<u8>,
+}
+
+impl ChunkOutcomes {
+    /// No outcomes.
+    pub fn new() -> Self {
+        ChunkOutcomes::default()
+    }
+
+    /// Appends the next item's outcome.
+    pub fn push(&mut self, outcome: ItemOutcome<'_>) {
+        let tag = outcome.tag();
+        self.bytes.push(tag);
+        match outcome {
+            ItemOutcome::Ok(b) | ItemOutcome::UserError(b) => put_bytes(&mut self.bytes, b),
+            ItemOutcome::Panicked(m) => put_bytes(&mut self.bytes, m.as_bytes()),
+        }
+        self.tally[tag as usize] += 1;
+        self.count += 1;
+    }
+
+    /// The number of outcomes.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True if there is none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The outcomes' encoded size on the wire.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// How many items returned their output, the worker's own error, and
+    /// panicked, in that order.
+    pub fn tally(&self) -> (usize, usize, usize) {
+        let [ok, user, panicked] = self.tally;
+        (ok as usize, user as usize, panicked as usize)
+    }
+
+    /// The outcomes, in the chunk's order.
+    pub fn iter(&self) -> impl Iterator<Item = ItemOutcome<'_>> + '_ {
+        let mut rest = self.bytes.as_slice();
+        (0..self.count).map_while(move |_| {
+            let (&tag, tail) = rest.split_first()?;
+            let (field, tail) = split_bytes(tail)?;
+            rest = tail;
+            Some(match tag {
+                0 => ItemOutcome::Ok(field),
+                1 => ItemOutcome::UserError(field),
+                // Checked when built or decoded.
+                _ => ItemOutcome::Panicked(std::str::from_utf8(field).unwrap_or_default()),
+            })
+        })
+    }
+}
+
+/// Splits one `bytes` field off the front of `rest`: `None` if it is not whole
+/// (never for the checked buffers of [`ChunkItems`] and [`ChunkOutcomes`]).
+fn split_bytes(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let field = rest.get(4..4 + len)?;
+    Some((field, &rest[4 + len..]))
 }
 
 /// A message type of the wire protocol: [`Hello`], [`ToWorker`] or [`ToParent`].
@@ -420,6 +640,8 @@ impl sealed::Encode for ToWorker {
             ToWorker::Cancel { .. } => kind::CANCEL,
             ToWorker::Message { .. } => kind::TO_WORKER_MESSAGE,
             ToWorker::Shutdown => kind::SHUTDOWN,
+            ToWorker::SharedTask { .. } => kind::SHARED_TASK,
+            ToWorker::Chunk { .. } => kind::CHUNK,
         }
     }
 
@@ -431,6 +653,8 @@ impl sealed::Encode for ToWorker {
             ToWorker::Cancel { .. } => 8,
             ToWorker::Message { payload } => bytes_len(payload.len()),
             ToWorker::Shutdown => 0,
+            ToWorker::SharedTask { key, .. } => 8 + 1 + if key.is_some() { 8 } else { 0 } + 16,
+            ToWorker::Chunk { items, .. } => chunk_body_len(items),
         }
     }
 
@@ -450,7 +674,58 @@ impl sealed::Encode for ToWorker {
             ToWorker::Cancel { id } => put_u64(out, *id),
             ToWorker::Message { payload } => put_bytes(out, payload),
             ToWorker::Shutdown => {}
+            ToWorker::SharedTask {
+                id,
+                key,
+                offset,
+                len,
+            } => {
+                put_u64(out, *id);
+                match key {
+                    None => out.push(0),
+                    Some(key) => {
+                        out.push(1);
+                        put_u64(out, *key);
+                    }
+                }
+                put_u64(out, *offset);
+                put_u64(out, *len);
+            }
+            ToWorker::Chunk { id, items } => write_chunk_body(out, *id, items),
         }
+    }
+}
+
+/// id, count, items.
+fn chunk_body_len(items: &ChunkItems) -> u64 {
+    8 + 4 + items.bytes.len() as u64
+}
+
+fn write_chunk_body(out: &mut Vec<u8>, id: u64, items: &ChunkItems) {
+    put_u64(out, id);
+    put_u32(out, items.count);
+    out.extend_from_slice(&items.bytes);
+}
+
+/// A *chunk* frame over borrowed items: the process backend keeps a chunk's
+/// inputs until it resolves (a crash re-runs its items one by one), so it
+/// encodes the frame without cloning them.
+pub(crate) struct ChunkFrame<'a> {
+    pub(crate) id: u64,
+    pub(crate) items: &'a ChunkItems,
+}
+
+impl sealed::Encode for ChunkFrame<'_> {
+    fn kind(&self) -> u8 {
+        kind::CHUNK
+    }
+
+    fn body_len(&self) -> u64 {
+        chunk_body_len(self.items)
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        write_chunk_body(out, self.id, self.items);
     }
 }
 
@@ -519,6 +794,45 @@ impl WireMessage for ToWorker {
                 Fields::new("shutdown", &frame.body).end()?;
                 Ok(ToWorker::Shutdown)
             }
+            kind::SHARED_TASK => {
+                let mut f = Fields::new("shared task", &frame.body);
+                let id = f.u64("id")?;
+                let key = match f.u8("key")? {
+                    0 => None,
+                    1 => Some(f.u64("key")?),
+                    tag => return Err(ProtocolError::invalid_tag("shared task", "key", tag)),
+                };
+                let offset = f.u64("offset")?;
+                let len = f.u64("len")?;
+                f.end()?;
+                Ok(ToWorker::SharedTask {
+                    id,
+                    key,
+                    offset,
+                    len,
+                })
+            }
+            kind::CHUNK => {
+                let mut f = Fields::new("chunk", &frame.body);
+                let id = f.u64("id")?;
+                let count = f.u32("count")?;
+                let start = f.pos;
+                // Every item is checked here, so iterating never meets a short
+                // field. Each costs at least its 4 length bytes, so a huge
+                // `count` ends in an overrun after as many steps as the body has.
+                for _ in 0..count {
+                    let len = f.u32("item")?;
+                    f.take(u64::from(len), "item")?;
+                }
+                f.end()?;
+                Ok(ToWorker::Chunk {
+                    id,
+                    items: ChunkItems {
+                        count,
+                        bytes: tail(frame.body, start),
+                    },
+                })
+            }
             other => Err(ProtocolError::unexpected_kind(other, Role::Parent)),
         }
     }
@@ -546,6 +860,7 @@ impl sealed::Encode for ToParent {
             ToParent::Started { .. } => kind::STARTED,
             ToParent::Done { .. } => kind::DONE,
             ToParent::Message { .. } => kind::TO_PARENT_MESSAGE,
+            ToParent::ChunkDone { .. } => kind::CHUNK_DONE,
         }
     }
 
@@ -563,6 +878,7 @@ impl sealed::Encode for ToParent {
                     }
             }
             ToParent::Message { payload } => bytes_len(payload.len()),
+            ToParent::ChunkDone { outcomes, .. } => 8 + 8 + 4 + outcomes.bytes.len() as u64,
         }
     }
 
@@ -581,6 +897,16 @@ impl sealed::Encode for ToParent {
                 }
             }
             ToParent::Message { payload } => put_bytes(out, payload),
+            ToParent::ChunkDone {
+                id,
+                run_nanos,
+                outcomes,
+            } => {
+                put_u64(out, *id);
+                put_u64(out, *run_nanos);
+                put_u32(out, outcomes.count);
+                out.extend_from_slice(&outcomes.bytes);
+            }
         }
     }
 }
@@ -633,6 +959,36 @@ impl WireMessage for ToParent {
                     payload: tail(frame.body, start),
                 })
             }
+            kind::CHUNK_DONE => {
+                let mut f = Fields::new("chunk done", &frame.body);
+                let id = f.u64("id")?;
+                let run_nanos = f.u64("run time")?;
+                let count = f.u32("count")?;
+                let start = f.pos;
+                let mut tally = [0u32; 3];
+                for _ in 0..count {
+                    let tag = f.u8("outcome")?;
+                    if tag > 2 {
+                        return Err(ProtocolError::invalid_tag("chunk done", "outcome", tag));
+                    }
+                    let len = f.u32("outcome")?;
+                    let field = f.take(u64::from(len), "outcome")?;
+                    if tag == 2 && std::str::from_utf8(field).is_err() {
+                        return Err(ProtocolError::invalid_utf8("chunk done", "panic message"));
+                    }
+                    tally[usize::from(tag)] += 1;
+                }
+                f.end()?;
+                Ok(ToParent::ChunkDone {
+                    id,
+                    run_nanos,
+                    outcomes: ChunkOutcomes {
+                        count,
+                        tally,
+                        bytes: tail(frame.body, start),
+                    },
+                })
+            }
             other => Err(ProtocolError::unexpected_kind(other, Role::Worker)),
         }
     }
@@ -656,6 +1012,23 @@ impl fmt::Debug for ToWorker {
                 .field("payload", &show_bytes(payload))
                 .finish(),
             ToWorker::Shutdown => f.write_str("Shutdown"),
+            ToWorker::SharedTask {
+                id,
+                key,
+                offset,
+                len,
+            } => f
+                .debug_struct("SharedTask")
+                .field("id", id)
+                .field("key", key)
+                .field("offset", offset)
+                .field("len", len)
+                .finish(),
+            ToWorker::Chunk { id, items } => f
+                .debug_struct("Chunk")
+                .field("id", id)
+                .field("items", items)
+                .finish(),
         }
     }
 }
@@ -678,7 +1051,38 @@ impl fmt::Debug for ToParent {
                 .debug_struct("Message")
                 .field("payload", &show_bytes(payload))
                 .finish(),
+            ToParent::ChunkDone {
+                id,
+                run_nanos,
+                outcomes,
+            } => f
+                .debug_struct("ChunkDone")
+                .field("id", id)
+                .field("run_nanos", run_nanos)
+                .field("outcomes", outcomes)
+                .finish(),
         }
+    }
+}
+
+impl fmt::Debug for ChunkItems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkItems")
+            .field("count", &self.count)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for ChunkOutcomes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ok, user_error, panicked) = self.tally();
+        f.debug_struct("ChunkOutcomes")
+            .field("ok", &ok)
+            .field("user_error", &user_error)
+            .field("panicked", &panicked)
+            .field("bytes", &self.bytes.len())
+            .finish()
     }
 }
 

@@ -81,11 +81,13 @@ pub(crate) mod message;
 
 pub use error::ProtocolError;
 pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameWriter};
-pub use message::{Hello, Outcome, Role, ToParent, ToWorker, WireMessage};
+pub use message::{
+    ChunkItems, ChunkOutcomes, Hello, ItemOutcome, Outcome, Role, ToParent, ToWorker, WireMessage,
+};
 
 /// The protocol version this build speaks. Both sides must speak the same one
 /// (`protocol.md`, "Versions"); it changes whenever any layout does.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first four bytes of every hello's body.
 pub const MAGIC: [u8; 4] = *b"CREW";

@@ -1,0 +1,287 @@
+//! Fault-injection soak on the process backend: a seeded mix of tasks that
+//! succeed, return errors, panic, are cancelled before or while running (a
+//! running task's cancel kills its worker process), time out (a hard kill), or
+//! kill their own worker process (exit, abort, segfault), while a chaos thread
+//! kills workers. Every handle must resolve exactly once, with an outcome the
+//! injected fault allows; the stats must reconcile with what was submitted; and
+//! the pool must end at its size.
+//!
+//! `CREW_SOAK_TASKS` (default 20,000) and `CREW_SOAK_SEED` replay a run; the seed
+//! is printed on failure. Process pools have a fixed size, so unlike the thread
+//! soak nothing resizes the pool.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_until, LIMIT};
+use crew::{Context, Pool, StartError, Task, TaskError, Worker};
+use serde::{Deserialize, Serialize};
+
+/// xorshift64*: a tiny deterministic generator, so a seed replays a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The fault a task carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Fault {
+    /// Returns `Ok(id)`.
+    None,
+    /// Returns the worker's own error, `Err(id)`.
+    UserError,
+    /// Panics with a message naming the id.
+    Panic,
+    /// Cancelled right after submission (it may or may not have started).
+    CancelEarly,
+    /// Runs until its worker is killed; the test cancels it once it has started.
+    CancelRunning,
+    /// Spins far past a short timeout.
+    TimeOut,
+    /// `exit(9)`.
+    Exit,
+    /// `abort()`.
+    Abort,
+    /// A write through a null pointer.
+    Segfault,
+}
+
+struct Soak;
+
+impl Worker for Soak {
+    type Input = (u64, Fault);
+    type Output = u64;
+    type Error = u64;
+    type Message = ();
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Soak)
+    }
+
+    fn run(&mut self, (id, fault): (u64, Fault), _ctx: &mut Context<'_>) -> Result<u64, u64> {
+        match fault {
+            Fault::None | Fault::CancelEarly => Ok(id),
+            Fault::UserError => Err(id),
+            Fault::Panic => panic!("injected panic in task {id}"),
+            Fault::CancelRunning | Fault::TimeOut => {
+                // Only a kill ends it (or a generous bound, so a lost kill shows
+                // up as a wrong outcome, not a hang).
+                let deadline = std::time::Instant::now() + LIMIT;
+                while std::time::Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+                Ok(id)
+            }
+            Fault::Exit => std::process::exit(9),
+            Fault::Abort => std::process::abort(),
+            Fault::Segfault => {
+                // SAFETY: not safe, on purpose: this worker process is meant to
+                // die of SIGSEGV.
+                unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u64>(), 1) };
+                unreachable!()
+            }
+        }
+    }
+}
+
+#[test]
+fn crew_worker_entry() {
+    crew::Bootstrap::new().worker::<Soak>().run();
+}
+
+/// Whether `result` is an outcome that `fault` allows. A kill can hit any task
+/// that was running (the chaos thread kills workers at random), so `Killed` is
+/// allowed for every fault; `cancelled` says whether this test's `cancel()` call
+/// reported that it resolved the task.
+fn allowed(id: u64, fault: Fault, cancelled: bool, result: &Result<u64, TaskError<u64>>) -> bool {
+    if let Err(e) = result {
+        if e.is_killed() {
+            return !cancelled;
+        }
+    }
+    if cancelled {
+        return matches!(result, Err(e) if e.is_cancelled());
+    }
+    match (fault, result) {
+        (Fault::None | Fault::CancelEarly, Ok(v)) => *v == id,
+        (Fault::UserError, Err(e)) => e.user_error() == Some(&id),
+        (Fault::Panic, Err(e)) => e
+            .panic_message()
+            .is_some_and(|m| m == format!("injected panic in task {id}")),
+        (Fault::TimeOut, Err(e)) => e.is_timeout(),
+        (Fault::Exit, Err(e)) => e.crash().is_some_and(|c| c.exit_code() == Some(9)),
+        (Fault::Abort, Err(e)) => e.crash().is_some_and(|c| c.signal() == Some(6)),
+        (Fault::Segfault, Err(e)) => e.crash().is_some_and(|c| c.signal() == Some(11)),
+        _ => false,
+    }
+}
+
+#[test]
+fn every_task_resolves_once_with_the_outcome_its_fault_implies() {
+    if std::env::var_os("CREW_WORKER_FD").is_some() {
+        return;
+    }
+    let tasks: u64 = std::env::var("CREW_SOAK_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let seed: u64 = std::env::var("CREW_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("soak: {tasks} tasks, CREW_SOAK_SEED={seed}");
+    let result = std::panic::catch_unwind(|| soak(tasks, seed));
+    if let Err(panic) = result {
+        eprintln!("soak FAILED; replay with CREW_SOAK_SEED={seed} CREW_SOAK_TASKS={tasks}");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn soak(tasks: u64, seed: u64) {
+    const WORKERS: usize = 3;
+    let pool = Pool::<Soak>::builder()
+        .processes(WORKERS)
+        .args([
+            "crew_worker_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .on_output(|_, _, _| {})
+        .kill_grace(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let mut rng = Rng(seed | 1);
+
+    // The chaos thread kills a random live worker now and then until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let chaos = {
+        let (pool, stop, kills) = (pool.clone(), Arc::clone(&stop), Arc::clone(&kills));
+        let mut rng = Rng(seed.rotate_left(17) | 1);
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                // Pacing only: no assertion depends on how many kills happen.
+                std::thread::sleep(Duration::from_millis(20));
+                let workers = pool.workers();
+                if !workers.is_empty() {
+                    let victim = workers[rng.below(workers.len() as u64) as usize];
+                    if pool.kill_worker(victim) {
+                        kills.fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut handles: Vec<(u64, Fault, bool, Task<u64, u64>)> = Vec::with_capacity(tasks as usize);
+    let mut running_to_cancel: Vec<usize> = Vec::new();
+    for id in 0..tasks {
+        let fault = match rng.below(1000) {
+            0..=869 => Fault::None,
+            870..=919 => Fault::UserError,
+            920..=959 => Fault::Panic,
+            960..=984 => Fault::CancelEarly,
+            985..=989 => Fault::TimeOut,
+            990..=993 => Fault::CancelRunning,
+            994..=995 => Fault::Exit,
+            996..=997 => Fault::Abort,
+            _ => Fault::Segfault,
+        };
+        let task = match fault {
+            Fault::TimeOut => pool
+                .task((id, fault))
+                .timeout(Duration::from_millis(5))
+                .submit(),
+            _ => pool.submit((id, fault)),
+        }
+        .expect("the pool is open");
+        let cancelled = fault == Fault::CancelEarly && task.cancel();
+        if fault == Fault::CancelRunning {
+            running_to_cancel.push(handles.len());
+        }
+        handles.push((id, fault, cancelled, task));
+        if id % 500 == 499 {
+            cancel_started(&mut handles, &mut running_to_cancel);
+        }
+    }
+    cancel_started(&mut handles, &mut running_to_cancel);
+
+    let mut seen = std::collections::HashMap::<&'static str, u64>::new();
+    for (id, fault, cancelled, task) in handles {
+        let result = match task.join_timeout(LIMIT) {
+            Ok(r) => r,
+            Err(_) => panic!("task {id} ({fault:?}) did not resolve"),
+        };
+        assert!(
+            allowed(id, fault, cancelled, &result),
+            "task {id}: fault {fault:?}, cancel won {cancelled}, got {result:?}"
+        );
+        let kind = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_user() => "err",
+            Err(e) if e.is_panic() => "panic",
+            Err(e) if e.is_cancelled() => "cancelled",
+            Err(e) if e.is_timeout() => "timed out",
+            Err(e) if e.is_killed() => "killed",
+            Err(e) if e.is_crash() => "crashed",
+            Err(e) => panic!("task {id}: unexpected {e:?}"),
+        };
+        *seen.entry(kind).or_default() += 1;
+    }
+    stop.store(true, SeqCst);
+    chaos.join().unwrap();
+    eprintln!(
+        "soak: outcomes {seen:?}, workers killed {}",
+        kills.load(SeqCst)
+    );
+
+    assert!(pool.wait_idle_timeout(LIMIT), "{}", pool.stats());
+    let stats = pool.stats();
+    let count = |k: &str| seen.get(k).copied().unwrap_or(0);
+    assert_eq!(stats.submitted, tasks, "{stats}");
+    assert_eq!(stats.finished(), tasks, "{stats}");
+    assert_eq!(stats.completed, count("ok"), "{stats}");
+    assert_eq!(stats.failed, count("err"), "{stats}");
+    assert_eq!(stats.panicked, count("panic"), "{stats}");
+    assert_eq!(stats.cancelled, count("cancelled"), "{stats}");
+    assert_eq!(stats.timed_out, count("timed out"), "{stats}");
+    assert_eq!(stats.killed, count("killed"), "{stats}");
+    assert_eq!(stats.crashed, count("crashed"), "{stats}");
+    assert!(count("panic") > 0 && count("timed out") > 0 && count("crashed") > 0);
+
+    wait_until("the pool is back to its size", || {
+        pool.stats().per_worker.iter().filter(|w| w.started).count() == WORKERS
+    });
+    pool.shutdown_timeout(LIMIT).expect("the pool drains");
+}
+
+/// Cancels each `CancelRunning` task once it has started (or finished).
+fn cancel_started(handles: &mut [(u64, Fault, bool, Task<u64, u64>)], pending: &mut Vec<usize>) {
+    for &at in pending.iter() {
+        let (_, _, cancelled, task) = &mut handles[at];
+        wait_until("the task started", || {
+            task.worker().is_some() || task.is_finished()
+        });
+        *cancelled = task.cancel();
+    }
+    pending.clear();
+}
