@@ -599,3 +599,183 @@ fn a_future_that_blocks_its_thread_past_its_timeout_gets_the_worker_replaced() {
     assert_eq!(stats.timed_out, 1);
     assert_eq!(stats.killed, 1);
 }
+
+// ------------------------------------------------------------ messages
+
+/// What a `Talker` and its pool say to each other.
+#[derive(Clone, Debug, PartialEq)]
+enum Note {
+    /// Pool to worker: the unit to use (it also answers a task waiting for it).
+    Unit(u32),
+    /// Pool to worker: `on_message` panics.
+    Boom,
+    /// Worker to pool: task `id` waits for a unit.
+    Waiting(u64),
+    /// Worker to pool: task `id` got this unit.
+    Got(u64, u32),
+}
+
+enum Talk {
+    /// Waits (at an `.await`) until `on_message` hands it a unit.
+    WaitForUnit,
+    /// The state's generation and unit.
+    GetUnit,
+}
+
+static TALKER_STARTS: AtomicUsize = AtomicUsize::new(0);
+
+struct Talker {
+    generation: usize,
+    unit: Cell<u32>,
+    waiter: std::cell::RefCell<Option<oneshot::Sender<u32>>>,
+}
+
+impl AsyncWorker for Talker {
+    type Input = Talk;
+    type Output = (usize, u32);
+    type Error = String;
+    type Message = Note;
+
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Talker {
+            generation: TALKER_STARTS.fetch_add(1, SeqCst) + 1,
+            unit: Cell::new(0),
+            waiter: std::cell::RefCell::new(None),
+        })
+    }
+
+    async fn run(&self, talk: Talk, ctx: &mut Context<'_>) -> Result<(usize, u32), String> {
+        match talk {
+            Talk::WaitForUnit => {
+                let (tx, rx) = oneshot::channel();
+                *self.waiter.borrow_mut() = Some(tx);
+                let id = ctx.task_id().map(|t| t.as_u64()).unwrap_or_default();
+                ctx.send(Note::Waiting(id)).map_err(|e| e.to_string())?;
+                let unit = rx.await.map_err(|_| "the waiter was dropped".to_string())?;
+                // After an `.await`: the task's own context still reaches the pool.
+                ctx.send(Note::Got(id, unit)).map_err(|e| e.to_string())?;
+                Ok((self.generation, unit))
+            }
+            Talk::GetUnit => Ok((self.generation, self.unit.get())),
+        }
+    }
+
+    fn on_message(&self, note: Note, _ctx: &mut Context<'_>) {
+        match note {
+            Note::Unit(unit) => {
+                self.unit.set(unit);
+                if let Some(waiter) = self.waiter.borrow_mut().take() {
+                    let _ = waiter.send(unit);
+                }
+            }
+            Note::Boom => panic!("boom in on_message"),
+            Note::Waiting(_) | Note::Got(..) => {}
+        }
+    }
+}
+
+#[test]
+fn an_async_worker_reads_mail_between_polls_and_sends_from_its_tasks() {
+    // concurrency 1: the worker is full while the task waits, and reads its mail
+    // anyway; 3: it has room, and reads it on its way to the queue.
+    for concurrency in [1, 3] {
+        let pool = Pool::<Async<Talker>>::builder()
+            .workers(1)
+            .concurrency(concurrency)
+            .build()
+            .unwrap();
+        let messages = pool.messages();
+        let task = pool.submit(Talk::WaitForUnit).unwrap();
+        let id = task.id().as_u64();
+        let (from, first) = messages.recv_timeout(LIMIT).unwrap();
+        assert_eq!(first, Note::Waiting(id));
+        assert_eq!(from, pool.workers()[0]);
+        // The task can only end once `on_message` ran, while it was in flight.
+        pool.broadcast(Note::Unit(7));
+        assert_eq!(join(task).unwrap().1, 7);
+        // Sent from the future after an `.await`, and there before the handle
+        // resolved.
+        assert_eq!(messages.try_recv().unwrap().1, Note::Got(id, 7));
+        pool.shutdown();
+    }
+}
+
+#[test]
+fn a_panic_in_on_message_with_a_task_in_flight_rebuilds_once_it_has_ended() {
+    let pool = Pool::<Async<Talker>>::builder()
+        .workers(1)
+        .concurrency(2)
+        .build()
+        .unwrap();
+    let events = pool.events();
+    let messages = pool.messages();
+    let waiting = pool.submit(Talk::WaitForUnit).unwrap();
+    assert!(matches!(
+        messages.recv_timeout(LIMIT).unwrap().1,
+        Note::Waiting(_)
+    ));
+    let (generation, _) = join(pool.submit(Talk::GetUnit).unwrap()).unwrap();
+    // The first panics; the second must reach the rebuilt state, not the old one
+    // (which the task in flight still uses).
+    pool.broadcast(Note::Boom);
+    pool.broadcast(Note::Unit(5));
+    // Only the task's end lets the rebuild happen: cancel it.
+    assert!(waiting.cancel());
+    assert!(join(waiting).unwrap_err().is_cancelled());
+    let (rebuilt, unit) = join(pool.submit(Talk::GetUnit).unwrap()).unwrap();
+    assert!(rebuilt > generation, "the state was rebuilt");
+    assert_eq!(unit, 5, "the mail after the panic went to the new state");
+    pool.shutdown();
+    let restarted: Vec<String> = events
+        .filter_map(|e| match e {
+            Event::WorkerRestarted { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert!(
+        restarted[0].contains("on_message panicked"),
+        "{restarted:?}"
+    );
+}
+
+#[test]
+fn stats_count_a_worker_with_async_tasks_in_flight_as_busy_and_time_each_task() {
+    let pool = Pool::builder().workers(1).concurrency(3).build().unwrap();
+    let started = Counter::new();
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = oneshot::channel::<()>();
+        let started = started.clone();
+        tasks.push(pool.spawn_async(async move {
+            started.bump();
+            rx.await.unwrap();
+        }));
+        senders.push(tx);
+    }
+    started.wait_for(3);
+    let stats = pool.stats();
+    assert_eq!((stats.busy, stats.idle, stats.queued), (1, 0, 0));
+    let row = &stats.per_worker[0];
+    assert_eq!(row.state, crew::WorkerState::Busy);
+    assert_eq!(
+        row.current_task,
+        Some(tasks[0].id()),
+        "the oldest in flight"
+    );
+    for tx in senders {
+        tx.send(()).unwrap();
+    }
+    for task in tasks {
+        join(task).unwrap();
+    }
+    wait_until("the worker is idle", || {
+        pool.stats().per_worker[0].state == crew::WorkerState::Idle
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.completed, 3);
+    assert_eq!((stats.wait.count, stats.run.count), (3, 3));
+    assert_eq!(stats.per_worker[0].run.count, 3);
+    assert_eq!(stats.per_worker[0].tasks_done, 3);
+}
