@@ -81,6 +81,9 @@ impl Wake for WorkerWake {
 /// One worker's futures in flight. Owned by the worker thread.
 pub(super) struct Executor {
     in_flight: FuturesUnordered<AsyncRun>,
+    /// `in_flight.len()`, kept here: the worker loop reads it every turn, and
+    /// the set's own count is behind a pointer.
+    len: usize,
     wake: Arc<WorkerWake>,
     waker: Waker,
     /// The most tasks (of any kind) in flight at once: `PoolBuilder::concurrency`.
@@ -96,6 +99,7 @@ impl Executor {
         });
         Executor {
             in_flight: FuturesUnordered::new(),
+            len: 0,
             waker: Waker::from(Arc::clone(&wake)),
             wake,
             concurrency,
@@ -105,14 +109,22 @@ impl Executor {
     /// Whether no future is in flight.
     #[inline]
     pub(super) fn is_empty(&self) -> bool {
-        self.in_flight.is_empty()
+        self.len == 0
+    }
+
+    /// Whether the worker loop has anything to do here: a future in flight, or a
+    /// wake-up to clear (a late wake of a task that has ended). One load and a
+    /// compare, for a worker that runs only synchronous tasks.
+    #[inline]
+    pub(super) fn is_active(&self) -> bool {
+        self.len != 0 || self.wake.ready.load(SeqCst)
     }
 
     /// Whether the worker may start one more task: a synchronous one runs to its
     /// end while the futures wait, so it takes one of the `concurrency` places too.
     #[inline]
     pub(super) fn has_room(&self) -> bool {
-        self.in_flight.len() < self.concurrency
+        self.len < self.concurrency
     }
 
     /// Whether a future was woken since the last `poll`.
@@ -130,6 +142,7 @@ impl Executor {
     /// Adds a task's future; it is polled on the next `poll`.
     pub(super) fn push(&mut self, run: AsyncRun) {
         self.in_flight.push(run);
+        self.len += 1;
         self.wake.ready.store(true, SeqCst);
     }
 
@@ -153,6 +166,7 @@ impl Executor {
         // keep waking each other, so this loop ends and the worker can look at the
         // queue between rounds.
         while let Poll::Ready(Some((id, ran))) = self.in_flight.poll_next_unpin(&mut cx) {
+            self.len -= 1;
             finished(id, ran);
         }
     }
@@ -194,6 +208,7 @@ impl Executor {
     /// caught there.
     pub(super) fn clear(&mut self) {
         self.in_flight.clear();
+        self.len = 0;
     }
 }
 

@@ -133,16 +133,42 @@ pub(crate) struct Slot<W: Worker> {
 
 /// What a worker's slot lock guards.
 struct Work<W> {
-    /// The tasks being run, published so a timeout or a kill can resolve them:
-    /// one at most for synchronous tasks, up to `concurrency` with async tasks
-    /// in flight (in the order they started). Written by the worker around each
-    /// task (an async task's entry stays until its future ends); taken by
-    /// `abandon`. Whoever takes an entry counts its task (and records its run
-    /// time), so it is counted once even when the two race.
-    running: Vec<Running<W>>,
-    /// Wait and run times of this worker's tasks. Written by whoever takes
-    /// `running` (and by the worker when a task starts); read by `stats()`.
+    /// The task being run on the worker's stack, published so a timeout or a
+    /// kill can resolve it. Written by the worker around each task (an async
+    /// task's entry moves to `suspended` once its first poll left it pending);
+    /// taken by `abandon`. Whoever takes an entry counts its task (and records
+    /// its run time), so it is counted once even when the two race.
+    running: Option<Running<W>>,
+    /// Async tasks in flight, oldest first (at most `concurrency`), each until
+    /// its future ends. Kept apart from `running` so that a synchronous task
+    /// costs what it did before async tasks existed.
+    suspended: Vec<Running<W>>,
+    /// Wait and run times of this worker's tasks. Written by whoever takes an
+    /// entry (and by the worker when a task starts); read by `stats()`.
     timings: Timings,
+}
+
+impl<W> Work<W> {
+    /// Every task in flight, oldest first (a running synchronous task started
+    /// after every suspended one).
+    fn entries(&self) -> impl Iterator<Item = &Running<W>> {
+        self.suspended.iter().chain(self.running.iter())
+    }
+
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut Running<W>> {
+        self.suspended.iter_mut().chain(self.running.iter_mut())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.running.is_none() && self.suspended.is_empty()
+    }
+
+    /// Takes every entry, oldest first.
+    fn take_all(&mut self) -> Vec<Running<W>> {
+        let mut all = std::mem::take(&mut self.suspended);
+        all.extend(self.running.take());
+        all
+    }
 }
 
 struct Running<W> {
@@ -683,8 +709,13 @@ impl<W: Worker> Shared<W> {
             stealer: deque.stealer(),
             sleeper: modelled::Arc::new(Sleeper::new()),
             work: Mutex::new(Work {
-                // Room for every task in flight, so the hot path never allocates.
-                running: Vec::with_capacity(self.config.concurrency.min(64)),
+                running: None,
+                // Room for every async task in flight (none allocated for a pool
+                // of one task per worker until it runs an async task).
+                suspended: match self.config.concurrency {
+                    1 => Vec::new(),
+                    n => Vec::with_capacity(n.min(64)),
+                },
                 timings: Timings::new(),
             }),
             born: Instant::now(),
@@ -874,8 +905,7 @@ impl<W: Worker> Shared<W> {
             _ => failure.clone(),
         };
         let doomed: Vec<(Job<W>, Failure)> = lock(&slot.work)
-            .running
-            .iter()
+            .entries()
             .map(|r| (r.job.clone(), failure_of(r)))
             .collect();
         for (job, failure) in doomed {
@@ -885,7 +915,7 @@ impl<W: Worker> Shared<W> {
         // here, or the worker if its task returned meanwhile.
         let taken: Vec<(Running<W>, Duration)> = {
             let mut work = lock(&slot.work);
-            let running = std::mem::take(&mut work.running);
+            let running = work.take_all();
             running
                 .into_iter()
                 .map(|running| {
@@ -1136,11 +1166,7 @@ impl<W: Worker> Shared<W> {
         for slot in &slots {
             // Resolve outside the lock: resolving wakes the caller's waker, which is
             // user code.
-            let jobs: Vec<Job<W>> = lock(&slot.work)
-                .running
-                .iter()
-                .map(|r| r.job.clone())
-                .collect();
+            let jobs: Vec<Job<W>> = lock(&slot.work).entries().map(|r| r.job.clone()).collect();
             for job in jobs {
                 job.fail(Failure::Cancelled);
             }
@@ -1266,14 +1292,15 @@ impl<W: Worker> Shared<W> {
                 let work = lock(&slot.work);
                 timings.add(&work.timings);
                 let so_far: Duration = work
-                    .running
-                    .iter()
+                    .entries()
                     .filter_map(|r| r.started)
                     .map(|s| now.saturating_duration_since(s))
                     .sum();
+                let current = work.entries().next().map(|r| r.job.header().id());
+                let count = work.entries().count();
                 (
-                    work.running.first().map(|r| r.job.header().id()),
-                    work.running.len(),
+                    current,
+                    count,
                     work.timings.busy() + so_far,
                     (!abandoned).then(|| work.timings.run_latency()),
                 )
@@ -1359,7 +1386,7 @@ impl<W: Worker> Shared<W> {
             let mut abandon = false;
             {
                 let work = lock(&slot.work);
-                for r in work.running.iter() {
+                for r in work.entries() {
                     let Some(deadline) = r.deadline else { continue };
                     match r.abandon_at {
                         None if deadline <= now => expired.push(r.job.clone()),
@@ -1379,7 +1406,8 @@ impl<W: Worker> Shared<W> {
                 let timed_out = job.fail(Failure::TimedOut);
                 let mut work = lock(&slot.work);
                 let id = job.header().id();
-                if let Some(r) = work.running.iter_mut().find(|r| r.job.header().id() == id) {
+                let entry = work.entries_mut().find(|r| r.job.header().id() == id);
+                if let Some(r) = entry {
                     if timed_out {
                         let at = after(now, self.config.abandon_grace);
                         r.abandon_at = Some(at);

@@ -14,10 +14,11 @@
 //! # Async tasks: polling and taking tasks on one thread
 //!
 //! A job whose code is a future (`Pool::spawn_async`, an `AsyncWorker`) starts like
-//! any other: published in the slot's `running` list, then run, which here means
-//! polled once and, if not finished, left in the worker's [`Executor`]. Its
-//! `running` entry stays until the future ends, so timeouts, kills, stats and the
-//! idle count see it as running. Each turn of the loop:
+//! any other: published in the slot's `running` entry, then run, which here means
+//! polled once and, if not finished, left in the worker's [`Executor`], its entry
+//! moved to the slot's `suspended` list until the future ends, so timeouts,
+//! kills, stats and the idle count see it as running. Each turn of the loop
+//! (steps 1 and 3 skipped in one load while no future is in flight):
 //!
 //! 1. polls the futures woken since the last turn (one load when none was);
 //! 2. if fewer than `concurrency` tasks are in flight, takes one job (or searches
@@ -53,7 +54,7 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Stealer, Worker as Deque};
 
 use super::executor::Executor;
-use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
+use super::{CurrentGuard, Running, Shared, Slot, Work, CLOSING, TERMINATING};
 use super::{TIME_ALL, TIME_ONE_IN};
 use crate::error::{panic_message, Failure};
 use crate::events::{Event, ExitReason};
@@ -140,26 +141,30 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
     let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {
-        local.poll_futures();
-        if local.rebuild.is_some() && local.executor.is_empty() {
-            // The instance may be half-updated: retire it and build a fresh one.
-            let reason = local.rebuild.take();
-            local.stop(worker.take());
-            worker = local.start(reason);
-            local.last_end = None;
-            continue;
-        }
-        if local.rebuild.is_some() || !local.executor.has_room() {
-            // Full, or waiting out the futures before a rebuild: take no task.
-            if local.must_leave() {
-                break;
-            }
-            if local.rebuild.is_none() && local.slot.has_mail.load(Relaxed) {
-                worker = local.read_mail(worker);
+        // Skipped in one load and two compares by a worker that runs only
+        // synchronous tasks.
+        if local.rebuild.is_some() || local.executor.is_active() {
+            local.poll_futures();
+            if local.rebuild.is_some() && local.executor.is_empty() {
+                // The instance may be half-updated: retire it and build a fresh one.
+                let reason = local.rebuild.take();
+                local.stop(worker.take());
+                worker = local.start(reason);
+                local.last_end = None;
                 continue;
             }
-            local.wait_for_futures();
-            continue;
+            if local.rebuild.is_some() || !local.executor.has_room() {
+                // Full, or waiting out the futures before a rebuild: take no task.
+                if local.must_leave() {
+                    break;
+                }
+                if local.rebuild.is_none() && local.slot.has_mail.load(Relaxed) {
+                    worker = local.read_mail(worker);
+                    continue;
+                }
+                local.wait_for_futures();
+                continue;
+            }
         }
         match local.next_job() {
             Next::Job(job) => {
@@ -180,22 +185,39 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
     local.exit();
 }
 
-/// Takes a finished task's `running` entry back, records its run time (if it
-/// was timed), counts its outcome, closes its span and emits its
-/// `TaskFinished`. Returns the instant it ended if the clock was read. If the
-/// entry is gone, the pool abandoned this thread meanwhile and has counted the
-/// task (and emitted its `TaskFinished`); `must_leave` is then true and the
-/// loop ends.
-#[inline]
+/// Takes a finished async task's entry back from `suspended` (see [`end_entry`]).
 fn task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>, id: TaskId) -> Option<Instant> {
+    end_entry(shared, slot, |work| {
+        let at = work
+            .suspended
+            .iter()
+            .position(|r| r.job.header().id() == id);
+        // Removed in place, so the first entry stays the oldest task in flight.
+        at.map(|at| work.suspended.remove(at))
+    })
+}
+
+/// Takes the entry of the synchronous task that just returned.
+#[inline]
+fn sync_task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>) -> Option<Instant> {
+    end_entry(shared, slot, |work| work.running.take())
+}
+
+/// Takes the entry `take` gives, records its run time (if it was timed), counts
+/// its outcome, closes its span and emits its `TaskFinished`. Returns the
+/// instant it ended if the clock was read. If the entry is gone, the pool
+/// abandoned this thread meanwhile and has counted the task (and emitted its
+/// `TaskFinished`); `must_leave` is then true and the loop ends.
+#[inline(always)]
+fn end_entry<W: Worker>(
+    shared: &Shared<W>,
+    slot: &Slot<W>,
+    take: impl FnOnce(&mut Work<W>) -> Option<Running<W>>,
+) -> Option<Instant> {
     let mut end = None;
     let mine = {
         let mut work = lock(&slot.work);
-        // The last entry on the synchronous path; one of `concurrency` otherwise
-        // (removed in place: the first entry is the oldest task in flight).
-        let at = work.running.iter().rposition(|r| r.job.header().id() == id);
-        at.map(|at| {
-            let mine = work.running.remove(at);
+        take(&mut work).map(|mine| {
             let elapsed = mine.started.map_or(Duration::ZERO, |started| {
                 let now = Instant::now();
                 end = Some(now);
@@ -208,11 +230,12 @@ fn task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>, id: TaskId) -> Opti
         })
     };
     if let Some((mine, elapsed)) = mine {
-        let outcome = mine.job.header().settled_outcome();
+        let header = mine.job.header();
+        let outcome = header.settled_outcome();
         slot.count(outcome);
         mine.span.finished(outcome, elapsed);
         if mine.observed {
-            finished(shared, slot.id, id, outcome, mine.waited, elapsed);
+            finished(shared, slot.id, header.id(), outcome, mine.waited, elapsed);
         }
     }
     end
@@ -432,7 +455,7 @@ impl<W: Worker> Local<W> {
             if weight > 0 {
                 work.timings.record_wait(waited);
             }
-            work.running.push(Running {
+            work.running = Some(Running {
                 job: job.clone(),
                 deadline,
                 started,
@@ -453,12 +476,19 @@ impl<W: Worker> Local<W> {
                 // If the entry is gone, the pool abandoned this thread mid-task
                 // and counted the task (and emitted its `TaskFinished`);
                 // `must_leave` is now true and the loop ends.
-                self.last_end = task_ended(&self.shared, &self.slot, header.id());
+                self.last_end = sync_task_ended(&self.shared, &self.slot);
                 ran
             }
             Started::Suspended(run) => {
-                // In flight: its `running` entry stays until the future ends, and
-                // its run time is measured to then.
+                // In flight: its entry moves to `suspended` until the future ends,
+                // and its run time is measured to then. (If `abandon` took it
+                // meanwhile, the future finds its task decided at its first poll.)
+                {
+                    let mut work = lock(&self.slot.work);
+                    if let Some(entry) = work.running.take() {
+                        work.suspended.push(entry);
+                    }
+                }
                 self.executor.push(span.instrument(run));
                 Ran::Returned
             }
@@ -511,7 +541,7 @@ impl<W: Worker> Local<W> {
             // killed or timed out), then takes and counts them, in crew code only:
             // wait for that, so no task here ends as closed instead.
             let backoff = crossbeam_utils::Backoff::new();
-            while !lock(&self.slot.work).running.is_empty() {
+            while !lock(&self.slot.work).is_empty() {
                 backoff.snooze();
             }
         } else {
@@ -519,8 +549,7 @@ impl<W: Worker> Local<W> {
             // not have reached this worker yet. Do it first, so a future dropped
             // below does not resolve its task as closed.
             let jobs: Vec<Job<W>> = lock(&self.slot.work)
-                .running
-                .iter()
+                .entries()
                 .map(|r| r.job.clone())
                 .collect();
             for job in jobs {
@@ -529,7 +558,7 @@ impl<W: Worker> Local<W> {
         }
         self.executor.clear();
         let ids: Vec<TaskId> = lock(&self.slot.work)
-            .running
+            .suspended
             .iter()
             .map(|r| r.job.header().id())
             .collect();
