@@ -57,7 +57,8 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::sync::atomic::{fence, AtomicPtr};
 use std::task::{Context as PollContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -264,10 +265,25 @@ pub(crate) struct Core<T, E> {
     /// The handle's waiter. Locked only on the slow path: a handle that finds the
     /// task unresolved, and a resolver that finds `WAITER` set.
     waiter: Mutex<Option<Waiter>>,
-    /// An async task's executor waker: registered by its [`AsyncRun`] before each
-    /// poll, woken by [`Core::fail`] so a cancelled future is dropped promptly
-    /// (see "Async tasks"). Never registered for a synchronous task.
-    poller: AtomicWaker,
+    /// An async task's executor waker: installed and registered by its
+    /// [`AsyncRun`] before each poll, woken by [`Core::fail`] so a cancelled
+    /// future is dropped promptly (see "Async tasks"). Null for a synchronous
+    /// task: a pointer rather than an inline `AtomicWaker` keeps every cell 16
+    /// bytes smaller (a cell is allocated per task; W1 felt the difference).
+    /// Set at most once; freed with the core.
+    poller: AtomicPtr<AtomicWaker>,
+}
+
+impl<T, E> Drop for Core<T, E> {
+    fn drop(&mut self) {
+        let poller = *self.poller.get_mut();
+        if !poller.is_null() {
+            // SAFETY: a non-null `poller` came from `Box::into_raw` in
+            // `Core::poller` and is freed only here, once, when nothing else can
+            // reach the core.
+            drop(unsafe { Box::from_raw(poller) });
+        }
+    }
 }
 
 // SAFETY: the result slot is written by exactly one thread (the one that set
@@ -283,7 +299,7 @@ impl<T, E> Core<T, E> {
             header,
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
-            poller: AtomicWaker::new(),
+            poller: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
@@ -332,8 +348,40 @@ impl<T, E> Core<T, E> {
     pub(crate) fn fail(&self, failure: Failure) -> bool {
         let resolved = self.resolve(Err(TaskError::failure(failure)));
         self.header.state.fetch_or(CANCEL, AcqRel);
-        self.poller.wake();
+        // Pairs with the fence in `Resolve::poll`: either this load sees the
+        // run's waker slot, or the run's check sees the task decided.
+        fence(SeqCst);
+        let poller = self.poller.load(SeqCst);
+        if !poller.is_null() {
+            // SAFETY: non-null means installed by `Core::poller` from a `Box`
+            // that lives until the core is dropped, and `&self` keeps it alive.
+            unsafe { &*poller }.wake();
+        }
         resolved
+    }
+
+    /// The async run's waker slot, installed on first use. Only the task's run
+    /// (on its worker's thread) calls this.
+    fn poller(&self) -> &AtomicWaker {
+        let mut current = self.poller.load(Acquire);
+        if current.is_null() {
+            let new = Box::into_raw(Box::new(AtomicWaker::new()));
+            current = match self
+                .poller
+                .compare_exchange(std::ptr::null_mut(), new, SeqCst, Acquire)
+            {
+                Ok(_) => new,
+                Err(installed) => {
+                    // SAFETY: `new` came from `Box::into_raw` above and was not
+                    // published.
+                    drop(unsafe { Box::from_raw(new) });
+                    installed
+                }
+            };
+        }
+        // SAFETY: non-null, from `Box::into_raw`, freed only when the core is
+        // dropped, which `&self` prevents.
+        unsafe { &*current }
     }
 
     /// Takes the result.
@@ -705,8 +753,10 @@ impl<P, T, E> Future for Resolve<P, T, E> {
         let this = &mut *self;
         let core = &this.cell.core;
         let id = core.header.id();
-        // Register first, then look: a `fail` after this point wakes us.
-        core.poller.register(cx.waker());
+        // Register first, then look: a `fail` after this point wakes us. The
+        // fence pairs with `fail`'s (the slot is installed at the first poll).
+        core.poller().register(cx.waker());
+        fence(SeqCst);
         if core.header.is_decided() {
             // Cancelled, timed out, killed or terminated: drop at this boundary.
             this.drop_future();
@@ -827,7 +877,7 @@ pub(crate) fn new_cell<P, T, E>(
             header: Header::with_queued_at(id, priority, timeout, bounded, queued_at),
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
-            poller: AtomicWaker::new(),
+            poller: AtomicPtr::new(std::ptr::null_mut()),
         },
         payload: UnsafeCell::new(Some(payload)),
     })
