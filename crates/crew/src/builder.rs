@@ -60,6 +60,9 @@ pub(crate) struct Config {
     pub(crate) abandon_grace: Duration,
     /// Each event subscriber's buffer, in events.
     pub(crate) event_buffer: usize,
+    /// Tasks in flight per worker (async tasks; a synchronous task takes one
+    /// place while it runs).
+    pub(crate) concurrency: usize,
 }
 
 impl Config {
@@ -104,6 +107,7 @@ pub struct PoolBuilder<W: Worker> {
     start_backoff: Duration,
     abandon_grace: Duration,
     event_buffer: usize,
+    concurrency: usize,
     health: Option<Health>,
     #[cfg(feature = "process")]
     process: Option<ProcessSettings<W>>,
@@ -141,6 +145,7 @@ impl<W: Worker> PoolBuilder<W> {
             start_backoff: Duration::from_millis(20),
             abandon_grace: Duration::from_millis(100),
             event_buffer: 1024,
+            concurrency: 1,
             health: None,
             #[cfg(feature = "process")]
             process: None,
@@ -271,6 +276,24 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// How many tasks each worker may have in flight at once (default 1). Only
+    /// async tasks overlap ([`Pool::spawn_async`](crate::Pool::spawn_async), an
+    /// [`AsyncWorker`](crate::AsyncWorker)): while one waits at an `.await`, its
+    /// worker polls another or takes a new one from the queue, as long as fewer
+    /// than `n` are in flight. A synchronous task runs to its end and takes one of
+    /// the `n` places while it does.
+    ///
+    /// A worker with `n` tasks in flight takes no more, so the queue's
+    /// backpressure, `queued` and `busy` keep their meaning: a task is queued
+    /// until some worker has room for it. Must be at least 1.
+    ///
+    /// Thread pools only: a process pool with `n > 1` is a build error (an
+    /// `Async` worker in a process runs one task at a time).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
     /// Starts a health watcher with these settings: a helper thread that emits
     /// [`Event::Backlog`](crate::Event::Backlog) when the queue stays deep and,
     /// if asked, a periodic [`Event::Stats`](crate::Event::Stats) snapshot. Off
@@ -321,6 +344,9 @@ impl<W: Worker> PoolBuilder<W> {
         if self.event_buffer == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroEventBuffer));
         }
+        if self.concurrency == 0 {
+            return Err(BuildError::new(BuildErrorKind::ZeroConcurrency));
+        }
         if let Some(setting) = self.health.as_ref().and_then(Health::invalid_setting) {
             return Err(BuildError::new(BuildErrorKind::ZeroDuration(setting)));
         }
@@ -341,12 +367,20 @@ impl<W: Worker> PoolBuilder<W> {
             max_start_backoff: (self.start_backoff.saturating_mul(64)).min(Duration::from_secs(10)),
             abandon_grace: self.abandon_grace,
             event_buffer: self.event_buffer,
+            concurrency: self.concurrency,
         };
         #[cfg(feature = "process")]
         if let Some(process) = self.process {
             if self.range.is_some() {
                 return Err(BuildError::new(BuildErrorKind::NotForProcesses(
                     "workers_range",
+                )));
+            }
+            if self.concurrency > 1 {
+                // A worker process runs one task at a time; several in flight
+                // would need an executor in the worker process.
+                return Err(BuildError::new(BuildErrorKind::NotForProcesses(
+                    "concurrency",
                 )));
             }
             if process.config.window == 0 {
@@ -490,6 +524,7 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("start_backoff", &self.start_backoff)
             .field("abandon_grace", &self.abandon_grace)
             .field("event_buffer", &self.event_buffer)
+            .field("concurrency", &self.concurrency)
             .field("health", &self.health)
             .finish()
     }

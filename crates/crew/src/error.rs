@@ -387,6 +387,8 @@ pub(crate) enum BuildErrorKind {
     ZeroGrowBacklog,
     /// `event_buffer(0)`.
     ZeroEventBuffer,
+    /// `concurrency(0)`.
+    ZeroConcurrency,
     /// `window(0)`.
     ZeroWindow,
     /// `max_tasks_per_worker(0)`.
@@ -419,6 +421,7 @@ impl fmt::Display for BuildError {
             BuildErrorKind::ZeroStartAttempts => f.write_str("`start_attempts` must be at least 1"),
             BuildErrorKind::ZeroGrowBacklog => f.write_str("`grow_backlog` must be at least 1"),
             BuildErrorKind::ZeroEventBuffer => f.write_str("`event_buffer` must be at least 1"),
+            BuildErrorKind::ZeroConcurrency => f.write_str("`concurrency` must be at least 1"),
             BuildErrorKind::ZeroWindow => f.write_str("`window` must be at least 1"),
             BuildErrorKind::ZeroMaxTasks => {
                 f.write_str("`max_tasks_per_worker` must be at least 1")

@@ -32,6 +32,12 @@
 //! 5. **Join.** [`Task::join`] spins briefly, then parks; `.await` registers a
 //!    waker. Either takes the result out of the cell.
 //!
+//! **Async tasks.** A task may be a future ([`Pool::spawn_async`], or an
+//! [`AsyncWorker`] run as `Pool<Async<W>>`). The worker that claims it keeps it in
+//! its own executor (`threads::executor`) and polls it between taking tasks, with
+//! up to [`PoolBuilder::concurrency`] tasks in flight; the task resolves like any
+//! other, and a cancel drops the future at its next poll.
+//!
 //! Every step can be watched: [`Pool::events`] subscribes to task and worker
 //! [`Event`]s (lossy per subscriber, never blocking the pool; `events`).
 //!
@@ -86,6 +92,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod async_worker;
 mod builder;
 mod error;
 mod events;
@@ -108,6 +115,7 @@ mod trace;
 pub mod wire;
 mod worker;
 
+pub use async_worker::{Async, AsyncWorker};
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
@@ -118,7 +126,7 @@ pub use health::Health;
 #[cfg(feature = "indicatif")]
 pub use indicatif;
 pub use messages::{Messages, RecvMessage};
-pub use pool::{Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
+pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};

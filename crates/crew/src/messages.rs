@@ -41,10 +41,12 @@ use crate::worker::{Outbox, WorkerId};
 /// The pool's side of worker-to-pool messages.
 pub(crate) type MessageBus<M> = Bus<(WorkerId, M)>;
 
-/// The thread backend's outbox: a message goes straight onto the bus.
-pub(crate) struct BusOutbox<'a, M: Clone + Send + 'static>(pub(crate) &'a MessageBus<M>);
+/// The thread backend's outbox: a message goes straight onto the bus. Each
+/// worker thread makes one, shared by every context it hands out (an async
+/// task's context keeps a clone of it).
+pub(crate) struct BusOutbox<M: Clone + Send + 'static>(pub(crate) Arc<MessageBus<M>>);
 
-impl<M: Clone + Send + 'static> Outbox for BusOutbox<'_, M> {
+impl<M: Clone + Send + 'static> Outbox for BusOutbox<M> {
     fn send(
         &self,
         from: WorkerId,

@@ -12,7 +12,7 @@ use crate::events::Events;
 use crate::health::{Health, Probe, Watcher};
 use crate::stats::Stats;
 use crate::sync::Arc;
-use crate::task::cell::{new_cell, Call, Input, Job, Payload, Plain};
+use crate::task::cell::{new_cell, AsyncCall, Call, Input, Job, Payload, Plain};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::threads::{Admission, IdleFuture, Shared};
 use crate::worker::{Closures, Context, Worker, WorkerId};
@@ -629,6 +629,71 @@ impl Pool<Closures> {
         }
     }
 
+    /// Runs a future on one of the pool's worker threads and returns its handle,
+    /// the same [`Task`] as [`spawn`](Pool::spawn)'s: `join` it, `.await` it,
+    /// cancel it, give it a timeout (through [`job_async`](Pool::job_async) or the
+    /// pool's default).
+    ///
+    /// Each worker polls its futures itself, with up to
+    /// [`concurrency`](PoolBuilder::concurrency) tasks in flight (default 1: set it
+    /// higher for futures to overlap). The future needs no particular runtime, but
+    /// one that relies on a runtime's reactor (tokio's I/O or timers) needs that
+    /// runtime running somewhere. It must not block its thread: that stalls the
+    /// other tasks of its worker (see [`AsyncWorker`](crate::AsyncWorker)).
+    ///
+    /// **Cancel, timeout, kill, terminate:** the handle resolves at once and the
+    /// future is dropped at its next poll boundary, which crew brings about at once
+    /// by waking it; code between two `.await`s runs on until the next one. A
+    /// panic inside the future resolves the task as panicked.
+    ///
+    /// ```
+    /// use futures::channel::oneshot;
+    ///
+    /// // One worker, two tasks in flight: the first waits for what the second sends.
+    /// let pool = crew::Pool::builder().workers(1).concurrency(2).build()?;
+    /// let (tx, rx) = oneshot::channel::<u32>();
+    /// let waiter = pool.spawn_async(async move { rx.await.unwrap() + 1 });
+    /// let sender = pool.spawn_async(async move { tx.send(41).unwrap() });
+    /// sender.join()?;
+    /// assert_eq!(waiter.join()?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn_async<F>(&self, future: F) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_future(future, TaskOptions::default())
+    }
+
+    /// Starts a future task with options:
+    /// `pool.job_async(fut).priority(..).timeout(..).spawn()`.
+    pub fn job_async<F>(&self, future: F) -> AsyncJobBuilder<'_, F>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        AsyncJobBuilder {
+            pool: self,
+            future,
+            options: TaskOptions::default(),
+        }
+    }
+
+    fn spawn_future<F>(&self, future: F, options: TaskOptions) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self
+            .shared()
+            .submit(AsyncCall(future), options, Admission::Wait)
+        {
+            Ok(task) => task,
+            Err(e) => closed_task(e.into_inner()),
+        }
+    }
+
     #[inline]
     fn spawn_call<F, T>(&self, f: F, options: TaskOptions) -> Task<T>
     where
@@ -777,6 +842,49 @@ impl<F> fmt::Debug for JobBuilder<'_, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobBuilder")
             .field("f", &"<closure>")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for one future; from [`Pool::job_async`].
+#[must_use = "an AsyncJobBuilder does nothing until `.spawn()`"]
+pub struct AsyncJobBuilder<'a, F> {
+    pool: &'a Pool<Closures>,
+    future: F,
+    options: TaskOptions,
+}
+
+impl<F> AsyncJobBuilder<'_, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    /// The task's priority (default `Normal`).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.options.priority = priority;
+        self
+    }
+
+    /// The task's timeout, overriding the pool's default. The clock starts when a
+    /// worker first polls the future; when it runs out, the handle resolves as
+    /// timed out and the future is dropped.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Spawns it (as [`Pool::spawn_async`]); on a shut-down pool the task is
+    /// already resolved as closed.
+    pub fn spawn(self) -> Task<F::Output> {
+        self.pool.spawn_future(self.future, self.options)
+    }
+}
+
+impl<F> fmt::Debug for AsyncJobBuilder<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncJobBuilder")
+            .field("future", &"<future>")
             .field("options", &self.options)
             .finish_non_exhaustive()
     }

@@ -30,7 +30,7 @@ use crate::worker::WorkerId;
 pub struct Stats {
     /// Workers the pool counts (starting, idle or busy).
     pub workers: usize,
-    /// Workers running a task.
+    /// Workers running a task (with async tasks: at least one in flight).
     pub busy: usize,
     /// Workers not running a task.
     pub idle: usize,
@@ -75,7 +75,9 @@ pub struct Stats {
     /// Time since the pool was built.
     pub uptime: Duration,
     /// Time the workers spent running tasks, summed over workers (those still
-    /// running a task count what they have run so far).
+    /// running a task count what they have run so far). Tasks are summed, so a
+    /// worker's overlapping async tasks each count their whole run (from start
+    /// to the future's end, including its time at `.await`s).
     pub busy_time: Duration,
     /// Time the workers spent in the pool, summed over workers, from the moment
     /// each was created until it left (or now). For a fixed pool that is about
@@ -120,7 +122,7 @@ pub enum WorkerState {
     Starting,
     /// Started, and waiting for a task.
     Idle,
-    /// Running a task.
+    /// Running a task (with async tasks: at least one in flight).
     Busy,
     /// Leaving: shutting down, retired, or being killed or recycled.
     Stopping,
@@ -154,7 +156,8 @@ pub struct WorkerStats {
     pub started: bool,
     /// What it is doing now.
     pub state: WorkerState,
-    /// The task it is running, if any.
+    /// The task it is running, if any (with several async tasks in flight, the
+    /// one it started first).
     pub current_task: Option<TaskId>,
     /// Tasks it ran and has finished with, of every outcome. A task resolved
     /// without running (cancelled while queued, closed) counts for no worker.

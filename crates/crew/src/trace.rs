@@ -8,7 +8,8 @@
 //!   `worker exited` event (field `reason`) when the pool stops counting it;
 //! - a `task queued` event (field `task`) when a task is accepted;
 //! - a `crew.task` span (fields `task`, `worker`, `waited_ns`) entered while the
-//!   task's code runs on a thread, so whatever the task logs nests under it, and
+//!   task's code runs on a thread (an async task's future: at each poll), so
+//!   whatever the task logs nests under it, and
 //!   a `task finished` event (fields `outcome`, `ran_ns`) inside that span once
 //!   it is counted.
 //!
@@ -23,7 +24,7 @@
 use std::time::Duration;
 
 use crate::events::ExitReason;
-use crate::task::cell::Outcome;
+use crate::task::cell::{AsyncRun, Outcome};
 use crate::task::TaskId;
 use crate::worker::WorkerId;
 
@@ -62,6 +63,30 @@ impl TaskSpan {
         #[cfg(not(feature = "tracing"))]
         {
             f()
+        }
+    }
+
+    /// Another handle on the same span (for the task's `running` entry).
+    #[inline(always)]
+    pub(crate) fn share(&self) -> TaskSpan {
+        TaskSpan {
+            #[cfg(feature = "tracing")]
+            span: self.span.clone(),
+        }
+    }
+
+    /// An async task's run, entered in the span at each poll (so what the
+    /// future logs nests under it, as a synchronous task's code does).
+    #[inline(always)]
+    pub(crate) fn instrument(&self, run: AsyncRun) -> AsyncRun {
+        #[cfg(feature = "tracing")]
+        {
+            use tracing::Instrument;
+            Box::pin(run.instrument(self.span.clone()))
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            run
         }
     }
 

@@ -4,9 +4,12 @@
 use std::any::Any;
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use crate::error::StartError;
-use crate::task::cell::Header;
+use crate::sync::Arc;
+use crate::task::cell::{CellRef, Header, ShareCell};
 use crate::task::TaskId;
 
 /// A worker's identity. Every worker a pool starts gets a new one, so a replacement
@@ -129,6 +132,52 @@ pub trait Worker: Sized + 'static {
     fn on_message(&mut self, message: Self::Message, ctx: &mut Context<'_>) {
         let _ = (message, ctx);
     }
+
+    /// How the pool runs one input: [`run`](Worker::run) to its end. Crew's
+    /// [`Async`](crate::Async) adapter overrides it to hand back a future for the
+    /// worker's executor instead. Not meant to be implemented by hand (its return
+    /// type cannot be built outside crew).
+    #[doc(hidden)]
+    #[inline]
+    fn __execute(
+        &mut self,
+        input: Self::Input,
+        ctx: &mut Context<'_>,
+    ) -> Execution<Self::Output, Self::Error> {
+        Execution::done(self.run(input, ctx))
+    }
+}
+
+/// How a task's code began: it finished, or it is a future for the worker's
+/// executor to finish. Only crew builds one; see `Worker::__execute`.
+#[doc(hidden)]
+pub struct Execution<T, E>(pub(crate) ExecutionKind<T, E>);
+
+pub(crate) enum ExecutionKind<T, E> {
+    Done(Result<T, E>),
+    /// Created on the worker's thread and polled only there, so it need not be
+    /// `Send`.
+    Pending(Pin<Box<dyn Future<Output = Result<T, E>>>>),
+}
+
+impl<T, E> Execution<T, E> {
+    #[inline]
+    pub(crate) fn done(result: Result<T, E>) -> Self {
+        Execution(ExecutionKind::Done(result))
+    }
+
+    pub(crate) fn pending(future: Pin<Box<dyn Future<Output = Result<T, E>>>>) -> Self {
+        Execution(ExecutionKind::Pending(future))
+    }
+}
+
+impl<T, E> fmt::Debug for Execution<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            ExecutionKind::Done(_) => "Execution::Done",
+            ExecutionKind::Pending(_) => "Execution::Pending",
+        })
+    }
 }
 
 /// The worker type of a pool that runs closures only: `Pool<Closures>`, which is
@@ -154,25 +203,121 @@ impl Worker for Closures {
 
 /// What worker code gets from the pool: who it is, whether its task was
 /// cancelled, and a way to send the pool a message.
+///
+/// An [`AsyncWorker`](crate::AsyncWorker)'s task gets a `Context` that lives as
+/// long as its future (it keeps the task's record, and its way to send
+/// messages, alive itself).
 pub struct Context<'a> {
     worker: WorkerId,
-    task: Option<&'a Header>,
-    outbox: Option<&'a dyn Outbox>,
+    task: TaskRef<'a>,
+    outbox: OutboxRef<'a>,
+}
+
+/// Which task a `Context` is about.
+enum TaskRef<'a> {
+    /// `start`, `stop` and `on_message`.
+    None,
+    /// A synchronous run: the header, borrowed for the call, and, when the task
+    /// came from a queue, the job (to make an owned context from).
+    Borrowed(&'a Header, Option<&'a dyn ShareCell>),
+    /// An async task's context: owns a reference to the task's cell.
+    Owned(Arc<dyn CellRef>),
+}
+
+/// Where a `Context` sends messages: borrowed from the worker for a call, or
+/// shared with it by an async task's context (one `Arc` per worker, so making
+/// an owned context costs a reference count, not an allocation).
+enum OutboxRef<'a> {
+    /// No pool to send to (`WhenFull::CallerRuns`).
+    None,
+    Borrowed(&'a Arc<dyn Outbox>),
+    Owned(Arc<dyn Outbox>),
 }
 
 impl<'a> Context<'a> {
     pub(crate) fn new(worker: WorkerId, task: Option<&'a Header>) -> Self {
+        let task = match task {
+            Some(header) => TaskRef::Borrowed(header, None),
+            None => TaskRef::None,
+        };
         Context {
             worker,
             task,
-            outbox: None,
+            outbox: OutboxRef::None,
         }
     }
 
     /// The same context, able to send messages through `outbox`.
-    pub(crate) fn with_outbox(mut self, outbox: &'a dyn Outbox) -> Self {
-        self.outbox = Some(outbox);
+    #[inline]
+    pub(crate) fn with_outbox(mut self, outbox: &'a Arc<dyn Outbox>) -> Self {
+        self.outbox = OutboxRef::Borrowed(outbox);
         self
+    }
+
+    /// The context of a queued job's run, able to outlive the call
+    /// ([`Context::to_owned`]), sending through `outbox` if there is one.
+    #[inline]
+    pub(crate) fn for_job(
+        worker: WorkerId,
+        header: &'a Header,
+        job: &'a dyn ShareCell,
+        outbox: Option<&'a Arc<dyn Outbox>>,
+    ) -> Self {
+        Context {
+            worker,
+            task: TaskRef::Borrowed(header, Some(job)),
+            outbox: match outbox {
+                Some(outbox) => OutboxRef::Borrowed(outbox),
+                None => OutboxRef::None,
+            },
+        }
+    }
+
+    /// An owning reference to the task's cell, if this context can give one.
+    pub(crate) fn share_cell(&self) -> Option<Arc<dyn CellRef>> {
+        match &self.task {
+            TaskRef::Borrowed(_, Some(job)) => Some(job.share()),
+            TaskRef::Owned(cell) => Some(Arc::clone(cell)),
+            _ => None,
+        }
+    }
+
+    /// A context for the same worker, task and outbox that borrows nothing, for
+    /// an async task's future. Without a job to own (a context crew made for a
+    /// direct call), it keeps only the worker id and the outbox.
+    pub(crate) fn to_owned(&self) -> Context<'static> {
+        let task = match self.share_cell() {
+            Some(cell) => TaskRef::Owned(cell),
+            None => TaskRef::None,
+        };
+        let outbox = match &self.outbox {
+            OutboxRef::None => OutboxRef::None,
+            OutboxRef::Borrowed(outbox) => OutboxRef::Owned(Arc::clone(outbox)),
+            OutboxRef::Owned(outbox) => OutboxRef::Owned(Arc::clone(outbox)),
+        };
+        Context {
+            worker: self.worker,
+            task,
+            outbox,
+        }
+    }
+
+    #[inline]
+    fn header(&self) -> Option<&Header> {
+        match &self.task {
+            TaskRef::None => None,
+            TaskRef::Borrowed(header, _) => Some(header),
+            TaskRef::Owned(cell) => Some(cell.header()),
+        }
+    }
+
+    #[inline]
+    fn outbox(&self) -> Option<&dyn Outbox> {
+        match &self.outbox {
+            OutboxRef::None => None,
+            OutboxRef::Borrowed(outbox) => Some(&***outbox),
+            OutboxRef::Owned(outbox) => Some(&**outbox),
+        }
     }
 
     /// The worker this code runs on.
@@ -182,15 +327,18 @@ impl<'a> Context<'a> {
 
     /// The task being run; `None` in `start`, `stop` and `on_message`.
     pub fn task_id(&self) -> Option<TaskId> {
-        self.task.map(Header::id)
+        self.header().map(Header::id)
     }
 
     /// Whether the current task was cancelled, timed out or killed, so the code
     /// should stop early. Its handle has already resolved; anything the task returns
     /// now is discarded. Always false in `start` and `stop`.
+    ///
+    /// An async task's future is dropped at its next poll once this is true; the
+    /// flag matters only for long stretches of code between two `.await`s.
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.task.is_some_and(Header::is_cancel_requested)
+        self.header().is_some_and(Header::is_cancel_requested)
     }
 
     /// Sends the pool a message, tagged with this worker's id: every
@@ -203,7 +351,7 @@ impl<'a> Context<'a> {
     /// (`WhenFull::CallerRuns`) there is no one to send to:
     /// [`SendError::Unavailable`].
     pub fn send<M: Any + Send>(&self, message: M) -> Result<(), SendError<M>> {
-        let Some(outbox) = self.outbox else {
+        let Some(outbox) = self.outbox() else {
             return Err(SendError::Unavailable(message));
         };
         outbox
@@ -215,9 +363,10 @@ impl<'a> Context<'a> {
     }
 }
 
-/// Where [`Context::send`] puts a message: each backend has one. `send` gives the
-/// message back if it is not the worker's `Message` type.
-pub(crate) trait Outbox: Sync {
+/// Where [`Context::send`] puts a message: each backend has one per worker,
+/// shared (`Arc`) by the contexts it hands out. `send` gives the message back if
+/// it is not the worker's `Message` type.
+pub(crate) trait Outbox: Send + Sync {
     fn send(&self, from: WorkerId, message: Box<dyn Any + Send>)
         -> Result<(), Box<dyn Any + Send>>;
 }

@@ -33,6 +33,14 @@ fn job_events_reports_each_job_once() {
 }
 
 #[test]
+fn async_jobs_runs_several_jobs_per_worker() {
+    run_example(
+        "async_jobs",
+        "async_jobs: 16 jobs on 2 workers, 4 at once on each",
+    );
+}
+
+#[test]
 fn image_queue_resizes_every_upload_but_the_broken_one() {
     run_example(
         "image_queue",

@@ -69,7 +69,7 @@ use crate::wire::{
     ChunkItems, ChunkOutcomes, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
     ProtocolError, Role, ToParent, ToWorker, WireMessage, DEFAULT_FRAME_LIMIT,
 };
-use crate::worker::{Context, WorkerId};
+use crate::worker::{Context, Outbox, WorkerId};
 
 /// The environment variables a pool sets for a worker process.
 pub(crate) const ENV_FD: &str = "CREW_WORKER_FD";
@@ -680,6 +680,10 @@ fn run_worker<W: RemoteWorker>(
         id,
         worker: None,
         channel: &channel,
+        outbox: Arc::new(ChildOutbox::<W>(
+            Arc::clone(&channel),
+            std::marker::PhantomData,
+        )),
         sticky: Vec::new(),
     };
     if let Err(message) = runner.start() {
@@ -758,15 +762,19 @@ struct Runner<'a, W: RemoteWorker> {
     id: WorkerId,
     worker: Option<W>,
     channel: &'a Channel,
+    /// Where `Context::send` goes: one for the process, shared by every context.
+    outbox: Arc<dyn Outbox>,
     /// Sticky messages received so far: given again to a rebuilt state.
     sticky: Vec<W::Message>,
 }
 
 /// The worker process's outbox: [`Context::send`] encodes the message into the
-/// frame buffer, ahead of the answer of the task that sent it.
-struct ChildOutbox<'a, W: RemoteWorker>(&'a Channel, std::marker::PhantomData<fn(W)>);
+/// frame buffer, ahead of the answer of the task that sent it. It holds a share
+/// of the channel, so a context that outlives a call (an async task's) can keep
+/// it.
+struct ChildOutbox<W: RemoteWorker>(Arc<Channel>, std::marker::PhantomData<fn(W)>);
 
-impl<W: RemoteWorker> crate::worker::Outbox for ChildOutbox<'_, W> {
+impl<W: RemoteWorker> Outbox for ChildOutbox<W> {
     fn send(
         &self,
         _from: WorkerId,
@@ -787,8 +795,7 @@ impl<W: RemoteWorker> crate::worker::Outbox for ChildOutbox<'_, W> {
 
 impl<W: RemoteWorker> Runner<'_, W> {
     fn start(&mut self) -> Result<(), String> {
-        let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
-        let mut ctx = Context::new(self.id, None).with_outbox(&outbox);
+        let mut ctx = Context::new(self.id, None).with_outbox(&self.outbox);
         match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
             Ok(Ok(worker)) => {
                 self.worker = Some(worker);
@@ -821,8 +828,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
         let Some(worker) = self.worker.as_mut() else {
             return;
         };
-        let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
-        let mut ctx = Context::new(self.id, None).with_outbox(&outbox);
+        let mut ctx = Context::new(self.id, None).with_outbox(&self.outbox);
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| worker.on_message(message, &mut ctx)))
         {
             let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
@@ -845,8 +851,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
 
     fn stop(&mut self) {
         if let Some(mut worker) = self.worker.take() {
-            let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
-            let mut ctx = Context::new(self.id, None).with_outbox(&outbox);
+            let mut ctx = Context::new(self.id, None).with_outbox(&self.outbox);
             let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
         }
     }
@@ -903,8 +908,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
             return Outcome::Panicked("the worker has no state (its restart failed)".into());
         };
         let header = Header::with_queued_at(TaskId(task), Priority::Normal, None, false, None);
-        let outbox = ChildOutbox::<W>(self.channel, std::marker::PhantomData);
-        let mut ctx = Context::new(self.id, Some(&header)).with_outbox(&outbox);
+        let mut ctx = Context::new(self.id, Some(&header)).with_outbox(&self.outbox);
         let result = catch_unwind(AssertUnwindSafe(|| worker.run(input, &mut ctx)));
         let outcome = match result {
             Ok(Ok(output)) => match codec::encode(&output) {

@@ -28,23 +28,47 @@
 //! A [`Job`] that is dropped without having been run (a queue torn down, a bug)
 //! resolves its task as closed, so no handle can wait for ever.
 //!
+//! # Async tasks
+//!
+//! A payload may turn out to be a future ([`Execution`]): `Runnable::run` then
+//! returns [`Started::Suspended`] with an [`AsyncRun`], which the worker's executor
+//! polls (`threads/executor.rs`). The `AsyncRun` holds the cell and resolves it with
+//! the future's output, exactly as a synchronous run does. Its two extra rules:
+//!
+//! - **Cancel at a poll boundary.** Before each poll it checks whether the task was
+//!   decided elsewhere (cancel, timeout, kill, terminate); if so it drops the future
+//!   without polling it. A future parked on something that never fires would never
+//!   be polled again, so [`Core::fail`] wakes the waker the run stored in
+//!   `Core::poller` before it was last polled. The run registers the waker *before*
+//!   it checks the state and `fail` decides the outcome *before* it wakes, so the
+//!   wake-up cannot be lost (the `AtomicWaker` contract: a `wake` after a
+//!   `register` wakes that waker).
+//! - **A panic inside `poll`** resolves the task as panicked, as in a synchronous
+//!   run; the run then reports [`Ran::Panicked`] so the worker rebuilds its state.
+//!
 //! The loom model at the bottom of this file runs these races (worker vs. cancel vs.
 //! a parked handle, and worker vs. a shutdown taking the task back) through every
 //! interleaving, with loom checking each access to the payload and result slots.
 //! It fails if the resolver stops waking the waiter (deadlock) or if two threads
 //! can both pass `RESOLVING` (a concurrent write to the result slot).
 
+use std::any::Any;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
-use std::task::Waker;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::sync::atomic::{fence, AtomicPtr};
+use std::task::{Context as PollContext, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
 
 use crate::error::{panic_message, Failure, TaskError};
 use crate::sync::modelled::{current, lock, AtomicU64, AtomicUsize, Mutex, Thread, UnsafeCell};
 use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
-use crate::worker::{Context, Worker, WorkerId};
+use crate::worker::{Context, Execution, ExecutionKind, Outbox, Worker, WorkerId};
 
 /// The payload has exactly one owner: the worker that runs it, or the thread that
 /// discards it. Set once.
@@ -241,6 +265,25 @@ pub(crate) struct Core<T, E> {
     /// The handle's waiter. Locked only on the slow path: a handle that finds the
     /// task unresolved, and a resolver that finds `WAITER` set.
     waiter: Mutex<Option<Waiter>>,
+    /// An async task's executor waker: installed and registered by its
+    /// [`AsyncRun`] before each poll, woken by [`Core::fail`] so a cancelled
+    /// future is dropped promptly (see "Async tasks"). Null for a synchronous
+    /// task: a pointer rather than an inline `AtomicWaker` keeps every cell 16
+    /// bytes smaller (a cell is allocated per task; W1 felt the difference).
+    /// Set at most once; freed with the core.
+    poller: AtomicPtr<AtomicWaker>,
+}
+
+impl<T, E> Drop for Core<T, E> {
+    fn drop(&mut self) {
+        let poller = *self.poller.get_mut();
+        if !poller.is_null() {
+            // SAFETY: a non-null `poller` came from `Box::into_raw` in
+            // `Core::poller` and is freed only here, once, when nothing else can
+            // reach the core.
+            drop(unsafe { Box::from_raw(poller) });
+        }
+    }
 }
 
 // SAFETY: the result slot is written by exactly one thread (the one that set
@@ -256,6 +299,7 @@ impl<T, E> Core<T, E> {
             header,
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
+            poller: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
@@ -298,10 +342,46 @@ impl<T, E> Core<T, E> {
     /// its own output (which would make a cancel, timeout or kill that was already
     /// under way resolve the task as `Ok`). If another outcome won first, the flag
     /// is still raised, so a task that keeps running is told to stop.
+    ///
+    /// An async task's future is then woken, so its run drops it at once instead
+    /// of at its next wake-up, which might never come ("Async tasks").
     pub(crate) fn fail(&self, failure: Failure) -> bool {
         let resolved = self.resolve(Err(TaskError::failure(failure)));
         self.header.state.fetch_or(CANCEL, AcqRel);
+        // Pairs with the fence in `Resolve::poll`: either this load sees the
+        // run's waker slot, or the run's check sees the task decided.
+        fence(SeqCst);
+        let poller = self.poller.load(SeqCst);
+        if !poller.is_null() {
+            // SAFETY: non-null means installed by `Core::poller` from a `Box`
+            // that lives until the core is dropped, and `&self` keeps it alive.
+            unsafe { &*poller }.wake();
+        }
         resolved
+    }
+
+    /// The async run's waker slot, installed on first use. Only the task's run
+    /// (on its worker's thread) calls this.
+    fn poller(&self) -> &AtomicWaker {
+        let mut current = self.poller.load(Acquire);
+        if current.is_null() {
+            let new = Box::into_raw(Box::new(AtomicWaker::new()));
+            current = match self
+                .poller
+                .compare_exchange(std::ptr::null_mut(), new, SeqCst, Acquire)
+            {
+                Ok(_) => new,
+                Err(installed) => {
+                    // SAFETY: `new` came from `Box::into_raw` above and was not
+                    // published.
+                    drop(unsafe { Box::from_raw(new) });
+                    installed
+                }
+            };
+        }
+        // SAFETY: non-null, from `Box::into_raw`, freed only when the core is
+        // dropped, which `&self` prevents.
+        unsafe { &*current }
     }
 
     /// Takes the result.
@@ -354,22 +434,44 @@ pub(crate) fn unreachable_state(what: &str) -> ! {
     std::process::abort()
 }
 
-/// How a payload turns into an output on a worker: the two kinds of task.
+/// How a payload turns into an output on a worker: an input for the worker, a
+/// closure, or a future. A future (and an [`AsyncWorker`](crate::AsyncWorker)'s
+/// input) comes back as [`Execution`]'s pending kind, for the executor to finish.
 pub(crate) trait Payload<W: Worker>: Send + 'static {
     type Output: Send + 'static;
     type Error: Send + 'static;
-    fn execute(self, worker: &mut W, ctx: &mut Context<'_>) -> Result<Self::Output, Self::Error>;
+    fn execute(self, worker: &mut W, ctx: &mut Context<'_>)
+        -> Execution<Self::Output, Self::Error>;
 }
 
-/// An input for the pool's `Worker::run`.
+/// An input for the pool's `Worker::run` (through `Worker::__execute`, which an
+/// async worker overrides to hand back a future).
 pub(crate) struct Input<I>(pub(crate) I);
 
 impl<W: Worker> Payload<W> for Input<W::Input> {
     type Output = W::Output;
     type Error = W::Error;
     #[inline]
-    fn execute(self, worker: &mut W, ctx: &mut Context<'_>) -> Result<W::Output, W::Error> {
-        worker.run(self.0, ctx)
+    fn execute(self, worker: &mut W, ctx: &mut Context<'_>) -> Execution<W::Output, W::Error> {
+        worker.__execute(self.0, ctx)
+    }
+}
+
+/// A future (`Pool::spawn_async`): it runs on the worker's executor and never sees
+/// the worker's state.
+pub(crate) struct AsyncCall<F>(pub(crate) F);
+
+impl<W, F> Payload<W> for AsyncCall<F>
+where
+    W: Worker,
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+    type Error = std::convert::Infallible;
+    fn execute(self, _worker: &mut W, _ctx: &mut Context<'_>) -> Execution<F::Output, Self::Error> {
+        let future = self.0;
+        Execution::pending(Box::pin(async move { Ok(future.await) }))
     }
 }
 
@@ -391,8 +493,8 @@ where
     type Output = T;
     type Error = std::convert::Infallible;
     #[inline]
-    fn execute(self, _worker: &mut W, ctx: &mut Context<'_>) -> Result<T, Self::Error> {
-        Ok((self.0)(ctx))
+    fn execute(self, _worker: &mut W, ctx: &mut Context<'_>) -> Execution<T, Self::Error> {
+        Execution::done(Ok((self.0)(ctx)))
     }
 }
 
@@ -410,8 +512,8 @@ where
     type Output = T;
     type Error = std::convert::Infallible;
     #[inline]
-    fn execute(self, _worker: &mut W, _ctx: &mut Context<'_>) -> Result<T, Self::Error> {
-        Ok((self.0)())
+    fn execute(self, _worker: &mut W, _ctx: &mut Context<'_>) -> Execution<T, Self::Error> {
+        Execution::done(Ok((self.0)()))
     }
 }
 
@@ -449,10 +551,12 @@ impl<P, T, E> Cell<P, T, E> {
     }
 }
 
-/// What the worker loop learns from running one job.
+/// What the worker loop learns from running one job (or, for an async task, from
+/// its future's end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ran {
-    /// Someone else had claimed it (cancelled while queued): nothing ran.
+    /// Someone else had claimed it (cancelled while queued): nothing ran. For an
+    /// async task: it was decided elsewhere and its future was dropped.
     Skipped,
     /// It ran and returned (an output or the user's error).
     Returned,
@@ -460,11 +564,50 @@ pub(crate) enum Ran {
     Panicked,
 }
 
-/// The queue's view of a task: run it on a `W`, or discard it.
-pub(crate) trait Runnable<W>: Send + Sync {
+/// How a job's run began.
+pub(crate) enum Started {
+    /// It ran to its end on the worker's stack.
+    Done(Ran),
+    /// It is a future: the executor polls it to its end (its task stays running).
+    Suspended(AsyncRun),
+}
+
+impl Started {
+    /// The synchronous result; an async task counts as returned (it is in flight).
+    #[cfg(all(test, crew_loom))]
+    fn ran(self) -> Ran {
+        match self {
+            Started::Done(ran) => ran,
+            Started::Suspended(_) => Ran::Returned,
+        }
+    }
+}
+
+/// An async task in flight: polled by the worker's executor, it yields the task's
+/// id and how it ended once the task is resolved (by its future, or elsewhere).
+pub(crate) type AsyncRun = Pin<Box<dyn Future<Output = (TaskId, Ran)>>>;
+
+/// A task cell seen without its types: its header, and an owner that keeps the
+/// cell alive (an async task's `Context` and run hold one).
+pub(crate) trait CellRef: Send + Sync {
     fn header(&self) -> &Header;
-    /// Claims and runs the task on `worker`, resolving it with what it returns.
-    fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Ran;
+    /// The same cell, typed again through `Any` (to `downcast` it).
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// Something that can hand out an owning reference to a task cell: the queue's
+/// [`Job`]. A [`Context`] for a job carries one, so that an async task can make
+/// a context (and a run) that outlives the worker's call.
+pub(crate) trait ShareCell: Sync {
+    fn share(&self) -> Arc<dyn CellRef>;
+}
+
+/// The queue's view of a task: run it on a `W`, or discard it.
+pub(crate) trait Runnable<W>: CellRef {
+    /// Claims and runs the task on `worker`, resolving it with what it returns. A
+    /// future is handed back to be polled instead (`Started::Suspended`); `ctx`
+    /// must carry the job (`Context::for_job`), which the run needs to own.
+    fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Started;
     /// Claims the task without running it (dropping its payload) and resolves it with
     /// `failure`. False if it was already claimed.
     fn discard(&self, failure: Failure) -> bool;
@@ -484,33 +627,48 @@ pub(crate) trait Handle<T, E>: Send + Sync {
     }
 }
 
-impl<W, P> Runnable<W> for Cell<P, P::Output, P::Error>
+impl<P, T, E> CellRef for Cell<P, T, E>
 where
-    W: Worker,
-    P: Payload<W>,
+    P: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
 {
     #[inline]
     fn header(&self) -> &Header {
         &self.core.header
     }
 
-    fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Ran {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+impl<W, P> Runnable<W> for Cell<P, P::Output, P::Error>
+where
+    W: Worker,
+    P: Payload<W>,
+{
+    fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Started {
         let Some(payload) = self.claim_payload() else {
-            return Ran::Skipped;
+            return Started::Done(Ran::Skipped);
         };
         self.core
             .header
             .worker
             .store(ctx.worker_id().raw(), Relaxed);
         let outcome = catch_unwind(AssertUnwindSafe(|| payload.execute(worker, ctx)));
-        match outcome {
-            Ok(Ok(output)) => {
-                self.core.resolve(Ok(output));
-                Ran::Returned
-            }
-            Ok(Err(error)) => {
-                self.core.resolve(Err(TaskError::user(error)));
-                Ran::Returned
+        let result = match outcome {
+            Ok(Execution(ExecutionKind::Done(result))) => result,
+            Ok(Execution(ExecutionKind::Pending(future))) => {
+                // The run must own the cell: get the typed `Arc` back from the job.
+                let owner = ctx.share_cell().map(CellRef::into_any);
+                return match owner.map(Arc::downcast::<Self>) {
+                    Some(Ok(cell)) => Started::Suspended(Box::pin(Resolve {
+                        cell,
+                        future: Some(future),
+                    })),
+                    _ => unreachable_state("an async task ran without its job in the context"),
+                };
             }
             Err(panic) => {
                 let message = panic_message(&*panic);
@@ -519,9 +677,14 @@ where
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
                 self.core
                     .resolve(Err(TaskError::failure(Failure::Panicked(message))));
-                Ran::Panicked
+                return Started::Done(Ran::Panicked);
             }
-        }
+        };
+        match result {
+            Ok(output) => self.core.resolve(Ok(output)),
+            Err(error) => self.core.resolve(Err(TaskError::user(error))),
+        };
+        Started::Done(Ran::Returned)
     }
 
     fn discard(&self, failure: Failure) -> bool {
@@ -569,6 +732,73 @@ where
     }
 }
 
+/// An async task's future, in flight on a worker's executor: it resolves the cell
+/// with the future's output, drops the future as soon as the task is decided
+/// elsewhere, and turns a panic into a panicked outcome ("Async tasks").
+struct Resolve<P, T, E> {
+    cell: Arc<Cell<P, T, E>>,
+    /// `None` once it has ended; dropped right after the task resolves.
+    future: Option<Pin<Box<dyn Future<Output = Result<T, E>>>>>,
+}
+
+impl<P, T, E> Resolve<P, T, E> {
+    /// Drops the user's future, catching a panic in its `Drop` (it must not
+    /// unwind through the executor).
+    fn drop_future(&mut self) {
+        if let Some(future) = self.future.take() {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
+        }
+    }
+}
+
+impl<P, T, E> Future for Resolve<P, T, E> {
+    type Output = (TaskId, Ran);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<(TaskId, Ran)> {
+        let this = &mut *self;
+        let core = &this.cell.core;
+        let id = core.header.id();
+        // Register first, then look: a `fail` after this point wakes us. The
+        // fence pairs with `fail`'s (the slot is installed at the first poll).
+        core.poller().register(cx.waker());
+        fence(SeqCst);
+        if core.header.is_decided() {
+            // Cancelled, timed out, killed or terminated: drop at this boundary.
+            this.drop_future();
+            return Poll::Ready((id, Ran::Skipped));
+        }
+        let Some(future) = this.future.as_mut() else {
+            return Poll::Ready((id, Ran::Returned));
+        };
+        let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        let (outcome, ran) = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(output))) => (Ok(output), Ran::Returned),
+            Ok(Poll::Ready(Err(error))) => (Err(TaskError::user(error)), Ran::Returned),
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                let failure = TaskError::failure(Failure::Panicked(message));
+                (Err(failure), Ran::Panicked)
+            }
+        };
+        // Resolve before the user's `Drop` runs (see `discard`).
+        core.resolve(outcome);
+        this.drop_future();
+        Poll::Ready((id, ran))
+    }
+}
+
+impl<P, T, E> Drop for Resolve<P, T, E> {
+    fn drop(&mut self) {
+        if self.future.is_some() {
+            // Dropped in flight (its worker is leaving): nobody can finish it now.
+            self.cell.core.fail(Failure::Closed);
+            self.drop_future();
+        }
+    }
+}
+
 /// A queue entry: a shared pointer to a task cell, seen as something to run on `W`.
 ///
 /// Dropping a `Job` whose task is unresolved resolves it as closed, so a handle
@@ -579,11 +809,6 @@ impl<W> Job<W> {
     #[inline]
     pub(crate) fn header(&self) -> &Header {
         self.0.header()
-    }
-
-    #[inline]
-    pub(crate) fn run(&self, worker: &mut W, ctx: &mut Context<'_>) -> Ran {
-        self.0.run(worker, ctx)
     }
 
     pub(crate) fn discard(&self, failure: Failure) -> bool {
@@ -614,7 +839,26 @@ impl<W> Drop for Job<W> {
     }
 }
 
+impl<W: 'static> ShareCell for Job<W> {
+    fn share(&self) -> Arc<dyn CellRef> {
+        Arc::clone(&self.0) as Arc<dyn CellRef>
+    }
+}
+
 impl<W: Worker> Job<W> {
+    /// Runs the task on `worker` as worker `id` (see `Runnable::run`); its
+    /// context sends messages through `outbox`, if there is one.
+    #[inline]
+    pub(crate) fn run(
+        &self,
+        worker: &mut W,
+        id: WorkerId,
+        outbox: Option<&Arc<dyn Outbox>>,
+    ) -> Started {
+        let mut ctx = Context::for_job(id, self.header(), self, outbox);
+        self.0.run(worker, &mut ctx)
+    }
+
     /// The queue's reference to `cell`.
     #[inline]
     pub(crate) fn new<P: Payload<W>>(cell: Arc<Cell<P, P::Output, P::Error>>) -> Self {
@@ -638,6 +882,7 @@ pub(crate) fn new_cell<P, T, E>(
             header: Header::with_queued_at(id, priority, timeout, bounded, queued_at),
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
+            poller: AtomicPtr::new(std::ptr::null_mut()),
         },
         payload: UnsafeCell::new(Some(payload)),
     })
@@ -678,8 +923,7 @@ mod loom_model {
 
     fn run_on_worker(cell: &Arc<TestCell>) -> Ran {
         let job = Job::<Closures>::new(Arc::clone(cell));
-        let mut ctx = Context::new(WorkerId::new(1), Some(job.header()));
-        job.run(&mut Closures, &mut ctx)
+        job.run(&mut Closures, WorkerId::new(1), None).ran()
     }
 
     /// What the handle does in `join`: register, park until resolved, take.
@@ -758,8 +1002,7 @@ mod loom_model {
                 let cell = Arc::clone(&cell);
                 loom::thread::spawn(move || {
                     let job = Job::<Closures>::new(cell);
-                    let mut ctx = Context::new(WorkerId::new(1), Some(job.header()));
-                    job.run(&mut Closures, &mut ctx)
+                    job.run(&mut Closures, WorkerId::new(1), None).ran()
                 })
             };
             // The task only returns once cancelled, so whatever the interleaving

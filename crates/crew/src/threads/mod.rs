@@ -4,6 +4,7 @@
 //!   the queues, the sleep state, the lifecycle, the worker registry and the
 //!   counters.
 //! - `worker_loop` is the body of each worker thread.
+//! - `executor` is each worker thread's set of async tasks in flight.
 //! - `monitor` is a helper thread, started on first need, that enforces running
 //!   tasks' timeouts and replaces threads that had to be abandoned.
 //!
@@ -26,6 +27,7 @@
 //! registry lock on the slow path (`is_idle`, `stats`).
 
 mod capacity;
+mod executor;
 mod idle;
 mod monitor;
 mod worker_loop;
@@ -50,7 +52,7 @@ use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
 use crate::sync::{
     after, lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
 };
-use crate::task::cell::{new_cell, Job, Outcome, Payload};
+use crate::task::cell::{new_cell, Job, Outcome, Payload, Started};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::worker::{Context, Worker, WorkerId};
 
@@ -107,7 +109,7 @@ pub(crate) struct Slot<W: Worker> {
     /// The other end of the worker's own deque.
     stealer: Stealer<Job<W>>,
     pub(crate) sleeper: modelled::Arc<Sleeper>,
-    /// The task being run and the worker's latency record. The worker takes this
+    /// The tasks being run and the worker's latency record. The worker takes this
     /// lock twice per task anyway (to publish and to take back its running
     /// entry), so recording wait and run times under it costs no extra lock;
     /// `stats()` takes it briefly to merge, so it is rarely contended.
@@ -131,14 +133,42 @@ pub(crate) struct Slot<W: Worker> {
 
 /// What a worker's slot lock guards.
 struct Work<W> {
-    /// The task being run, published so a timeout or a kill can resolve it.
-    /// Written by the worker around each task; taken by `abandon`. Whoever takes
-    /// the entry counts the task (and records its run time), so it is counted
-    /// once even when the two race.
+    /// The task being run on the worker's stack, published so a timeout or a
+    /// kill can resolve it. Written by the worker around each task (an async
+    /// task's entry moves to `suspended` once its first poll left it pending);
+    /// taken by `abandon`. Whoever takes an entry counts its task (and records
+    /// its run time), so it is counted once even when the two race.
     running: Option<Running<W>>,
-    /// Wait and run times of this worker's tasks. Written by whoever takes
-    /// `running` (and by the worker when a task starts); read by `stats()`.
+    /// Async tasks in flight, oldest first (at most `concurrency`), each until
+    /// its future ends. Kept apart from `running` so that a synchronous task
+    /// costs what it did before async tasks existed.
+    suspended: Vec<Running<W>>,
+    /// Wait and run times of this worker's tasks. Written by whoever takes an
+    /// entry (and by the worker when a task starts); read by `stats()`.
     timings: Timings,
+}
+
+impl<W> Work<W> {
+    /// Every task in flight, oldest first (a running synchronous task started
+    /// after every suspended one).
+    fn entries(&self) -> impl Iterator<Item = &Running<W>> {
+        self.suspended.iter().chain(self.running.iter())
+    }
+
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut Running<W>> {
+        self.suspended.iter_mut().chain(self.running.iter_mut())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.running.is_none() && self.suspended.is_empty()
+    }
+
+    /// Takes every entry, oldest first.
+    fn take_all(&mut self) -> Vec<Running<W>> {
+        let mut all = std::mem::take(&mut self.suspended);
+        all.extend(self.running.take());
+        all
+    }
 }
 
 struct Running<W> {
@@ -156,6 +186,9 @@ struct Running<W> {
     /// Set by the monitor when it resolved the task as timed out: abandon the
     /// thread if it is still in this task at this instant.
     abandon_at: Option<Instant>,
+    /// Its tracing span (zero-sized without the `tracing` feature), closed by
+    /// whoever counts the task on the worker.
+    span: crate::trace::TaskSpan,
 }
 
 impl<W: Worker> Slot<W> {
@@ -515,8 +548,11 @@ impl<W: Worker> Shared<W> {
                         waited,
                     });
                 }
-                let mut ctx = Context::new(WorkerId::CALLER, Some(job.header()));
-                job.run(&mut worker, &mut ctx);
+                // No outbox here: `Context::send` says `Unavailable` on the caller.
+                if let Started::Suspended(run) = job.run(&mut worker, WorkerId::CALLER, None) {
+                    // No executor here: the caller polls the future to its end.
+                    futures_executor::block_on(run);
+                }
                 let elapsed = started.elapsed();
                 ran = Some(elapsed);
                 let mut reg = lock(&self.registry);
@@ -680,6 +716,12 @@ impl<W: Worker> Shared<W> {
             sleeper: modelled::Arc::new(Sleeper::new()),
             work: Mutex::new(Work {
                 running: None,
+                // Room for every async task in flight (none allocated for a pool
+                // of one task per worker until it runs an async task).
+                suspended: match self.config.concurrency {
+                    1 => Vec::new(),
+                    n => Vec::with_capacity(n.min(64)),
+                },
                 timings: Timings::new(),
             }),
             born: Instant::now(),
@@ -833,15 +875,18 @@ impl<W: Worker> Shared<W> {
         (self.peers_epoch.load(Acquire), Arc::clone(&reg.peers))
     }
 
-    /// Gives up on a worker: its running task (if any) resolves with `failure`, the
+    /// Gives up on a worker: its running tasks (if any) resolve with `failure`, the
     /// pool stops counting it, and a replacement starts. The thread exits when it
     /// gets control back; if it never does, it is left behind (threads cannot be
     /// killed). Returns false if the worker was not live.
     ///
-    /// Events: the running task's `TaskFinished` (if it was observed), then the
+    /// With async tasks in flight, one task's timeout abandons the thread they
+    /// all share: the tasks that did not time out themselves resolve as killed.
+    ///
+    /// Events: each running task's `TaskFinished` (if it was observed), then the
     /// worker's `WorkerExited` (`Killed` or `Abandoned`). Taking the `Running`
-    /// entry is what makes this thread, and not the worker, the one that counts
-    /// the task and emits its terminal event.
+    /// entries is what makes this thread, and not the worker, the one that counts
+    /// the tasks and emits their terminal events.
     pub(crate) fn abandon(&self, slot: &Arc<Slot<W>>, failure: Failure) -> bool {
         let reason = match failure {
             Failure::Killed => ExitReason::Killed,
@@ -861,18 +906,43 @@ impl<W: Worker> Shared<W> {
             }
             reg.abandoned.push(slot);
         }
-        let taken = {
-            let mut work = lock(&slot.work);
-            work.running.take().map(|running| {
-                let ran = running.started.map_or(Duration::ZERO, |s| s.elapsed());
-                if running.weight > 0 {
-                    work.timings.record_run(ran, running.weight);
-                }
-                (running, ran)
-            })
+        // Resolve first (outside the lock: resolving wakes the caller's waker),
+        // then take the entries: a worker leaving with async tasks in flight waits
+        // for its entries to be gone before it drops their futures, so each task
+        // ends with this failure, not as closed.
+        let failure_of = |r: &Running<W>| match failure {
+            // Timed out by the monitor (it noted when to abandon): its own
+            // timeout; otherwise a bystander of another task's.
+            Failure::TimedOut if r.abandon_at.is_none() => Failure::Killed,
+            _ => failure.clone(),
         };
-        if let Some((running, ran)) = taken {
-            running.job.fail(failure);
+        let doomed: Vec<(Job<W>, Failure)> = lock(&slot.work)
+            .entries()
+            .map(|r| (r.job.clone(), failure_of(r)))
+            .collect();
+        for (job, failure) in doomed {
+            job.fail(failure);
+        }
+        // Whoever takes an entry counts its task (and records its run time):
+        // here, or the worker if its task returned meanwhile.
+        let taken: Vec<(Running<W>, Duration)> = {
+            let mut work = lock(&slot.work);
+            let running = work.take_all();
+            running
+                .into_iter()
+                .map(|running| {
+                    let ran = running.started.map_or(Duration::ZERO, |s| s.elapsed());
+                    if running.weight > 0 {
+                        work.timings.record_run(ran, running.weight);
+                    }
+                    (running, ran)
+                })
+                .collect()
+        };
+        for (running, ran) in taken {
+            // A no-op for the tasks resolved above; this resolves one the worker
+            // published after they were collected.
+            running.job.fail(failure_of(&running));
             let outcome = running.job.header().settled_outcome();
             self.count(outcome);
             if running.observed {
@@ -1108,8 +1178,8 @@ impl<W: Worker> Shared<W> {
         for slot in &slots {
             // Resolve outside the lock: resolving wakes the caller's waker, which is
             // user code.
-            let job = lock(&slot.work).running.as_ref().map(|r| r.job.clone());
-            if let Some(job) = job {
+            let jobs: Vec<Job<W>> = lock(&slot.work).entries().map(|r| r.job.clone()).collect();
+            for job in jobs {
                 job.fail(Failure::Cancelled);
             }
         }
@@ -1224,18 +1294,25 @@ impl<W: Worker> Shared<W> {
         let mut busy_time = timings.busy();
         let now = Instant::now();
         let mut workers = Vec::with_capacity(reg.live.len());
+        // Tasks running on live workers; with async tasks, several per worker.
+        let mut running_tasks: u64 = 0;
         for slot in reg.live.iter().chain(reg.abandoned.iter()) {
             let abandoned = slot.abandoned.load(Relaxed);
-            // Under the worker's lock: merge its record, read its running task.
-            let (running, busy, run) = {
+            // Under the worker's lock: merge its record, read its running tasks
+            // (with async tasks, several: each counts in the busy time so far).
+            let (current_task, tasks_running, busy, run) = {
                 let work = lock(&slot.work);
                 timings.add(&work.timings);
-                let running = work.running.as_ref();
-                let so_far = running
-                    .and_then(|r| r.started)
-                    .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                let so_far: Duration = work
+                    .entries()
+                    .filter_map(|r| r.started)
+                    .map(|s| now.saturating_duration_since(s))
+                    .sum();
+                let current = work.entries().next().map(|r| r.job.header().id());
+                let count = work.entries().count();
                 (
-                    running.map(|r| r.job.header().id()),
+                    current,
+                    count,
                     work.timings.busy() + so_far,
                     (!abandoned).then(|| work.timings.run_latency()),
                 )
@@ -1249,8 +1326,10 @@ impl<W: Worker> Shared<W> {
                 done += n;
             }
             if let Some(run) = run {
+                running_tasks += tasks_running as u64;
                 let started = slot.started.load(Relaxed);
-                let state = if running.is_some() {
+                // Busy with any task in flight.
+                let state = if current_task.is_some() {
                     WorkerState::Busy
                 } else if slot.stopping.load(Relaxed) {
                     WorkerState::Stopping
@@ -1263,7 +1342,7 @@ impl<W: Worker> Shared<W> {
                     id: slot.id,
                     started,
                     state,
-                    current_task: running,
+                    current_task,
                     tasks_done: done,
                     busy_time: busy,
                     run,
@@ -1281,7 +1360,7 @@ impl<W: Worker> Shared<W> {
             workers: workers.len(),
             busy,
             idle: workers.len() - busy,
-            queued: in_flight.saturating_sub(busy as u64) as usize,
+            queued: in_flight.saturating_sub(running_tasks) as usize,
             submitted,
             completed: by_outcome[Outcome::Ok as usize],
             failed: by_outcome[Outcome::UserError as usize],
@@ -1313,48 +1392,41 @@ impl<W: Worker> Shared<W> {
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for slot in slots {
-            enum Due<J> {
-                Expire(J),
-                Abandon,
-            }
-            let due = {
+            // What is due on this worker, collected under its lock and acted on
+            // after it: resolving wakes the caller's waker (user code).
+            let mut expired: Vec<Job<W>> = Vec::new();
+            let mut abandon = false;
+            {
                 let work = lock(&slot.work);
-                let Some(r) = work.running.as_ref() else {
-                    continue;
-                };
-                let Some(deadline) = r.deadline else { continue };
-                match r.abandon_at {
-                    None if deadline <= now => Due::Expire(r.job.clone()),
-                    None => {
-                        earliest(deadline);
-                        continue;
+                for r in work.entries() {
+                    let Some(deadline) = r.deadline else { continue };
+                    match r.abandon_at {
+                        None if deadline <= now => expired.push(r.job.clone()),
+                        None => earliest(deadline),
+                        Some(at) if at <= now => abandon = true,
+                        Some(at) => earliest(at),
                     }
-                    Some(at) if at <= now => Due::Abandon,
-                    Some(at) => {
+                }
+            }
+            if abandon {
+                // A task still inside its code a grace after its timeout: the
+                // thread is stuck in it (and any other task on it with it).
+                self.abandon(&slot, Failure::TimedOut);
+                continue;
+            }
+            for job in expired {
+                let timed_out = job.fail(Failure::TimedOut);
+                let mut work = lock(&slot.work);
+                let id = job.header().id();
+                let entry = work.entries_mut().find(|r| r.job.header().id() == id);
+                if let Some(r) = entry {
+                    if timed_out {
+                        let at = after(now, self.config.abandon_grace);
+                        r.abandon_at = Some(at);
                         earliest(at);
-                        continue;
+                    } else {
+                        r.deadline = None; // it finished first
                     }
-                }
-            };
-            match due {
-                // Resolved outside the lock: resolving wakes the caller's waker.
-                Due::Expire(job) => {
-                    let timed_out = job.fail(Failure::TimedOut);
-                    let mut work = lock(&slot.work);
-                    if let Some(r) = work.running.as_mut() {
-                        if r.job.header().id() == job.header().id() {
-                            if timed_out {
-                                let at = after(now, self.config.abandon_grace);
-                                r.abandon_at = Some(at);
-                                earliest(at);
-                            } else {
-                                r.deadline = None; // it finished first
-                            }
-                        }
-                    }
-                }
-                Due::Abandon => {
-                    self.abandon(&slot, Failure::TimedOut);
                 }
             }
         }

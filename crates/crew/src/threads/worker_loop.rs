@@ -1,15 +1,51 @@
 //! The body of one worker thread.
 //!
 //! ```text
-//! start (retry with backoff) ──► loop { find a job ─► run it } ──► stop ──► exit
-//!              ▲                           │ panicked
-//!              └──── stop, start again ◄───┘
+//! start (retry with backoff) ──► loop { poll woken futures ─► find a job ─► run it } ──► stop ──► exit
+//!              ▲                                                  │ panicked
+//!              └──── stop, start again (once no future is left) ◄─┘
 //! ```
 //!
 //! Finding a job: own deque and the injectors first; if empty, become a searcher
 //! and spin a bounded number of rounds; then park through the sleep protocol
 //! (`scheduler/sleep.md`). The thread leaves the loop when the pool is
 //! terminating, when it is closing and no work is left, or when it was abandoned.
+//!
+//! # Async tasks: polling and taking tasks on one thread
+//!
+//! A job whose code is a future (`Pool::spawn_async`, an `AsyncWorker`) starts like
+//! any other: published in the slot's `running` entry, then run, which here means
+//! polled once and, if not finished, left in the worker's [`Executor`], its entry
+//! moved to the slot's `suspended` list until the future ends, so timeouts,
+//! kills, stats and the idle count see it as running. Each turn of the loop
+//! (steps 1 and 3 skipped in one load while no future is in flight):
+//!
+//! 1. polls the futures woken since the last turn (one load when none was);
+//! 2. if fewer than `concurrency` tasks are in flight, takes one job (or searches
+//!    and parks as usual, with a woken future as one more reason to wake up: a
+//!    parked worker with futures in flight is still a sleeper that submitters may
+//!    wake);
+//! 3. otherwise takes nothing and waits for a future outside the sleep protocol
+//!    ([`Executor::wait`]): it is busy, so no submitter counts on it, and the
+//!    queue's work goes to other workers (backpressure per worker).
+//!
+//! # Mail and async tasks
+//!
+//! The mailbox is read at a turn of the loop, never inside a task's code: for
+//! synchronous tasks that is between two tasks, as before. With async tasks in
+//! flight it is between two polls: `on_message` runs while those tasks wait at
+//! an `.await`. That is sound because no future borrows the worker value
+//! itself: `Pool::spawn_async`'s futures never see it, and an
+//! `AsyncWorker`'s futures own a share of its state (`Async` holds it in an
+//! `Rc`), to which `Async::on_message` gives `AsyncWorker::on_message` only a
+//! shared reference. A full worker waiting for its futures also wakes up for
+//! mail. While a rebuild waits for the futures to end (below), mail waits too:
+//! it goes to the new state.
+//!
+//! A closing pool's worker leaves only once its futures have ended. A panic in a
+//! future rebuilds the worker's state as a synchronous panic does, but only after
+//! the worker's other futures (which share that state) have ended; it takes no
+//! new task meanwhile.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
@@ -17,7 +53,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Stealer, Worker as Deque};
 
-use super::{CurrentGuard, Running, Shared, Slot, CLOSING, TERMINATING};
+use super::executor::Executor;
+use super::{CurrentGuard, Running, Shared, Slot, Work, CLOSING, TERMINATING};
 use super::{TIME_ALL, TIME_ONE_IN};
 use crate::error::{panic_message, Failure};
 use crate::events::{Event, ExitReason};
@@ -26,11 +63,11 @@ use crate::scheduler::sleep::Parked;
 use crate::scheduler::spin::{
     self, Spin, QUIET_SPIN_ROUNDS, WORKER_SPIN_ROUNDS, WORKER_YIELD_ROUNDS,
 };
-use crate::sync::{after, lock, Arc};
-use crate::task::cell::{Job, Outcome, Ran};
+use crate::sync::{after, lock, modelled, Arc};
+use crate::task::cell::{Job, Outcome, Ran, Started};
 use crate::task::TaskId;
 use crate::trace;
-use crate::worker::{Context, Worker, WorkerId};
+use crate::worker::{Context, Outbox, Worker, WorkerId};
 
 /// The worker thread's own, unshared state.
 struct Local<W: Worker> {
@@ -53,6 +90,15 @@ struct Local<W: Worker> {
     last_end: Option<Instant>,
     /// How many of the pool's sticky messages the current worker state has.
     sticky_seen: usize,
+    /// Where `Context::send` puts this worker's messages: made once per worker
+    /// and shared by every context it hands out (an async task's owns a clone).
+    outbox: Arc<dyn Outbox>,
+    /// The async tasks in flight on this thread.
+    executor: Executor,
+    /// A task (or `on_message`) panicked while futures were in flight: the
+    /// state is rebuilt (this says why) once none is; no new task is taken and
+    /// no mail read until then.
+    rebuild: Option<String>,
 }
 
 /// What a worker does next.
@@ -60,12 +106,22 @@ enum Next<W> {
     Job(Job<W>),
     /// Messages from the pool wait in its mailbox.
     Mail,
+    /// A future was woken: poll it.
+    Poll,
+    /// The pool is closing and nothing is queued, but futures are in flight:
+    /// wait for them.
+    Wait,
     Leave,
 }
 
 /// Runs a worker thread to completion.
 pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: Deque<Job<W>>) {
     slot.sleeper.bind();
+    let executor = Executor::new(
+        shared.config.concurrency,
+        modelled::Arc::clone(&slot.sleeper),
+    );
+    let outbox: Arc<dyn Outbox> = Arc::new(BusOutbox(Arc::clone(&shared.messages)));
     let mut local = Local {
         shared,
         slot,
@@ -77,29 +133,130 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         retired: false,
         last_end: None,
         sticky_seen: 0,
+        outbox,
+        executor,
+        rebuild: None,
     };
     let _span = trace::worker_span(local.slot.id);
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
     let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {
+        // Skipped in one load and two compares by a worker that runs only
+        // synchronous tasks.
+        if local.rebuild.is_some() || local.executor.is_active() {
+            local.poll_futures();
+            if local.rebuild.is_some() && local.executor.is_empty() {
+                // The instance may be half-updated: retire it and build a fresh one.
+                let reason = local.rebuild.take();
+                local.stop(worker.take());
+                worker = local.start(reason);
+                local.last_end = None;
+                continue;
+            }
+            if local.rebuild.is_some() || !local.executor.has_room() {
+                // Full, or waiting out the futures before a rebuild: take no task.
+                if local.must_leave() {
+                    break;
+                }
+                if local.rebuild.is_none() && local.slot.has_mail.load(Relaxed) {
+                    worker = local.read_mail(worker);
+                    continue;
+                }
+                local.wait_for_futures();
+                continue;
+            }
+        }
         match local.next_job() {
             Next::Job(job) => {
                 if local.run_job(&job, w) == Ran::Panicked {
-                    // The instance may be half-updated: retire it and build a
-                    // fresh one.
-                    local.stop(worker.take());
-                    worker = local.start(Some(format!("{} panicked", job.header().id())));
-                    local.last_end = None;
+                    local.rebuild = Some(format!("{} panicked", job.header().id()));
                 }
             }
             Next::Mail => worker = local.read_mail(worker),
+            Next::Poll => {}
+            Next::Wait => local.wait_for_futures(),
             Next::Leave => break,
         }
     }
     local.slot.stopping.store(true, Relaxed);
+    local.drop_futures();
     local.stop(worker);
     drop(guard);
     local.exit();
+}
+
+/// Takes a finished async task's entry back from `suspended` (see [`end_entry`]).
+fn task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>, id: TaskId) -> Option<Instant> {
+    end_entry(shared, slot, |work| {
+        let at = work
+            .suspended
+            .iter()
+            .position(|r| r.job.header().id() == id);
+        // Removed in place, so the first entry stays the oldest task in flight.
+        at.map(|at| work.suspended.remove(at))
+    })
+}
+
+/// Takes the entry of the synchronous task that just returned.
+#[inline]
+fn sync_task_ended<W: Worker>(shared: &Shared<W>, slot: &Slot<W>) -> Option<Instant> {
+    end_entry(shared, slot, |work| work.running.take())
+}
+
+/// Takes the entry `take` gives, records its run time (if it was timed), counts
+/// its outcome, closes its span and emits its `TaskFinished`. Returns the
+/// instant it ended if the clock was read. If the entry is gone, the pool
+/// abandoned this thread meanwhile and has counted the task (and emitted its
+/// `TaskFinished`); `must_leave` is then true and the loop ends.
+#[inline(always)]
+fn end_entry<W: Worker>(
+    shared: &Shared<W>,
+    slot: &Slot<W>,
+    take: impl FnOnce(&mut Work<W>) -> Option<Running<W>>,
+) -> Option<Instant> {
+    let mut end = None;
+    let mine = {
+        let mut work = lock(&slot.work);
+        take(&mut work).map(|mine| {
+            let elapsed = mine.started.map_or(Duration::ZERO, |started| {
+                let now = Instant::now();
+                end = Some(now);
+                now.saturating_duration_since(started)
+            });
+            if mine.weight > 0 {
+                work.timings.record_run(elapsed, mine.weight);
+            }
+            (mine, elapsed)
+        })
+    };
+    if let Some((mine, elapsed)) = mine {
+        let header = mine.job.header();
+        let outcome = header.settled_outcome();
+        slot.count(outcome);
+        mine.span.finished(outcome, elapsed);
+        if mine.observed {
+            finished(shared, slot.id, header.id(), outcome, mine.waited, elapsed);
+        }
+    }
+    end
+}
+
+#[cold]
+fn finished<W: Worker>(
+    shared: &Shared<W>,
+    worker: WorkerId,
+    task: TaskId,
+    outcome: Outcome,
+    waited: Duration,
+    ran: Duration,
+) {
+    shared.events.emit(Event::TaskFinished {
+        task,
+        worker,
+        outcome: outcome.into(),
+        waited,
+        ran,
+    });
 }
 
 impl<W: Worker> Local<W> {
@@ -127,8 +284,7 @@ impl<W: Worker> Local<W> {
             if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
                 return None;
             }
-            let outbox = BusOutbox(&self.shared.messages);
-            let mut ctx = Context::new(self.id(), None).with_outbox(&outbox);
+            let mut ctx = Context::new(self.id(), None).with_outbox(&self.outbox);
             let message = match catch_unwind(AssertUnwindSafe(|| W::start(&mut ctx))) {
                 Ok(Ok(worker)) => {
                     if self.shared.on_started(&self.slot, restarted.take()) {
@@ -174,7 +330,9 @@ impl<W: Worker> Local<W> {
         worker
     }
 
-    /// Reads the mailbox: every message in order, to `on_message`.
+    /// Reads the mailbox: every message in order, to `on_message`. If one
+    /// panics with futures in flight, the rest stays in the mailbox for the
+    /// rebuilt state.
     #[cold]
     fn read_mail(&mut self, mut worker: Option<W>) -> Option<W> {
         let mail = {
@@ -182,7 +340,18 @@ impl<W: Worker> Local<W> {
             self.slot.has_mail.store(false, SeqCst);
             std::mem::take(&mut mailbox.queue)
         };
-        for mail in mail {
+        let mut pending = mail.into_iter();
+        while let Some(mail) = pending.next() {
+            if self.rebuild.is_some() {
+                // Put the rest back, in order, ahead of anything sent since.
+                let mut mailbox = lock(&self.slot.mail);
+                let newer = std::mem::take(&mut mailbox.queue);
+                mailbox.queue.push_back(mail);
+                mailbox.queue.extend(pending);
+                mailbox.queue.extend(newer);
+                self.slot.has_mail.store(true, SeqCst);
+                break;
+            }
             let message = match mail {
                 Mail::Plain(message) => message,
                 Mail::Sticky(n) => {
@@ -198,16 +367,21 @@ impl<W: Worker> Local<W> {
         worker
     }
 
-    /// Runs `on_message`; a panic rebuilds the state, as a task's panic does.
+    /// Runs `on_message`; a panic rebuilds the state, as a task's panic does: at
+    /// once, or, with futures in flight (they share the state), once they have
+    /// ended.
     fn deliver(&mut self, worker: Option<W>, message: W::Message) -> Option<W> {
         let mut worker = worker?;
-        let outbox = BusOutbox(&self.shared.messages);
-        let mut ctx = Context::new(self.id(), None).with_outbox(&outbox);
+        let mut ctx = Context::new(self.id(), None).with_outbox(&self.outbox);
         match catch_unwind(AssertUnwindSafe(|| worker.on_message(message, &mut ctx))) {
             Ok(()) => Some(worker),
             Err(panic) => {
                 let reason = format!("on_message panicked: {}", panic_message(&*panic));
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                if !self.executor.is_empty() {
+                    self.rebuild.get_or_insert(reason);
+                    return Some(worker);
+                }
                 self.stop(Some(worker));
                 self.last_end = None;
                 self.start(Some(reason))
@@ -217,8 +391,7 @@ impl<W: Worker> Local<W> {
 
     fn stop(&self, worker: Option<W>) {
         let Some(mut worker) = worker else { return };
-        let outbox = BusOutbox(&self.shared.messages);
-        let mut ctx = Context::new(self.id(), None).with_outbox(&outbox);
+        let mut ctx = Context::new(self.id(), None).with_outbox(&self.outbox);
         let _ = catch_unwind(AssertUnwindSafe(|| worker.stop(&mut ctx)));
         let _ = catch_unwind(AssertUnwindSafe(move || drop(worker)));
         self.shared.on_stopped(&self.slot);
@@ -276,6 +449,7 @@ impl<W: Worker> Local<W> {
             .timeout
             .zip(started)
             .map(|(t, started)| after(started, t));
+        let span = trace::task_span(header.id(), self.id(), waited);
         {
             let mut work = lock(&self.slot.work);
             if weight > 0 {
@@ -289,40 +463,108 @@ impl<W: Worker> Local<W> {
                 waited,
                 observed,
                 abandon_at: None,
+                span: span.share(),
             });
         }
         if let Some(deadline) = deadline {
             self.shared.monitor.wake_at(&self.shared, deadline);
         }
-        let outbox = BusOutbox(&self.shared.messages);
-        let mut ctx = Context::new(self.id(), Some(header)).with_outbox(&outbox);
-        let span = trace::task_span(header.id(), self.id(), waited);
-        let ran = span.run(|| job.run(worker, &mut ctx));
-        let mine = {
-            let mut work = lock(&self.slot.work);
-            work.running.take().map(|mine| {
-                let elapsed = mine.started.map_or(Duration::ZERO, |started| {
-                    let end = Instant::now();
-                    self.last_end = Some(end);
-                    end.saturating_duration_since(started)
-                });
-                if mine.weight > 0 {
-                    work.timings.record_run(elapsed, mine.weight);
+        let id = self.id();
+        let outbox = Some(&self.outbox);
+        match span.run(|| job.run(worker, id, outbox)) {
+            Started::Done(ran) => {
+                // If the entry is gone, the pool abandoned this thread mid-task
+                // and counted the task (and emitted its `TaskFinished`);
+                // `must_leave` is now true and the loop ends.
+                self.last_end = sync_task_ended(&self.shared, &self.slot);
+                ran
+            }
+            Started::Suspended(run) => {
+                // In flight: its entry moves to `suspended` until the future ends,
+                // and its run time is measured to then. (If `abandon` took it
+                // meanwhile, the future finds its task decided at its first poll.)
+                {
+                    let mut work = lock(&self.slot.work);
+                    if let Some(entry) = work.running.take() {
+                        work.suspended.push(entry);
+                    }
                 }
-                (mine, elapsed)
-            })
-        };
-        if let Some((mine, elapsed)) = mine {
-            let outcome = header.settled_outcome();
-            self.slot.count(outcome);
-            span.finished(outcome, elapsed);
-            if mine.observed {
-                self.finished(header.id(), outcome, waited, elapsed);
+                self.executor.push(span.instrument(run));
+                Ran::Returned
             }
         }
-        // else: the pool abandoned this thread mid-task and counted the task (and
-        // emitted its `TaskFinished`); `must_leave` is now true and the loop ends.
-        ran
+    }
+
+    /// Polls the futures that were woken; counts the tasks that ended. A panic in
+    /// one of them schedules a rebuild of the worker's state.
+    #[inline]
+    fn poll_futures(&mut self) {
+        let Local {
+            executor,
+            shared,
+            slot,
+            rebuild,
+            ..
+        } = self;
+        let polled = executor.poll(|id, ran| {
+            task_ended(shared, slot, id);
+            if ran == Ran::Panicked && rebuild.is_none() {
+                *rebuild = Some(format!("{id} panicked"));
+            }
+        });
+        if polled {
+            // Time passed polling: the next start reads the clock.
+            self.last_end = None;
+        }
+    }
+
+    /// Waits, taking no task, until a future is woken, mail can be read, or the
+    /// thread must leave.
+    #[cold]
+    fn wait_for_futures(&mut self) {
+        self.last_end = None;
+        let mail = self.rebuild.is_none();
+        self.executor
+            .wait(|| self.must_leave() || (mail && self.slot.has_mail.load(SeqCst)));
+    }
+
+    /// The thread is leaving with futures in flight (the pool is terminating, or
+    /// this worker was abandoned): resolves their tasks as the pool's caller
+    /// would, drops the futures, then counts the tasks whose entries are still
+    /// here.
+    fn drop_futures(&mut self) {
+        if self.executor.is_empty() {
+            return;
+        }
+        if self.slot.abandoned.load(SeqCst) {
+            // Right after it raises the flag, `abandon` resolves every entry (as
+            // killed or timed out), then takes and counts them, in crew code only:
+            // wait for that, so no task here ends as closed instead.
+            let backoff = crossbeam_utils::Backoff::new();
+            while !lock(&self.slot.work).is_empty() {
+                backoff.snooze();
+            }
+        } else {
+            // Terminating: `terminate` resolves running tasks as cancelled, and may
+            // not have reached this worker yet. Do it first, so a future dropped
+            // below does not resolve its task as closed.
+            let jobs: Vec<Job<W>> = lock(&self.slot.work)
+                .entries()
+                .map(|r| r.job.clone())
+                .collect();
+            for job in jobs {
+                job.fail(Failure::Cancelled);
+            }
+        }
+        self.executor.clear();
+        let ids: Vec<TaskId> = lock(&self.slot.work)
+            .suspended
+            .iter()
+            .map(|r| r.job.header().id())
+            .collect();
+        for id in ids {
+            task_ended(&self.shared, &self.slot, id);
+        }
     }
 
     #[cold]
@@ -331,17 +573,6 @@ impl<W: Worker> Local<W> {
             task,
             worker: self.id(),
             waited,
-        });
-    }
-
-    #[cold]
-    fn finished(&self, task: TaskId, outcome: Outcome, waited: Duration, ran: Duration) {
-        self.shared.events.emit(Event::TaskFinished {
-            task,
-            worker: self.id(),
-            outcome: outcome.into(),
-            waited,
-            ran,
         });
     }
 
@@ -409,8 +640,19 @@ impl<W: Worker> Local<W> {
             let spin_rounds = if may_spin { WORKER_SPIN_ROUNDS } else { 0 };
             let mut spin = Spin::new(spin_rounds, WORKER_YIELD_ROUNDS);
             loop {
-                if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
+                if self.must_leave() {
                     return Next::Leave;
+                }
+                if self.shared.is_closed() && !self.has_work() {
+                    if self.executor.is_empty() {
+                        return Next::Leave;
+                    }
+                    self.stop_searching();
+                    return Next::Wait;
+                }
+                if self.executor.is_ready() {
+                    self.stop_searching();
+                    return Next::Poll;
                 }
                 if self.slot.has_mail.load(Relaxed) {
                     self.stop_searching();
@@ -425,11 +667,23 @@ impl<W: Worker> Local<W> {
                 }
             }
             self.refresh_peers();
+            if !self.executor.sleeping() {
+                // A future was woken just now: poll it instead of parking.
+                self.stop_searching();
+                return Next::Poll;
+            }
             let shared = Arc::clone(&self.shared);
             let slot = Arc::clone(&self.slot);
-            let stay_awake = || slot.abandoned.load(SeqCst) || shared.lifecycle() & CLOSING != 0;
+            let futures = self.executor.wake_handle();
+            // A woken future ends the park like a shutdown or a kill does
+            // (`Parked::Interrupted`); see `executor.rs`.
+            let stay_awake = || {
+                slot.abandoned.load(SeqCst)
+                    || shared.lifecycle() & CLOSING != 0
+                    || futures.is_ready()
+            };
             // An elastic pool's extra workers park with a timeout and retire when it
-            // passes with nothing to do.
+            // passes with nothing to do (and no future in flight).
             let elastic = shared.config.is_elastic();
             let timeout = elastic.then_some(shared.config.idle_timeout);
             let mut parked = shared.sleep.park(
@@ -440,13 +694,15 @@ impl<W: Worker> Local<W> {
                 timeout,
             );
             while parked == Parked::TimedOut {
-                if shared.try_retire(&slot) {
+                if self.executor.is_empty() && shared.try_retire(&slot) {
+                    self.executor.awake();
                     self.retired = true;
                     shared.sleep.stop_waiting(&slot.sleeper);
                     return Next::Leave; // `exit` hands over anything that woke us
                 }
                 parked = shared.sleep.park_again(&slot.sleeper, stay_awake, timeout);
             }
+            self.executor.awake();
             // Woken (or nothing to sleep for): counted as searching again. A woken
             // worker was chosen to find work, so it spins.
             may_spin = true;
@@ -464,6 +720,9 @@ impl<W: Worker> Local<W> {
         while self.shared.sleep.nobody_sleeping() && spin.next() {
             if self.must_leave() {
                 return Some(Next::Leave);
+            }
+            if self.executor.is_ready() {
+                return Some(Next::Poll);
             }
             if self.slot.has_mail.load(Relaxed) {
                 return Some(Next::Mail);
