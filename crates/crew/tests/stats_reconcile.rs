@@ -105,6 +105,11 @@ fn stats_reconcile_after_a_mixed_run() {
     }
 
     assert!(pool.wait_idle_timeout(LIMIT));
+    // Idle means every task is finished with; a worker whose task panicked may
+    // still be rebuilding its state (`stop`, then `start`) for a moment.
+    wait_until("both workers have rebuilt their state", || {
+        pool.stats().per_worker.iter().all(|w| w.started)
+    });
     let stats = pool.stats();
     assert_eq!(stats.submitted, 21, "{stats}");
     assert_eq!(stats.submitted, stats.finished(), "{stats}");
