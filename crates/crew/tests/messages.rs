@@ -243,6 +243,19 @@ fn messages_end_after_shutdown(make: fn(usize) -> PoolBuilder<Talker>) {
     assert_eq!(rest.len(), 3);
 }
 
+/// Mail sent just before a shutdown is read before the workers stop, as queued
+/// work is run.
+fn a_broadcast_just_before_shutdown_is_read(make: fn(usize) -> PoolBuilder<Talker>) {
+    let pool = make(2).build().unwrap();
+    started(&pool, 2);
+    let messages = pool.messages();
+    pool.broadcast(Msg::Set(8));
+    pool.shutdown();
+    let acks: Vec<_> = messages.collect();
+    assert_eq!(acks.len(), 2, "{acks:?}");
+    assert!(acks.iter().all(|(_, m)| *m == Msg::Ack(8)), "{acks:?}");
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod on_threads {
@@ -262,4 +275,5 @@ on_both_backends!(
     a_panic_in_on_message_rebuilds_the_state,
     a_message_of_the_wrong_type_is_refused,
     messages_end_after_shutdown,
+    a_broadcast_just_before_shutdown_is_read,
 );

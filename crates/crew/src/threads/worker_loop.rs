@@ -175,7 +175,15 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
             Next::Mail => worker = local.read_mail(worker),
             Next::Poll => {}
             Next::Wait => local.wait_for_futures(),
-            Next::Leave => break,
+            Next::Leave => {
+                // A graceful exit (shutdown, retirement) reads the mail that came
+                // before it, as it runs the work that was queued; a kill or
+                // `terminate` drops it.
+                if !local.must_leave() && local.slot.has_mail.load(SeqCst) {
+                    worker = local.read_mail(worker);
+                }
+                break;
+            }
         }
     }
     local.slot.stopping.store(true, Relaxed);
