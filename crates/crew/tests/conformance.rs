@@ -22,14 +22,13 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::mpsc::RecvTimeoutError;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, LIMIT};
+use common::{recv_to_end, recv_until, wait_until, worker_processes, LIMIT};
 use crew::{
-    Context, Event, Events, ExitReason, Health, Pool, PoolBuilder, Priority, StartError, Task,
-    TaskError, TaskId, TaskOutcome, Worker, WorkerId,
+    Context, Event, ExitReason, Health, Pool, PoolBuilder, Priority, StartError, Task, TaskError,
+    TaskId, TaskOutcome, Worker, WorkerId,
 };
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -124,17 +123,7 @@ impl Backend {
     fn builder(self, n: usize) -> PoolBuilder<Probe> {
         match self {
             Backend::Threads => Pool::<Probe>::builder().workers(n),
-            Backend::Processes => Pool::<Probe>::builder()
-                .processes(n)
-                .args([
-                    "crew_worker_entry",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                    "-q",
-                ])
-                .on_output(|_, _, _| {})
-                .kill_grace(Duration::from_millis(200)),
+            Backend::Processes => worker_processes::<Probe>(n),
         }
     }
 
@@ -276,37 +265,6 @@ fn wait_running(pool: &Pool<Probe>, task: &Task<Reply, String>) -> WorkerId {
     let worker = on.unwrap();
     assert_eq!(task.worker(), Some(worker));
     worker
-}
-
-/// Receives events until `done` holds for what was received so far.
-#[track_caller]
-fn recv_until(events: &Events, mut done: impl FnMut(&[Event]) -> bool) -> Vec<Event> {
-    let deadline = Instant::now() + LIMIT;
-    let mut seen = Vec::new();
-    while !done(&seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(event) => seen.push(event),
-            Err(RecvTimeoutError::Timeout) => panic!("timed out; saw {seen:#?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("stream ended; saw {seen:#?}"),
-        }
-    }
-    seen
-}
-
-/// Receives everything until the stream ends (the pool must be shut down).
-#[track_caller]
-fn recv_to_end(events: &Events) -> Vec<Event> {
-    let deadline = Instant::now() + LIMIT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(event) => seen.push(event),
-            Err(RecvTimeoutError::Disconnected) => return seen,
-            Err(RecvTimeoutError::Timeout) => panic!("stream did not end; saw {seen:#?}"),
-        }
-    }
 }
 
 fn is_terminal(e: &Event) -> bool {

@@ -6,46 +6,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use common::{join, Gate, OpenOnDrop, LIMIT};
+use common::{join, recv_to_end, recv_until, Gate, OpenOnDrop, LIMIT};
 use crew::{
-    Context, Event, Events, ExitReason, Pool, PoolBuilder, StartError, TaskId, TaskOutcome, Worker,
+    Context, Event, ExitReason, Pool, PoolBuilder, StartError, TaskId, TaskOutcome, Worker,
     WorkerId,
 };
-
-/// Receives events until `done` holds for what was received so far; fails the
-/// test after [`LIMIT`].
-#[track_caller]
-fn recv_until(events: &Events, mut done: impl FnMut(&[Event]) -> bool) -> Vec<Event> {
-    let deadline = Instant::now() + LIMIT;
-    let mut seen = Vec::new();
-    while !done(&seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(event) => seen.push(event),
-            Err(RecvTimeoutError::Timeout) => panic!("timed out; saw {seen:#?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("stream ended; saw {seen:#?}"),
-        }
-    }
-    seen
-}
-
-/// Receives everything until the stream ends (the pool must be shut down).
-#[track_caller]
-fn recv_to_end(events: &Events) -> Vec<Event> {
-    let deadline = Instant::now() + LIMIT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(event) => seen.push(event),
-            Err(RecvTimeoutError::Disconnected) => return seen,
-            Err(RecvTimeoutError::Timeout) => panic!("stream did not end; saw {seen:#?}"),
-        }
-    }
-}
 
 fn terminal(events: &[Event], task: TaskId) -> Vec<&Event> {
     events

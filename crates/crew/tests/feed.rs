@@ -9,9 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
-use common::{wait_until, Gate, OpenOnDrop};
+use common::{wait_until, worker_processes, Gate, OpenOnDrop};
 use crew::{Context, Pool, StartError, Worker};
 use futures::StreamExt;
 
@@ -376,19 +375,7 @@ async fn the_stream_form_runs_under_tokio_with_an_async_channel() {
 
 #[test]
 fn a_feed_runs_on_a_process_pool() {
-    let pool = Pool::<Squarer>::builder()
-        .processes(2)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
-        .kill_grace(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    let pool = worker_processes::<Squarer>(2).build().unwrap();
     let (jobs, queue) = mpsc::channel();
     let producer = std::thread::spawn(move || {
         for n in (0..200u64).chain([1_000_001]) {

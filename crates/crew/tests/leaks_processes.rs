@@ -9,10 +9,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{join, wait_until};
-use crew::{Context, Pool, StartError, Worker};
+use common::{join, wait_until, worker_processes};
+use crew::{Context, StartError, Worker};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,19 +80,7 @@ fn ten_thousand_tasks_and_200_respawns_leave_nothing_behind() {
     let (fds, threads) = (count("/proc/self/fd"), count("/proc/self/task"));
     assert!(children().is_empty(), "no child before the pool");
 
-    let pool = Pool::<Probe>::builder()
-        .processes(2)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
-        .kill_grace(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
 
     let big = serde_bytes::ByteBuf::from(vec![1u8; 200_000]);
     for round in 0..200u64 {

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{wait_until, LIMIT};
+use common::{wait_until, worker_processes, LIMIT};
 use crew::{Context, Pool, PoolBuilder, SendError, StartError, Worker, WorkerId};
 use serde::{Deserialize, Serialize};
 
@@ -89,17 +87,7 @@ fn threads(n: usize) -> PoolBuilder<Talker> {
 }
 
 fn processes(n: usize) -> PoolBuilder<Talker> {
-    Pool::<Talker>::builder()
-        .processes(n)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
-        .kill_grace(Duration::from_millis(200))
+    worker_processes::<Talker>(n)
 }
 
 /// Receives messages until `want` has seen what it needs, failing after LIMIT.

@@ -4,29 +4,10 @@
 
 mod common;
 
-use std::sync::mpsc::RecvTimeoutError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{block_workers, join, wait_until, Gate, OpenOnDrop, LIMIT};
-use crew::{Event, Events, Health, Pool, WorkerState};
-
-/// Receives events until `pick` returns something, failing after [`LIMIT`].
-#[track_caller]
-fn wait_for_event<T>(events: &Events, what: &str, mut pick: impl FnMut(Event) -> Option<T>) -> T {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(event) => {
-                if let Some(found) = pick(event) {
-                    return found;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => panic!("no {what} within {LIMIT:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("the stream ended before {what}"),
-        }
-    }
-}
+use common::{block_workers, join, wait_for_event, wait_until, Gate, OpenOnDrop, LIMIT};
+use crew::{Event, Health, Pool, WorkerState};
 
 #[test]
 fn histograms_count_every_task_and_rows_add_up() {

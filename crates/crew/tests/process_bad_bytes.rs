@@ -13,11 +13,10 @@ mod common;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
-use common::{join, LIMIT};
+use common::{join, wait_until, worker_processes, LIMIT, WORKER_ENTRY};
 use crew::wire::{FrameEncoder, Hello, Role, ToWorker, DEFAULT_FRAME_LIMIT};
-use crew::{Context, Pool, StartError, Worker};
+use crew::{Context, StartError, Worker};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -69,14 +68,6 @@ fn crew_worker_entry() {
     crew::Bootstrap::new().worker::<Scribbler>().run();
 }
 
-const ENTRY: [&str; 5] = [
-    "crew_worker_entry",
-    "--exact",
-    "--nocapture",
-    "--test-threads=1",
-    "-q",
-];
-
 /// Bytes that look like frames some of the time: arbitrary, or a valid
 /// parent-bound frame with a few bytes flipped, cut short, or followed by junk.
 fn nasty() -> impl Strategy<Value = Vec<u8>> {
@@ -110,11 +101,7 @@ proptest! {
 
     #[test]
     fn a_worker_writing_bad_bytes_fails_alone_and_is_replaced(bytes in nasty()) {
-        let pool = Pool::<Scribbler>::builder()
-            .processes(1)
-            .args(ENTRY)
-            .on_output(|_, _, _| {})
-            .kill_grace(Duration::from_millis(100))
+        let pool = worker_processes::<Scribbler>(1)
             .build()
             .unwrap();
         let err = join(pool.submit(Job::Scribble(bytes.clone())).unwrap()).unwrap_err();
@@ -150,7 +137,7 @@ fn worker_fed(junk: &[u8], after_hello: bool) -> std::process::ExitStatus {
     let fd = theirs.as_raw_fd();
     let mut command = std::process::Command::new(std::env::current_exe().unwrap());
     command
-        .args(ENTRY)
+        .args(WORKER_ENTRY)
         .env("CREW_WORKER_FD", fd.to_string())
         .env("CREW_WORKER_TYPE", std::any::type_name::<Scribbler>())
         .env("CREW_WORKER_ID", "1")
@@ -202,15 +189,10 @@ fn worker_fed(junk: &[u8], after_hello: bool) -> std::process::ExitStatus {
     let mut sink = Vec::new();
     ours.set_read_timeout(Some(LIMIT)).unwrap();
     let _ = ours.read_to_end(&mut sink);
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        if let Some(status) = reap.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker fed {junk:?} did not exit within {LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut status = None;
+    wait_until("the worker exits", || {
+        status = reap.0.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
 }

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, LIMIT};
-use crew::{Context, Event, Events, Health, Pool, PoolBuilder, StartError, Worker, WorkerState};
+use common::{wait_for_event, wait_until, worker_processes, LIMIT};
+use crew::{Context, Event, Health, PoolBuilder, StartError, Worker, WorkerState};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,17 +55,7 @@ fn crew_worker_entry() {
 }
 
 fn processes(n: usize) -> PoolBuilder<Echo> {
-    Pool::<Echo>::builder()
-        .processes(n)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
-        .kill_grace(Duration::from_millis(200))
+    worker_processes::<Echo>(n)
 }
 
 /// A file whose creation releases `Job::WaitFor` tasks; removed on drop.
@@ -91,23 +80,6 @@ impl FileGate {
 impl Drop for FileGate {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-#[track_caller]
-fn wait_for_event<T>(events: &Events, what: &str, mut pick: impl FnMut(Event) -> Option<T>) -> T {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(event) => {
-                if let Some(found) = pick(event) {
-                    return found;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => panic!("no {what} within {LIMIT:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("the stream ended before {what}"),
-        }
     }
 }
 

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::wait_until;
-use crew::{Context, Pool, PoolBuilder, StartError, Worker};
+use common::{wait_until, worker_processes, Rng};
+use crew::{Context, Pool, StartError, Worker};
 use serde::{Deserialize, Serialize};
 
 /// What a probe task does in the worker process.
@@ -179,19 +179,11 @@ fn crew_worker_entry() {
         .run();
 }
 
-/// A process pool whose workers re-run this test binary's `crew_worker_entry`.
-fn processes<W: crew::RemoteWorker>(n: usize) -> PoolBuilder<W> {
-    Pool::<W>::builder()
-        .processes(n)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
-        .kill_grace(Duration::from_millis(200))
+/// How many workers left for `reason`, over a stream that has ended.
+fn exits(events: crew::Events, reason: crew::ExitReason) -> usize {
+    events
+        .filter(|e| matches!(e, crew::Event::WorkerExited { reason: r, .. } if *r == reason))
+        .count()
 }
 
 fn echo(pool: &Pool<Probe>, n: u64) -> u64 {
@@ -210,7 +202,7 @@ fn full_size(pool: &Pool<Probe>) {
 
 #[test]
 fn results_errors_and_panics_cross_the_process_boundary() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let tasks: Vec<_> = (0..1000)
         .map(|i| pool.submit(Job::Echo(i)).unwrap())
         .collect();
@@ -243,7 +235,7 @@ fn results_errors_and_panics_cross_the_process_boundary() {
 
 #[test]
 fn each_crash_kind_fails_only_its_task_and_the_pool_recovers() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     type Check = Box<dyn Fn(&crew::TaskError<String>)>;
     let cases: Vec<(Job, Check)> = vec![
         (
@@ -296,7 +288,7 @@ fn each_crash_kind_fails_only_its_task_and_the_pool_recovers() {
 
 #[test]
 fn workers_are_separate_processes() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let pids: std::collections::HashSet<u64> = (0..200)
         .map(|_| pool.submit(Job::Pid).unwrap())
         .collect::<Vec<_>>()
@@ -312,7 +304,7 @@ fn workers_are_separate_processes() {
 
 #[test]
 fn a_timeout_kills_an_infinite_loop_and_the_worker_is_replaced() {
-    let pool = processes::<Probe>(1).build().unwrap();
+    let pool = worker_processes::<Probe>(1).build().unwrap();
     full_size(&pool);
     let before = pool.workers();
     let looping = pool
@@ -332,7 +324,7 @@ fn a_timeout_kills_an_infinite_loop_and_the_worker_is_replaced() {
 
 #[test]
 fn cancelling_a_running_task_kills_its_worker() {
-    let pool = processes::<Probe>(1).build().unwrap();
+    let pool = worker_processes::<Probe>(1).build().unwrap();
     let events = pool.events();
     let looping = pool.submit(Job::Loop).unwrap();
     wait_until("the loop is running", || pool.stats().busy == 1);
@@ -341,23 +333,13 @@ fn cancelling_a_running_task_kills_its_worker() {
     assert!(err.is_cancelled());
     assert_eq!(echo(&pool, 9), 9);
     pool.shutdown();
-    let killed = events
-        .filter(|e| {
-            matches!(
-                e,
-                crew::Event::WorkerExited {
-                    reason: crew::ExitReason::Killed,
-                    ..
-                }
-            )
-        })
-        .count();
+    let killed = exits(events, crew::ExitReason::Killed);
     assert_eq!(killed, 1);
 }
 
 #[test]
 fn cancelling_a_task_waiting_in_a_window_does_not_kill_anyone() {
-    let pool = processes::<Probe>(1).build().unwrap();
+    let pool = worker_processes::<Probe>(1).build().unwrap();
     full_size(&pool);
     let workers = pool.workers();
     // The loop never ends, so the echo behind it is still waiting, whatever the
@@ -379,7 +361,7 @@ fn cancelling_a_task_waiting_in_a_window_does_not_kill_anyone() {
 
 #[test]
 fn kill_worker_fails_its_task_as_killed_and_requeues_the_rest() {
-    let pool = processes::<Probe>(1).window(8).build().unwrap();
+    let pool = worker_processes::<Probe>(1).window(8).build().unwrap();
     let looping = pool.submit(Job::Loop).unwrap();
     let behind: Vec<_> = (0..5).map(|i| pool.submit(Job::Echo(i)).unwrap()).collect();
     wait_until("the loop is running", || pool.stats().busy == 1);
@@ -399,7 +381,7 @@ fn kill_worker_fails_its_task_as_killed_and_requeues_the_rest() {
 
 #[test]
 fn retries_run_a_task_again_after_its_worker_exits() {
-    let pool = processes::<Probe>(1).retries(2).build().unwrap();
+    let pool = worker_processes::<Probe>(1).retries(2).build().unwrap();
     // Exits every time: it is tried 1 + 2 times, then fails as a crash.
     let err = pool.submit(Job::Exit(7)).unwrap().join().unwrap_err();
     assert_eq!(err.crash().unwrap().exit_code(), Some(7));
@@ -411,23 +393,13 @@ fn retries_run_a_task_again_after_its_worker_exits() {
     assert_eq!(err.crash().unwrap().signal(), Some(6));
     assert_eq!(echo(&pool, 1), 1);
     pool.shutdown();
-    let deaths = events
-        .filter(|e| {
-            matches!(
-                e,
-                crew::Event::WorkerExited {
-                    reason: crew::ExitReason::Crashed,
-                    ..
-                }
-            )
-        })
-        .count();
+    let deaths = exits(events, crew::ExitReason::Crashed);
     assert_eq!(deaths, 1);
 }
 
 #[test]
 fn a_worker_that_cannot_start_is_reported_not_respawned_in_a_loop() {
-    let pool = processes::<NeverStarts>(2)
+    let pool = worker_processes::<NeverStarts>(2)
         .start_attempts(3)
         .start_backoff(Duration::from_millis(5))
         .build()
@@ -454,7 +426,7 @@ fn a_worker_that_cannot_start_is_reported_not_respawned_in_a_loop() {
 
 #[test]
 fn a_worker_writing_garbage_fails_with_a_protocol_error_and_is_replaced() {
-    let pool = processes::<Probe>(1).build().unwrap();
+    let pool = worker_processes::<Probe>(1).build().unwrap();
     let err = pool.submit(Job::Garbage).unwrap().join().unwrap_err();
     assert!(err.is_protocol(), "{err}");
     assert_eq!(echo(&pool, 3), 3);
@@ -463,7 +435,7 @@ fn a_worker_writing_garbage_fails_with_a_protocol_error_and_is_replaced() {
 
 #[test]
 fn workers_are_recycled_after_max_tasks() {
-    let pool = processes::<Probe>(1)
+    let pool = worker_processes::<Probe>(1)
         .max_tasks_per_worker(10)
         .build()
         .unwrap();
@@ -475,23 +447,16 @@ fn workers_are_recycled_after_max_tasks() {
         .collect();
     assert!(pids.len() >= 3, "40 tasks at ~10 per worker: {pids:?}");
     pool.shutdown();
-    let recycled = events
-        .filter(|e| {
-            matches!(
-                e,
-                crew::Event::WorkerExited {
-                    reason: crew::ExitReason::Recycled,
-                    ..
-                }
-            )
-        })
-        .count();
+    let recycled = exits(events, crew::ExitReason::Recycled);
     assert!(recycled >= 2);
 }
 
 #[test]
 fn a_worker_above_max_memory_is_recycled_after_its_task() {
-    let pool = processes::<Probe>(1).max_memory(200 << 20).build().unwrap();
+    let pool = worker_processes::<Probe>(1)
+        .max_memory(200 << 20)
+        .build()
+        .unwrap();
     let events = pool.events();
     let pid = |job| match pool.submit(job).unwrap().join().unwrap() {
         Answer::Number(pid) => pid,
@@ -507,17 +472,7 @@ fn a_worker_above_max_memory_is_recycled_after_its_task() {
         !std::path::Path::new(&format!("/proc/{big}")).exists()
     });
     pool.shutdown();
-    let recycled = events
-        .filter(|e| {
-            matches!(
-                e,
-                crew::Event::WorkerExited {
-                    reason: crew::ExitReason::Recycled,
-                    ..
-                }
-            )
-        })
-        .count();
+    let recycled = exits(events, crew::ExitReason::Recycled);
     assert_eq!(recycled, 1);
 }
 
@@ -525,7 +480,7 @@ fn a_worker_above_max_memory_is_recycled_after_its_task() {
 fn output_lines_are_forwarded_with_the_worker_id() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = std::sync::Arc::clone(&seen);
-    let pool = processes::<Probe>(1)
+    let pool = worker_processes::<Probe>(1)
         .on_output(move |worker, stream, line| {
             if line.starts_with("line ") {
                 sink.lock().unwrap().push((worker, stream, line.to_owned()));
@@ -550,19 +505,6 @@ fn output_lines_are_forwarded_with_the_worker_id() {
     pool.shutdown();
 }
 
-/// A small deterministic generator, so a failing mix can be replayed from its
-/// seed (printed on failure).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn ten_thousand_tasks_with_random_crashes_each_resolve_once() {
     let seed = std::env::var("CREW_SEED")
@@ -576,8 +518,8 @@ fn ten_thousand_tasks_with_random_crashes_each_resolve_once() {
                 | 1
         });
     eprintln!("random crash mix: CREW_SEED={seed}");
-    let mut rng = XorShift(seed);
-    let pool = processes::<Probe>(3).build().unwrap();
+    let mut rng = Rng::new(seed);
+    let pool = worker_processes::<Probe>(3).build().unwrap();
     // About 1 task in 200 kills its worker, one of three ways; 1 in 50 fails
     // with its own error.
     let jobs: Vec<Job> = (0..10_000u64)
@@ -627,7 +569,7 @@ fn blob(len: usize, seed: u8) -> (Job, u64) {
 
 #[test]
 fn large_inputs_travel_through_shared_memory_intact() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     // Sizes around the arena threshold (64 KiB) and well above it; several
     // rounds, so blocks are freed and reused.
     let sizes = [1, 65_535, 65_536, 65_537, 300_000, 1 << 20, 3 << 20];
@@ -649,7 +591,7 @@ fn large_inputs_travel_through_shared_memory_intact() {
 
 #[test]
 fn large_inputs_queued_behind_a_crash_run_again_intact() {
-    let pool = processes::<Probe>(1).window(8).build().unwrap();
+    let pool = worker_processes::<Probe>(1).window(8).build().unwrap();
     let crash = pool.submit(Job::Abort).unwrap();
     let behind: Vec<_> = (0..6u8)
         .map(|i| {
@@ -666,7 +608,7 @@ fn large_inputs_queued_behind_a_crash_run_again_intact() {
 
 #[test]
 fn a_worker_cannot_write_into_the_shared_inputs() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let (big, sum) = blob(1 << 20, 9);
     let kept = pool.submit(big).unwrap();
     let err = pool
@@ -686,7 +628,7 @@ fn a_worker_cannot_write_into_the_shared_inputs() {
 
 #[test]
 fn sticky_keys_go_to_the_same_worker() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     full_size(&pool);
     for key in 0..4u64 {
         let pids: std::collections::HashSet<u64> = (0..20)
@@ -704,7 +646,7 @@ fn sticky_keys_go_to_the_same_worker() {
 
 #[test]
 fn shutdown_runs_queued_work_then_reaps_every_worker() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let tasks: Vec<_> = (0..100)
         .map(|i| pool.submit(Job::Echo(i)).unwrap())
         .collect();
@@ -728,7 +670,7 @@ fn shutdown_runs_queued_work_then_reaps_every_worker() {
 
 #[test]
 fn terminate_closes_queued_work_and_cancels_running_work() {
-    let pool = processes::<Probe>(1).build().unwrap();
+    let pool = worker_processes::<Probe>(1).build().unwrap();
     let running = pool.submit(Job::Loop).unwrap();
     wait_until("the loop is running", || pool.stats().busy == 1);
     let queued: Vec<_> = (0..50)
@@ -749,7 +691,7 @@ fn crew_orphan_parent() {
     if std::env::var_os("CREW_TEST_ORPHAN_PARENT").is_none() {
         return;
     }
-    let pool = processes::<Probe>(4)
+    let pool = worker_processes::<Probe>(4)
         .on_output(|_, _, line| {
             if line.starts_with("PIDS ") {
                 println!("{line}");
@@ -846,7 +788,7 @@ fn resolved(stats: &crew::Stats) -> u64 {
 
 #[test]
 fn map_over_fifty_thousand_items_yields_every_result_in_order() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let results: Vec<_> = pool.map((0..50_000).map(Job::Echo)).collect();
     assert_eq!(results.len(), 50_000);
     for (i, result) in results.into_iter().enumerate() {
@@ -869,7 +811,7 @@ fn map_over_fifty_thousand_items_yields_every_result_in_order() {
 
 #[test]
 fn map_errors_and_panics_come_back_in_their_place() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let job = |i: u64| match i {
         i if i % 97 == 5 => Job::Fail(format!("bad {i}")),
         i if i % 101 == 7 => Job::Panic(format!("boom {i}")),
@@ -905,7 +847,7 @@ fn map_errors_and_panics_come_back_in_their_place() {
 
 #[test]
 fn a_crash_inside_a_chunk_fails_only_the_crashing_item() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     const CRASH_AT: u64 = 3_000;
     let jobs = (0..6_000).map(|i| {
         if i == CRASH_AT {
@@ -933,7 +875,7 @@ fn a_crash_inside_a_chunk_fails_only_the_crashing_item() {
 
 #[test]
 fn dropping_a_map_early_cancels_the_rest_and_the_pool_stays_usable() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let mut results = pool.map((0..10_000_000).map(Job::Echo));
     for i in 0..10 {
         assert_eq!(results.next().unwrap().unwrap(), Answer::Number(i));
@@ -952,7 +894,7 @@ fn dropping_a_map_early_cancels_the_rest_and_the_pool_stays_usable() {
 
 #[test]
 fn map_unordered_yields_every_item_once() {
-    let pool = processes::<Probe>(2).build().unwrap();
+    let pool = worker_processes::<Probe>(2).build().unwrap();
     let mut seen = vec![false; 20_000];
     for (index, result) in pool.map_unordered((0..20_000).map(Job::Echo)) {
         assert_eq!(result.unwrap(), Answer::Number(index as u64));
@@ -965,7 +907,7 @@ fn map_unordered_yields_every_item_once() {
 
 #[test]
 fn map_with_a_default_timeout_runs_item_by_item() {
-    let pool = processes::<Probe>(2)
+    let pool = worker_processes::<Probe>(2)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{join, wait_until, LIMIT};
+use common::{join, wait_until, worker_processes, LIMIT};
 use crew::{Context, Pool, PoolBuilder, StartError, Worker};
 
 struct Echo;
@@ -42,17 +42,7 @@ fn threads(n: usize) -> PoolBuilder<Echo> {
 }
 
 fn processes(n: usize) -> PoolBuilder<Echo> {
-    Pool::<Echo>::builder()
-        .processes(n)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
-        .kill_grace(Duration::from_millis(100))
+    worker_processes::<Echo>(n).kill_grace(Duration::from_millis(100))
 }
 
 type Make = fn(usize) -> PoolBuilder<Echo>;

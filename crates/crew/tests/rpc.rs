@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use common::{join, wait_until};
+use common::{join, wait_until, worker_processes};
 use crew::rpc::{CallOptions, Service};
 use crew::{Context, Pool, PoolBuilder, StartError};
 use serde::{Deserialize, Serialize};
@@ -148,17 +148,7 @@ fn crew_worker_entry() {
 
 /// A process pool whose workers re-run this test binary's `crew_worker_entry`.
 fn processes(n: usize) -> PoolBuilder<calc::Worker<Calc>> {
-    Pool::builder()
-        .processes(n)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
-        .kill_grace(Duration::from_millis(200))
+    worker_processes(n)
 }
 
 #[test]

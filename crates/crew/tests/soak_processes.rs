@@ -16,25 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_until, LIMIT};
-use crew::{Context, Pool, StartError, Task, TaskError, Worker};
+use common::{wait_until, worker_processes, Rng, LIMIT};
+use crew::{Context, StartError, Task, TaskError, Worker};
 use serde::{Deserialize, Serialize};
-
-/// xorshift64*: a tiny deterministic generator, so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The fault a task carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,27 +140,18 @@ fn every_task_resolves_once_with_the_outcome_its_fault_implies() {
 
 fn soak(tasks: u64, seed: u64) {
     const WORKERS: usize = 3;
-    let pool = Pool::<Soak>::builder()
-        .processes(WORKERS)
-        .args([
-            "crew_worker_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .on_output(|_, _, _| {})
+    let pool = worker_processes::<Soak>(WORKERS)
         .kill_grace(Duration::from_millis(100))
         .build()
         .unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
 
     // The chaos thread kills a random live worker now and then until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
     let chaos = {
         let (pool, stop, kills) = (pool.clone(), Arc::clone(&stop), Arc::clone(&kills));
-        let mut rng = Rng(seed.rotate_left(17) | 1);
+        let mut rng = Rng::new(seed.rotate_left(17));
         std::thread::spawn(move || {
             while !stop.load(SeqCst) {
                 // Pacing only: no assertion depends on how many kills happen.

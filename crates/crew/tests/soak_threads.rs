@@ -13,24 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_until, LIMIT};
+use common::{wait_until, Rng, LIMIT};
 use crew::{Context, Pool, StartError, Task, TaskError, Worker};
-
-/// xorshift64*: a tiny deterministic generator, so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The fault a task carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +129,7 @@ fn soak(tasks: u64, seed: u64) {
         .abandon_grace(Duration::from_secs(5))
         .build()
         .unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
 
     // The chaos thread kills a random live worker now and then until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -154,7 +138,7 @@ fn soak(tasks: u64, seed: u64) {
     let chaos = {
         let (pool, stop, kills) = (pool.clone(), Arc::clone(&stop), Arc::clone(&kills));
         let largest = Arc::clone(&largest);
-        let mut rng = Rng(seed.rotate_left(17) | 1);
+        let mut rng = Rng::new(seed.rotate_left(17));
         std::thread::spawn(move || {
             while !stop.load(SeqCst) {
                 // Pacing only: no assertion depends on how many kills happen.

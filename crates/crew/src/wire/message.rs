@@ -474,6 +474,26 @@ fn bytes_len(len: usize) -> u64 {
     4 + len as u64
 }
 
+/// An `option<u64>` field: a tag (`0` none, `1` some), then the value if some.
+fn put_option_u64(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            put_u64(out, v);
+        }
+    }
+}
+
+/// The encoded length of an `option<u64>` field.
+fn option_u64_len(v: Option<u64>) -> u64 {
+    if v.is_some() {
+        9
+    } else {
+        1
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Decoding: a cursor over one body that turns every shortfall into an error.
 
@@ -531,6 +551,16 @@ impl<'a> Fields<'a> {
 
     fn u64(&mut self, field: &'static str) -> Result<u64, ProtocolError> {
         self.array(field).map(u64::from_le_bytes)
+    }
+
+    /// An `option<u64>`: tag `0` (none) or `1` then the value; any other tag is
+    /// an error.
+    fn option_u64(&mut self, field: &'static str) -> Result<Option<u64>, ProtocolError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => self.u64(field).map(Some),
+            tag => Err(ProtocolError::invalid_tag(self.message, field, tag)),
+        }
     }
 
     /// The length of a `bytes` field that must be the body's last: checks that it
@@ -648,12 +678,12 @@ impl sealed::Encode for ToWorker {
     fn body_len(&self) -> u64 {
         match self {
             ToWorker::Task { key, payload, .. } => {
-                8 + 1 + if key.is_some() { 8 } else { 0 } + bytes_len(payload.len())
+                8 + option_u64_len(*key) + bytes_len(payload.len())
             }
             ToWorker::Cancel { .. } => 8,
             ToWorker::Message { payload } => bytes_len(payload.len()),
             ToWorker::Shutdown => 0,
-            ToWorker::SharedTask { key, .. } => 8 + 1 + if key.is_some() { 8 } else { 0 } + 16,
+            ToWorker::SharedTask { key, .. } => 8 + option_u64_len(*key) + 16,
             ToWorker::Chunk { items, .. } => chunk_body_len(items),
         }
     }
@@ -662,13 +692,7 @@ impl sealed::Encode for ToWorker {
         match self {
             ToWorker::Task { id, key, payload } => {
                 put_u64(out, *id);
-                match key {
-                    None => out.push(0),
-                    Some(key) => {
-                        out.push(1);
-                        put_u64(out, *key);
-                    }
-                }
+                put_option_u64(out, *key);
                 put_bytes(out, payload);
             }
             ToWorker::Cancel { id } => put_u64(out, *id),
@@ -681,13 +705,7 @@ impl sealed::Encode for ToWorker {
                 len,
             } => {
                 put_u64(out, *id);
-                match key {
-                    None => out.push(0),
-                    Some(key) => {
-                        out.push(1);
-                        put_u64(out, *key);
-                    }
-                }
+                put_option_u64(out, *key);
                 put_u64(out, *offset);
                 put_u64(out, *len);
             }
@@ -744,18 +762,12 @@ impl sealed::Encode for TaskFrame<'_> {
     }
 
     fn body_len(&self) -> u64 {
-        8 + 1 + if self.key.is_some() { 8 } else { 0 } + bytes_len(self.payload.len())
+        8 + option_u64_len(self.key) + bytes_len(self.payload.len())
     }
 
     fn write_body(&self, out: &mut Vec<u8>) {
         put_u64(out, self.id);
-        match self.key {
-            None => out.push(0),
-            Some(key) => {
-                out.push(1);
-                put_u64(out, key);
-            }
-        }
+        put_option_u64(out, self.key);
         put_bytes(out, self.payload);
     }
 }
@@ -766,11 +778,7 @@ impl WireMessage for ToWorker {
             kind::TASK => {
                 let mut f = Fields::new("task", &frame.body);
                 let id = f.u64("id")?;
-                let key = match f.u8("key")? {
-                    0 => None,
-                    1 => Some(f.u64("key")?),
-                    tag => return Err(ProtocolError::invalid_tag("task", "key", tag)),
-                };
+                let key = f.option_u64("key")?;
                 let start = f.last_bytes("payload")?;
                 Ok(ToWorker::Task {
                     id,
@@ -797,11 +805,7 @@ impl WireMessage for ToWorker {
             kind::SHARED_TASK => {
                 let mut f = Fields::new("shared task", &frame.body);
                 let id = f.u64("id")?;
-                let key = match f.u8("key")? {
-                    0 => None,
-                    1 => Some(f.u64("key")?),
-                    tag => return Err(ProtocolError::invalid_tag("shared task", "key", tag)),
-                };
+                let key = f.option_u64("key")?;
                 let offset = f.u64("offset")?;
                 let len = f.u64("len")?;
                 f.end()?;

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: waiting on a condition with a deadline,
-//! a gate that holds tasks until the test opens it, and a bounded join.
+//! a gate that holds tasks until the test opens it, a bounded join, reading events
+//! with a deadline, a seeded generator, and process pools that re-run the test
+//! binary as their worker.
 //!
 //! Each test binary uses a different subset.
 #![allow(dead_code)]
@@ -8,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crew::{Pool, Task, TaskError};
+use std::sync::mpsc::RecvTimeoutError;
+
+use crew::{Event, Events, Pool, Task, TaskError};
 
 /// How long any wait in a test may take before the test fails instead of hanging.
 pub(crate) const LIMIT: Duration = Duration::from_secs(10);
@@ -145,4 +149,100 @@ pub(crate) fn block_workers(pool: &Pool, n: usize, gate: &Gate) -> Vec<Task<()>>
         .collect();
     started.wait_for(n);
     blockers
+}
+
+/// Receives events until `pick` returns something; fails the test after [`LIMIT`].
+#[track_caller]
+pub(crate) fn wait_for_event<T>(
+    events: &Events,
+    what: &str,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(event) => {
+                if let Some(found) = pick(event) {
+                    return found;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => panic!("no {what} within {LIMIT:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("the stream ended before {what}"),
+        }
+    }
+}
+
+/// Receives events until `done` holds for what was received so far; fails the
+/// test after [`LIMIT`].
+#[track_caller]
+pub(crate) fn recv_until(events: &Events, mut done: impl FnMut(&[Event]) -> bool) -> Vec<Event> {
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(event) => seen.push(event),
+            Err(RecvTimeoutError::Timeout) => panic!("timed out; saw {seen:#?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("stream ended; saw {seen:#?}"),
+        }
+    }
+    seen
+}
+
+/// Receives everything until the stream ends (the pool must be shut down).
+#[track_caller]
+pub(crate) fn recv_to_end(events: &Events) -> Vec<Event> {
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(event) => seen.push(event),
+            Err(RecvTimeoutError::Disconnected) => return seen,
+            Err(RecvTimeoutError::Timeout) => panic!("stream did not end; saw {seen:#?}"),
+        }
+    }
+}
+
+/// xorshift64*: a tiny deterministic generator, so a seed replays a run.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    /// A generator for `seed` (0 is made odd: xorshift never leaves 0).
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The arguments that make this test binary run only its `crew_worker_entry`
+/// test, the worker processes' `main` (it calls `crew::Bootstrap`).
+pub(crate) const WORKER_ENTRY: [&str; 5] = [
+    "crew_worker_entry",
+    "--exact",
+    "--nocapture",
+    "--test-threads=1",
+    "-q",
+];
+
+/// A process pool of `n` workers that re-run this test binary
+/// ([`WORKER_ENTRY`]), with their output dropped and a short kill grace.
+#[cfg(feature = "process")]
+pub(crate) fn worker_processes<W: crew::RemoteWorker>(n: usize) -> crew::PoolBuilder<W> {
+    Pool::<W>::builder()
+        .processes(n)
+        .args(WORKER_ENTRY)
+        .on_output(|_, _, _| {})
+        .kill_grace(Duration::from_millis(200))
 }
