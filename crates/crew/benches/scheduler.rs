@@ -1,6 +1,6 @@
 //! Scheduler micro-benchmarks: one round trip, a burst of 1,000 tasks, and tasks
 //! spawned from inside a task (they go to the worker's own deque, so the other worker
-//! has to steal them). Kept short: `cargo bench -p crew --bench scheduler`.
+//! has to steal them). Kept short: `cargo bench -p crew-pool --bench scheduler`.
 
 // `criterion_group!` generates an undocumented `pub fn benches`.
 #![allow(missing_docs)]

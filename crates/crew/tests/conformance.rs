@@ -1,6 +1,6 @@
 //! The conformance suite: every scenario is written once, against the `Pool<W>`
 //! API, and runs on both backends, as `threads::<scenario>` and
-//! `processes::<scenario>` (`cargo test -p crew --test conformance`).
+//! `processes::<scenario>` (`cargo test -p crew-pool --test conformance`).
 //!
 //! A scenario is a function of the [`Backend`] it runs on; it builds its pool with
 //! `backend.builder(n)`. Where the two backends promise different things (a
