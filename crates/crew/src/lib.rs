@@ -3,7 +3,8 @@
 //! crew runs work off your thread and hands every task's result back: by blocking,
 //! with a timeout, or as a `Future`. Each task can be cancelled, timed out and
 //! prioritised; each worker can hold state built once by its own init; a panic is
-//! caught and reported, and the worker rebuilt.
+//! caught and reported, and the worker rebuilt. The workers are threads of this
+//! process by default, or child processes (see [Backends](#backends)).
 //!
 //! ```
 //! let pool = crew::Pool::builder().workers(2).build()?;
@@ -11,6 +12,12 @@
 //! assert_eq!(task.join()?, 3_628_800);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! `Pool` alone is `Pool<`[`Closures`]`>`, whose [`Pool::spawn`] runs closures;
+//! `Pool<W>` runs a [`Worker`] type and takes inputs ([`Pool::submit`]). Rust does
+//! not fall back to a default type parameter when it infers `Pool::builder()`'s
+//! type, so where no `spawn` call pins it, write `let pool: crew::Pool =
+//! crew::Pool::builder().build()?`.
 //!
 //! # How a task flows
 //!
@@ -39,7 +46,10 @@
 //! other, and a cancel drops the future at its next poll.
 //!
 //! Every step can be watched: [`Pool::events`] subscribes to task and worker
-//! [`Event`]s (lossy per subscriber, never blocking the pool; `events`).
+//! [`Event`]s (lossy per subscriber, never blocking the pool; `events`), and
+//! [`Pool::stats`] takes a [`Stats`] snapshot. A thread pool times each of its
+//! first 4,096 tasks, then one in eight (see [`Latency`]); a process pool times
+//! every task.
 //!
 //! Timeouts and thread replacement are handled by a per-pool monitor thread that
 //! exists only once it is needed: the first task with a timeout, or a replacement
@@ -55,6 +65,10 @@
 //!   with one id reservation and one wake-up.
 //! - **Elastic size**: [`PoolBuilder::workers_range`] grows the pool while every
 //!   worker is busy and the backlog is deep, and retires idle extra workers.
+//! - **Priorities**: a worker takes queued [`Priority::High`] tasks before
+//!   `Normal` ones and `Normal` before `Low`, except that one pick in every eight
+//!   starts at `Low` and one at `Normal`, so a flood of high-priority work cannot
+//!   starve the rest. A running task is never preempted.
 //!
 //! # Sources
 //!
@@ -87,6 +101,68 @@
 //! [`Context::is_cancelled`]. If it has not returned after the pool's
 //! `abandon_grace`, the pool *abandons* the thread (it leaves when it returns, if
 //! ever) and starts a replacement, so the pool keeps its size.
+//!
+//! # Backends
+//!
+//! - **Threads** (the default): everything above.
+//! - **Processes** ([`PoolBuilder::processes`], cargo feature `process`, on by
+//!   default): each worker is a child process running the same [`Worker`], whose
+//!   `Input`, `Output`, `Error` and `Message` are serde types ([`RemoteWorker`]).
+//!   It re-runs the current executable, whose `main` calls [`bootstrap`] first,
+//!   or a dedicated program ([`PoolBuilder::program`]) whose `main` calls
+//!   [`serve`]. **Linux only today**: the backend uses a sealed memfd for large
+//!   inputs, `PR_SET_PDEATHSIG` so that no worker outlives the pool's process
+//!   (even one killed by SIGKILL), and `/proc` for each worker's memory. On other
+//!   systems, build crew without it (`default-features = false`) and use threads.
+//! - **A cluster on NATS JetStream** is in progress, in its own crate.
+//!
+//! What a process pool does differently:
+//!
+//! - **Crashes.** A segfault, `abort`, `exit` or protocol error fails only the
+//!   task its worker was running ([`TaskError::is_crash`],
+//!   [`TaskError::is_protocol`]); a replacement starts. (With
+//!   [`retries`](PoolBuilder::retries), a task whose worker exited, or died by a
+//!   signal under [`retry_on_signal`](PoolBuilder::retry_on_signal), runs again
+//!   instead.) The other tasks
+//!   in that worker's [`window`](PoolBuilder::window) are queued again: the
+//!   worker sends its answers in batches, so one of them may have finished
+//!   unreported and run a second time. Across a crash a task runs at least once
+//!   and still resolves exactly once.
+//! - **Hard stops.** Cancelling a running task, its timeout and
+//!   [`Pool::kill_worker`] kill the worker's process group (SIGTERM, then SIGKILL
+//!   after [`kill_grace`](PoolBuilder::kill_grace)). A killed or crashed worker
+//!   process never runs [`Worker::stop`]: there, a `start` is matched by a `stop`
+//!   only for a worker that leaves on the pool's terms (shutdown, recycling,
+//!   after a panic).
+//! - **Data.** Values are encoded with postcard; use `serde_bytes` for byte
+//!   buffers, which serde otherwise encodes one element at a time. An input of
+//!   64 KiB or more (encoded) travels through shared memory that workers map
+//!   read-only. [`Pool::map`] sends items in adaptively sized chunks.
+//! - **Scheduling.** Each worker holds a window of tasks sent ahead (default 16),
+//!   run in the order sent, so priorities are strict over the pool's queue only
+//!   (`window(1)` for strict order). A task with a sticky
+//!   [`key`](TaskBuilder::key) goes to the same worker process while it lives.
+//! - **Not offered**: closures ([`Pool::spawn`]: a closure cannot cross into
+//!   another process), [`workers_range`](PoolBuilder::workers_range) and
+//!   [`concurrency`](PoolBuilder::concurrency) above 1 are build errors, and
+//!   [`WhenFull::CallerRuns`] waits like `Block`.
+//! - **Only here**: [`retries`](PoolBuilder::retries), recycling
+//!   ([`max_tasks_per_worker`](PoolBuilder::max_tasks_per_worker),
+//!   [`max_memory`](PoolBuilder::max_memory)), and each worker's output lines
+//!   ([`on_output`](PoolBuilder::on_output)).
+//!
+//! # Cargo features
+//!
+//! - `process` (default): the process backend.
+//! - `indicatif`: progress bars (`with_progress()` on [`Map`], [`MapUnordered`]
+//!   and [`Feed`], and `Pool::wait_idle_with_progress`).
+//! - `tracing`: under the target `crew`, a `crew.worker` span (field `worker`)
+//!   around each worker thread's life with `worker started` and `worker exited`
+//!   (`reason`) events; a `task queued` event (`task`); a `crew.task` span
+//!   (`task`, `worker`, `waited_ns`) entered while a task runs, holding a `task
+//!   finished` event (`outcome`, `ran_ns`). A process pool reports the same events
+//!   as its workers' answers arrive, without a span around the run. Without the
+//!   feature none of it is compiled.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
