@@ -8,7 +8,7 @@
 //!
 //! # How a chunk moves
 //!
-//! - **Submitting** ([`Shared::submit_chunk`]): the caller (`sources/chunked.rs`)
+//! - **Submitting** ([`Supervisor::submit_chunk`]): the caller (`sources/chunked.rs`)
 //!   asks for up to `n` items; they are pulled from its iterator and encoded
 //!   straight into one buffer (no allocation per item), until `n` items or
 //!   [`CHUNK_BYTES`] of encoding. An input of [`SHARED_ABOVE`] bytes or more ends
@@ -18,7 +18,7 @@
 //!   like a task, with `n` task ids reserved for its items (item `i` runs as task
 //!   `id + i`). Its estimated run time is `n` times the per-item estimate, so
 //!   least-loaded placement and taking unstarted work back treat it by its weight.
-//! - **Answering** ([`Shared::on_chunk_done`]): the link thread moves the answer's
+//! - **Answering** ([`Supervisor::on_chunk_done`]): the link thread moves the answer's
 //!   bytes into the chunk's slot and resolves the chunk, under the state lock but
 //!   without decoding anything; stats count each item by the outcome tallies the
 //!   frame decoder took. The consumer decodes the outputs on its own thread when
@@ -33,8 +33,8 @@
 //! was terminated), killed (`kill_worker`), start failure.
 //!
 //! **A worker that dies while it runs a chunk** (a crash charged to the chunk, as
-//! a crash is charged to a task in `processes/mod.rs`) does not fail the chunk's
-//! items: the chunk is *split* ([`Shared::split_chunk`]) into one ordinary task
+//! a crash is charged to a task, `supervisor.md`) does not fail the chunk's
+//! items: the chunk is *split* ([`Supervisor::split_chunk`]) into one ordinary task
 //! per item, with the items' ids, queued at the front, and the consumer takes
 //! their handles. So only the item that crashes fails with `Crash` (or retries, if
 //! the pool retries); the items before it, whose answers died with the worker,
@@ -47,13 +47,13 @@ use std::time::Duration;
 
 use super::arena::SHARED_ABOVE;
 use super::codec::{self, EncodedInput, RemoteWorker};
-use super::{Entry, Lifecycle, Plan, RemoteCell, Shared, State};
+use super::state::{Entry, Lifecycle, Plan, RemoteCell, State, Supervisor};
+use crate::backend::{Admission, Batch, ChunkResults, ChunkTask, Delivered};
 use crate::error::{Failure, TaskError};
 use crate::events::Event;
 use crate::sync::lock;
 use crate::task::cell::{Core, Header, Outcome};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
-use crate::threads::Admission;
 use crate::wire::{ChunkItems, ChunkOutcomes, ItemOutcome};
 use crate::worker::WorkerId;
 
@@ -98,71 +98,6 @@ impl<W: RemoteWorker> ChunkPart<W> {
             delivery: Mutex::new(Delivery::Pending),
         }
     }
-}
-
-/// One unit `map` keeps in flight on a process pool, without the serde bounds.
-pub(crate) enum Batch<T, E> {
-    /// An ordinary task: an input too large for a chunk, or one that could not
-    /// be encoded.
-    Task(Task<T, E>),
-    /// A chunk of items.
-    Chunk(ChunkTask<T, E>),
-    /// This many items refused: the pool is shut down.
-    Refused(usize),
-}
-
-impl<T, E> Batch<T, E> {
-    /// How many items it stands for.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Batch::Task(_) => 1,
-            Batch::Chunk(chunk) => chunk.len,
-            Batch::Refused(n) => *n,
-        }
-    }
-
-    /// Cancels what has not finished (queued items never run).
-    pub(crate) fn cancel(&self) {
-        match self {
-            Batch::Task(task) => {
-                task.cancel();
-            }
-            Batch::Chunk(chunk) => {
-                chunk.task.cancel();
-                chunk.results.cancel_split();
-            }
-            Batch::Refused(_) => {}
-        }
-    }
-}
-
-/// The consumer's handle to a chunk: `task` resolves when the chunk does, and
-/// `results` then holds its items' results.
-pub(crate) struct ChunkTask<T, E> {
-    pub(crate) task: Task<T, E>,
-    pub(crate) results: Arc<dyn ChunkResults<T, E>>,
-    pub(crate) len: usize,
-}
-
-/// A resolved chunk's items, as the consumer takes them.
-pub(crate) enum Delivered<T, E> {
-    /// Every item's result, in order, and how long the worker ran them.
-    Ran {
-        results: Vec<Result<T, TaskError<E>>>,
-        run: Duration,
-    },
-    /// One task per item, in order (the chunk's worker died under it).
-    Split(Vec<Task<T, E>>),
-}
-
-/// The typed side of a chunk's slot, seen without the serde bounds.
-pub(crate) trait ChunkResults<T, E>: Send + Sync {
-    /// The items' results, decoded here (on the consumer's thread); `None` if
-    /// the chunk failed as a whole (its task's error is every item's) or they
-    /// were taken already.
-    fn take(&self) -> Option<Delivered<T, E>>;
-    /// Cancels the split tasks not taken yet.
-    fn cancel_split(&self);
 }
 
 impl<W: RemoteWorker> ChunkResults<W::Output, W::Error> for RemoteCell<W> {
@@ -237,7 +172,7 @@ impl<W: RemoteWorker> RemoteCell<W> {
     }
 }
 
-impl<W: RemoteWorker> Shared<W> {
+impl<W: RemoteWorker> Supervisor<W> {
     /// Pulls up to `max_items` inputs from `pull` into one chunk and submits it
     /// (module docs, "How a chunk moves"). Returns the chunk, then the ordinary
     /// task of an input that ended it early, if any; nothing if `pull` had none.

@@ -34,7 +34,7 @@
 //! [`FLUSH_AFTER`] sends its *started* and *done* in one write, and a longer one
 //! is announced by the watcher. A death before *started* went out charges no
 //! task; the pool then re-runs that worker's tasks one at a time until a death
-//! names the culprit (see `processes/mod.rs`, "suspect").
+//! names the culprit (see `supervisor.md`, "Deaths").
 //!
 //! The watcher keeps ticking for [`WATCHER_LINGER`] after the runner goes idle and
 //! parks only then, so a steady stream of tasks with short gaps never pays for
@@ -680,7 +680,7 @@ fn run_worker<W: RemoteWorker>(
         id,
         worker: None,
         channel: &channel,
-        outbox: Arc::new(ChildOutbox::<W>(
+        outbox: Arc::new(ChannelOutbox::<W>(
             Arc::clone(&channel),
             std::marker::PhantomData,
         )),
@@ -772,9 +772,9 @@ struct Runner<'a, W: RemoteWorker> {
 /// frame buffer, ahead of the answer of the task that sent it. It holds a share
 /// of the channel, so a context that outlives a call (an async task's) can keep
 /// it.
-struct ChildOutbox<W: RemoteWorker>(Arc<Channel>, std::marker::PhantomData<fn(W)>);
+struct ChannelOutbox<W: RemoteWorker>(Arc<Channel>, std::marker::PhantomData<fn(W)>);
 
-impl<W: RemoteWorker> Outbox for ChildOutbox<W> {
+impl<W: RemoteWorker> Outbox for ChannelOutbox<W> {
     fn send(
         &self,
         _from: WorkerId,

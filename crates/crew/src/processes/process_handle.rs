@@ -20,11 +20,11 @@
 //!
 //! # Writing without blocking the caller
 //!
-//! Frames go to an [`Outbox`]. Whoever adds frames also tries to write them, with
-//! a non-blocking `send`, under the outbox lock, so frames leave in the order they
+//! Frames go to an [`FrameWriter`]. Whoever adds frames also tries to write them, with
+//! a non-blocking `send`, under the writer lock, so frames leave in the order they
 //! were added and a burst of them leaves in one call. If the socket is full (the
-//! worker is busy and large payloads are in flight), the rest stays in the outbox
-//! and the outbox's writer thread, woken once, waits for the socket to drain. So
+//! worker is busy and large payloads are in flight), the rest stays in the writer
+//! and the writer thread, woken once, waits for the socket to drain. So
 //! `submit` never blocks on a worker's socket, and frames still leave promptly.
 //!
 //! # Killing and reaping
@@ -55,7 +55,7 @@ use nix::sys::socket::{send, MsgFlags};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::child::{ENV_ARENA_FD, ENV_FD, ENV_ID, ENV_PARENT, ENV_TYPE};
+use super::worker_main::{ENV_ARENA_FD, ENV_FD, ENV_ID, ENV_PARENT, ENV_TYPE};
 use crate::error::Crash;
 use crate::sync::lock;
 use crate::wire::FrameEncoder;
@@ -92,7 +92,7 @@ pub(crate) struct Launcher {
 pub(crate) struct WorkerProcess {
     pub(crate) pid: i32,
     pub(crate) stream: UnixStream,
-    pub(crate) outbox: Outbox,
+    pub(crate) writer: FrameWriter,
     /// The child handle, and whether it has been reaped; signals are sent only
     /// under this lock while it is `false`.
     child: Mutex<(Child, bool)>,
@@ -174,11 +174,11 @@ impl WorkerProcess {
                 Arc::clone(&captured),
             )?);
         }
-        let outbox = Outbox::new(ours.try_clone()?);
+        let writer = FrameWriter::new(ours.try_clone()?);
         Ok(Arc::new(WorkerProcess {
             pid,
             stream: ours,
-            outbox,
+            writer,
             child: Mutex::new((child, false)),
             stderr_tail,
             capture: Mutex::new(capture),
@@ -223,7 +223,7 @@ impl WorkerProcess {
             guard.1 = true;
             status
         };
-        self.outbox.close();
+        self.writer.close();
         // The capture threads reach the end of the pipes once every process that
         // held them is gone; give them a moment to hand over the last lines.
         {
@@ -303,12 +303,12 @@ fn spawn_capture<R: io::Read + Send + 'static>(
 }
 
 /// Frames on their way to one worker; see the module docs.
-pub(crate) struct Outbox {
-    state: Arc<(Mutex<OutboxState>, Condvar)>,
+pub(crate) struct FrameWriter {
+    state: Arc<(Mutex<WriterState>, Condvar)>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-struct OutboxState {
+struct WriterState {
     encoder: FrameEncoder,
     stream: UnixStream,
     /// The writer thread was asked to finish a write the socket refused.
@@ -317,10 +317,10 @@ struct OutboxState {
     closed: bool,
 }
 
-impl Outbox {
-    fn new(stream: UnixStream) -> Outbox {
+impl FrameWriter {
+    fn new(stream: UnixStream) -> FrameWriter {
         let state = Arc::new((
-            Mutex::new(OutboxState {
+            Mutex::new(WriterState {
                 encoder: FrameEncoder::new(crate::wire::MIN_FRAME_LIMIT),
                 stream,
                 writer_armed: false,
@@ -331,11 +331,11 @@ impl Outbox {
         let writer = {
             let state = Arc::clone(&state);
             std::thread::Builder::new()
-                .name("crew-outbox".into())
+                .name("crew-writer".into())
                 .spawn(move || run_writer(&state))
                 .ok()
         };
-        Outbox {
+        FrameWriter {
             state,
             writer: Mutex::new(writer),
         }
@@ -355,7 +355,7 @@ impl Outbox {
         result
     }
 
-    /// Appends frames with `fill` without writing them; [`pump`](Outbox::pump)
+    /// Appends frames with `fill` without writing them; [`pump`](FrameWriter::pump)
     /// writes them (a dispatcher appends under the pool's lock and writes after).
     pub(crate) fn append<T>(&self, fill: impl FnOnce(&mut FrameEncoder) -> T) -> T {
         fill(&mut lock(&self.state.0).encoder)
@@ -395,7 +395,7 @@ impl Outbox {
 }
 
 /// Writes from the front of the encoder until it is empty or the socket is full.
-fn pump(st: &mut OutboxState, cv: &Condvar) {
+fn pump(st: &mut WriterState, cv: &Condvar) {
     while !st.encoder.is_empty() {
         let fd = st.stream.as_fd().as_raw_fd();
         match send(
@@ -423,7 +423,7 @@ fn pump(st: &mut OutboxState, cv: &Condvar) {
     }
 }
 
-fn run_writer(state: &(Mutex<OutboxState>, Condvar)) {
+fn run_writer(state: &(Mutex<WriterState>, Condvar)) {
     let (state, cv) = state;
     let mut st = lock(state);
     loop {

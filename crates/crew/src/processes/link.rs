@@ -1,0 +1,551 @@
+//! The link threads: one per worker process. It starts the process, reads
+//! every frame the process sends and applies them under the state lock (a
+//! whole read's worth at a time), and once the process ends it reaps it and
+//! settles the tasks it held, so the pool starts a replacement.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::codec::{self, RemoteWorker};
+use super::process_handle::WorkerProcess;
+use super::state::{Alarm, AlarmKind, Entry, Lifecycle, LinkState, Plan, State, Supervisor};
+use super::worker_main;
+use crate::error::{Crash, Failure, TaskError};
+use crate::events::{Event, ExitReason};
+use crate::stats::Timings;
+use crate::task::TaskId;
+use crate::wire::{
+    FrameDecoder, Hello, Outcome as WireOutcome, Role, ToParent, ToWorker, WireMessage,
+};
+use crate::wire::{ProtocolError, DEFAULT_FRAME_LIMIT};
+use crate::worker::WorkerId;
+
+impl<W: RemoteWorker> Supervisor<W> {
+    // ------------------------------------------------------------ frames
+
+    /// Applies the frames of one read from worker `id`.
+    pub(super) fn on_frames(
+        &self,
+        st: &mut State<W>,
+        id: WorkerId,
+        frames: Vec<ToParent>,
+        plan: &mut Plan,
+    ) -> Result<(), String> {
+        let Some(i) = Self::link_index(st, id) else {
+            return Ok(());
+        };
+        for frame in frames {
+            match frame {
+                ToParent::Ready => {
+                    if st.links[i].ready {
+                        return Err("a second ready".into());
+                    }
+                    st.links[i].ready = true;
+                    st.start_failures = 0;
+                    crate::trace::worker_started(id);
+                    if self.events.is_active() {
+                        self.events.emit(Event::WorkerStarted { worker: id });
+                    }
+                }
+                ToParent::StartFailed { message } => {
+                    // The link thread reports it when the process exits.
+                    st.last_start_error = Some(message);
+                }
+                ToParent::Message { payload } => match codec::decode::<W::Message>(&payload) {
+                    Ok(message) => {
+                        plan.woken_readers
+                            .push(self.messages.emit_deferred((id, message)));
+                    }
+                    Err(e) => {
+                        return Err(format!("could not decode a message from the worker: {e}"))
+                    }
+                },
+                ToParent::Started { id: task } => {
+                    let link = &mut st.links[i];
+                    let Some(flight) = link.window.iter().find(|f| f.entry.id() == task) else {
+                        return Err(format!("started a task it was not sent ({task})"));
+                    };
+                    let entry = Arc::clone(&flight.entry);
+                    let now = Instant::now();
+                    link.running = Some((task, now));
+                    entry.core.header().set_worker(id);
+                    if entry.core.header().is_decided() {
+                        // Cancelled while it was on its way: stop it the only way.
+                        self.kill_link(st, id, ExitReason::Killed, None);
+                        continue;
+                    }
+                    let waited = entry
+                        .core
+                        .header()
+                        .queued_at
+                        .map_or(Duration::ZERO, |q| now.saturating_duration_since(q));
+                    st.observed.timings.record_wait(waited);
+                    crate::trace::remote_started(TaskId(task), id, waited);
+                    if self.events.is_active() {
+                        for task in entry.item_ids() {
+                            self.events.emit(Event::TaskStarted {
+                                task,
+                                worker: id,
+                                waited,
+                            });
+                        }
+                    }
+                    if let Some(timeout) = entry.core.header().timeout {
+                        self.add_alarm(
+                            st,
+                            Alarm {
+                                at: now + timeout,
+                                worker: id,
+                                what: AlarmKind::Timeout(task),
+                            },
+                        );
+                    }
+                }
+                ToParent::Done { id: task, outcome } => {
+                    let link = &mut st.links[i];
+                    let Some(at) = link.window.iter().position(|f| f.entry.id() == task) else {
+                        return Err(format!("finished a task it was not sent ({task})"));
+                    };
+                    if link.window[at].entry.chunk.is_some()
+                        && !matches!(outcome, WireOutcome::NotStarted)
+                    {
+                        return Err(format!("answered chunk {task} as a task"));
+                    }
+                    let flight = link.window.remove(at).expect("position is in range");
+                    link.outstanding = (link.outstanding - flight.est).max(0.0);
+                    let ran = match link.running {
+                        Some((r, since)) if r == task => {
+                            link.running = None;
+                            Some(since.elapsed())
+                        }
+                        _ => None,
+                    };
+                    let entry = flight.entry;
+                    let requeue = matches!(outcome, WireOutcome::NotStarted)
+                        && flight.stolen
+                        && !entry.core.header().is_decided();
+                    if !requeue {
+                        entry.release_input();
+                    }
+                    let result: Result<W::Output, TaskError<W::Error>> = match outcome {
+                        WireOutcome::NotStarted => {
+                            if requeue {
+                                let level = entry.core.header().priority.index();
+                                st.queue[level].push_front(entry);
+                            }
+                            continue;
+                        }
+                        WireOutcome::Ok(bytes) => match codec::decode::<W::Output>(&bytes) {
+                            Ok(output) => Ok(output),
+                            Err(e) => {
+                                let message = format!("could not decode the task's output: {e}");
+                                self.fail(
+                                    st,
+                                    &entry,
+                                    Failure::Protocol(message.clone()),
+                                    Some((id, ran.unwrap_or_default())),
+                                );
+                                return Err(message);
+                            }
+                        },
+                        WireOutcome::UserError(bytes) => match codec::decode::<W::Error>(&bytes) {
+                            Ok(error) => Err(TaskError::user(error)),
+                            Err(e) => {
+                                let message = format!("could not decode the task's error: {e}");
+                                self.fail(
+                                    st,
+                                    &entry,
+                                    Failure::Protocol(message.clone()),
+                                    Some((id, ran.unwrap_or_default())),
+                                );
+                                return Err(message);
+                            }
+                        },
+                        WireOutcome::Panicked(message) => {
+                            Err(TaskError::failure(Failure::Panicked(message)))
+                        }
+                    };
+                    if let Some(ran) = ran {
+                        let micros = ran.as_secs_f64() * 1e6;
+                        let est = st.estimates.entry(entry.key).or_insert(micros);
+                        *est = 0.8 * *est + 0.2 * micros;
+                    }
+                    self.resolve(st, &entry, result, Some((id, ran.unwrap_or_default())));
+                    let link = &mut st.links[i];
+                    link.tasks_done += 1;
+                    let recycle = link.recycle_after.is_some_and(|n| link.tasks_done >= n)
+                        || self.process.max_memory.is_some_and(|max| {
+                            link.process.rss_bytes().is_some_and(|rss| rss > max)
+                        });
+                    if recycle && !link.retiring {
+                        link.retiring = true;
+                        link.killing = None;
+                        let more = self.plan_capacity(st);
+                        plan.start.extend(more.start);
+                    }
+                }
+                ToParent::ChunkDone {
+                    id: chunk,
+                    run_nanos,
+                    outcomes,
+                } => self.on_chunk_done(st, i, chunk, run_nanos, outcomes, plan)?,
+            }
+        }
+        self.dispatch(st, plan);
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------ link threads
+
+/// How a worker's channel ended.
+pub(super) enum End {
+    /// The worker closed it (it exited, or was killed).
+    Closed,
+    /// It sent bytes that break the protocol.
+    Protocol(String),
+}
+
+/// The life of one worker process: start it (after `backoff`), read and apply
+/// its frames, then reap it and settle its tasks.
+pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: Duration) {
+    if !backoff.is_zero() {
+        let deadline = Instant::now() + backoff;
+        let mut st = shared.lock();
+        loop {
+            let now = Instant::now();
+            if now >= deadline || st.lifecycle == Lifecycle::Terminating {
+                break;
+            }
+            st = shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+    {
+        let mut st = shared.lock();
+        let wanted = match st.lifecycle {
+            Lifecycle::Open => true,
+            Lifecycle::Closing => Supervisor::<W>::queued(&st) > 0,
+            Lifecycle::Terminating => false,
+        };
+        if !wanted {
+            st.starting -= 1;
+            shared.check_finished(&st);
+            drop(st);
+            shared.changed.notify_all();
+            return;
+        }
+    }
+    let id = WorkerId::new(shared.next_worker.fetch_add(1, Relaxed));
+    let process = match WorkerProcess::spawn(&shared.launcher, id) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut st = shared.lock();
+            st.starting -= 1;
+            start_failed(
+                shared,
+                &mut st,
+                id,
+                format!("could not start the worker process: {e}"),
+            );
+            let plan = shared.plan_capacity(&mut st);
+            shared.check_finished(&st);
+            drop(st);
+            shared.changed.notify_all();
+            shared.start_links(plan.start);
+            return;
+        }
+    };
+    // The hello goes first, before any dispatcher can reach this worker.
+    let _ = process
+        .writer
+        .send(|enc| enc.push(&Hello::new(Role::Parent, DEFAULT_FRAME_LIMIT)));
+    {
+        let mut st = shared.lock();
+        st.starting -= 1;
+        let recycle_after = shared
+            .process
+            .max_tasks_per_worker
+            .map(|n| with_jitter(n, id));
+        st.links.push(LinkState {
+            id,
+            process: Arc::clone(&process),
+            ready: false,
+            retiring: false,
+            killing: None,
+            shutdown_sent: false,
+            window: VecDeque::new(),
+            running: None,
+            outstanding: 0.0,
+            backlog: VecDeque::new(),
+            tasks_done: 0,
+            recycle_after,
+            timings: Timings::new(),
+            born: Instant::now(),
+        });
+        // Sticky messages first, under the lock a broadcast takes: each one
+        // reaches this worker exactly once, before its first task.
+        for payload in &st.sticky_messages {
+            let _ = process.writer.append(|enc| {
+                enc.push(&ToWorker::Message {
+                    payload: payload.clone(),
+                })
+            });
+        }
+        if st.lifecycle == Lifecycle::Terminating {
+            shared.kill_link(&mut st, id, ExitReason::Shutdown, None);
+        }
+    }
+    process.writer.pump();
+    let end = read_frames(shared, &process, id);
+    if matches!(end, End::Protocol(_)) {
+        process.signal_group(Signal::SIGKILL);
+    }
+    let crash = process.reap();
+    link_ended(shared, id, end, crash);
+}
+
+/// Spreads recycling: each worker retires after `n` tasks, give or take 10%.
+pub(super) fn with_jitter(n: u64, id: WorkerId) -> u64 {
+    let spread = (n / 10).max(1);
+    // A cheap, per-worker deterministic mix (splitmix64 of the id).
+    let mut x = id.as_u64().wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (n - spread.min(n - 1)) + x % (2 * spread + 1)
+}
+
+/// Reads frames until the channel ends; applies each read's frames at once.
+pub(super) fn read_frames<W: RemoteWorker>(
+    shared: &Arc<Supervisor<W>>,
+    process: &Arc<WorkerProcess>,
+    id: WorkerId,
+) -> End {
+    let mut decoder = FrameDecoder::new(DEFAULT_FRAME_LIMIT);
+    let mut greeted = false;
+    let mut frames = Vec::new();
+    let mut poll = Duration::ZERO;
+    loop {
+        match worker_main::read_soon(&mut decoder, &process.stream, poll) {
+            Ok(0) => {
+                return match decoder.finish() {
+                    Ok(()) => End::Closed,
+                    Err(e) => End::Protocol(e.to_string()),
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return End::Closed,
+        }
+        loop {
+            let next: Result<Option<ToParent>, ProtocolError> = if greeted {
+                decoder.next_message()
+            } else {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => match Hello::decode(frame).and_then(|h| {
+                        h.check_role(Role::Worker)?;
+                        Ok(h)
+                    }) {
+                        Ok(hello) => {
+                            process.writer.set_frame_limit(hello.frame_limit);
+                            greeted = true;
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            match next {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(e) => return End::Protocol(e.to_string()),
+            }
+        }
+        if frames.is_empty() {
+            continue;
+        }
+        let mut plan = Plan::default();
+        let mut st = shared.lock();
+        let applied = shared.on_frames(&mut st, id, std::mem::take(&mut frames), &mut plan);
+        poll = Supervisor::<W>::answer_expected_within(&st, id);
+        drop(st);
+        shared.finish(plan);
+        if let Err(message) = applied {
+            return End::Protocol(message);
+        }
+    }
+}
+
+pub(super) fn start_failed<W: RemoteWorker>(
+    shared: &Supervisor<W>,
+    st: &mut State<W>,
+    id: WorkerId,
+    message: String,
+) {
+    st.start_failures += 1;
+    st.last_start_error = Some(message.clone());
+    if shared.events.is_active() {
+        shared.events.emit(Event::WorkerStartFailed {
+            worker: id,
+            message,
+            consecutive: st.start_failures,
+        });
+    }
+    // The circuit breaker: with no worker up after `start_attempts` failures in a
+    // row, waiting tasks fail instead of waiting for ever.
+    if let Some(failure) = shared.broken(st) {
+        let waiting: Vec<Entry<W>> = st.queue.iter_mut().flat_map(|q| q.drain(..)).collect();
+        for entry in waiting {
+            shared.fail(st, &entry, failure.clone(), None);
+        }
+    }
+}
+
+/// Settles everything worker `id` held once its process is reaped.
+pub(super) fn link_ended<W: RemoteWorker>(
+    shared: &Arc<Supervisor<W>>,
+    id: WorkerId,
+    end: End,
+    crash: Crash,
+) {
+    let mut st = shared.lock();
+    let Some(i) = Supervisor::<W>::link_index(&st, id) else {
+        return;
+    };
+    let link = st.links.remove(i);
+    st.observed.retired_worker_time += link.born.elapsed();
+    st.alarms.retain(|a| a.worker != id);
+    st.key_owners.retain(|_, w| *w != id);
+    let mut window = link.window;
+    let reason = match (&link.killing, link.retiring, &end) {
+        (Some(reason), _, _) => *reason,
+        (None, true, End::Closed) if crash.exit_code == Some(0) => ExitReason::Recycled,
+        (None, false, End::Closed) if link.shutdown_sent && crash.exit_code == Some(0) => {
+            ExitReason::Shutdown
+        }
+        _ => ExitReason::Crashed,
+    };
+    if !link.ready && link.killing.is_none() {
+        // It never got to take tasks: a start failure.
+        let message = match st.last_start_error.take() {
+            Some(m) if crash.exit_code == Some(0) => m,
+            _ => match &end {
+                End::Protocol(e) => format!("the worker process failed the handshake: {e}"),
+                End::Closed => format!("the worker process {crash}"),
+            },
+        };
+        start_failed(shared, &mut st, id, message);
+    } else if reason == ExitReason::Crashed {
+        // The death is charged to the task it said it was running. If it had
+        // not said (its *started* was still buffered, with the answers of the
+        // tasks before it) and held one task only, that task is charged. With
+        // several, nobody is: every task it held runs again, each alone on a
+        // worker (`suspect`), so a second death names the task.
+        let culprit = match link.running {
+            Some((r, _)) => window.iter().position(|f| f.entry.id() == r),
+            None if window.len() == 1 => Some(0),
+            None => {
+                for flight in &window {
+                    flight.entry.suspect.store(true, Relaxed);
+                }
+                None
+            }
+        };
+        if let Some(at) = culprit {
+            let flight = window.remove(at).expect("position is in range");
+            let entry = flight.entry;
+            let ran = link
+                .running
+                .map(|(_, since)| since.elapsed())
+                .unwrap_or_default();
+            let by_signal = crash.signal.is_some();
+            let retry = !entry.core.header().is_decided()
+                && (!by_signal || shared.process.retry_signals)
+                && entry
+                    .retries_left
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                && matches!(end, End::Closed);
+            let failure = match &end {
+                End::Protocol(message) => Failure::Protocol(message.clone()),
+                End::Closed => Failure::Crashed(crash.clone()),
+            };
+            if entry.chunk.is_some() {
+                // Its items run again one by one, so only the culprit fails.
+                shared.split_chunk(&mut st, entry);
+            } else if retry {
+                st.queue[entry.core.header().priority.index()].push_front(entry);
+            } else {
+                shared.fail(&mut st, &entry, failure, Some((id, ran)));
+            }
+        }
+    } else if let Some((running, since)) = link.running {
+        // Killed by crew: the killer resolved the task; count any still open.
+        if let Some(at) = window.iter().position(|f| f.entry.id() == running) {
+            let entry = window.remove(at).expect("position is in range").entry;
+            let failure = match reason {
+                ExitReason::Shutdown => Failure::Cancelled,
+                _ => Failure::Killed,
+            };
+            shared.fail(&mut st, &entry, failure, Some((id, since.elapsed())));
+        }
+    }
+    // Everything else it held had not started: queue it again, in order.
+    let terminating = st.lifecycle == Lifecycle::Terminating;
+    for flight in window.into_iter().rev() {
+        let entry = flight.entry;
+        if entry.core.header().is_decided() {
+            // The process is reaped: no one reads its input any more.
+            entry.release_input();
+            continue;
+        }
+        if terminating {
+            shared.fail(&mut st, &entry, Failure::Closed, None);
+        } else {
+            st.queue[entry.core.header().priority.index()].push_front(entry);
+        }
+    }
+    for entry in link.backlog.into_iter().rev() {
+        if !entry.core.header().is_decided() {
+            if terminating {
+                shared.fail(&mut st, &entry, Failure::Closed, None);
+            } else {
+                st.queue[entry.core.header().priority.index()].push_front(entry);
+            }
+        }
+    }
+    if link.ready {
+        crate::trace::worker_exited(id, reason);
+    }
+    if shared.events.is_active() && link.ready {
+        shared
+            .events
+            .emit(Event::WorkerExited { worker: id, reason });
+    }
+    let mut plan = shared.plan_capacity(&mut st);
+    if let Some(failure) = shared.broken(&st) {
+        let waiting: Vec<Entry<W>> = st.queue.iter_mut().flat_map(|q| q.drain(..)).collect();
+        for entry in waiting {
+            shared.fail(&mut st, &entry, failure.clone(), None);
+        }
+    }
+    shared.dispatch(&mut st, &mut plan);
+    plan.notify = true;
+    if st.links.is_empty() && st.starting == 0 && st.lifecycle != Lifecycle::Open {
+        shared.alarm.notify_all();
+        shared.events.close();
+        shared.messages.close();
+    }
+    drop(st);
+    shared.finish(plan);
+}

@@ -1,0 +1,72 @@
+//! The monitor thread: keeps the deadlines (task timeouts, and SIGKILL for a
+//! worker that did not exit within the grace after SIGTERM) until the pool is
+//! closed and every worker is gone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use super::codec::RemoteWorker;
+use super::state::{Alarm, AlarmKind, Lifecycle, Plan, Supervisor};
+use crate::error::Failure;
+use crate::events::ExitReason;
+
+// ------------------------------------------------------------ the monitor
+
+/// Keeps the deadlines until the pool is closed and every worker is gone.
+pub(super) fn monitor_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>) {
+    let mut st = shared.lock();
+    loop {
+        if st.lifecycle != Lifecycle::Open && st.links.is_empty() && st.starting == 0 {
+            st.monitor_running = false;
+            drop(st);
+            shared.changed.notify_all();
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<Alarm> = {
+            let (due, later): (Vec<Alarm>, Vec<Alarm>) =
+                st.alarms.drain(..).partition(|a| a.at <= now);
+            st.alarms = later;
+            due
+        };
+        let mut plan = Plan::default();
+        for alarm in due {
+            let Some(i) = Supervisor::<W>::link_index(&st, alarm.worker) else {
+                continue;
+            };
+            match alarm.what {
+                AlarmKind::Kill => st.links[i].process.signal_group(Signal::SIGKILL),
+                AlarmKind::Timeout(task) => {
+                    if st.links[i].running.is_some_and(|(r, _)| r == task) {
+                        shared.kill_link(
+                            &mut st,
+                            alarm.worker,
+                            ExitReason::Killed,
+                            Some(Failure::TimedOut),
+                        );
+                    }
+                }
+            }
+        }
+        if !plan.start.is_empty() || plan.notify {
+            drop(st);
+            shared.finish(std::mem::take(&mut plan));
+            st = shared.lock();
+            continue;
+        }
+        let next = st.alarms.iter().map(|a| a.at).min();
+        st = match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                shared
+                    .alarm
+                    .wait_timeout(st, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => shared.alarm.wait(st).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
