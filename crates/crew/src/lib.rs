@@ -117,7 +117,7 @@ mod worker;
 
 pub use async_worker::{Async, AsyncWorker};
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
-pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
+pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError, UserError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
 pub use feed::{Feed, FeedStream};
 pub use health::Health;

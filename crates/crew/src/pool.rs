@@ -472,7 +472,7 @@ impl<W: Worker> Pool<W> {
     ///
     /// let pool = Pool::<Counter>::builder().workers(1).build()?;
     /// let messages = pool.messages();
-    /// pool.submit(7)?.join().map_err(|e| e.to_string())?;
+    /// pool.submit(7)?.join()?;
     /// let (_worker, text) = messages.recv().unwrap();
     /// assert_eq!(text, "halfway through 7");
     /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -48,7 +48,7 @@ use std::time::Duration;
 use super::arena::SHARED_ABOVE;
 use super::codec::{self, EncodedInput, RemoteWorker};
 use super::{Entry, Lifecycle, Plan, RemoteCell, Shared, State};
-use crate::error::{Failure, TaskError};
+use crate::error::{Failure, Panic, TaskError};
 use crate::events::Event;
 use crate::sync::lock;
 use crate::task::cell::{Core, Header, Outcome};
@@ -218,9 +218,9 @@ fn decode_item<W: RemoteWorker>(
             Ok(error) => Err(TaskError::user(error)),
             Err(e) => Err(protocol("error", e)),
         },
-        ItemOutcome::Panicked(message) => {
-            Err(TaskError::failure(Failure::Panicked(message.to_owned())))
-        }
+        ItemOutcome::Panicked(message) => Err(TaskError::failure(Failure::Panicked(
+            Panic::message(message),
+        ))),
     }
 }
 

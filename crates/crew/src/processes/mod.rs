@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::builder::Config;
-use crate::error::{Crash, Failure, ShutdownTimedOut, SubmitError, TaskError};
+use crate::error::{Crash, Failure, Panic, ShutdownTimedOut, SubmitError, TaskError};
 use crate::events::{Bus, Event, Events, ExitReason};
 use crate::messages::MessageBus;
 use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
@@ -1183,9 +1183,9 @@ impl<W: RemoteWorker> Shared<W> {
                                 return Err(message);
                             }
                         },
-                        WireOutcome::Panicked(message) => {
-                            Err(TaskError::failure(Failure::Panicked(message)))
-                        }
+                        WireOutcome::Panicked(message) => Err(TaskError::failure(
+                            Failure::Panicked(Panic::message(message)),
+                        )),
                     };
                     if let Some(ran) = ran {
                         let micros = ran.as_secs_f64() * 1e6;

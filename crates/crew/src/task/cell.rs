@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
-use crate::error::{panic_message, Failure, TaskError};
+use crate::error::{Failure, Panic, TaskError};
 use crate::sync::modelled::{current, lock, AtomicU64, AtomicUsize, Mutex, Thread, UnsafeCell};
 use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
@@ -671,12 +671,12 @@ where
                 };
             }
             Err(panic) => {
-                let message = panic_message(&*panic);
-                // Drop the payload outside any lock; a panicking Drop here would
-                // escape the worker loop's catch, so it is caught too.
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                // The payload goes to whoever joins (`TaskError::into_panic`);
+                // `Panic`'s Drop catches a payload whose own Drop panics.
                 self.core
-                    .resolve(Err(TaskError::failure(Failure::Panicked(message))));
+                    .resolve(Err(TaskError::failure(Failure::Panicked(Panic::caught(
+                        panic,
+                    )))));
                 return Started::Done(Ran::Panicked);
             }
         };
@@ -776,9 +776,7 @@ impl<P, T, E> Future for Resolve<P, T, E> {
             Ok(Poll::Ready(Ok(output))) => (Ok(output), Ran::Returned),
             Ok(Poll::Ready(Err(error))) => (Err(TaskError::user(error)), Ran::Returned),
             Err(panic) => {
-                let message = panic_message(&*panic);
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
-                let failure = TaskError::failure(Failure::Panicked(message));
+                let failure = TaskError::failure(Failure::Panicked(Panic::caught(panic)));
                 (Err(failure), Ran::Panicked)
             }
         };
