@@ -606,6 +606,7 @@ macro_rules! service {
                 )+
             }
 
+            // One invocation: it imports serde once for the three enums.
             $crate::__service_serde! {
                 #[doc = concat!("A call of one `", stringify!($name), "` method with its arguments: the input of a task.")]
                 $ivis enum Call {
@@ -619,9 +620,7 @@ macro_rules! service {
                         },
                     )+
                 }
-            }
 
-            $crate::__service_serde! {
                 #[doc = concat!("What a `", stringify!($name), "` method returned: the output of a task.")]
                 $ivis enum Reply {
                     $(
@@ -629,9 +628,7 @@ macro_rules! service {
                         $method($ok),
                     )+
                 }
-            }
 
-            $crate::__service_serde! {
                 #[doc = concat!("The error a `", stringify!($name), "` method returned: the user error of a task.")]
                 ///
                 /// A method that cannot fail has a variant holding
@@ -867,10 +864,18 @@ macro_rules! service {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __service_serde {
-    ($($item:tt)*) => {
-        #[derive($crate::__private::serde::Serialize, $crate::__private::serde::Deserialize)]
-        #[serde(crate = "crew::__private::serde")]
-        $($item)*
+    ($($(#[$meta:meta])* $vis:vis enum $name:ident { $($body:tt)* })*) => {
+        // serde's `crate = "…"` takes a path in a string, where `$crate` cannot
+        // go; a local alias makes the path independent of the name the user's
+        // Cargo.toml gives crew (`pool = { package = "crew-pool" }` works).
+        #[allow(unused_imports)]
+        use $crate::__private::serde as __crew_serde;
+        $(
+            $(#[$meta])*
+            #[derive($crate::__private::serde::Serialize, $crate::__private::serde::Deserialize)]
+            #[serde(crate = "__crew_serde")]
+            $vis enum $name { $($body)* }
+        )*
     };
 }
 
