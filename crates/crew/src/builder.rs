@@ -389,6 +389,9 @@ impl<W: Worker> PoolBuilder<W> {
             if process.config.max_tasks_per_worker == Some(0) {
                 return Err(BuildError::new(BuildErrorKind::ZeroMaxTasks));
             }
+            if crate::processes::guard::in_unbootstrapped_worker() {
+                return Err(crate::processes::guard::refuse());
+            }
             let engine = (process.launch)(config, process.config)
                 .map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
             return Pool::from_backend(crate::pool::Backend::Processes(engine), health);

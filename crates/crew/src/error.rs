@@ -581,9 +581,19 @@ impl<T> fmt::Display for SubmitError<T> {
 impl<T> StdError for SubmitError<T> {}
 
 /// A pool setting that cannot work, reported by `PoolBuilder::build`.
-#[derive(Debug)]
 pub struct BuildError {
     kind: BuildErrorKind,
+}
+
+// With the sentence: `build().unwrap()` and `main` returning the error print the
+// Debug form, and the kind alone would not say what to do.
+impl fmt::Debug for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildError")
+            .field("kind", &self.kind)
+            .field("message", &self.to_string())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -608,6 +618,10 @@ pub(crate) enum BuildErrorKind {
     ZeroMaxTasks,
     /// A setting process pools do not offer; its name.
     NotForProcesses(&'static str),
+    /// A process pool built inside a worker process whose `main` did not call
+    /// `crew::bootstrap` (see `processes/guard.rs`).
+    #[cfg(feature = "process")]
+    NotBootstrapped,
     /// The OS would not start a worker thread (or process).
     Spawn(std::io::Error),
 }
@@ -617,9 +631,25 @@ impl BuildError {
         BuildError { kind }
     }
 
-    /// A setting was out of range (as opposed to the OS refusing a thread).
+    /// A setting was out of range (as opposed to the OS refusing a thread, or a
+    /// missing `crew::bootstrap`).
     pub fn is_invalid_setting(&self) -> bool {
-        !matches!(self.kind, BuildErrorKind::Spawn(_))
+        match self.kind {
+            BuildErrorKind::Spawn(_) => false,
+            #[cfg(feature = "process")]
+            BuildErrorKind::NotBootstrapped => false,
+            _ => true,
+        }
+    }
+
+    /// A process pool was built inside a worker process whose `main` did not
+    /// call [`crew::bootstrap`](crate::bootstrap) first. Such a worker would
+    /// start workers of its own, which would do the same, without end; the pool
+    /// refuses to start instead, and the parent pool's start error says which
+    /// call is missing.
+    #[cfg(feature = "process")]
+    pub fn is_not_bootstrapped(&self) -> bool {
+        matches!(self.kind, BuildErrorKind::NotBootstrapped)
     }
 }
 
@@ -641,6 +671,10 @@ impl fmt::Display for BuildError {
             }
             BuildErrorKind::NotForProcesses(what) => {
                 write!(f, "`{what}` is not available for process workers")
+            }
+            #[cfg(feature = "process")]
+            BuildErrorKind::NotBootstrapped => {
+                f.write_str(crate::processes::guard::NOT_BOOTSTRAPPED)
             }
             BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
         }

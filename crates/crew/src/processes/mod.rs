@@ -53,6 +53,7 @@ mod child;
 mod child_process;
 mod chunks;
 mod codec;
+pub(crate) mod guard;
 
 pub use child::{bootstrap, serve, Bootstrap};
 pub use child_process::{OutputHandler, OutputStream};
@@ -1454,7 +1455,9 @@ fn link_ended<W: RemoteWorker>(shared: &Arc<Shared<W>>, id: WorkerId, end: End, 
             Some(m) if crash.exit_code == Some(0) => m,
             _ => match &end {
                 End::Protocol(e) => format!("the worker process failed the handshake: {e}"),
-                End::Closed => format!("the worker process {crash}"),
+                End::Closed => {
+                    guard::explain(&crash).unwrap_or_else(|| format!("the worker process {crash}"))
+                }
             },
         };
         start_failed(shared, &mut st, id, message);
