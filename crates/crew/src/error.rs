@@ -205,6 +205,10 @@ pub(crate) enum Failure {
     Crashed(Crash),
     /// The worker broke the wire protocol, or its output could not be decoded.
     Protocol(String),
+    /// Joined from a worker of its own pool while every other worker the pool may
+    /// have was blocked the same way: it could never start (`threads::join_watch`).
+    /// Counted as cancelled in stats and events.
+    Deadlock,
 }
 
 /// How a worker process ended, and what it last wrote to stderr. Carried by
@@ -322,6 +326,16 @@ impl<E> TaskError<E> {
         }
     }
 
+    /// The task was joined ([`Task::join`](crate::Task::join)) from inside a task
+    /// on a worker of its own pool while every worker the pool may have was
+    /// blocked joining tasks that had not started: nothing could ever run it, so
+    /// the join resolved it with this error instead of waiting for ever. (crew's
+    /// `join` blocks its worker; it does not run other tasks meanwhile, as
+    /// rayon's `join` does.) Counted as cancelled in [`Stats`](crate::Stats).
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Deadlock))
+    }
+
     /// The worker process broke the wire protocol (garbage, a truncated or
     /// oversized frame) or sent an output that could not be decoded; it was
     /// killed and replaced.
@@ -341,6 +355,7 @@ impl<E> TaskError<E> {
             Repr::Failure(Failure::Killed) => Outcome::Killed,
             Repr::Failure(Failure::Crashed(_)) => Outcome::Crashed,
             Repr::Failure(Failure::Protocol(_)) => Outcome::Protocol,
+            Repr::Failure(Failure::Deadlock) => Outcome::Cancelled,
         }
     }
 
@@ -479,6 +494,10 @@ impl<E> fmt::Display for TaskError<E> {
             Repr::Failure(Failure::Protocol(m)) => {
                 write!(f, "the worker process broke the protocol: {m}")
             }
+            Repr::Failure(Failure::Deadlock) => f.write_str(
+                "the task was joined from a worker of its own pool while every worker was \
+                 blocked waiting: it could never start",
+            ),
         }
     }
 }

@@ -718,6 +718,7 @@ where
         None,
         false,
         None,
+        0,
         payload,
     );
     let task = Task::new(cell.clone());

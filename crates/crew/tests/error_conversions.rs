@@ -100,8 +100,9 @@ fn debug_shows_the_users_error() {
         r#"TaskError::User("not a number: nine")"#
     );
     // And an `unwrap()` panic says it too.
+    let result: Result<u32, _> = Err(error);
     let caught = catch_unwind(AssertUnwindSafe(|| {
-        let _: u32 = Err::<u32, _>(error).unwrap();
+        let _: u32 = std::hint::black_box(result).unwrap();
     }))
     .unwrap_err();
     let message = caught.downcast_ref::<String>().unwrap();
@@ -168,7 +169,7 @@ fn source_reaches_a_typed_error_and_a_boxed_ones_chain() {
     let inner = io.get_ref().unwrap().downcast_ref::<Rejected>();
     assert_eq!(inner, Some(&Rejected(4)));
     // And `?` takes it up too (a `Box<dyn Error>` is not itself an `Error`).
-    let up: Result<(), Box<dyn Error>> = Err(error).map_err(Into::into);
+    let up = (|| -> Result<(), Box<dyn Error>> { Err(error)? })();
     assert_eq!(up.unwrap_err().to_string(), "the task returned an error");
 }
 

@@ -32,7 +32,7 @@ impl halver::Handler for Halver {
     }
 
     fn halve(&mut self, n: u64) -> Result<u64, String> {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             Ok(n / 2)
         } else {
             Err(format!("{n} is odd"))

@@ -146,6 +146,9 @@ pub(crate) struct Header {
     /// `Event::TaskStarted::waited`). Written once, at creation. `None` for a
     /// task whose times are not sampled (see `threads::timed`).
     pub(crate) queued_at: Option<Instant>,
+    /// The thread pool that runs it (its `Shared`'s address), 0 elsewhere.
+    /// Written once, at creation; read by `threads::join_watch`.
+    pub(crate) pool: usize,
 }
 
 impl Header {
@@ -178,6 +181,7 @@ impl Header {
             timeout,
             bounded,
             queued_at,
+            pool: 0,
         }
     }
 
@@ -231,6 +235,13 @@ impl Header {
     /// Records who runs the task (a backend that runs it elsewhere).
     pub(crate) fn set_worker(&self, worker: WorkerId) {
         self.worker.store(worker.raw(), Relaxed);
+    }
+
+    /// Whether the payload has been taken: the task started, or was resolved
+    /// without running.
+    #[inline]
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.state.load(Acquire) & CLAIMED != 0
     }
 
     /// Takes ownership of the payload. True for exactly one caller.
@@ -620,6 +631,13 @@ pub(crate) trait Runnable<W>: CellRef {
 pub(crate) trait Handle<T, E>: Send + Sync {
     fn core(&self) -> &Core<T, E>;
     fn cancel(&self) -> bool;
+    /// Resolves a task that has not started with `failure` (as `cancel` does with
+    /// `Cancelled`). False if it had started or resolved. Only thread pools'
+    /// cells need it (`threads::join_watch`).
+    fn refuse(&self, failure: Failure) -> bool {
+        let _ = failure;
+        false
+    }
     /// The worker running the task: the header's, unless the handle stands for
     /// another task (`task::mapped`).
     fn worker(&self) -> Option<WorkerId> {
@@ -728,6 +746,18 @@ where
                 resolved
             }
             None => self.core.fail(Failure::Cancelled),
+        }
+    }
+
+    fn refuse(&self, failure: Failure) -> bool {
+        match self.claim_payload() {
+            Some(payload) => {
+                // As `cancel`: resolve first, the user's Drop after.
+                let resolved = self.core.fail(failure);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                resolved
+            }
+            None => false,
         }
     }
 }
@@ -873,11 +903,14 @@ pub(crate) fn new_cell<P, T, E>(
     timeout: Option<Duration>,
     bounded: bool,
     queued_at: Option<Instant>,
+    pool: usize,
     payload: P,
 ) -> Arc<Cell<P, T, E>> {
+    let mut header = Header::with_queued_at(id, priority, timeout, bounded, queued_at);
+    header.pool = pool;
     Arc::new(Cell {
         core: Core {
-            header: Header::with_queued_at(id, priority, timeout, bounded, queued_at),
+            header,
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
             poller: AtomicPtr::new(std::ptr::null_mut()),
