@@ -63,6 +63,9 @@ pub(crate) struct Config {
     /// Tasks in flight per worker (async tasks; a synchronous task takes one
     /// place while it runs).
     pub(crate) concurrency: usize,
+    /// The tokio runtime each worker thread enters (feature `tokio`; see
+    /// `runtime.rs`).
+    pub(crate) runtime: crate::runtime::Runtime,
 }
 
 impl Config {
@@ -77,6 +80,7 @@ impl fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("max_workers", &self.max_workers)
             .field("queue_capacity", &self.queue_capacity)
+            .field("tokio", &self.runtime.is_set())
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +113,9 @@ pub struct PoolBuilder<W: Worker> {
     event_buffer: usize,
     concurrency: usize,
     health: Option<Health>,
+    /// `tokio_handle` (in `runtime.rs`).
+    #[cfg(feature = "tokio")]
+    pub(crate) tokio: Option<tokio::runtime::Handle>,
     #[cfg(feature = "process")]
     process: Option<ProcessSettings<W>>,
     _worker: PhantomData<fn() -> W>,
@@ -147,6 +154,8 @@ impl<W: Worker> PoolBuilder<W> {
             event_buffer: 1024,
             concurrency: 1,
             health: None,
+            #[cfg(feature = "tokio")]
+            tokio: None,
             #[cfg(feature = "process")]
             process: None,
             _worker: PhantomData,
@@ -368,6 +377,10 @@ impl<W: Worker> PoolBuilder<W> {
             abandon_grace: self.abandon_grace,
             event_buffer: self.event_buffer,
             concurrency: self.concurrency,
+            #[cfg(feature = "tokio")]
+            runtime: crate::runtime::Runtime::resolve(self.tokio),
+            #[cfg(not(feature = "tokio"))]
+            runtime: crate::runtime::Runtime::resolve(None),
         };
         #[cfg(feature = "process")]
         if let Some(process) = self.process {
@@ -529,6 +542,13 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("event_buffer", &self.event_buffer)
             .field("concurrency", &self.concurrency)
             .field("health", &self.health)
+            .field("tokio", &{
+                #[cfg(feature = "tokio")]
+                let set = self.tokio.is_some();
+                #[cfg(not(feature = "tokio"))]
+                let set = false;
+                set
+            })
             .finish()
     }
 }

@@ -105,7 +105,9 @@ mod processes;
 #[cfg(feature = "indicatif")]
 mod progress;
 pub mod rpc;
+mod runtime;
 mod scheduler;
+mod shutdown;
 mod sources;
 mod stats;
 mod sync;
@@ -129,6 +131,7 @@ pub use messages::{Messages, RecvMessage};
 pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
+pub use shutdown::Shutdown;
 pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};

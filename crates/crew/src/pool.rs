@@ -534,7 +534,7 @@ impl<W: Worker> Pool<W> {
         }
     }
 
-    fn on_own_worker(&self) -> bool {
+    pub(crate) fn on_own_worker(&self) -> bool {
         // A task that holds a clone of its own pool calls `shutdown` on the thread it
         // would have to join.
         match self.backend() {
@@ -636,10 +636,22 @@ impl Pool<Closures> {
     ///
     /// Each worker polls its futures itself, with up to
     /// [`concurrency`](PoolBuilder::concurrency) tasks in flight (default 1: set it
-    /// higher for futures to overlap). The future needs no particular runtime, but
-    /// one that relies on a runtime's reactor (tokio's I/O or timers) needs that
-    /// runtime running somewhere. It must not block its thread: that stalls the
-    /// other tasks of its worker (see [`AsyncWorker`](crate::AsyncWorker)).
+    /// higher for futures to overlap). The future needs no particular runtime. One
+    /// that uses tokio's timers or I/O needs the worker threads to be inside a
+    /// tokio runtime's context: turn on crew's `tokio` feature and build the pool
+    /// inside the runtime (or pass [`tokio_handle`](PoolBuilder::tokio_handle));
+    /// without it, tokio panics ("there is no reactor running") and the task
+    /// resolves as panicked. That runtime must keep running meanwhile. The future
+    /// must not block its thread: that stalls the other tasks of its worker (see
+    /// [`AsyncWorker`](crate::AsyncWorker)).
+    ///
+    /// **Why `Send`:** the future is built on the caller's thread and then moves,
+    /// through the queue, to whichever worker thread takes it; a `!Send` future
+    /// (one holding an `Rc` or a `RefCell` borrow) cannot make that move. The
+    /// local variant is an [`AsyncWorker`](crate::AsyncWorker): its state is
+    /// built on its worker thread and never leaves it, so neither the state nor
+    /// the futures its `run` returns need be `Send`; only the input and output
+    /// cross threads.
     ///
     /// **Cancel, timeout, kill, terminate:** the handle resolves at once and the
     /// future is dropped at its next poll boundary, which crew brings about at once
