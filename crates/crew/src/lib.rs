@@ -107,6 +107,7 @@ mod progress;
 pub mod rpc;
 mod runtime;
 mod scheduler;
+mod scope;
 mod shutdown;
 mod sources;
 mod stats;
@@ -131,6 +132,7 @@ pub use messages::{Messages, RecvMessage};
 pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(feature = "process")]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
+pub use scope::Scope;
 pub use shutdown::Shutdown;
 pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
