@@ -202,6 +202,7 @@ pub(crate) enum Failure {
     /// `Pool::kill_worker` retired the worker that was running it.
     Killed,
     /// The worker process died under the task: how, and its last stderr lines.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     Crashed(Crash),
     /// The worker broke the wire protocol, or its output could not be decoded.
     Protocol(String),
@@ -632,10 +633,13 @@ pub(crate) enum BuildErrorKind {
     /// `concurrency(0)`.
     ZeroConcurrency,
     /// `window(0)`.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     ZeroWindow,
     /// `max_tasks_per_worker(0)`.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     ZeroMaxTasks,
     /// A setting process pools do not offer; its name.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     NotForProcesses(&'static str),
     /// A process pool built inside a worker process whose `main` did not call
     /// `crew::bootstrap` (see `processes/guard.rs`).

@@ -225,6 +225,10 @@ impl<W: Worker> Pool<W> {
     /// If the pool shuts down part-way, the error holds the input that was
     /// refused; the inputs after it are dropped, and the tasks queued before it
     /// keep running, detached.
+    #[cfg_attr(
+        not(feature = "process"),
+        allow(clippy::infallible_destructuring_match)
+    )]
     pub fn submit_batch<I>(
         &self,
         inputs: I,
@@ -639,7 +643,7 @@ impl Pool<Closures> {
     /// higher for futures to overlap). The future needs no particular runtime. One
     /// that uses tokio's timers or I/O needs the worker threads to be inside a
     /// tokio runtime's context: turn on crew's `tokio` feature and build the pool
-    /// inside the runtime (or pass [`tokio_handle`](PoolBuilder::tokio_handle));
+    /// inside the runtime (or pass it to `PoolBuilder::tokio_handle`);
     /// without it, tokio panics ("there is no reactor running") and the task
     /// resolves as panicked. That runtime must keep running meanwhile. The future
     /// must not block its thread: that stalls the other tasks of its worker (see
@@ -782,7 +786,7 @@ impl<'a, W: Worker> TaskBuilder<'a, W> {
 
     /// On a process pool, runs the task again up to `n` times if its worker
     /// process dies under it (overrides the pool's
-    /// [`retries`](PoolBuilder::retries)). Only for idempotent tasks.
+    /// `PoolBuilder::retries`). Only for idempotent tasks.
     pub fn retries(mut self, n: u32) -> Self {
         self.options.retries = Some(n);
         self
@@ -917,6 +921,10 @@ pub struct SubmitAsync<'a, W: Worker> {
 impl<W: Worker> Future for SubmitAsync<'_, W> {
     type Output = Result<Task<W::Output, W::Error>, SubmitError<W::Input>>;
 
+    #[cfg_attr(
+        not(feature = "process"),
+        allow(clippy::infallible_destructuring_match)
+    )]
     fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let input = this
@@ -962,6 +970,7 @@ impl<W: Worker> Future for SubmitAsync<'_, W> {
 }
 
 impl<W: Worker> Drop for SubmitAsync<'_, W> {
+    #[cfg_attr(not(feature = "process"), allow(irrefutable_let_patterns))]
     fn drop(&mut self) {
         if let Backend::Threads(shared) = self.pool.backend() {
             shared.forget_capacity_waiter(&mut self.registered);

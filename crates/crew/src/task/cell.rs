@@ -154,6 +154,7 @@ pub(crate) struct Header {
 impl Header {
     /// A header for a task submitted now.
     #[inline]
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn new(
         id: TaskId,
         priority: Priority,
@@ -233,6 +234,7 @@ impl Header {
     }
 
     /// Records who runs the task (a backend that runs it elsewhere).
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn set_worker(&self, worker: WorkerId) {
         self.worker.store(worker.raw(), Relaxed);
     }
