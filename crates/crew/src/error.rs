@@ -424,6 +424,7 @@ impl<E> TaskError<E> {
     /// let payload = catch_unwind(AssertUnwindSafe(|| error.resume_unwind())).unwrap_err();
     /// assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom"));
     /// ```
+    #[must_use]
     pub fn resume_unwind(self) -> Self {
         match self.try_into_panic() {
             Ok(payload) => std::panic::resume_unwind(payload),

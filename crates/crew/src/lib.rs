@@ -100,6 +100,7 @@ mod feed;
 mod health;
 mod messages;
 mod pool;
+pub mod prelude;
 #[cfg(feature = "process")]
 mod processes;
 #[cfg(feature = "indicatif")]
@@ -115,6 +116,12 @@ mod sync;
 mod task;
 mod threads;
 mod trace;
+// Public for crew's own wire tests and for whoever writes a worker in another
+// language against `wire/protocol.md`; hidden from the docs and outside semver:
+// the protocol is versioned by its handshake (`PROTOCOL_VERSION`), and these
+// Rust types change with the process backend. A separate crate would put them
+// under semver for no user who needs it.
+#[doc(hidden)]
 pub mod wire;
 mod worker;
 
@@ -139,8 +146,7 @@ pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
 pub use worker::{Closures, Context, SendError, Worker, WorkerId};
 
-// `service!` derives serde through `crew::__private::serde`, which must resolve
-// inside crew itself too (its unit tests and doctests declare services).
+// crew's own unit tests name the crate `crew::…`, as users do.
 extern crate self as crew;
 
 /// What `service!` expands to calls into. Not a public API.

@@ -161,6 +161,7 @@ impl CallOptions {
     }
 
     /// Each call's priority.
+    #[must_use]
     pub fn priority(mut self, priority: Priority) -> Self {
         self.priority = Some(priority);
         self
@@ -168,6 +169,7 @@ impl CallOptions {
 
     /// Each call's timeout, overriding the pool's; the clock starts when the call
     /// starts running.
+    #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -175,6 +177,7 @@ impl CallOptions {
 
     /// Each call's sticky key (process pools: calls with one key go to one worker
     /// process while it lives).
+    #[must_use]
     pub fn key(mut self, key: u64) -> Self {
         self.key = Some(key);
         self
