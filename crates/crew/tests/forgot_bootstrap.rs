@@ -85,8 +85,11 @@ fn crew_worker_entry() {
             .map_err(|e| format!("{} | not_bootstrapped={}", e, e.is_not_bootstrapped()))
     };
     let record = format!("{parent}\n{built:?}");
-    let file = markers(root).join(std::process::id().to_string());
-    std::fs::write(file, record).unwrap();
+    // Written whole or not at all: the pool may kill a worker at shutdown.
+    let dir = markers(root);
+    let partial = dir.join(format!("{}.partial", std::process::id()));
+    std::fs::write(&partial, record).unwrap();
+    std::fs::rename(partial, dir.join(std::process::id().to_string())).unwrap();
     // The program gives up, as a `main` whose `build()?` failed would.
     std::process::exit(3);
 }
@@ -115,8 +118,9 @@ fn a_worker_without_bootstrap_refuses_its_pool_and_the_parent_says_why() {
     // its own, so at any moment there were at most n + 1 processes.
     let records: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.path().extension().is_none())
         .map(|entry| {
-            let entry = entry.unwrap();
             let text = std::fs::read_to_string(entry.path()).unwrap();
             (entry.file_name().into_string().unwrap(), text)
         })
