@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 assert_eq!(crash.signal(), Some(11));
             }
             Err(e) if e.is_timeout() => println!("record {record}: killed after its timeout"),
-            Err(e) => return Err(e.to_string().into()),
+            Err(e) => return Err(e.into()),
         }
     }
     let stats = pool.stats();

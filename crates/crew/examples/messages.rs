@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|file| pool.submit(file))
         .collect::<Result<_, _>>()?;
     for task in tasks {
-        println!("{}", task.join().map_err(|e| e.to_string())?);
+        println!("{}", task.join()?);
     }
     pool.shutdown();
 

@@ -45,6 +45,9 @@ pub struct PoolBuilder<W: Worker> {
     event_buffer: usize,
     concurrency: usize,
     health: Option<Health>,
+    /// `tokio_handle` (in `runtime.rs`).
+    #[cfg(feature = "tokio")]
+    pub(crate) tokio: Option<tokio::runtime::Handle>,
     #[cfg(all(feature = "process", target_os = "linux"))]
     process: Option<ProcessSettings<W>>,
     /// Set by [`engine`](PoolBuilder::engine): a backend from outside.
@@ -86,6 +89,8 @@ impl<W: Worker> PoolBuilder<W> {
             event_buffer: 1024,
             concurrency: 1,
             health: None,
+            #[cfg(feature = "tokio")]
+            tokio: None,
             #[cfg(all(feature = "process", target_os = "linux"))]
             process: None,
             engine: None,
@@ -94,6 +99,7 @@ impl<W: Worker> PoolBuilder<W> {
     }
 
     /// A fixed number of workers. Defaults to `std::thread::available_parallelism()`.
+    #[must_use]
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self.range = None;
@@ -104,6 +110,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// `max` while the queue's backlog exceeds [`grow_backlog`](Self::grow_backlog)
     /// tasks per worker and every worker is busy, and retires workers that stayed
     /// idle for [`idle_timeout`](Self::idle_timeout), down to `min`.
+    #[must_use]
     pub fn workers_range(mut self, range: RangeInclusive<usize>) -> Self {
         self.range = Some(range);
         self.workers = None;
@@ -112,6 +119,7 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// How long an extra worker of an elastic pool may stay idle before it
     /// retires. Default 10 s.
+    #[must_use]
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
@@ -121,6 +129,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// queue is then deeper than the workers can start within one task's time
     /// each, and a new thread (≈ 20–50 µs to start) pays off for any task longer
     /// than that.
+    #[must_use]
     pub fn grow_backlog(mut self, tasks_per_worker: usize) -> Self {
         self.grow_backlog = tasks_per_worker;
         self
@@ -128,6 +137,7 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// What a blocking submission does when the queue is full. Default
     /// [`WhenFull::Block`].
+    #[must_use]
     pub fn when_full(mut self, policy: WhenFull) -> Self {
         self.when_full = policy;
         self
@@ -137,6 +147,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// set affinity or priority, to count threads, or to make spawning fail in
     /// tests. The handler must run the body on a new thread, or return an error;
     /// a pool whose replacement thread fails to start retries later with backoff.
+    #[must_use]
     pub fn spawn_handler<F>(mut self, handler: F) -> Self
     where
         F: Fn(std::thread::Builder, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>
@@ -150,12 +161,14 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// The prefix of worker thread names; each thread is named `{prefix}-{worker id}`.
     /// Defaults to `"crew"`.
+    #[must_use]
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.thread_name = prefix.into();
         self
     }
 
     /// The stack size of worker threads, in bytes. Defaults to Rust's default.
+    #[must_use]
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes);
         self
@@ -163,6 +176,7 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// The timeout of every task that does not set its own. The clock starts when the
     /// task starts running, not when it is queued. No timeout by default.
+    #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = Some(timeout);
         self
@@ -177,6 +191,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// cancelled while queued keeps its place until a worker pops it. Tasks spawned
     /// from inside the pool's own tasks are not bounded, so a task can never
     /// deadlock waiting for room in its own pool.
+    #[must_use]
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = Some(capacity);
         self
@@ -186,6 +201,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// pool give up on waiting tasks (they fail with
     /// [`TaskError::is_start_failure`](crate::TaskError::is_start_failure), and so do
     /// new ones until a start succeeds). Workers keep retrying with backoff. Default 3.
+    #[must_use]
     pub fn start_attempts(mut self, attempts: u32) -> Self {
         self.start_attempts = attempts;
         self
@@ -193,6 +209,7 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// The first delay between start retries; it doubles on each failure up to 64
     /// times this value (at most 10 s). Default 20 ms.
+    #[must_use]
     pub fn start_backoff(mut self, delay: Duration) -> Self {
         self.start_backoff = delay;
         self
@@ -202,6 +219,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// pool gives up on it and starts a replacement thread. A task that checks
     /// [`Context::is_cancelled`](crate::Context::is_cancelled) and returns within the
     /// grace keeps its thread. Default 100 ms.
+    #[must_use]
     pub fn abandon_grace(mut self, grace: Duration) -> Self {
         self.abandon_grace = grace;
         self
@@ -211,6 +229,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// hold unread. When a subscriber's buffer is full, new events are dropped
     /// for it (and counted in [`Events::dropped`](crate::Events::dropped)); the
     /// pool never waits for a reader. Default 1024; must be at least 1.
+    #[must_use]
     pub fn event_buffer(mut self, events: usize) -> Self {
         self.event_buffer = events;
         self
@@ -229,6 +248,7 @@ impl<W: Worker> PoolBuilder<W> {
     ///
     /// Thread pools only: a process pool with `n > 1` is a build error (an
     /// `Async` worker in a process runs one task at a time).
+    #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
@@ -238,6 +258,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// [`Event::Backlog`](crate::Event::Backlog) when the queue stays deep and,
     /// if asked, a periodic [`Event::Stats`](crate::Event::Stats) snapshot. Off
     /// by default. See [`Health`].
+    #[must_use]
     pub fn health(mut self, health: Health) -> Self {
         self.health = Some(health);
         self
@@ -250,6 +271,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// Part of the unstable backend seam ([`crate::backend`]); not for
     /// applications.
     #[doc(hidden)]
+    #[must_use]
     pub fn engine<F>(mut self, start: F) -> Self
     where
         F: FnOnce(&Config) -> std::io::Result<Arc<dyn Engine<W>>> + Send + Sync + 'static,
@@ -323,6 +345,10 @@ impl<W: Worker> PoolBuilder<W> {
             abandon_grace: self.abandon_grace,
             event_buffer: self.event_buffer,
             concurrency: self.concurrency,
+            #[cfg(feature = "tokio")]
+            runtime: crate::runtime::Runtime::resolve(self.tokio),
+            #[cfg(not(feature = "tokio"))]
+            runtime: crate::runtime::Runtime::resolve(None),
         };
         if let Some(start) = self.engine {
             let engine = start(&config).map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
@@ -348,6 +374,9 @@ impl<W: Worker> PoolBuilder<W> {
             if process.config.max_tasks_per_worker == Some(0) {
                 return Err(BuildError::new(BuildErrorKind::ZeroMaxTasks));
             }
+            if crate::processes::guard::in_unbootstrapped_worker() {
+                return Err(crate::processes::guard::refuse());
+            }
             let engine = (process.launch)(config, process.config)
                 .map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
             return Pool::from_backend(crate::pool::Backend::Remote(engine), health);
@@ -370,6 +399,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// The other settings keep their meaning; `workers_range` (elastic sizing) is
     /// not offered for processes, and [`WhenFull::CallerRuns`] waits like `Block`
     /// (the caller's thread cannot run a process worker's code).
+    #[must_use]
     pub fn processes(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self.process_config();
@@ -387,12 +417,14 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
 
     /// The program worker processes run, instead of the current executable. It
     /// calls [`crew::serve::<W>()`](crate::serve) (or `bootstrap`) in `main`.
+    #[must_use]
     pub fn program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.process_config().program = Some(path.into());
         self
     }
 
     /// Arguments for the worker program (none by default).
+    #[must_use]
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -405,6 +437,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// Tasks in flight per worker process (default 16): sent ahead, so the
     /// worker never waits for the pool between two tasks. Unstarted ones are
     /// taken back for a worker that runs dry.
+    #[must_use]
     pub fn window(mut self, tasks: usize) -> Self {
         self.process_config().window = tasks;
         self
@@ -413,6 +446,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// How long a worker process gets to exit after SIGTERM before SIGKILL
     /// (default 2 s). crew's own SIGTERM handler in the worker ends its process
     /// group at once; the grace matters for worker code that handles SIGTERM.
+    #[must_use]
     pub fn kill_grace(mut self, grace: Duration) -> Self {
         self.process_config().kill_grace = grace;
         self
@@ -421,6 +455,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// Replaces a worker process after it has run about this many tasks (each
     /// worker's count varies by up to 10%, so they do not all retire at once).
     /// The replacement starts first.
+    #[must_use]
     pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
         self.process_config().max_tasks_per_worker = Some(tasks);
         self
@@ -430,6 +465,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// is above `bytes`. Its own memory counts (anonymous and file-backed
     /// pages), not the shared memory large inputs arrive in. The replacement
     /// starts first.
+    #[must_use]
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.process_config().max_memory = Some(bytes);
         self
@@ -440,12 +476,14 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// idempotent tasks. A death by signal (segfault, abort, OOM kill) is retried
     /// only with [`retry_on_signal`](PoolBuilder::retry_on_signal). A task can
     /// override this with [`TaskBuilder::retries`](crate::TaskBuilder::retries).
+    #[must_use]
     pub fn retries(mut self, n: u32) -> Self {
         self.process_config().retries = n;
         self
     }
 
     /// Whether [`retries`](PoolBuilder::retries) also covers deaths by signal.
+    #[must_use]
     pub fn retry_on_signal(mut self, yes: bool) -> Self {
         self.process_config().retry_signals = yes;
         self
@@ -453,6 +491,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
 
     /// Receives every line worker processes print, with the worker's id and the
     /// stream. By default lines go to this process's stderr as `[worker-N] line`.
+    #[must_use]
     pub fn on_output<F>(mut self, handler: F) -> Self
     where
         F: Fn(crate::WorkerId, crate::OutputStream, &str) + Send + Sync + 'static,
@@ -486,6 +525,13 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("concurrency", &self.concurrency)
             .field("health", &self.health)
             .field("engine", &self.engine.as_ref().map(|_| "<closure>"))
+            .field("tokio", &{
+                #[cfg(feature = "tokio")]
+                let set = self.tokio.is_some();
+                #[cfg(not(feature = "tokio"))]
+                let set = false;
+                set
+            })
             .finish()
     }
 }

@@ -7,29 +7,193 @@
 use std::any::Any;
 use std::convert::Infallible;
 use std::error::Error as StdError;
-use std::fmt;
+use std::fmt::{self, Debug, Display};
+use std::sync::{Mutex, PoisonError};
 
 /// Why a task did not produce its output.
 ///
 /// `E` is the worker's own error type (`Worker::Error`); for closures it is
 /// [`Infallible`]. The user's error is kept as it was returned, reachable through
 /// [`TaskError::user_error`], [`TaskError::into_user_error`] and `source()`.
+///
+/// # With `?`
+///
+/// `TaskError<E>` is a [`std::error::Error`] for every `E: Debug + Display`, not
+/// only for `E: Error`, so the common `type Error = String` goes up with `?` into
+/// `Box<dyn Error>`, `Box<dyn Error + Send + Sync>` or `anyhow::Error`:
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = crew::Pool::builder().workers(1).build()?;
+/// let n: u32 = pool.spawn(|| 6 * 7).join()?;
+/// # assert_eq!(n, 42);
+/// # Ok(()) }
+/// ```
+///
+/// `source()` is the user's error. Rust has no specialization, so one impl serves
+/// every `E` and cannot call `E::source` for the `E` that happen to be errors;
+/// instead the source is the user's error itself when it is boxed
+/// (`Box<dyn Error + Send + Sync>`, `Box<dyn Error + Send>`, `Box<dyn Error>`)
+/// or a [`std::io::Error`], with its own chain intact, and otherwise a
+/// [`UserError<E>`] that displays it and gives `E` back through
+/// [`UserError::get`] (so `source().downcast_ref::<UserError<MyError>>()` reaches a
+/// typed error). [`TaskError::user_error`] is the direct way to `E`.
+///
+/// # Panics carried back
+///
+/// A task that panicked keeps its payload: [`TaskError::into_panic`] gives it
+/// back, and [`TaskError::resume_unwind`] re-raises it on the caller's thread, as
+/// `std::thread::JoinHandle::join` and tokio's `JoinError::into_panic` allow.
 pub struct TaskError<E = Infallible> {
     repr: Repr<E>,
 }
 
 enum Repr<E> {
-    User(E),
+    User(UserError<E>),
     Failure(Failure),
 }
+
+/// The worker's own error, as the [`source`](StdError::source) of a
+/// [`TaskError`]: it displays (and debug-prints) as the error it holds.
+///
+/// It exists because a `TaskError<E>` is an error for every `E: Debug + Display`
+/// (a `String` included) and `source()` must return a `dyn Error`.
+#[repr(transparent)]
+pub struct UserError<E>(E);
+
+impl<E> UserError<E> {
+    /// The worker's error.
+    pub fn get(&self) -> &E {
+        &self.0
+    }
+
+    /// Takes the worker's error out.
+    pub fn into_inner(self) -> E {
+        self.0
+    }
+}
+
+impl<E: Debug> Debug for UserError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: Display> Display for UserError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: Debug + Display> StdError for UserError<E> {}
+
+/// The user's error as an error source: the error itself where its type says it
+/// is one (the boxed forms and `io::Error`, found by `Any`, because stable Rust
+/// cannot ask "is `E: Error`" in a generic impl), else the [`UserError`] view.
+fn user_source<E: Debug + Display + 'static>(user: &UserError<E>) -> &(dyn StdError + 'static) {
+    let any: &dyn Any = &user.0;
+    if let Some(boxed) = any.downcast_ref::<Box<dyn StdError + Send + Sync>>() {
+        return &**boxed;
+    }
+    if let Some(boxed) = any.downcast_ref::<Box<dyn StdError + Send>>() {
+        return &**boxed;
+    }
+    if let Some(boxed) = any.downcast_ref::<Box<dyn StdError>>() {
+        return &**boxed;
+    }
+    if let Some(io) = any.downcast_ref::<std::io::Error>() {
+        return io;
+    }
+    user
+}
+
+/// A caught panic: its message (what `Display` shows) and, on a thread pool, the
+/// payload itself, for [`TaskError::into_panic`]. An engine outside this crate
+/// builds one from a message ([`Panic::message`]).
+pub struct Panic {
+    message: String,
+    /// `None` once taken, and for panics that crossed a process boundary (their
+    /// payload cannot travel; `into_panic` builds one from the message). In a
+    /// `Mutex` only so that `TaskError` stays `Sync` (the payload is `Send` only);
+    /// it is locked once, when the payload is taken by value.
+    payload: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl Panic {
+    /// A panic caught on this process's thread: the payload is kept.
+    pub(crate) fn caught(payload: Box<dyn Any + Send>) -> Self {
+        Panic {
+            message: panic_message(&*payload),
+            payload: Mutex::new(Some(payload)),
+        }
+    }
+
+    /// A panic known by its message only (a worker process's, a remote node's,
+    /// or crew's own).
+    pub fn message(message: impl Into<String>) -> Self {
+        Panic {
+            message: message.into(),
+            payload: Mutex::new(None),
+        }
+    }
+
+    /// The payload, or the message as a `String` payload where there is none.
+    fn into_payload(mut self) -> Box<dyn Any + Send> {
+        let slot = self
+            .payload
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        match slot.take() {
+            Some(payload) => payload,
+            None => Box::new(std::mem::take(&mut self.message)),
+        }
+    }
+}
+
+impl Drop for Panic {
+    fn drop(&mut self) {
+        // A payload whose `Drop` panics must not unwind out of whoever drops the
+        // error last (it may be a worker thread releasing a detached task).
+        let slot = self
+            .payload
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(payload) = slot.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+        }
+    }
+}
+
+impl Debug for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Debug::fmt(&self.message, f)
+    }
+}
+
+// Failures are cloned to resolve several tasks with one (a chunk of a process
+// pool's `map`, a shutdown); those carry no payload. A clone keeps the message
+// only: a payload cannot be duplicated.
+impl Clone for Panic {
+    fn clone(&self) -> Self {
+        Panic::message(self.message.clone())
+    }
+}
+
+impl PartialEq for Panic {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for Panic {}
 
 /// The failures crew itself detects. They carry no user type, so the scheduler can
 /// resolve any task with one of them without knowing its output type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Failure {
-    /// The task panicked; the panic's message.
-    Panicked(String),
+    /// The task panicked; the panic's message and, on threads, its payload.
+    Panicked(Panic),
     /// `Task::cancel` (or the pool's `terminate`) resolved it.
     Cancelled,
     /// It ran longer than its timeout.
@@ -41,9 +205,14 @@ pub enum Failure {
     /// `Pool::kill_worker` retired the worker that was running it.
     Killed,
     /// The worker process died under the task: how, and its last stderr lines.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     Crashed(Crash),
     /// The worker broke the wire protocol, or its output could not be decoded.
     Protocol(String),
+    /// Joined from a worker of its own pool while every other worker the pool may
+    /// have was blocked the same way: it could never start (`threads::join_watch`).
+    /// Counted as cancelled in stats and events.
+    Deadlock,
 }
 
 /// How a worker process ended, and what it last wrote to stderr. Carried by
@@ -91,7 +260,7 @@ impl fmt::Display for Crash {
 impl<E> TaskError<E> {
     pub(crate) fn user(error: E) -> Self {
         TaskError {
-            repr: Repr::User(error),
+            repr: Repr::User(UserError(error)),
         }
     }
 
@@ -160,6 +329,16 @@ impl<E> TaskError<E> {
         }
     }
 
+    /// The task was joined ([`Task::join`](crate::Task::join)) from inside a task
+    /// on a worker of its own pool while every worker the pool may have was
+    /// blocked joining tasks that had not started: nothing could ever run it, so
+    /// the join resolved it with this error instead of waiting for ever. (crew's
+    /// `join` blocks its worker; it does not run other tasks meanwhile, as
+    /// rayon's `join` does.) Counted as cancelled in [`Stats`](crate::Stats).
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::Deadlock))
+    }
+
     /// The worker process broke the wire protocol (garbage, a truncated or
     /// oversized frame) or sent an output that could not be decoded; it was
     /// killed and replaced.
@@ -179,13 +358,14 @@ impl<E> TaskError<E> {
             Repr::Failure(Failure::Killed) => Outcome::Killed,
             Repr::Failure(Failure::Crashed(_)) => Outcome::Crashed,
             Repr::Failure(Failure::Protocol(_)) => Outcome::Protocol,
+            Repr::Failure(Failure::Deadlock) => Outcome::Cancelled,
         }
     }
 
     /// The worker's own error, if the task returned one.
     pub fn user_error(&self) -> Option<&E> {
         match &self.repr {
-            Repr::User(e) => Some(e),
+            Repr::User(e) => Some(&e.0),
             Repr::Failure(_) => None,
         }
     }
@@ -193,7 +373,7 @@ impl<E> TaskError<E> {
     /// Takes the worker's own error out, or gives `self` back if this is another kind.
     pub fn into_user_error(self) -> Result<E, Self> {
         match self.repr {
-            Repr::User(e) => Ok(e),
+            Repr::User(e) => Ok(e.0),
             repr => Err(TaskError { repr }),
         }
     }
@@ -202,8 +382,55 @@ impl<E> TaskError<E> {
     /// `&str` nor a `String` is reported as `"Box<dyn Any>"`.
     pub fn panic_message(&self) -> Option<&str> {
         match &self.repr {
-            Repr::Failure(Failure::Panicked(m)) => Some(m),
+            Repr::Failure(Failure::Panicked(p)) => Some(&p.message),
             _ => None,
+        }
+    }
+
+    /// The panic's payload, if the task panicked; gives `self` back otherwise.
+    ///
+    /// On a thread pool this is the very payload the task panicked with (a
+    /// `&'static str`, a `String`, or whatever `panic_any` was given). A panic in
+    /// a worker *process* cannot send its payload across the process boundary:
+    /// the payload is then its message as a `String`.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, Self> {
+        match self.repr {
+            Repr::Failure(Failure::Panicked(panic)) => Ok(panic.into_payload()),
+            repr => Err(TaskError { repr }),
+        }
+    }
+
+    /// The panic's payload (see [`try_into_panic`](TaskError::try_into_panic)).
+    ///
+    /// # Panics
+    ///
+    /// If the task did not panic; check [`is_panic`](TaskError::is_panic) first.
+    #[track_caller]
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        match self.try_into_panic() {
+            Ok(payload) => payload,
+            Err(_) => panic!("TaskError::into_panic called on an error that is not a panic"),
+        }
+    }
+
+    /// Re-raises the task's panic on this thread with its payload
+    /// ([`std::panic::resume_unwind`]) if the task panicked; returns `self`
+    /// otherwise, so the other kinds can be handled as errors:
+    ///
+    /// ```
+    /// let pool = crew::Pool::builder().workers(1).build().unwrap();
+    /// use std::panic::{catch_unwind, AssertUnwindSafe};
+    ///
+    /// let task = pool.spawn(|| -> u32 { panic!("boom") });
+    /// let error = task.join().unwrap_err();
+    /// let payload = catch_unwind(AssertUnwindSafe(|| error.resume_unwind())).unwrap_err();
+    /// assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom"));
+    /// ```
+    #[must_use]
+    pub fn resume_unwind(self) -> Self {
+        match self.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            Err(this) => this,
         }
     }
 
@@ -221,7 +448,7 @@ impl<E> TaskError<E> {
         O: FnOnce(E) -> F,
     {
         match self.repr {
-            Repr::User(e) => TaskError::user(f(e)),
+            Repr::User(e) => TaskError::user(f(e.0)),
             Repr::Failure(x) => TaskError::failure(x),
         }
     }
@@ -238,11 +465,12 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-impl<E> fmt::Debug for TaskError<E> {
-    // Hand-written so that `TaskError<E>: Debug` needs no `E: Debug`.
+impl<E: Debug> Debug for TaskError<E> {
+    // Shows the user's error: it is what `fn main() -> Result<(), Box<dyn Error>>`
+    // and `unwrap()` print.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
-            Repr::User(_) => f.write_str("TaskError::User(..)"),
+            Repr::User(e) => write!(f, "TaskError::User({:?})", e.0),
             Repr::Failure(x) => write!(f, "TaskError::{x:?}"),
         }
     }
@@ -252,7 +480,9 @@ impl<E> fmt::Display for TaskError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
             Repr::User(_) => f.write_str("the task returned an error"),
-            Repr::Failure(Failure::Panicked(m)) => write!(f, "the task panicked: {m}"),
+            Repr::Failure(Failure::Panicked(p)) => {
+                write!(f, "the task panicked: {}", p.message)
+            }
             Repr::Failure(Failure::Cancelled) => f.write_str("the task was cancelled"),
             Repr::Failure(Failure::TimedOut) => f.write_str("the task ran past its timeout"),
             Repr::Failure(Failure::Closed) => {
@@ -268,14 +498,20 @@ impl<E> fmt::Display for TaskError<E> {
             Repr::Failure(Failure::Protocol(m)) => {
                 write!(f, "the worker process broke the protocol: {m}")
             }
+            Repr::Failure(Failure::Deadlock) => f.write_str(
+                "the task was joined from a worker of its own pool while every worker was \
+                 blocked waiting: it could never start",
+            ),
         }
     }
 }
 
-impl<E: StdError + 'static> StdError for TaskError<E> {
+// Bounded on `Debug + Display`, not `Error`, so that `?` works for a `String`
+// error; see "With `?`" on `TaskError` for what `source()` gives.
+impl<E: Debug + Display + 'static> StdError for TaskError<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match &self.repr {
-            Repr::User(e) => Some(e),
+            Repr::User(e) => Some(user_source(e)),
             Repr::Failure(_) => None,
         }
     }
@@ -284,7 +520,7 @@ impl<E: StdError + 'static> StdError for TaskError<E> {
 impl<E: PartialEq> PartialEq for TaskError<E> {
     fn eq(&self, other: &Self) -> bool {
         match (&self.repr, &other.repr) {
-            (Repr::User(a), Repr::User(b)) => a == b,
+            (Repr::User(a), Repr::User(b)) => a.0 == b.0,
             (Repr::Failure(a), Repr::Failure(b)) => a == b,
             _ => false,
         }
@@ -368,9 +604,19 @@ impl<T> fmt::Display for SubmitError<T> {
 impl<T> StdError for SubmitError<T> {}
 
 /// A pool setting that cannot work, reported by `PoolBuilder::build`.
-#[derive(Debug)]
 pub struct BuildError {
     kind: BuildErrorKind,
+}
+
+// With the sentence: `build().unwrap()` and `main` returning the error print the
+// Debug form, and the kind alone would not say what to do.
+impl fmt::Debug for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildError")
+            .field("kind", &self.kind)
+            .field("message", &self.to_string())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -390,11 +636,18 @@ pub(crate) enum BuildErrorKind {
     /// `concurrency(0)`.
     ZeroConcurrency,
     /// `window(0)`.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     ZeroWindow,
     /// `max_tasks_per_worker(0)`.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     ZeroMaxTasks,
     /// A setting process pools do not offer; its name.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     NotForProcesses(&'static str),
+    /// A process pool built inside a worker process whose `main` did not call
+    /// `crew::bootstrap` (see `processes/guard.rs`).
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    NotBootstrapped,
     /// The OS would not start a worker thread (or process).
     Spawn(std::io::Error),
 }
@@ -404,9 +657,25 @@ impl BuildError {
         BuildError { kind }
     }
 
-    /// A setting was out of range (as opposed to the OS refusing a thread).
+    /// A setting was out of range (as opposed to the OS refusing a thread, or a
+    /// missing `crew::bootstrap`).
     pub fn is_invalid_setting(&self) -> bool {
-        !matches!(self.kind, BuildErrorKind::Spawn(_))
+        match self.kind {
+            BuildErrorKind::Spawn(_) => false,
+            #[cfg(all(feature = "process", target_os = "linux"))]
+            BuildErrorKind::NotBootstrapped => false,
+            _ => true,
+        }
+    }
+
+    /// A process pool was built inside a worker process whose `main` did not
+    /// call [`crew::bootstrap`](crate::bootstrap) first. Such a worker would
+    /// start workers of its own, which would do the same, without end; the pool
+    /// refuses to start instead, and the parent pool's start error says which
+    /// call is missing.
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    pub fn is_not_bootstrapped(&self) -> bool {
+        matches!(self.kind, BuildErrorKind::NotBootstrapped)
     }
 }
 
@@ -428,6 +697,10 @@ impl fmt::Display for BuildError {
             }
             BuildErrorKind::NotForProcesses(what) => {
                 write!(f, "`{what}` is not available for process workers")
+            }
+            #[cfg(all(feature = "process", target_os = "linux"))]
+            BuildErrorKind::NotBootstrapped => {
+                f.write_str(crate::processes::guard::NOT_BOOTSTRAPPED)
             }
             BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
         }

@@ -601,6 +601,20 @@ impl Iterator for Events {
     }
 }
 
+/// The same stream as [`Events::recv_async`], for `StreamExt` and friends:
+/// `None` once the pool has shut down and every buffered event was read.
+///
+/// It is also a blocking `Iterator`, so with `StreamExt` in scope name the trait:
+/// `StreamExt::next(&mut events).await`.
+impl futures_core::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Option<Event>> {
+        // `&mut self`: one poller at a time, as for `recv_async` (one waker).
+        self.sub.poll_recv(cx)
+    }
+}
+
 impl Drop for Events {
     fn drop(&mut self) {
         self.bus.unsubscribe(&self.sub);

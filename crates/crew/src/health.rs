@@ -86,12 +86,14 @@ impl Health {
 
     /// Reports a backlog above this many queued tasks, whatever the number of
     /// workers (instead of a number per worker).
+    #[must_use]
     pub fn backlog_threshold(mut self, tasks: usize) -> Self {
         self.backlog_threshold = Some(tasks);
         self
     }
 
     /// Reports a backlog above this many queued tasks per worker (default 5).
+    #[must_use]
     pub fn backlog_per_worker(mut self, tasks: usize) -> Self {
         self.backlog_per_worker = tasks;
         self.backlog_threshold = None;
@@ -100,12 +102,14 @@ impl Health {
 
     /// How long the queue must stay above the threshold before
     /// [`Event::Backlog`] is emitted (default 1 s; above zero).
+    #[must_use]
     pub fn backlog_for(mut self, period: Duration) -> Self {
         self.backlog_for = period;
         self
     }
 
     /// Emits an [`Event::Stats`] snapshot this often (above zero).
+    #[must_use]
     pub fn stats_every(mut self, period: Duration) -> Self {
         self.stats_every = Some(period);
         self

@@ -178,25 +178,35 @@ mod feed;
 mod health;
 mod messages;
 mod pool;
+pub mod prelude;
 #[cfg(all(feature = "process", target_os = "linux"))]
 mod processes;
 #[cfg(feature = "indicatif")]
 mod progress;
 pub mod rpc;
+mod runtime;
 mod scheduler;
+mod scope;
+mod shutdown;
 mod sources;
 mod stats;
 mod sync;
 mod task;
 mod threads;
 mod trace;
+// Public for crew's own wire tests and for whoever writes a worker in another
+// language against `wire/protocol.md`; hidden from the docs and outside semver:
+// the protocol is versioned by its handshake (`PROTOCOL_VERSION`), and these
+// Rust types change with the process backend. A separate crate would put them
+// under semver for no user who needs it.
+#[doc(hidden)]
 pub mod wire;
 mod worker;
 
 pub use async_worker::{Async, AsyncWorker};
 pub use backend::BackendKind;
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
-pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
+pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError, UserError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
 pub use feed::{Feed, FeedStream};
 pub use health::Health;
@@ -208,13 +218,14 @@ pub use messages::{Messages, RecvMessage};
 pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
 #[cfg(all(feature = "process", target_os = "linux"))]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
+pub use scope::Scope;
+pub use shutdown::Shutdown;
 pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, Task, TaskId};
 pub use worker::{Closures, Context, SendError, Worker, WorkerId};
 
-// `service!` derives serde through `crew::__private::serde`, which must resolve
-// inside crew itself too (its unit tests and doctests declare services).
+// crew's own unit tests name the crate `crew::…`, as users do.
 extern crate self as crew;
 
 /// What `service!` expands to calls into. Not a public API.

@@ -135,6 +135,21 @@ impl<M: Clone + Send + 'static> Messages<M> {
     }
 }
 
+/// The same stream as `recv_async`, for `StreamExt` and friends: `(sender,
+/// message)` pairs, `None` once the pool has shut down and everything buffered
+/// was read.
+///
+/// It is also a blocking `Iterator`, so with `StreamExt` in scope name the trait:
+/// `StreamExt::next(&mut messages).await`.
+impl<M: Clone + Send + 'static> futures_core::Stream for Messages<M> {
+    type Item = (WorkerId, M);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Option<(WorkerId, M)>> {
+        // `&mut self`: one poller at a time (the subscription keeps one waker).
+        self.sub.poll_recv(cx)
+    }
+}
+
 impl<M: Clone + Send + 'static> Iterator for Messages<M> {
     type Item = (WorkerId, M);
 

@@ -250,6 +250,10 @@ impl<W: Worker> Pool<W> {
     /// If the pool shuts down part-way, the error holds the input that was
     /// refused; the inputs after it are dropped, and the tasks queued before it
     /// keep running, detached.
+    #[cfg_attr(
+        not(feature = "process"),
+        allow(clippy::infallible_destructuring_match)
+    )]
     pub fn submit_batch<I>(
         &self,
         inputs: I,
@@ -485,7 +489,7 @@ impl<W: Worker> Pool<W> {
     ///
     /// let pool = Pool::<Counter>::builder().workers(1).build()?;
     /// let messages = pool.messages();
-    /// pool.submit(7)?.join().map_err(|e| e.to_string())?;
+    /// pool.submit(7)?.join()?;
     /// let (_worker, text) = messages.recv().unwrap();
     /// assert_eq!(text, "halfway through 7");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -542,7 +546,7 @@ impl<W: Worker> Pool<W> {
         }
     }
 
-    fn on_own_worker(&self) -> bool {
+    pub(crate) fn on_own_worker(&self) -> bool {
         // A task that holds a clone of its own pool calls `shutdown` on the thread it
         // would have to join.
         match self.backend() {
@@ -643,10 +647,22 @@ impl Pool<Closures> {
     ///
     /// Each worker polls its futures itself, with up to
     /// [`concurrency`](PoolBuilder::concurrency) tasks in flight (default 1: set it
-    /// higher for futures to overlap). The future needs no particular runtime, but
-    /// one that relies on a runtime's reactor (tokio's I/O or timers) needs that
-    /// runtime running somewhere. It must not block its thread: that stalls the
-    /// other tasks of its worker (see [`AsyncWorker`](crate::AsyncWorker)).
+    /// higher for futures to overlap). The future needs no particular runtime. One
+    /// that uses tokio's timers or I/O needs the worker threads to be inside a
+    /// tokio runtime's context: turn on crew's `tokio` feature and build the pool
+    /// inside the runtime (or pass it to `PoolBuilder::tokio_handle`);
+    /// without it, tokio panics ("there is no reactor running") and the task
+    /// resolves as panicked. That runtime must keep running meanwhile. The future
+    /// must not block its thread: that stalls the other tasks of its worker (see
+    /// [`AsyncWorker`](crate::AsyncWorker)).
+    ///
+    /// **Why `Send`:** the future is built on the caller's thread and then moves,
+    /// through the queue, to whichever worker thread takes it; a `!Send` future
+    /// (one holding an `Rc` or a `RefCell` borrow) cannot make that move. The
+    /// local variant is an [`AsyncWorker`](crate::AsyncWorker): its state is
+    /// built on its worker thread and never leaves it, so neither the state nor
+    /// the futures its `run` returns need be `Send`; only the input and output
+    /// cross threads.
     ///
     /// **Cancel, timeout, kill, terminate:** the handle resolves at once and the
     /// future is dropped at its next poll boundary, which crew brings about at once
@@ -725,6 +741,7 @@ where
         None,
         false,
         None,
+        0,
         payload,
     );
     let task = Task::new(cell.clone());
@@ -776,7 +793,7 @@ impl<'a, W: Worker> TaskBuilder<'a, W> {
 
     /// On a process pool, runs the task again up to `n` times if its worker
     /// process dies under it (overrides the pool's
-    /// [`retries`](PoolBuilder::retries)). Only for idempotent tasks.
+    /// `PoolBuilder::retries`). Only for idempotent tasks.
     pub fn retries(mut self, n: u32) -> Self {
         self.options.retries = Some(n);
         self
@@ -911,6 +928,10 @@ pub struct SubmitAsync<'a, W: Worker> {
 impl<W: Worker> Future for SubmitAsync<'_, W> {
     type Output = Result<Task<W::Output, W::Error>, SubmitError<W::Input>>;
 
+    #[cfg_attr(
+        not(feature = "process"),
+        allow(clippy::infallible_destructuring_match)
+    )]
     fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let input = this
@@ -955,6 +976,7 @@ impl<W: Worker> Future for SubmitAsync<'_, W> {
 }
 
 impl<W: Worker> Drop for SubmitAsync<'_, W> {
+    #[cfg_attr(not(feature = "process"), allow(irrefutable_let_patterns))]
     fn drop(&mut self) {
         if let Backend::Threads(shared) = self.pool.backend() {
             shared.forget_capacity_waiter(&mut self.registered);

@@ -161,6 +161,7 @@ impl CallOptions {
     }
 
     /// Each call's priority.
+    #[must_use]
     pub fn priority(mut self, priority: Priority) -> Self {
         self.priority = Some(priority);
         self
@@ -168,6 +169,7 @@ impl CallOptions {
 
     /// Each call's timeout, overriding the pool's; the clock starts when the call
     /// starts running.
+    #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -175,6 +177,7 @@ impl CallOptions {
 
     /// Each call's sticky key (process pools: calls with one key go to one worker
     /// process while it lives).
+    #[must_use]
     pub fn key(mut self, key: u64) -> Self {
         self.key = Some(key);
         self
@@ -606,6 +609,7 @@ macro_rules! service {
                 )+
             }
 
+            // One invocation: it imports serde once for the three enums.
             $crate::__service_serde! {
                 #[doc = concat!("A call of one `", stringify!($name), "` method with its arguments: the input of a task.")]
                 $ivis enum Call {
@@ -619,9 +623,7 @@ macro_rules! service {
                         },
                     )+
                 }
-            }
 
-            $crate::__service_serde! {
                 #[doc = concat!("What a `", stringify!($name), "` method returned: the output of a task.")]
                 $ivis enum Reply {
                     $(
@@ -629,9 +631,7 @@ macro_rules! service {
                         $method($ok),
                     )+
                 }
-            }
 
-            $crate::__service_serde! {
                 #[doc = concat!("The error a `", stringify!($name), "` method returned: the user error of a task.")]
                 ///
                 /// A method that cannot fail has a variant holding
@@ -867,10 +867,18 @@ macro_rules! service {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __service_serde {
-    ($($item:tt)*) => {
-        #[derive($crate::__private::serde::Serialize, $crate::__private::serde::Deserialize)]
-        #[serde(crate = "crew::__private::serde")]
-        $($item)*
+    ($($(#[$meta:meta])* $vis:vis enum $name:ident { $($body:tt)* })*) => {
+        // serde's `crate = "…"` takes a path in a string, where `$crate` cannot
+        // go; a local alias makes the path independent of the name the user's
+        // Cargo.toml gives crew (`pool = { package = "crew-pool" }` works).
+        #[allow(unused_imports)]
+        use $crate::__private::serde as __crew_serde;
+        $(
+            $(#[$meta])*
+            #[derive($crate::__private::serde::Serialize, $crate::__private::serde::Deserialize)]
+            #[serde(crate = "__crew_serde")]
+            $vis enum $name { $($body)* }
+        )*
     };
 }
 

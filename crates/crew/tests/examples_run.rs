@@ -43,7 +43,7 @@ fn async_jobs_runs_several_jobs_per_worker() {
 #[test]
 fn image_queue_resizes_every_upload_but_the_broken_one() {
     run_example(
-        "image_queue",
+        "image_queue --features indicatif",
         "image_queue: 40 uploads, 39 thumbnails, 1 failed",
     );
 }
@@ -86,16 +86,15 @@ impl Drop for Reaped {
     }
 }
 
+/// `name` may carry cargo flags after the example's name (`"image_queue
+/// --features indicatif"`, for an example with `required-features`).
 fn run_example(name: &str, expected_line: &str) {
+    let mut words = name.split_whitespace();
+    let example = words.next().expect("an example name");
     let child = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "crew-pool",
-            "--example",
-            name,
-        ])
+        .args(["run", "--quiet", "--package", env!("CARGO_PKG_NAME")])
+        .args(["--example", example])
+        .args(words)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         // The tour panics on purpose; keep its report short.
         .env("RUST_BACKTRACE", "0")

@@ -227,6 +227,13 @@ fn results_errors_and_panics_cross_the_process_boundary() {
         .join()
         .unwrap_err();
     assert_eq!(err.panic_message(), Some("kaboom"));
+    // The payload cannot cross the process boundary: it comes back as the
+    // message, a `String`.
+    let payload = err.into_panic();
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some("kaboom")
+    );
     // A panic is not a crash: the process lives on.
     assert_eq!(echo(&pool, 7), 7);
     assert_eq!(pool.stats().crashed, 0);

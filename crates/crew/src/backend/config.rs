@@ -59,6 +59,9 @@ pub struct Config {
     /// Tasks in flight per worker (async tasks; a synchronous task takes one
     /// place while it runs).
     pub(crate) concurrency: usize,
+    /// The tokio runtime each worker thread enters (feature `tokio`; see
+    /// `runtime.rs`).
+    pub(crate) runtime: crate::runtime::Runtime,
 }
 
 impl Config {
@@ -129,6 +132,7 @@ impl fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("max_workers", &self.max_workers)
             .field("queue_capacity", &self.queue_capacity)
+            .field("tokio", &self.runtime.is_set())
             .finish_non_exhaustive()
     }
 }

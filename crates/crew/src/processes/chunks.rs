@@ -49,7 +49,7 @@ use super::arena::SHARED_ABOVE;
 use super::codec::{self, EncodedInput, RemoteWorker};
 use super::state::{Entry, Lifecycle, Plan, RemoteCell, State, Supervisor};
 use crate::backend::{Admission, Batch, ChunkResults, ChunkTask, Delivered};
-use crate::error::{Failure, TaskError};
+use crate::error::{Failure, Panic, TaskError};
 use crate::events::Event;
 use crate::sync::lock;
 use crate::task::cell::{Core, Header, Outcome};
@@ -153,9 +153,9 @@ fn decode_item<W: RemoteWorker>(
             Ok(error) => Err(TaskError::user(error)),
             Err(e) => Err(protocol("error", e)),
         },
-        ItemOutcome::Panicked(message) => {
-            Err(TaskError::failure(Failure::Panicked(message.to_owned())))
-        }
+        ItemOutcome::Panicked(message) => Err(TaskError::failure(Failure::Panicked(
+            Panic::message(message),
+        ))),
     }
 }
 

@@ -14,7 +14,7 @@ use super::codec::{self, RemoteWorker};
 use super::process_handle::WorkerProcess;
 use super::state::{Alarm, AlarmKind, Entry, Lifecycle, LinkState, Plan, State, Supervisor};
 use super::worker_main;
-use crate::error::{Crash, Failure, TaskError};
+use crate::error::{Crash, Failure, Panic, TaskError};
 use crate::events::{Event, ExitReason};
 use crate::stats::Timings;
 use crate::task::TaskId;
@@ -165,9 +165,9 @@ impl<W: RemoteWorker> Supervisor<W> {
                                 return Err(message);
                             }
                         },
-                        WireOutcome::Panicked(message) => {
-                            Err(TaskError::failure(Failure::Panicked(message)))
-                        }
+                        WireOutcome::Panicked(message) => Err(TaskError::failure(
+                            Failure::Panicked(Panic::message(message)),
+                        )),
                     };
                     if let Some(ran) = ran {
                         let micros = ran.as_secs_f64() * 1e6;
@@ -441,7 +441,8 @@ pub(super) fn link_ended<W: RemoteWorker>(
             Some(m) if crash.exit_code == Some(0) => m,
             _ => match &end {
                 End::Protocol(e) => format!("the worker process failed the handshake: {e}"),
-                End::Closed => format!("the worker process {crash}"),
+                End::Closed => super::guard::explain(&crash)
+                    .unwrap_or_else(|| format!("the worker process {crash}")),
             },
         };
         start_failed(shared, &mut st, id, message);

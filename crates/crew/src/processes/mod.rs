@@ -38,6 +38,7 @@
 mod arena;
 mod chunks;
 mod codec;
+pub(crate) mod guard;
 mod process_handle;
 mod worker_main;
 

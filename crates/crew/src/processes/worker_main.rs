@@ -190,6 +190,7 @@ impl Bootstrap {
     }
 
     /// Adds a worker type this program can run in a worker process.
+    #[must_use]
     pub fn worker<W: RemoteWorker>(mut self) -> Self {
         self.types.push((
             std::any::type_name::<W>(),

@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
-use crate::error::{panic_message, Failure, TaskError};
+use crate::error::{Failure, Panic, TaskError};
 use crate::sync::modelled::{current, lock, AtomicU64, AtomicUsize, Mutex, Thread, UnsafeCell};
 use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
@@ -146,11 +146,15 @@ pub(crate) struct Header {
     /// `Event::TaskStarted::waited`). Written once, at creation. `None` for a
     /// task whose times are not sampled (see `threads::timed`).
     pub(crate) queued_at: Option<Instant>,
+    /// The thread pool that runs it (its `Shared`'s address), 0 elsewhere.
+    /// Written once, at creation; read by `threads::join_watch`.
+    pub(crate) pool: usize,
 }
 
 impl Header {
     /// A header for a task submitted now.
     #[inline]
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn new(
         id: TaskId,
         priority: Priority,
@@ -178,6 +182,7 @@ impl Header {
             timeout,
             bounded,
             queued_at,
+            pool: 0,
         }
     }
 
@@ -229,8 +234,16 @@ impl Header {
     }
 
     /// Records who runs the task (a backend that runs it elsewhere).
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn set_worker(&self, worker: WorkerId) {
         self.worker.store(worker.raw(), Relaxed);
+    }
+
+    /// Whether the payload has been taken: the task started, or was resolved
+    /// without running.
+    #[inline]
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.state.load(Acquire) & CLAIMED != 0
     }
 
     /// Takes ownership of the payload. True for exactly one caller.
@@ -620,6 +633,13 @@ pub(crate) trait Runnable<W>: CellRef {
 pub(crate) trait Handle<T, E>: Send + Sync {
     fn core(&self) -> &Core<T, E>;
     fn cancel(&self) -> bool;
+    /// Resolves a task that has not started with `failure` (as `cancel` does with
+    /// `Cancelled`). False if it had started or resolved. Only thread pools'
+    /// cells need it (`threads::join_watch`).
+    fn refuse(&self, failure: Failure) -> bool {
+        let _ = failure;
+        false
+    }
     /// The worker running the task: the header's, unless the handle stands for
     /// another task (`task::mapped`).
     fn worker(&self) -> Option<WorkerId> {
@@ -671,12 +691,12 @@ where
                 };
             }
             Err(panic) => {
-                let message = panic_message(&*panic);
-                // Drop the payload outside any lock; a panicking Drop here would
-                // escape the worker loop's catch, so it is caught too.
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                // The payload goes to whoever joins (`TaskError::into_panic`);
+                // `Panic`'s Drop catches a payload whose own Drop panics.
                 self.core
-                    .resolve(Err(TaskError::failure(Failure::Panicked(message))));
+                    .resolve(Err(TaskError::failure(Failure::Panicked(Panic::caught(
+                        panic,
+                    )))));
                 return Started::Done(Ran::Panicked);
             }
         };
@@ -730,6 +750,18 @@ where
             None => self.core.fail(Failure::Cancelled),
         }
     }
+
+    fn refuse(&self, failure: Failure) -> bool {
+        match self.claim_payload() {
+            Some(payload) => {
+                // As `cancel`: resolve first, the user's Drop after.
+                let resolved = self.core.fail(failure);
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                resolved
+            }
+            None => false,
+        }
+    }
 }
 
 /// An async task's future, in flight on a worker's executor: it resolves the cell
@@ -776,9 +808,7 @@ impl<P, T, E> Future for Resolve<P, T, E> {
             Ok(Poll::Ready(Ok(output))) => (Ok(output), Ran::Returned),
             Ok(Poll::Ready(Err(error))) => (Err(TaskError::user(error)), Ran::Returned),
             Err(panic) => {
-                let message = panic_message(&*panic);
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
-                let failure = TaskError::failure(Failure::Panicked(message));
+                let failure = TaskError::failure(Failure::Panicked(Panic::caught(panic)));
                 (Err(failure), Ran::Panicked)
             }
         };
@@ -875,11 +905,14 @@ pub(crate) fn new_cell<P, T, E>(
     timeout: Option<Duration>,
     bounded: bool,
     queued_at: Option<Instant>,
+    pool: usize,
     payload: P,
 ) -> Arc<Cell<P, T, E>> {
+    let mut header = Header::with_queued_at(id, priority, timeout, bounded, queued_at);
+    header.pool = pool;
     Arc::new(Cell {
         core: Core {
-            header: Header::with_queued_at(id, priority, timeout, bounded, queued_at),
+            header,
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
             poller: AtomicPtr::new(std::ptr::null_mut()),

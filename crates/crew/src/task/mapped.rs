@@ -25,7 +25,7 @@ use std::task::{Wake, Waker};
 
 use super::cell::{Core, Handle, Header};
 use super::{Priority, Task};
-use crate::error::{panic_message, Failure, TaskError};
+use crate::error::{Failure, Panic, TaskError};
 use crate::sync::{Arc, AtomicBool};
 use crate::worker::WorkerId;
 
@@ -89,9 +89,7 @@ where
         let result = unsafe { self.source.core().take_result() };
         let converted =
             catch_unwind(AssertUnwindSafe(|| (self.convert)(result))).unwrap_or_else(|panic| {
-                Err(TaskError::failure(Failure::Panicked(panic_message(
-                    &*panic,
-                ))))
+                Err(TaskError::failure(Failure::Panicked(Panic::caught(panic))))
             });
         self.core.resolve(converted);
     }

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context as PollContext, Poll};
 use std::time::{Duration, Instant};
 
-use crate::error::TaskError;
+use crate::error::{Failure, TaskError};
 use crate::scheduler::spin::{Spin, JOIN_SPIN_ROUNDS, JOIN_YIELD_ROUNDS};
 use crate::sync::{after, Arc};
 use crate::worker::WorkerId;
@@ -122,7 +122,25 @@ impl<T, E> Task<T, E> {
     }
 
     /// Blocks until the task resolves and returns its result.
+    ///
+    /// Called inside a task, on a task of the same thread pool, it blocks that
+    /// worker: crew does not run other tasks while a join waits (rayon's `join`
+    /// does). If every worker the pool may have would then be blocked on a task
+    /// that has not started (a `workers(1)` pool whose task spawns a task and
+    /// joins it), the joined task can never run: it is resolved with
+    /// [`TaskError::is_deadlock`] and returned at once, instead of hanging.
     pub fn join(self) -> Result<T, TaskError<E>> {
+        use crate::threads::join_watch::{before_join, Verdict};
+        let _listed = match before_join(self.handle.core().header()) {
+            Verdict::Deadlock => {
+                // Refused unless it started (or resolved) meanwhile; then it is
+                // running or done, and the wait below ends.
+                self.handle.refuse(Failure::Deadlock);
+                None
+            }
+            Verdict::Listed(listed) => Some(listed),
+            Verdict::Free => None,
+        };
         match self.wait_until(None) {
             Ok(r) => r,
             Err(_) => unreachable!("a wait without a deadline returned early"),

@@ -29,6 +29,7 @@
 mod capacity;
 mod executor;
 mod idle;
+pub(crate) mod join_watch;
 mod monitor;
 mod worker_loop;
 
@@ -265,6 +266,8 @@ pub(crate) struct Shared<W: Worker> {
     created: Instant,
     /// Back-reference for spawning workers from `&self` contexts.
     this: Weak<Shared<W>>,
+    /// Workers blocked joining tasks of this pool (see `join_watch`).
+    joins: join_watch::JoinWatch,
 }
 
 thread_local! {
@@ -277,6 +280,7 @@ impl<W: Worker> Shared<W> {
     /// Creates the shared state and starts `config.workers` threads.
     pub(crate) fn start(config: Config) -> std::io::Result<Arc<Self>> {
         let workers = config.workers;
+        let max_workers = config.max_workers;
         let capacity = config.queue_capacity.map(Capacity::new);
         let events = Arc::new(Bus::new(config.event_buffer));
         let config_event_buffer = config.event_buffer;
@@ -316,6 +320,7 @@ impl<W: Worker> Shared<W> {
             draining: AtomicUsize::new(0),
             created: Instant::now(),
             this: this.clone(),
+            joins: join_watch::JoinWatch::new(max_workers),
         });
         for _ in 0..workers {
             if let Err(e) = shared.spawn_worker() {
@@ -411,7 +416,15 @@ impl<W: Worker> Shared<W> {
         P: Payload<W>,
     {
         let timeout = options.timeout.or(self.config.default_timeout);
-        let cell = new_cell(id, options.priority, timeout, bounded, queued_at, payload);
+        let cell = new_cell(
+            id,
+            options.priority,
+            timeout,
+            bounded,
+            queued_at,
+            self.key(),
+            payload,
+        );
         crate::trace::queued(id);
         self.push(Job::new(cell.clone()), options.priority, notify);
         if !notify {
@@ -519,7 +532,16 @@ impl<W: Worker> Shared<W> {
     {
         let id = TaskId(self.submitted.fetch_add(1, Relaxed) + 1);
         let queued_at = Instant::now();
-        let cell = new_cell(id, options.priority, None, false, Some(queued_at), payload);
+        // Pool 0: it runs right here, so no join can wait for a worker for it.
+        let cell = new_cell(
+            id,
+            options.priority,
+            None,
+            false,
+            Some(queued_at),
+            0,
+            payload,
+        );
         let task = Task::new(cell.clone());
         let job = Job::<W>::new(cell);
         let mut ctx = Context::new(WorkerId::CALLER, None);
@@ -1408,14 +1430,15 @@ pub(crate) fn is_worker_of<W: Worker>(shared: &Shared<W>) -> bool {
     CURRENT.with(StdCell::get).0 == shared.key()
 }
 
-/// Sets `CURRENT` for a worker thread and clears it on every exit path.
-struct CurrentGuard;
+/// Sets `CURRENT` (and the join watch's thread-local) for a worker thread and
+/// clears them on every exit path.
+struct CurrentGuard(#[allow(dead_code)] join_watch::Enter);
 
 impl CurrentGuard {
     fn enter<W: Worker>(shared: &Shared<W>, deque: &Deque<Job<W>>) -> Self {
         let ptr = deque as *const Deque<Job<W>> as *const ();
         CURRENT.with(|c| c.set((shared.key(), ptr)));
-        CurrentGuard
+        CurrentGuard(join_watch::Enter::new(shared.key(), &shared.joins))
     }
 }
 

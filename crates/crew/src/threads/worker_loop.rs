@@ -138,6 +138,10 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
         rebuild: None,
     };
     let _span = trace::worker_span(local.slot.id);
+    let shared = Arc::clone(&local.shared);
+    // For the thread's whole life: tokio's timers and I/O in async tasks find
+    // the pool's runtime (feature `tokio`, `runtime.rs`).
+    let _runtime = shared.config.runtime.enter();
     let guard = CurrentGuard::enter(&local.shared, &local.deque);
     let mut worker = local.start(None);
     while let Some(w) = worker.as_mut() {

@@ -1,6 +1,11 @@
 //! The wire protocol the process backend speaks between the pool's process (the
 //! *parent*) and each worker process, over one private byte stream per worker.
 //!
+//! **Not covered by semver.** This module is public for crew's own tests and is
+//! hidden from the documentation: its Rust types change with the process
+//! backend in any release. What stays put is the protocol that `protocol.md`
+//! specifies, versioned by the handshake's `PROTOCOL_VERSION`.
+//!
 //! The protocol itself, byte by byte, with the reasons behind each choice and
 //! what a receiver does on each error, is specified in `protocol.md` beside this
 //! module, precisely enough to write a worker in another language. This module
