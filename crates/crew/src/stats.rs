@@ -347,15 +347,14 @@ impl OutcomeCounts {
     pub fn record<T, E>(&mut self, result: &Result<T, TaskError<E>>) {
         let outcome = match result {
             Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome(),
+            Err(e) => Outcome::of_error(e),
         };
         self.0[outcome as usize] += 1;
     }
 
     /// Counts `n` tasks that ended with `failure`.
     pub fn record_failure(&mut self, failure: &Failure, n: u64) {
-        let outcome = TaskError::<std::convert::Infallible>::failure(failure.clone()).outcome();
-        self.0[outcome as usize] += n;
+        self.0[Outcome::of_failure(failure) as usize] += n;
     }
 
     /// Every task counted, whatever its outcome.

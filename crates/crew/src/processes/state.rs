@@ -322,7 +322,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome(),
+            Err(e) => Outcome::of_error(e),
         };
         if worker.is_none() {
             // Resolved without a worker: it sits in no window.
