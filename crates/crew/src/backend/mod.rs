@@ -17,8 +17,9 @@
 //! ([`Config`], [`WhenFull`]), how a submission waits for room ([`Admission`]),
 //! the contract for chunked `map` ([`Batch`] and friends), and the pieces an
 //! engine outside this crate needs to build what `Pool` hands out: task handles
-//! ([`new_task`], [`Resolver`]), the event and message buses, and `Stats`
-//! ([`Figures`], assembled by `stats.rs` with the one worker-state rule).
+//! ([`new_task`], [`Resolver`]), the event and message buses with the events
+//! themselves ([`event`]), and `Stats` ([`Figures`], assembled by `stats.rs`
+//! with the one worker-state rule).
 //!
 //! # What an engine promises
 //!
@@ -35,6 +36,7 @@
 
 mod chunks;
 mod config;
+pub mod event;
 mod task;
 
 pub use chunks::{Batch, ChunkResults, ChunkTask, Delivered};
