@@ -1,7 +1,11 @@
 //! The kit an engine outside crew builds with (`crew::backend`, unstable), used
 //! as such an engine would: task handles made with `new_task` and resolved
 //! through their `Resolver`, a cancel reported back, `Stats` assembled from
-//! `Figures`, and the event bus.
+//! `Figures`, and the event bus; and `map` through an outside engine's
+//! `submit_chunk` (`tests/loopback_engine/`).
+
+#[path = "loopback_engine/mod.rs"]
+mod loopback_engine;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,4 +133,60 @@ fn the_event_bus_delivers_to_subscribers_until_closed() {
         ),
         "{seen:?}"
     );
+}
+
+struct Double;
+
+impl crew::Worker for Double {
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+    type Message = ();
+
+    fn start(_ctx: &mut crew::Context<'_>) -> Result<Self, crew::StartError> {
+        Ok(Double)
+    }
+
+    fn run(&mut self, n: u64, _ctx: &mut crew::Context<'_>) -> Result<u64, String> {
+        if n == 13 {
+            return Err("unlucky".into());
+        }
+        Ok(n * 2)
+    }
+}
+
+#[test]
+fn map_runs_through_an_outside_engines_chunks() {
+    let pool = loopback_engine::Loopback::<Double>::chunked_builder(2)
+        .build()
+        .unwrap();
+    assert_eq!(pool.backend_kind(), crew::BackendKind::Other("loopback"));
+    assert!(!pool.is_process_pool());
+
+    let results: Vec<Result<u64, String>> = pool
+        .map(0..50u64)
+        .map(|r| r.map_err(|e| e.into_user_error().unwrap_or_else(|e| e.to_string())))
+        .collect();
+    assert_eq!(results.len(), 50);
+    for (n, result) in results.iter().enumerate() {
+        match n {
+            13 => assert_eq!(*result, Err("unlucky".to_owned())),
+            _ => assert_eq!(*result, Ok(n as u64 * 2)),
+        }
+    }
+    let mut unordered: Vec<(usize, u64)> = pool
+        .map_unordered(0..10u64)
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    unordered.sort();
+    assert_eq!(
+        unordered,
+        (0..10).map(|i| (i, i as u64 * 2)).collect::<Vec<_>>()
+    );
+
+    pool.shutdown();
+    // A closed pool refuses every item; an endless input still ends.
+    let refused: Vec<_> = pool.map(0..).take(3).collect();
+    assert_eq!(refused.len(), 3);
+    assert!(refused.iter().all(|r| r.as_ref().unwrap_err().is_closed()));
 }

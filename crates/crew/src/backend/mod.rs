@@ -203,7 +203,11 @@ pub trait Engine<W: Worker>: Send + Sync {
             let Some(input) = pull() else { break };
             match self.submit(input, TaskOptions::default(), Admission::Wait) {
                 Ok(task) => batches.push(Batch::Task(task)),
-                Err(_) => batches.push(Batch::Refused(1)),
+                Err(_) => {
+                    // Closed: the rest would be refused too.
+                    batches.push(Batch::Refused(1));
+                    break;
+                }
             }
         }
         batches
