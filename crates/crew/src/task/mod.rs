@@ -4,6 +4,7 @@ pub(crate) mod cell;
 pub(crate) mod header;
 mod mapped;
 
+pub use crate::scheduler::queues::Priority;
 pub(crate) use mapped::map_result;
 
 use std::convert::Infallible;
@@ -68,34 +69,6 @@ impl WorkerId {
 impl fmt::Display for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "worker-{}", self.0)
-    }
-}
-
-/// How soon a task runs relative to others. Higher levels run first, but lower
-/// levels are never starved: see the scheduler docs ("Priorities").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum Priority {
-    /// Runs when nothing else waits, and at a guaranteed minimum share otherwise.
-    Low,
-    /// The default.
-    #[default]
-    Normal,
-    /// Runs before `Normal` and `Low` tasks that are still queued.
-    High,
-}
-
-impl Priority {
-    /// The number of levels.
-    pub(crate) const LEVELS: usize = 3;
-
-    /// Index into per-level arrays, 0 = highest.
-    #[inline]
-    pub(crate) fn index(self) -> usize {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
-        }
     }
 }
 
