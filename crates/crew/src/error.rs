@@ -346,22 +346,6 @@ impl<E> TaskError<E> {
         matches!(self.repr, Repr::Failure(Failure::Protocol(_)))
     }
 
-    pub(crate) fn outcome(&self) -> crate::task::cell::Outcome {
-        use crate::task::cell::Outcome;
-        match &self.repr {
-            Repr::User(_) => Outcome::UserError,
-            Repr::Failure(Failure::Panicked(_)) => Outcome::Panicked,
-            Repr::Failure(Failure::Cancelled) => Outcome::Cancelled,
-            Repr::Failure(Failure::TimedOut) => Outcome::TimedOut,
-            Repr::Failure(Failure::Closed) => Outcome::Closed,
-            Repr::Failure(Failure::StartFailed(_)) => Outcome::StartFailed,
-            Repr::Failure(Failure::Killed) => Outcome::Killed,
-            Repr::Failure(Failure::Crashed(_)) => Outcome::Crashed,
-            Repr::Failure(Failure::Protocol(_)) => Outcome::Protocol,
-            Repr::Failure(Failure::Deadlock) => Outcome::Cancelled,
-        }
-    }
-
     /// The worker's own error, if the task returned one.
     pub fn user_error(&self) -> Option<&E> {
         match &self.repr {
@@ -620,6 +604,7 @@ impl fmt::Debug for BuildError {
 }
 
 #[derive(Debug)]
+#[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
 pub(crate) enum BuildErrorKind {
     /// `workers(0)`, or a `min..=max` range that is empty or has `max == 0`.
     NoWorkers,

@@ -538,7 +538,7 @@ impl<T: Clone> fmt::Debug for Bus<T> {
 /// `TaskDiscarded`; when this subscriber's buffer is full, the newest event is
 /// dropped and [`dropped`](Events::dropped) counts it; and `recv` returns `None`
 /// once the pool has shut down, its workers have exited, and everything buffered
-/// was read. (`ARCHITECTURE.md`, "Events", has the argument.)
+/// was read. (`events.md` beside this file has the argument.)
 ///
 /// Read it by blocking ([`recv`](Events::recv), or as an `Iterator`), with a
 /// timeout, without waiting, or asynchronously ([`recv_async`](Events::recv_async),

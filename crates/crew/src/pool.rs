@@ -250,10 +250,6 @@ impl<W: Worker> Pool<W> {
     /// If the pool shuts down part-way, the error holds the input that was
     /// refused; the inputs after it are dropped, and the tasks queued before it
     /// keep running, detached.
-    #[cfg_attr(
-        not(feature = "process"),
-        allow(clippy::infallible_destructuring_match)
-    )]
     pub fn submit_batch<I>(
         &self,
         inputs: I,
@@ -928,10 +924,6 @@ pub struct SubmitAsync<'a, W: Worker> {
 impl<W: Worker> Future for SubmitAsync<'_, W> {
     type Output = Result<Task<W::Output, W::Error>, SubmitError<W::Input>>;
 
-    #[cfg_attr(
-        not(feature = "process"),
-        allow(clippy::infallible_destructuring_match)
-    )]
     fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let input = this
@@ -976,7 +968,6 @@ impl<W: Worker> Future for SubmitAsync<'_, W> {
 }
 
 impl<W: Worker> Drop for SubmitAsync<'_, W> {
-    #[cfg_attr(not(feature = "process"), allow(irrefutable_let_patterns))]
     fn drop(&mut self) {
         if let Backend::Threads(shared) = self.pool.backend() {
             shared.forget_capacity_waiter(&mut self.registered);

@@ -2,14 +2,22 @@
 //!
 //! # Where the latency figures come from
 //!
-//! Each worker records its tasks' wait and run times into its own [`Timings`]
-//! (two HDR histograms and a busy-time sum). On the thread backend the worker
+//! Each worker records its timed tasks' wait and run times into its own
+//! [`Timings`] (two HDR histograms and a busy-time sum): on threads a sample of
+//! them past the first 4,096 (see [`Latency`]), on processes every one. On the
+//! thread backend the worker
 //! does so under the mutex of its slot's running entry, which it takes around
 //! every task anyway, so recording costs no extra lock; `stats()` takes each
 //! slot's mutex briefly and merges. The process backend records under its
 //! scheduler lock, which it holds while it applies a worker's answers. The
 //! public figures are plain [`Latency`] values, so the histogram type is not part
-//! of crew's API.
+//! of crew's API. `stats.md` beside this file has the details and the reasons.
+//!
+//! # One assembler
+//!
+//! Each backend supplies its numbers as [`Figures`] (outcome counts, worker
+//! rows, timings, clocks); [`Figures::into_stats`] builds the `Stats`, with the
+//! one rule for a worker's [`WorkerState`] and for `busy`, `idle` and `queued`.
 
 use std::fmt;
 use std::time::Duration;
@@ -347,15 +355,14 @@ impl OutcomeCounts {
     pub fn record<T, E>(&mut self, result: &Result<T, TaskError<E>>) {
         let outcome = match result {
             Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome(),
+            Err(e) => Outcome::of_error(e),
         };
         self.0[outcome as usize] += 1;
     }
 
     /// Counts `n` tasks that ended with `failure`.
     pub fn record_failure(&mut self, failure: &Failure, n: u64) {
-        let outcome = TaskError::<std::convert::Infallible>::failure(failure.clone()).outcome();
-        self.0[outcome as usize] += n;
+        self.0[Outcome::of_failure(failure) as usize] += n;
     }
 
     /// Every task counted, whatever its outcome.
@@ -408,7 +415,7 @@ pub struct Figures {
     pub start_failures: u32,
     /// The last start error's message.
     pub last_start_error: Option<String>,
-    /// Every task's wait and run times, pool-wide.
+    /// The timed tasks' wait and run times, pool-wide (threads sample).
     pub timings: Timings,
     /// Since the pool was built.
     pub uptime: Duration,

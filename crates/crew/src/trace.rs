@@ -111,7 +111,7 @@ pub(crate) fn queued(task: TaskId) {
 /// A task started in a worker process (the process backend).
 #[inline(always)]
 #[allow(unused_variables)]
-#[cfg_attr(not(feature = "process"), allow(dead_code))]
+#[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
 pub(crate) fn remote_started(task: TaskId, worker: WorkerId, waited: Duration) {
     #[cfg(feature = "tracing")]
     tracing::debug!(
@@ -126,7 +126,7 @@ pub(crate) fn remote_started(task: TaskId, worker: WorkerId, waited: Duration) {
 /// A task that ran in a worker process was counted (the process backend).
 #[inline(always)]
 #[allow(unused_variables)]
-#[cfg_attr(not(feature = "process"), allow(dead_code))]
+#[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
 pub(crate) fn remote_finished(task: TaskId, worker: WorkerId, outcome: Outcome, ran: Duration) {
     #[cfg(feature = "tracing")]
     task_finished(Some(task), Some(worker), outcome, ran);

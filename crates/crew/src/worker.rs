@@ -9,48 +9,15 @@ use std::pin::Pin;
 
 use crate::error::StartError;
 use crate::sync::Arc;
-use crate::task::cell::{CellRef, Header, ShareCell};
+use crate::task::header::{CellRef, Header, ShareCell};
 use crate::task::TaskId;
 
-/// A worker's identity. Every worker a pool starts gets a new one, so a replacement
-/// for a crashed or killed worker has a different id than the worker it replaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkerId(u64);
-
-impl WorkerId {
-    /// The id reported for a task that ran on the submitting thread under
-    /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns).
-    pub const CALLER: WorkerId = WorkerId(u64::MAX);
-
-    /// Ids start at 1; 0 is never a worker.
-    pub(crate) fn new(raw: u64) -> Self {
-        debug_assert!(raw != 0);
-        WorkerId(raw)
-    }
-
-    pub(crate) fn from_raw(raw: u64) -> Option<Self> {
-        (raw != 0).then_some(WorkerId(raw))
-    }
-
-    pub(crate) fn raw(self) -> u64 {
-        self.0
-    }
-
-    /// The number itself.
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "worker-{}", self.0)
-    }
-}
+pub use crate::task::WorkerId;
 
 /// A worker entrypoint with per-worker state.
 ///
-/// The pool runs one instance per worker, on that worker's thread:
+/// The pool runs one instance per worker, on that worker's thread (in a worker
+/// process, on its thread there):
 ///
 /// 1. [`start`](Worker::start) builds the instance: the per-worker init (open a
 ///    connection, load a model). If it fails, the worker retries with backoff; if
@@ -58,9 +25,14 @@ impl fmt::Display for WorkerId {
 ///    [`TaskError::is_start_failure`](crate::TaskError::is_start_failure) rather than
 ///    hang.
 /// 2. [`run`](Worker::run) handles one task at a time with `&mut self`.
-/// 3. [`stop`](Worker::stop) tears down when the worker retires (shutdown, resize,
-///    kill). Every successful `start` is matched by exactly one `stop`, except on a
-///    thread that was abandoned in a task that never returned.
+/// 3. [`on_message`](Worker::on_message) receives the pool's
+///    [`Message`](Worker::Message)s between tasks (never during one); the worker
+///    sends its own with [`Context::send`].
+/// 4. [`stop`](Worker::stop) tears down when the worker retires (shutdown, resize,
+///    recycling). Every successful `start` is matched by exactly one `stop`,
+///    except where the worker's code is stopped from outside: a thread abandoned
+///    in a task that never returned, and a worker process that was killed (a
+///    timeout, a cancel of its running task, `kill_worker`, `terminate`) or died.
 ///
 /// **After a panic** in `run`, the instance may be half-updated, so the pool calls
 /// `stop` on it and builds a fresh one with `start` before the worker takes its next

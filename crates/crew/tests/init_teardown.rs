@@ -1,6 +1,6 @@
-//! Every successful `Worker::start` is matched by exactly one `Worker::stop`: at
-//! shutdown, after a panic, after a kill, on terminate and when the last handle
-//! is dropped.
+//! On a thread pool, every successful `Worker::start` is matched by exactly one
+//! `Worker::stop`: at shutdown, after a panic, after a kill, on terminate and
+//! when the last handle is dropped.
 
 mod common;
 

@@ -17,8 +17,9 @@
 //! ([`Config`], [`WhenFull`]), how a submission waits for room ([`Admission`]),
 //! the contract for chunked `map` ([`Batch`] and friends), and the pieces an
 //! engine outside this crate needs to build what `Pool` hands out: task handles
-//! ([`new_task`], [`Resolver`]), the event and message buses, and `Stats`
-//! ([`Figures`], assembled by `stats.rs` with the one worker-state rule).
+//! ([`new_task`], [`Resolver`]), the event and message buses with the events
+//! themselves ([`event`]), and `Stats` ([`Figures`], assembled by `stats.rs`
+//! with the one worker-state rule).
 //!
 //! # What an engine promises
 //!
@@ -35,6 +36,7 @@
 
 mod chunks;
 mod config;
+pub mod event;
 mod task;
 
 pub use chunks::{Batch, ChunkResults, ChunkTask, Delivered};
@@ -201,7 +203,11 @@ pub trait Engine<W: Worker>: Send + Sync {
             let Some(input) = pull() else { break };
             match self.submit(input, TaskOptions::default(), Admission::Wait) {
                 Ok(task) => batches.push(Batch::Task(task)),
-                Err(_) => batches.push(Batch::Refused(1)),
+                Err(_) => {
+                    // Closed: the rest would be refused too.
+                    batches.push(Batch::Refused(1));
+                    break;
+                }
             }
         }
         batches

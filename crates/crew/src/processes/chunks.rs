@@ -277,7 +277,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         if !entry.core.resolve(Err(TaskError::failure(failure.clone()))) {
             return false;
         }
-        let outcome = TaskError::<W::Error>::failure(failure).outcome();
+        let outcome = Outcome::of_failure(&failure);
         st.counts[outcome as usize] += entry.items() as u64;
         if let Some((worker, ran)) = worker {
             st.observed.timings.record_run(ran, 1);

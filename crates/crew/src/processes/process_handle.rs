@@ -80,24 +80,39 @@ pub type OutputHandler = Arc<dyn Fn(WorkerId, OutputStream, &str) + Send + Sync>
 /// How to start worker processes.
 #[derive(Clone)]
 pub(crate) struct Launcher {
+    /// The worker program; `None`: the current executable (`bootstrap`).
     pub(crate) program: Option<PathBuf>,
+    /// Its arguments.
     pub(crate) args: Vec<OsString>,
+    /// `W`'s type name, in the worker's environment: which worker type the
+    /// process serves (a `Bootstrap` may serve several).
     pub(crate) type_name: &'static str,
+    /// Where the worker's output lines go (default: this process's stderr).
     pub(crate) output: Option<OutputHandler>,
     /// The payload arena every worker inherits (`None`: inputs go inline).
     pub(crate) arena: Option<Arc<super::arena::Arena>>,
 }
 
 /// A started worker process.
+/// Read-only after spawn except where a field says: shared by the link
+/// thread (reads, reaps), dispatchers (the writer) and killers (`child`).
 pub(crate) struct WorkerProcess {
+    /// Its pid, which is also its process group's id.
     pub(crate) pid: i32,
+    /// The pool's end of the socket pair; read by the link thread only.
     pub(crate) stream: UnixStream,
+    /// Frames to it: appended by dispatchers under the pool's lock, written
+    /// after it (and by its writer thread).
     pub(crate) writer: FrameWriter,
     /// The child handle, and whether it has been reaped; signals are sent only
     /// under this lock while it is `false`.
     child: Mutex<(Child, bool)>,
+    /// Its last stderr lines (at most `STDERR_TAIL`), for `Crash`; written by
+    /// the stderr capture thread, read when it is reaped.
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The output capture threads, joined after the reap.
     capture: Mutex<Vec<JoinHandle<()>>>,
+    /// How many capture threads have finished (and a condvar to wait for it).
     captured: Arc<(Mutex<usize>, Condvar)>,
 }
 
@@ -304,12 +319,18 @@ fn spawn_capture<R: io::Read + Send + 'static>(
 
 /// Frames on their way to one worker; see the module docs.
 pub(crate) struct FrameWriter {
+    /// The pending frames and the socket; appended to by dispatchers, drained
+    /// by whoever writes (the dispatcher after unlocking, or the writer thread).
     state: Arc<(Mutex<WriterState>, Condvar)>,
+    /// The writer thread, started with the writer (`None` if the OS refused
+    /// it); it sleeps until a write the socket refused needs finishing.
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct WriterState {
+    /// Frames encoded and not yet written.
     encoder: FrameEncoder,
+    /// The pool's end of the socket (a clone of `WorkerProcess::stream`).
     stream: UnixStream,
     /// The writer thread was asked to finish a write the socket refused.
     writer_armed: bool,

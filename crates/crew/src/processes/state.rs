@@ -238,12 +238,17 @@ pub(super) type Entry<W> = Arc<RemoteCell<W>>;
 /// A task of the process backend: the result slot the handle reads, and the
 /// encoded input, kept until the task resolves (a crash may send it again).
 pub(super) struct RemoteCell<W: RemoteWorker> {
+    /// The header and result slot: resolved once, by whoever decides first
+    /// (`supervisor.md`, "Settlement"); read by the handle.
     pub(super) core: Core<W::Output, W::Error>,
     /// Let go (`Released`) once the task is over and no worker reads it, so a
     /// caller holding many finished handles does not hold their inputs, and an
     /// arena block is reused soon.
     pub(super) input: Mutex<EncodedInput>,
+    /// Its sticky key, if any; read by dispatch. Set at submit.
     pub(super) key: Option<u64>,
+    /// Runs left after its worker dies under it; taken by the link thread
+    /// settling that death.
     pub(super) retries_left: AtomicU32,
     /// It was in the window of a worker that died before saying which task it
     /// was running. Until it has run again it is sent only to a worker with an
@@ -251,6 +256,8 @@ pub(super) struct RemoteCell<W: RemoteWorker> {
     /// alone: its *started* then goes out before it runs, and a second death
     /// is charged to the right task.
     pub(super) suspect: AtomicBool,
+    /// The pool, for the handle's cancel (weak: a handle does not keep a
+    /// dropped pool alive).
     pub(super) shared: Weak<Supervisor<W>>,
     /// Set for a chunk of `map` items (`processes/chunks.rs`).
     pub(super) chunk: Option<chunks::ChunkPart<W>>,
@@ -322,7 +329,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome(),
+            Err(e) => Outcome::of_error(e),
         };
         if worker.is_none() {
             // Resolved without a worker: it sits in no window.

@@ -31,7 +31,33 @@
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker as Deque};
 
-use crate::task::Priority;
+/// How soon a task runs relative to others. Higher levels run first, but lower
+/// levels are never starved: see the scheduler docs ("Priorities").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Runs when nothing else waits, and at a guaranteed minimum share otherwise.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Runs before `Normal` and `Low` tasks that are still queued.
+    High,
+}
+
+impl Priority {
+    /// The number of levels.
+    pub(crate) const LEVELS: usize = 3;
+
+    /// Index into per-level arrays, 0 = highest.
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
 
 /// Picks per rotation of the starting level; see "Priorities".
 pub(crate) const AGING_CYCLE: u32 = 8;

@@ -9,7 +9,7 @@
 //!
 //! | bit | set by | means |
 //! |---|---|---|
-//! | [`CLAIMED`] | the worker that starts the task, or whoever discards it | the payload has one owner, who takes it |
+//! | [`CLAIMED`](super::header::CLAIMED) | the worker that starts the task, or whoever discards it | the payload has one owner, who takes it |
 //! | [`RESOLVING`] | the first thread to produce an outcome | that thread, alone, writes the result slot |
 //! | [`RESOLVED`] | the `RESOLVING` thread, after writing the slot (`Release`) | the handle may read the slot (`Acquire`) |
 //! | [`CANCEL`] | `cancel`, a timeout, a kill, `terminate`, *after* their outcome was decided | `Context::is_cancelled()` answers true |
@@ -65,193 +65,13 @@ use std::time::{Duration, Instant};
 use futures_util::task::AtomicWaker;
 
 use crate::error::{Failure, Panic, TaskError};
-use crate::sync::modelled::{current, lock, AtomicU64, AtomicUsize, Mutex, Thread, UnsafeCell};
+use crate::sync::modelled::{current, lock, Mutex, Thread, UnsafeCell};
 use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
 use crate::worker::{Context, Execution, ExecutionKind, Outbox, Worker, WorkerId};
 
-/// The payload has exactly one owner: the worker that runs it, or the thread that
-/// discards it. Set once.
-pub(crate) const CLAIMED: usize = 1 << 0;
-/// One thread has won the right to write the result slot. Set once.
-pub(crate) const RESOLVING: usize = 1 << 1;
-/// The result slot is written and may be read. Set once, after `RESOLVING`.
-pub(crate) const RESOLVED: usize = 1 << 2;
-/// Cancellation was requested; `Context::is_cancelled` reads this bit.
-pub(crate) const CANCEL: usize = 1 << 3;
-/// The handle has a waiter stored in `waiter` and must be woken.
-pub(crate) const WAITER: usize = 1 << 4;
-/// Bits `OUTCOME_SHIFT..` hold an [`Outcome`] code, written together with
-/// `RESOLVED` in the same `fetch_or`, so stats can tell how each task ended.
-const OUTCOME_SHIFT: u32 = 8;
-
-/// How a task ended, as counted in stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub(crate) enum Outcome {
-    Ok = 1,
-    UserError = 2,
-    Panicked = 3,
-    Cancelled = 4,
-    TimedOut = 5,
-    Closed = 6,
-    StartFailed = 7,
-    Killed = 8,
-    Crashed = 9,
-    Protocol = 10,
-}
-
-impl Outcome {
-    /// One past the largest code, for arrays indexed by outcome.
-    pub(crate) const SLOTS: usize = 11;
-
-    fn of<T, E>(result: &Result<T, TaskError<E>>) -> Self {
-        match result {
-            Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome(),
-        }
-    }
-
-    fn from_code(code: usize) -> Option<Self> {
-        Some(match code {
-            1 => Outcome::Ok,
-            2 => Outcome::UserError,
-            3 => Outcome::Panicked,
-            4 => Outcome::Cancelled,
-            5 => Outcome::TimedOut,
-            6 => Outcome::Closed,
-            7 => Outcome::StartFailed,
-            8 => Outcome::Killed,
-            9 => Outcome::Crashed,
-            10 => Outcome::Protocol,
-            _ => return None,
-        })
-    }
-}
-
-/// What every task has regardless of its types: identity, options, state.
-pub(crate) struct Header {
-    /// The state bits above. Written by worker, handle, canceller, monitor; see
-    /// the module docs for who sets which bit.
-    state: AtomicUsize,
-    id: TaskId,
-    /// The worker that claimed it (`WorkerId::raw`), 0 until then. Written once by
-    /// that worker, read by the handle.
-    worker: AtomicU64,
-    pub(crate) priority: Priority,
-    pub(crate) timeout: Option<Duration>,
-    /// Holds a place in the pool's queue capacity until popped.
-    pub(crate) bounded: bool,
-    /// When it was submitted: the start of its wait (`Stats::wait`,
-    /// `Event::TaskStarted::waited`). Written once, at creation. `None` for a
-    /// task whose times are not sampled (see `threads::timed`).
-    pub(crate) queued_at: Option<Instant>,
-    /// The thread pool that runs it (its `Shared`'s address), 0 elsewhere.
-    /// Written once, at creation; read by `threads::join_watch`.
-    pub(crate) pool: usize,
-}
-
-impl Header {
-    /// A header for a task submitted now.
-    #[inline]
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn new(
-        id: TaskId,
-        priority: Priority,
-        timeout: Option<Duration>,
-        bounded: bool,
-    ) -> Self {
-        Self::with_queued_at(id, priority, timeout, bounded, Some(Instant::now()))
-    }
-
-    /// A header for a task submitted at `queued_at` (a batch reads the clock
-    /// once for all its tasks; `None`: not timed).
-    #[inline]
-    pub(crate) fn with_queued_at(
-        id: TaskId,
-        priority: Priority,
-        timeout: Option<Duration>,
-        bounded: bool,
-        queued_at: Option<Instant>,
-    ) -> Self {
-        Header {
-            state: AtomicUsize::new(0),
-            id,
-            worker: AtomicU64::new(0),
-            priority,
-            timeout,
-            bounded,
-            queued_at,
-            pool: 0,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn id(&self) -> TaskId {
-        self.id
-    }
-
-    #[inline]
-    pub(crate) fn is_cancel_requested(&self) -> bool {
-        self.state.load(Relaxed) & CANCEL != 0
-    }
-
-    #[inline]
-    pub(crate) fn is_resolved(&self) -> bool {
-        self.state.load(Acquire) & RESOLVED != 0
-    }
-
-    /// Whether an outcome has been chosen (it may still be being written).
-    #[inline]
-    pub(crate) fn is_decided(&self) -> bool {
-        self.state.load(Acquire) & (RESOLVING | RESOLVED) != 0
-    }
-
-    /// How the task ended; `None` until it has resolved.
-    pub(crate) fn outcome(&self) -> Option<Outcome> {
-        let state = self.state.load(Acquire);
-        if state & RESOLVED == 0 {
-            return None;
-        }
-        Outcome::from_code(state >> OUTCOME_SHIFT)
-    }
-
-    /// Waits out the short window between another thread's `RESOLVING` and its
-    /// `RESOLVED` (straight-line crew code, no user code runs there), then reads the
-    /// outcome.
-    pub(crate) fn settled_outcome(&self) -> Outcome {
-        let backoff = crossbeam_utils::Backoff::new();
-        loop {
-            if let Some(o) = self.outcome() {
-                return o;
-            }
-            backoff.snooze();
-        }
-    }
-
-    pub(crate) fn worker(&self) -> Option<WorkerId> {
-        WorkerId::from_raw(self.worker.load(Relaxed))
-    }
-
-    /// Records who runs the task (a backend that runs it elsewhere).
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn set_worker(&self, worker: WorkerId) {
-        self.worker.store(worker.raw(), Relaxed);
-    }
-
-    /// Whether the payload has been taken: the task started, or was resolved
-    /// without running.
-    #[inline]
-    pub(crate) fn is_claimed(&self) -> bool {
-        self.state.load(Acquire) & CLAIMED != 0
-    }
-
-    /// Takes ownership of the payload. True for exactly one caller.
-    #[inline]
-    fn claim(&self) -> bool {
-        self.state.fetch_or(CLAIMED, AcqRel) & CLAIMED == 0
-    }
-}
+pub(crate) use super::header::{CellRef, Header, Outcome, ShareCell};
+pub(crate) use super::header::{CANCEL, OUTCOME_SHIFT, RESOLVED, RESOLVING, WAITER};
 
 /// Who is waiting for a task's result.
 enum Waiter {
@@ -600,21 +420,6 @@ impl Started {
 /// id and how it ended once the task is resolved (by its future, or elsewhere).
 pub(crate) type AsyncRun = Pin<Box<dyn Future<Output = (TaskId, Ran)>>>;
 
-/// A task cell seen without its types: its header, and an owner that keeps the
-/// cell alive (an async task's `Context` and run hold one).
-pub(crate) trait CellRef: Send + Sync {
-    fn header(&self) -> &Header;
-    /// The same cell, typed again through `Any` (to `downcast` it).
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-}
-
-/// Something that can hand out an owning reference to a task cell: the queue's
-/// [`Job`]. A [`Context`] for a job carries one, so that an async task can make
-/// a context (and a run) that outlives the worker's call.
-pub(crate) trait ShareCell: Sync {
-    fn share(&self) -> Arc<dyn CellRef>;
-}
-
 /// The queue's view of a task: run it on a `W`, or discard it.
 pub(crate) trait Runnable<W>: CellRef {
     /// Claims and runs the task on `worker`, resolving it with what it returns. A
@@ -950,6 +755,7 @@ mod loom_model {
             None,
             false,
             Some(Instant::now()),
+            0,
             Plain(f),
         )
     }
@@ -1029,6 +835,7 @@ mod loom_model {
                 None,
                 false,
                 Some(Instant::now()),
+                0,
                 Call::new(f),
             );
             let worker = {

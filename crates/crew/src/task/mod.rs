@@ -1,8 +1,10 @@
 //! `Task`, the handle to one submitted task, and the per-task options.
 
 pub(crate) mod cell;
+pub(crate) mod header;
 mod mapped;
 
+pub use crate::scheduler::queues::Priority;
 pub(crate) use mapped::map_result;
 
 use std::convert::Infallible;
@@ -15,7 +17,6 @@ use std::time::{Duration, Instant};
 use crate::error::{Failure, TaskError};
 use crate::scheduler::spin::{Spin, JOIN_SPIN_ROUNDS, JOIN_YIELD_ROUNDS};
 use crate::sync::{after, Arc};
-use crate::worker::WorkerId;
 use cell::Handle;
 
 /// A task's number, unique within its pool and increasing in submission order.
@@ -35,31 +36,39 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// How soon a task runs relative to others. Higher levels run first, but lower
-/// levels are never starved: see the scheduler docs ("Priorities").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum Priority {
-    /// Runs when nothing else waits, and at a guaranteed minimum share otherwise.
-    Low,
-    /// The default.
-    #[default]
-    Normal,
-    /// Runs before `Normal` and `Low` tasks that are still queued.
-    High,
+/// A worker's identity. Every worker a pool starts gets a new one, so a replacement
+/// for a crashed or killed worker has a different id than the worker it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(u64);
+
+impl WorkerId {
+    /// The id reported for a task that ran on the submitting thread under
+    /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns).
+    pub const CALLER: WorkerId = WorkerId(u64::MAX);
+
+    /// Ids start at 1; 0 is never a worker.
+    pub(crate) fn new(raw: u64) -> Self {
+        debug_assert!(raw != 0);
+        WorkerId(raw)
+    }
+
+    pub(crate) fn from_raw(raw: u64) -> Option<Self> {
+        (raw != 0).then_some(WorkerId(raw))
+    }
+
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The number itself.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
 }
 
-impl Priority {
-    /// The number of levels.
-    pub(crate) const LEVELS: usize = 3;
-
-    /// Index into per-level arrays, 0 = highest.
-    #[inline]
-    pub(crate) fn index(self) -> usize {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
-        }
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker-{}", self.0)
     }
 }
 

@@ -262,7 +262,7 @@ impl ChunkItems {
 
     /// Appends one item whose input `write` appends to the buffer in place; on
     /// an error nothing is added. Returns the item's length.
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    #[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
     pub(crate) fn push_with<E>(
         &mut self,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
@@ -280,7 +280,7 @@ impl ChunkItems {
     }
 
     /// Removes the last item, whose input was `len` bytes long.
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    #[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
     pub(crate) fn pop_last(&mut self, len: usize) {
         self.bytes
             .truncate(self.bytes.len().saturating_sub(4 + len));
@@ -730,7 +730,7 @@ fn write_chunk_body(out: &mut Vec<u8>, id: u64, items: &ChunkItems) {
 /// A *chunk* frame over borrowed items: the process backend keeps a chunk's
 /// inputs until it resolves (a crash re-runs its items one by one), so it
 /// encodes the frame without cloning them.
-#[cfg_attr(not(feature = "process"), allow(dead_code))]
+#[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
 pub(crate) struct ChunkFrame<'a> {
     pub(crate) id: u64,
     pub(crate) items: &'a ChunkItems,
@@ -753,7 +753,7 @@ impl sealed::Encode for ChunkFrame<'_> {
 /// A *task* frame over a borrowed payload: the process backend keeps a task's
 /// encoded input until the task resolves (it may be sent again after a crash),
 /// so it encodes the frame without cloning it.
-#[cfg_attr(not(feature = "process"), allow(dead_code))]
+#[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
 pub(crate) struct TaskFrame<'a> {
     pub(crate) id: u64,
     pub(crate) key: Option<u64>,

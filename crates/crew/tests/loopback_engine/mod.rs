@@ -26,6 +26,9 @@ pub(crate) struct Loopback<W: Worker> {
     inner: Pool<W>,
     bus: Arc<EventBus>,
     capacity: Option<usize>,
+    /// Whether `map` goes through `submit_chunk` (the trait's default: one
+    /// task per item), so that the chunked window runs on this engine too.
+    chunks: bool,
     /// `Idle` futures of the inner pool still pending, kept so that their
     /// wakers stay registered (`poll_idle`).
     idle: Mutex<Vec<Idle<W>>>,
@@ -35,6 +38,10 @@ impl<W: Worker> Loopback<W> {
     /// Starts the inner pool with the outer pool's settings, and the thread
     /// that forwards its events.
     pub(crate) fn start(config: &Config) -> std::io::Result<Arc<dyn Engine<W>>> {
+        Self::start_with(config, false)
+    }
+
+    fn start_with(config: &Config, chunks: bool) -> std::io::Result<Arc<dyn Engine<W>>> {
         let mut builder = Pool::<W>::builder()
             .workers(config.workers())
             .event_buffer(FORWARD_BUFFER)
@@ -61,13 +68,23 @@ impl<W: Worker> Loopback<W> {
             inner,
             bus,
             capacity: config.queue_capacity(),
+            chunks,
             idle: Mutex::new(Vec::new()),
         }))
     }
 
     /// A builder for a loopback pool of `n` workers.
+    #[allow(dead_code)] // each test binary uses one of the two
     pub(crate) fn builder(n: usize) -> PoolBuilder<W> {
         Pool::<W>::builder().workers(n).engine(Loopback::start)
+    }
+
+    /// The same, with `map` going through the engine's `submit_chunk`.
+    #[allow(dead_code)]
+    pub(crate) fn chunked_builder(n: usize) -> PoolBuilder<W> {
+        Pool::<W>::builder()
+            .workers(n)
+            .engine(|config: &Config| Loopback::start_with(config, true))
     }
 }
 
@@ -186,6 +203,10 @@ impl<W: Worker> Engine<W> for Loopback<W> {
 
     fn size(&self) -> usize {
         self.inner.size()
+    }
+
+    fn chunks_enabled(&self) -> bool {
+        self.chunks
     }
 
     fn stats(&self) -> Stats {
