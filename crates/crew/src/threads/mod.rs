@@ -537,7 +537,11 @@ impl<W: Worker> Shared<W> {
 
     /// `WhenFull::CallerRuns`: runs the task here, on a fresh worker instance.
     #[cold]
-    fn run_on_caller<P>(&self, payload: P, options: TaskOptions) -> Task<P::Output, P::Error>
+    pub(crate) fn run_on_caller<P>(
+        &self,
+        payload: P,
+        options: TaskOptions,
+    ) -> Task<P::Output, P::Error>
     where
         P: Payload<W>,
     {
