@@ -127,7 +127,8 @@ impl Panic {
         })
     }
 
-    /// A panic known by its message only (a worker process's, or crew's own).
+    /// A panic known by its message only (a worker process's).
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn message(message: impl Into<String>) -> Box<Self> {
         Box::new(Panic {
             message: message.into(),
