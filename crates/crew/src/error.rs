@@ -121,20 +121,20 @@ pub struct Panic {
 
 impl Panic {
     /// A panic caught on this process's thread: the payload is kept.
-    pub(crate) fn caught(payload: Box<dyn Any + Send>) -> Self {
-        Panic {
+    pub(crate) fn caught(payload: Box<dyn Any + Send>) -> Box<Self> {
+        Box::new(Panic {
             message: panic_message(&*payload),
             payload: Mutex::new(Some(payload)),
-        }
+        })
     }
 
     /// A panic known by its message only (a worker process's, a remote node's,
     /// or crew's own).
-    pub fn message(message: impl Into<String>) -> Self {
-        Panic {
+    pub fn message(message: impl Into<String>) -> Box<Self> {
+        Box::new(Panic {
             message: message.into(),
             payload: Mutex::new(None),
-        }
+        })
     }
 
     /// The payload, or the message as a `String` payload where there is none.
@@ -175,7 +175,10 @@ impl Debug for Panic {
 // only: a payload cannot be duplicated.
 impl Clone for Panic {
     fn clone(&self) -> Self {
-        Panic::message(self.message.clone())
+        Panic {
+            message: self.message.clone(),
+            payload: Mutex::new(None),
+        }
     }
 }
 
@@ -193,7 +196,9 @@ impl Eq for Panic {}
 #[non_exhaustive]
 pub enum Failure {
     /// The task panicked; the panic's message and, on threads, its payload.
-    Panicked(Panic),
+    /// Boxed: a panic is rare, and every task's result slot has room for a
+    /// `Failure`.
+    Panicked(Box<Panic>),
     /// `Task::cancel` (or the pool's `terminate`) resolved it.
     Cancelled,
     /// It ran longer than its timeout.
@@ -379,7 +384,7 @@ impl<E> TaskError<E> {
     /// the payload is then its message as a `String`.
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, Self> {
         match self.repr {
-            Repr::Failure(Failure::Panicked(panic)) => Ok(panic.into_payload()),
+            Repr::Failure(Failure::Panicked(panic)) => Ok((*panic).into_payload()),
             repr => Err(TaskError { repr }),
         }
     }

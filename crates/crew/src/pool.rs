@@ -171,7 +171,7 @@ impl<W: Worker> Pool<W> {
     /// The thread backend. Only for what only threads offer (closures): a
     /// process pool of `Closures` cannot be built.
     #[inline]
-    fn shared(&self) -> &Arc<Shared<W>> {
+    pub(crate) fn shared(&self) -> &Arc<Shared<W>> {
         match &self.inner.backend {
             Backend::Threads(shared) => shared,
             Backend::Remote(_) => unreachable!("closures never run on an engine (from_backend)"),

@@ -12,7 +12,9 @@
 //! The runtime must keep running while such tasks wait on it: a current-thread
 //! runtime whose only thread blocks (in `Pool::shutdown`, `Task::join`) drives no
 //! timer, so await the task, or use
-//! [`Pool::shutdown_async`](crate::Pool::shutdown_async).
+//! [`Pool::shutdown_async`](crate::Pool::shutdown_async). A pool that outlives
+//! its runtime keeps the handle, but tokio refuses new timers and I/O on a
+//! runtime that has shut down: such a task panics and resolves as panicked.
 //! Process workers run in other processes and never see the runtime.
 
 #[cfg(feature = "tokio")]

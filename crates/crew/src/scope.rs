@@ -39,6 +39,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::panic_message;
 use crate::sync::lock;
+use crate::task::cell::Plain;
 use crate::{Closures, Pool, Task};
 
 /// What a scope's tasks share with the scope's caller.
@@ -124,6 +125,9 @@ impl<T> Drop for ScopedCall<T> {
 pub struct Scope<'scope, 'env: 'scope> {
     pool: Pool,
     state: Arc<State>,
+    /// Opened inside one of the pool's own tasks: its tasks run on the thread
+    /// that spawns them (see `Pool::scope`, "Inside a task"). Fixed.
+    inline: bool,
     /// Invariant in `'scope`, as `std::thread::Scope`: the scope's lifetime can
     /// be neither shortened nor stretched by a caller.
     scope: PhantomData<&'scope mut &'scope ()>,
@@ -158,6 +162,15 @@ impl<'scope> Scope<'scope, '_> {
             f: Some(erased),
             state: Arc::clone(&self.state),
         };
+        if self.inline {
+            // Run here, as `WhenFull::CallerRuns` runs a task: counted, with
+            // events, the handle resolved when this returns.
+            let options = crate::task::TaskOptions::default();
+            return self
+                .pool
+                .shared()
+                .run_on_caller(Plain(move || call.run()), options);
+        }
         // A closed pool drops the call unrun, which gives the count back.
         self.pool.spawn(move || call.run())
     }
@@ -182,10 +195,12 @@ impl Pool<Closures> {
     /// with its payload. A panic in `f` is resumed the same way, after the
     /// tasks are done.
     ///
-    /// **Blocking:** the calling thread waits for the scope's tasks. Called from
-    /// inside a task of this same pool, that worker waits too: on a pool where
-    /// that leaves no worker free (`workers(1)`), the scope's tasks never run.
-    /// Open scopes from outside the pool, or give it spare workers.
+    /// **Inside a task** of this same pool, the worker that would wait for the
+    /// scope's tasks may be the only one that could run them (`workers(1)`), so
+    /// such a scope runs each of its tasks on the thread that spawns it, at
+    /// once, as [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns) does: no
+    /// parallelism, and no deadlock. Open scopes from outside the pool to spread
+    /// their tasks over its workers.
     ///
     /// **Thread pools only**, by type: `scope` exists on `Pool<Closures>`, and a
     /// closure pool cannot be a process pool. A process worker lives in another
@@ -233,6 +248,7 @@ impl Pool<Closures> {
         let scope = Scope {
             pool: self.clone(),
             state: Arc::new(State::default()),
+            inline: self.on_own_worker(),
             scope: PhantomData,
             env: PhantomData,
         };

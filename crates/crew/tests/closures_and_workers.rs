@@ -158,9 +158,17 @@ fn user_error_is_kept_and_reachable() {
         table: "users",
     };
     assert_eq!(err.user_error(), Some(&expected));
-    // Through `source()`, as the typed value.
+    // Through `source()`: it displays as the user's error, and the typed value
+    // is reached through the `UserError` view (one `Error` impl serves every
+    // `E: Debug + Display`, so it cannot hand out `E` itself as a `dyn Error`).
     let source = err.source().expect("a user error is the source");
-    assert_eq!(source.downcast_ref::<QueryFailed>(), Some(&expected));
+    assert_eq!(source.to_string(), expected.to_string());
+    assert_eq!(
+        source
+            .downcast_ref::<crew::UserError<QueryFailed>>()
+            .map(crew::UserError::get),
+        Some(&expected)
+    );
     // Display does not repeat the source.
     assert!(!err.to_string().contains("503"), "{err}");
     // And by value.

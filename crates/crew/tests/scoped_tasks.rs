@@ -201,3 +201,54 @@ fn a_scope_on_a_closed_pool_drops_its_closures_and_returns() {
     });
     assert_eq!(local.load(SeqCst), 0);
 }
+
+#[test]
+fn a_scope_inside_a_task_on_one_worker_runs_its_tasks_inline() {
+    // The only worker opens the scope: waiting for a queued task would never
+    // end, so the scope's tasks (nested spawns included) run on that thread.
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let inner = pool.clone();
+    let outer = pool.spawn(move || {
+        let mut squares = [0u64; 4];
+        let nested = AtomicUsize::new(0);
+        inner.scope(|s| {
+            for (i, square) in squares.iter_mut().enumerate() {
+                let nested = &nested;
+                let handle = s.spawn(move || {
+                    *square = (i as u64) * (i as u64);
+                    s.spawn(move || nested.fetch_add(1, SeqCst));
+                });
+                // Already resolved: it ran as it was spawned.
+                assert!(handle.is_finished());
+            }
+        });
+        (squares, nested.load(SeqCst))
+    });
+    let (squares, nested) = common::join(outer).unwrap();
+    assert_eq!(squares, [0, 1, 4, 9]);
+    assert_eq!(nested, 4);
+    pool.shutdown();
+}
+
+#[test]
+fn an_inline_scope_still_resumes_a_task_panic() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let inner = pool.clone();
+    let outer = pool.spawn(move || {
+        let ran_after = AtomicUsize::new(0);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            inner.scope(|s| {
+                let failed = s.spawn(|| -> u32 { std::panic::panic_any(3u8) });
+                assert!(failed.join().unwrap_err().is_panic());
+                s.spawn(|| ran_after.fetch_add(1, SeqCst));
+            })
+        }));
+        let payload = caught.unwrap_err();
+        (
+            payload.downcast_ref::<u8>().copied(),
+            ran_after.load(SeqCst),
+        )
+    });
+    assert_eq!(common::join(outer).unwrap(), (Some(3), 1));
+    pool.shutdown();
+}

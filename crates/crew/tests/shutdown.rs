@@ -161,3 +161,48 @@ fn shutdown_does_not_wait_for_an_abandoned_thread() {
     // pool's workers, and the abandoned thread is not one of them.
     assert_returns_in_time(1, "shutdown()", move || pool.shutdown());
 }
+
+#[test]
+fn shutdown_async_is_pending_until_the_queue_has_drained() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let gate = Gate::new();
+    let _open = OpenOnDrop(gate.clone());
+    let blockers = block_workers(&pool, 1, &gate);
+    let queued: Vec<_> = (0..100u32).map(|i| pool.spawn(move || i)).collect();
+    let mut shutdown = pool.shutdown_async();
+    // Closed at once: nothing new is taken.
+    wait_until("the pool is closed", || pool.is_closed());
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    // The worker is held: the shutdown cannot have finished.
+    assert_eq!(
+        std::pin::Pin::new(&mut shutdown).poll(&mut cx),
+        Poll::Pending
+    );
+    gate.open();
+    futures::executor::block_on(shutdown);
+    // Drained, not dropped: every queued task ran.
+    for (i, task) in (0..100u32).zip(queued) {
+        assert!(task.is_finished());
+        assert_eq!(join(task).unwrap(), i);
+    }
+    for blocker in blockers {
+        join(blocker).unwrap();
+    }
+}
+
+#[test]
+fn shutdown_async_inside_a_task_closes_and_is_ready_at_once() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let inner = pool.clone();
+    let task = pool.spawn(move || {
+        // On its own worker it cannot wait for itself: it closes and is ready.
+        futures::executor::block_on(inner.shutdown_async());
+        inner.is_closed()
+    });
+    assert!(join(task).unwrap());
+    pool.shutdown();
+}

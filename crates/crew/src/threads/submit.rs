@@ -209,7 +209,7 @@ impl<W: Worker> Shared<W> {
 
     /// `WhenFull::CallerRuns`: runs the task here, on a fresh worker instance.
     #[cold]
-    pub(super) fn run_on_caller<P>(
+    pub(crate) fn run_on_caller<P>(
         &self,
         payload: P,
         options: TaskOptions,
