@@ -423,14 +423,14 @@ impl Shared {
         }
     }
 
-    /// Writes the stream: the headers, the history, then each new tick. The
-    /// response has no length and `Connection: close`: it ends when either
-    /// side closes. A comment line every [`POLL`]-bounded wait without a tick
-    /// would be noise; the tick itself (once a second by default) keeps
-    /// proxies from timing the stream out.
+    /// Writes the stream: the headers, the history, then each new tick, each
+    /// event as one HTTP chunk (flushed at once, so it reaches the page now).
+    /// When the server stops, the last chunk ends the response, so the page
+    /// sees the stream end (and its `EventSource` starts reconnecting) instead
+    /// of a connection that stays silent.
     fn stream(&self, mut out: Box<dyn Write + Send>) -> io::Result<()> {
         out.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n",
         )?;
         let (mut seen, history, tick) = {
             let live = lock(&self.live);
@@ -453,20 +453,23 @@ impl Shared {
                         .0;
                 }
                 if self.stopped() {
-                    return Ok(());
+                    break;
                 }
                 seen = live.generation;
                 live.tick_json.clone()
             };
             write_event(&mut out, "tick", &tick)?;
         }
+        out.write_all(b"0\r\n\r\n")?;
+        out.flush()
     }
 }
 
-/// One server-sent event. `data` is one line of JSON (serde_json writes no
-/// newline), as the format requires of a single `data:` field.
+/// One server-sent event in one HTTP chunk. `data` is one line of JSON
+/// (serde_json writes no newline), as a single `data:` field requires.
 fn write_event(out: &mut dyn Write, event: &str, data: &str) -> io::Result<()> {
-    write!(out, "event: {event}\ndata: {data}\n\n")?;
+    let body = format!("event: {event}\ndata: {data}\n\n");
+    write!(out, "{:x}\r\n{body}\r\n", body.len())?;
     out.flush()
 }
 
