@@ -41,7 +41,7 @@ mod metrics;
 mod snapshot;
 mod source;
 #[cfg(feature = "top")]
-mod top_placeholder;
+pub mod top;
 
 pub use dashboard::{Dashboard, DashboardServer, MAX_STREAMS};
 pub use lifecycle::Lifecycle;

@@ -48,7 +48,6 @@ fn family_type(expo: &Exposition, family: &str) -> OpenMetricsType {
         .get(family)
         .unwrap_or_else(|| panic!("no family {family}"))
         .family_type
-        .clone()
 }
 
 /// A fresh pool of two workers.
