@@ -60,7 +60,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// Builds a dashboard: add pools, then [`serve`](Dashboard::serve).
 ///
 /// ```no_run
-/// let pool = crew::Pool::builder().build()?;
+/// let pool: crew::Pool = crew::Pool::builder().build()?;
 /// let server = crew_observe::Dashboard::new()
 ///     .pool("work", &pool)
 ///     .serve("127.0.0.1:9000")?;
