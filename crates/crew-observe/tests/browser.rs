@@ -30,8 +30,9 @@ const ERRORS: u64 = 7;
 const PANICS: u64 = 3;
 const TIMEOUTS: u64 = 2;
 
-/// Headless Chromium with a fresh profile. Drop kills it (by its pid) and
-/// waits for it, then removes the profile.
+/// Headless Chromium with a fresh profile. Drop stops it by its pid — SIGTERM
+/// first, so it shuts its helper processes down and reaps them, SIGKILL if it
+/// has not exited within 5 s — waits for it, then removes the profile.
 struct Chromium {
     child: Child,
     profile: PathBuf,
@@ -136,6 +137,15 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
