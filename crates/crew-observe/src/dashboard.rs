@@ -22,8 +22,11 @@
 //!   tick to its client, and ends when the client goes away or the server
 //!   stops. At most [`MAX_STREAMS`] are open at once; more get a 503.
 //!
-//! Every thread checks the stop flag at least every [`POLL`], so dropping the
-//! [`DashboardServer`] returns within about that time, after joining them all.
+//! Every thread checks the stop flag at least every `POLL` (100 ms), so
+//! dropping the [`DashboardServer`] returns within about that time, after
+//! joining them all — except a stream blocked writing to a client that stopped
+//! reading: the drop waits up to two seconds for it, then leaves it to end
+//! when its write fails (until then it holds the pools' handles).
 //!
 //! # Cost
 //!
@@ -56,6 +59,9 @@ pub const MAX_STREAMS: usize = 32;
 
 /// The longest any server thread goes without checking whether to stop.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long dropping the server waits for its open streams to end.
+const STREAM_GRACE: Duration = Duration::from_secs(2);
 
 /// Builds a dashboard: add pools, then [`serve`](Dashboard::serve).
 ///
@@ -223,9 +229,19 @@ impl Drop for DashboardServer {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // A stream thread sees the stop within POLL, unless it is blocked
+        // writing to a client that stopped reading (a full socket buffer).
+        // Wait a bounded time for the streams, then leave such a thread
+        // behind: it ends when that write fails.
         let streams = std::mem::take(&mut *lock(&self.shared.stream_threads));
+        let deadline = Instant::now() + STREAM_GRACE;
+        while streams.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for t in streams {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
