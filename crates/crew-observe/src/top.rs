@@ -4,8 +4,8 @@
 //! It shows one pool at a time: a header with the worker counts, the queue,
 //! the task outcomes and the wait and run percentiles, then one row per worker.
 //! Keys: `b` sorts by busy time, `r` by resident memory, `d` by tasks done,
-//! `i` by worker id; `Tab` shows the next pool; `q` (or `Esc`, `Ctrl-C`)
-//! quits.
+//! `i` by worker id; `Tab` shows the next pool; `Ctrl-L` repaints; `q` (or
+//! `Esc`, `Ctrl-C`) quits.
 //!
 //! Figures come from a feed, read on a thread of its own so a slow or
 //! unreachable server never freezes the screen:
@@ -14,18 +14,21 @@
 //! - [`Top::pool`]: a pool in this process, through `Pool::stats` (no event
 //!   subscription, so no cost while tasks run).
 
-use std::io;
+use std::io::{self, Stdout};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crew::{Pool, Worker};
+use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
+use ratatui::crossterm::{cursor, execute};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Row, Table};
-use ratatui::Frame;
+use ratatui::{Frame, Terminal};
 
 use crate::snapshot::{PoolSnapshot, Snapshot, WorkerJson};
 use crate::source::Source;
@@ -128,10 +131,16 @@ impl Top {
     }
 
     /// Takes over the terminal (raw mode, alternate screen) until `q`, then
-    /// restores it — also on an error or a panic (ratatui's hook).
+    /// restores it — also when this thread returns an error or unwinds.
+    ///
+    /// Unlike `ratatui::init`, it installs no panic hook: a task of an
+    /// in-process pool that panics (and is caught by crew) must not tear the
+    /// screen down under a view that keeps running. Anything the program
+    /// itself prints to the terminal (a panic message) lands on the screen;
+    /// `Ctrl-L` repaints it.
     pub fn run(self) -> io::Result<()> {
         let snapshots = spawn_feed(self.fetch, self.refresh)?;
-        let mut terminal = ratatui::try_init()?;
+        let mut screen = Screen::enter()?;
         let mut view = View {
             origin: self.origin,
             sort: SortKey::Id,
@@ -139,32 +148,64 @@ impl Top {
             latest: None,
             error: None,
         };
-        let result = (|| -> io::Result<()> {
-            loop {
-                terminal.draw(|frame| view.draw(frame))?;
-                // Wait for a key or the next snapshot, whichever comes first.
-                if event::poll(Duration::from_millis(50))? {
-                    if let Event::Key(key) = event::read()? {
-                        if key.kind != KeyEventKind::Release && view.key(key.code, key.modifiers) {
-                            return Ok(());
-                        }
+        loop {
+            screen.terminal.draw(|frame| view.draw(frame))?;
+            // Wait for a key or the next snapshot, whichever comes first.
+            if event::poll(Duration::from_millis(50))? {
+                if let Event::Key(key) = event::read()? {
+                    if key.kind == KeyEventKind::Release {
+                        continue;
                     }
-                }
-                match snapshots.recv_timeout(Duration::from_millis(50)) {
-                    Ok(Ok(snapshot)) => {
-                        view.latest = Some(snapshot);
-                        view.error = None;
-                    }
-                    Ok(Err(e)) => view.error = Some(e),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
-                        return Err(io::Error::other("the feed thread stopped"))
+                    if key.code == KeyCode::Char('l')
+                        && key.modifiers.contains(KeyModifiers::CONTROL)
+                    {
+                        screen.terminal.clear()?;
+                    } else if view.key(key.code, key.modifiers) {
+                        return Ok(());
                     }
                 }
             }
-        })();
-        ratatui::try_restore()?;
-        result
+            match snapshots.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(snapshot)) => {
+                    view.latest = Some(snapshot);
+                    view.error = None;
+                }
+                Ok(Err(e)) => view.error = Some(e),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other("the feed thread stopped"))
+                }
+            }
+        }
+    }
+}
+
+/// The terminal while the view owns it: raw mode and the alternate screen,
+/// both undone on drop (a normal return, an error, or an unwind of the view's
+/// thread).
+struct Screen {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+}
+
+impl Screen {
+    fn enter() -> io::Result<Screen> {
+        terminal::enable_raw_mode()?;
+        // From here on, Drop undoes whatever was done.
+        let mut screen = Screen {
+            terminal: Terminal::new(CrosstermBackend::new(io::stdout()))?,
+        };
+        execute!(io::stdout(), EnterAlternateScreen)?;
+        screen.terminal.hide_cursor()?;
+        screen.terminal.clear()?;
+        Ok(screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        // Nothing to report a failure to while restoring; try every step.
+        let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+        let _ = terminal::disable_raw_mode();
     }
 }
 
