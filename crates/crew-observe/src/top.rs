@@ -159,7 +159,7 @@ impl Top {
                     if key.code == KeyCode::Char('l')
                         && key.modifiers.contains(KeyModifiers::CONTROL)
                     {
-                        screen.terminal.clear()?;
+                        screen.repaint()?;
                     } else if view.key(key.code, key.modifiers) {
                         return Ok(());
                     }
@@ -196,8 +196,16 @@ impl Screen {
         };
         execute!(io::stdout(), EnterAlternateScreen)?;
         screen.terminal.hide_cursor()?;
-        screen.terminal.clear()?;
         Ok(screen)
+    }
+
+    /// Clears the screen and starts from fresh buffers, so the next draw
+    /// paints every cell. (`Terminal::clear` would ask the terminal for its
+    /// cursor position, which not every terminal answers.)
+    fn repaint(&mut self) -> io::Result<()> {
+        execute!(io::stdout(), terminal::Clear(terminal::ClearType::All))?;
+        self.terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+        self.terminal.hide_cursor()
     }
 }
 

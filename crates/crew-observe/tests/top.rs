@@ -1,6 +1,7 @@
 //! `crew-top` driven in a pseudo-terminal (`portable-pty`), its screen read
 //! back through a terminal emulator (`vt100`): the header and the worker rows
-//! appear, `b` reorders the rows by busy time, `i` back by id, and `q` exits.
+//! appear, `b` reorders the rows by busy time, `i` back by id, `Ctrl-L`
+//! repaints, and `q` exits.
 //!
 //! The pool runs in this process behind the library's dashboard; `crew-top`
 //! reads its `/api/stats` like any client.
@@ -182,6 +183,18 @@ fn top_shows_workers_sorts_on_keys_and_quits_on_q() {
     wait_for("rows sorted by id again", Duration::from_secs(10), || {
         let s = screen(&mut term);
         if s.contains("sorted by id") && worker_rows(&s) == by_id {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+
+    // Ctrl-L repaints from a cleared screen: everything comes back.
+    keys.write_all(b"\x0c").expect("type Ctrl-L");
+    keys.flush().expect("flush");
+    wait_for("the view after a repaint", Duration::from_secs(10), || {
+        let s = screen(&mut term);
+        if s.contains("crew top") && s.contains("sorted by id") && worker_rows(&s) == by_id {
             Ok(())
         } else {
             Err(s)
