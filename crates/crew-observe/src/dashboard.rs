@@ -28,6 +28,18 @@
 //! reading: the drop waits up to two seconds for it, then leaves it to end
 //! when its write fails (until then it holds the pools' handles).
 //!
+//! # Exposure
+//!
+//! The server has no authentication and serves read-only figures (task and
+//! worker ids, pids, error counts, never inputs or outputs). Bind it to the
+//! loopback address, or put it behind a proxy that authenticates.
+//!
+//! # Not yet
+//!
+//! A cluster's nodes (and its dead letters) will appear once the cluster
+//! backend exists and its stats carry them; today every pool is one local
+//! pool.
+//!
 //! # Cost
 //!
 //! Each pool is read once per tick and once per `/api/stats` or `/metrics`
