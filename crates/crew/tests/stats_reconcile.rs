@@ -139,3 +139,51 @@ fn stats_reconcile_after_a_mixed_run() {
         "counters survive the workers' exit: {after}"
     );
 }
+
+/// Past the first 4,096 tasks a thread pool times one task in eight, each
+/// sample standing for eight tasks. With an event subscriber listening, every
+/// task is stamped (its events carry the times), but the figures must still
+/// count each task once: the same samples as without a subscriber, and busy
+/// time that never passes the time the workers existed.
+#[test]
+fn a_subscriber_does_not_inflate_busy_time_or_samples() {
+    const TASKS: u64 = 6_000;
+    let run = |subscribe: bool| {
+        let pool = Pool::builder().workers(1).build().unwrap();
+        let events = subscribe.then(|| pool.events());
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                pool.spawn(|| {
+                    let start = Instant::now();
+                    while start.elapsed() < std::time::Duration::from_micros(100) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            join(task).unwrap();
+        }
+        wait_until("every task counted", || pool.stats().completed == TASKS);
+        let stats = pool.stats();
+        drop(events);
+        pool.shutdown();
+        stats
+    };
+    let quiet = run(false);
+    let watched = run(true);
+    assert_eq!(
+        watched.run.count, quiet.run.count,
+        "samples with and without a subscriber"
+    );
+    for stats in [&quiet, &watched] {
+        // Equal tasks make the sampled estimate close to exact; the margin covers
+        // a sample preempted on a loaded machine, far below the eightfold error.
+        assert!(
+            stats.busy_time.as_secs_f64() <= stats.worker_time.as_secs_f64() * 1.25,
+            "busy {:?} within the workers' time {:?}",
+            stats.busy_time,
+            stats.worker_time
+        );
+    }
+}

@@ -436,10 +436,16 @@ impl<W: Worker> Local<W> {
         // submitter stamped (`Shared::timed`: sampled), plus a clock read for a
         // task with a timeout or a subscriber. The start is the previous task's
         // end when the worker went straight on (no search between them).
+        // Past the first `TIME_ALL`, only the one-in-`TIME_ONE_IN` sample is
+        // recorded, standing for the tasks around it. A task stamped only because
+        // an event subscriber listened (its event needs the times) is not: with
+        // weight `TIME_ONE_IN` as well it would count eight times over in
+        // `busy_time`, and utilization would pass 100%.
         let weight = match header.queued_at {
             None => 0,
             Some(_) if header.id().0 <= TIME_ALL => 1,
-            Some(_) => TIME_ONE_IN as u32,
+            Some(_) if header.id().0.is_multiple_of(TIME_ONE_IN) => TIME_ONE_IN as u32,
+            Some(_) => 0,
         };
         let timed = weight > 0 || observed || header.timeout.is_some();
         let started = if timed {
