@@ -16,6 +16,7 @@
 #   WORKLOADS       crew-bench workloads (default "overhead latency")
 #   CREW_BACKENDS   backends (default "threads processes")
 #   BENCH_RESULTS_DIR  where raw results go (default: <repo root>/bench-results)
+#   BIN_A, BIN_B    crew-bench binaries already built at REV_A and REV_B (skips that build)
 set -euo pipefail
 
 log() { printf '[bench-ab] %s\n' "$*" >&2; }
@@ -45,8 +46,8 @@ build() {
   (cd "$TMP/$side" && cargo build --release -q -p crew-bench >&2)
   echo "$TMP/$side/target/release/crew-bench"
 }
-BIN_A="$(build a "$1")"
-BIN_B="$(build b "$2")"
+BIN_A="${BIN_A:-$(build a "$1")}"
+BIN_B="${BIN_B:-$(build b "$2")}"
 
 mkdir -p "$RESULTS_DIR"
 raw="$RESULTS_DIR/ab-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
