@@ -77,6 +77,9 @@ pub(crate) struct PoolObjects {
     pub(crate) tasks: stream::Stream,
     pub(crate) results: kv::Store,
     pub(crate) nodes: kv::Store,
+    /// How many times each redelivered task started running (protocol.md,
+    /// "Dead letters").
+    pub(crate) runs: kv::Store,
 }
 
 /// Creates, or opens as they are, the pool's task stream, dead-letter stream
@@ -120,10 +123,12 @@ pub(crate) async fn ensure_pool(
     .await?;
     let results = ensure_bucket(js, limit, &names.results, cluster.result_ttl).await?;
     let nodes = ensure_bucket(js, limit, &names.nodes, cluster.heartbeat * 3).await?;
+    let runs = ensure_bucket(js, limit, &names.runs, cluster.result_ttl).await?;
     Ok(PoolObjects {
         tasks,
         results,
         nodes,
+        runs,
     })
 }
 
@@ -165,6 +170,18 @@ async fn ensure_bucket(
     .await
 }
 
+/// The consumer's `MaxDeliver` for a pool of `attempts` runs per task.
+pub(crate) fn max_deliver(attempts: u32) -> i64 {
+    3 * i64::from(attempts) + 1
+}
+
+/// The attempts of a consumer whose `MaxDeliver` is `max_deliver`.
+pub(crate) fn attempts(max_deliver: i64) -> u32 {
+    u32::try_from((max_deliver - 1) / 3)
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
 /// Creates, or opens as it is, the durable pull consumer the nodes share.
 pub(crate) async fn ensure_consumer(
     tasks: &stream::Stream,
@@ -181,9 +198,11 @@ pub(crate) async fn ensure_consumer(
                 filter_subject: names.task_subjects(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: cluster.ack_wait,
-                // One delivery more than the attempts: the last one is not run,
+                // Deliveries are not runs: a task can be delivered to a node
+                // that dies before its turn. Runs are counted in the runs
+                // bucket; this is the backstop, whose last delivery is not run,
                 // only dead-lettered (protocol.md, "Dead letters").
-                max_deliver: i64::from(cluster.max_attempts) + 1,
+                max_deliver: max_deliver(cluster.max_attempts),
                 // Nodes fetch no more than their free slots; this only caps
                 // the total a cluster can hold unacknowledged.
                 max_ack_pending: 100_000,

@@ -301,6 +301,35 @@ impl<W: RemoteWorker> ClusterClient<W> {
             .map_err(BrokerError::new)
     }
 
+    /// The whole pool: every live node's row (from its last heartbeat) and their
+    /// sums, and the streams' counts. A node that died takes its counts with it
+    /// once its row expires (three missed heartbeats).
+    pub fn stats(&self) -> Result<ClusterStats, BrokerError> {
+        let nodes = self.nodes()?;
+        let queued = self.queued()?;
+        let dead_letters = self.dead_letters()?;
+        let sum = |f: fn(&NodeRow) -> u64| nodes.iter().map(f).sum::<u64>();
+        let workers = nodes.iter().map(|n| n.workers).sum::<usize>();
+        let busy = nodes.iter().map(|n| n.busy).sum::<usize>();
+        Ok(ClusterStats {
+            workers,
+            busy,
+            idle: workers.saturating_sub(busy),
+            queued,
+            dead_letters,
+            done: sum(|n| n.done),
+            succeeded: sum(|n| n.succeeded),
+            user_errors: sum(|n| n.user_errors),
+            panicked: sum(|n| n.panicked),
+            timed_out: sum(|n| n.timed_out),
+            cancelled: sum(|n| n.cancelled),
+            other_failures: sum(|n| n.other_failures),
+            redeliveries: sum(|n| n.redeliveries),
+            pending: self.pending(),
+            nodes,
+        })
+    }
+
     /// How many of this client's tasks have not resolved yet.
     pub fn pending(&self) -> usize {
         lock(&self.inner.shared.pending).len()
@@ -383,6 +412,8 @@ impl<W: RemoteWorker> Shared<W> {
     /// Resolves task `id` from a result envelope, if it still waits.
     fn resolve(&self, id: &str, bytes: &[u8]) {
         let Some(pending) = lock(&self.pending).remove(id) else {
+            // Resolved already: the other copy of the result (inbox and
+            // bucket), a second run's after a redelivery, or a cancelled task's.
             return;
         };
         pending.slot.fill(decode::<W>(bytes));
@@ -466,6 +497,42 @@ async fn sweeper<W: RemoteWorker>(shared: Arc<Shared<W>>) {
             }
         }
     }
+}
+
+/// A snapshot of a cluster pool: [`ClusterClient::stats`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Every live node's last heartbeat.
+    pub nodes: Vec<NodeRow>,
+    /// Workers across the live nodes.
+    pub workers: usize,
+    /// Of those, running a task.
+    pub busy: usize,
+    /// Of those, free.
+    pub idle: usize,
+    /// Messages in the task stream: queued, or running and not yet acked.
+    pub queued: u64,
+    /// Messages in the dead-letter stream.
+    pub dead_letters: u64,
+    /// Tasks the live nodes finished and delivered.
+    pub done: u64,
+    /// Of those, that returned their output.
+    pub succeeded: u64,
+    /// That returned the worker's own error.
+    pub user_errors: u64,
+    /// That panicked.
+    pub panicked: u64,
+    /// That ran past their timeout.
+    pub timed_out: u64,
+    /// That were cancelled while running.
+    pub cancelled: u64,
+    /// That failed otherwise on their node.
+    pub other_failures: u64,
+    /// Deliveries the live nodes received that were redeliveries.
+    pub redeliveries: u64,
+    /// This client's tasks not resolved yet.
+    pub pending: usize,
 }
 
 /// Options of one task before it is submitted: [`ClusterClient::task`].

@@ -62,10 +62,12 @@ impl Cluster {
         self
     }
 
-    /// How many times a task is handed to a node before it is dead-lettered
-    /// (default 5). Each delivery after the first follows a node that died or
-    /// was cut off with the task; a task that kills every node it reaches stops
+    /// How many times a task may start running before it is dead-lettered
+    /// (default 5). Each run after the first follows a node that died or was
+    /// cut off with the task; a task that kills every node it reaches stops
     /// here, failing with [`ClusterError::is_dead_letter`](crate::ClusterError::is_dead_letter).
+    /// A task that was delivered to a dying node but had not started there does
+    /// not use an attempt.
     pub fn max_attempts(mut self, attempts: u32) -> Cluster {
         self.max_attempts = attempts.max(1);
         self
@@ -156,6 +158,8 @@ pub(crate) struct Names {
     pub(crate) results: String,
     /// The node heartbeat bucket (KV).
     pub(crate) nodes: String,
+    /// The bucket of run counts of redelivered tasks (KV).
+    pub(crate) runs: String,
     /// Where cancels of running tasks are published.
     pub(crate) cancel_subject: String,
 }
@@ -170,6 +174,7 @@ impl Names {
             dead_subject: format!("crew.{pool}.dead"),
             results: format!("crew_{pool}_results"),
             nodes: format!("crew_{pool}_nodes"),
+            runs: format!("crew_{pool}_runs"),
             cancel_subject: format!("crew.{pool}.cancel"),
         }
     }

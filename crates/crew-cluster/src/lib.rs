@@ -75,7 +75,7 @@ mod error;
 mod node;
 pub mod testing;
 
-pub use client::{ClusterClient, ClusterTask, ClusterTaskBuilder};
+pub use client::{ClusterClient, ClusterStats, ClusterTask, ClusterTaskBuilder};
 pub use config::Cluster;
 pub use error::{BrokerError, ClusterError, SubmitError};
 pub use node::{bootstrap, serve, Node, NodeRow, ENV_POOL, ENV_URL, ENV_WORKERS};

@@ -27,7 +27,10 @@ use async_nats::HeaderMap;
 use crew::{Pool, PoolBuilder, RemoteWorker, TaskError};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{
+    watch, Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock,
+    Semaphore,
+};
 
 use crate::broker::{self, bounded, PoolObjects};
 use crate::config::{Cluster, Names};
@@ -55,10 +58,57 @@ pub struct NodeRow {
     pub workers: usize,
     /// Tasks running now.
     pub busy: usize,
-    /// Tasks it has finished (a result written and acked).
+    /// Its resident memory, in bytes (0 where it cannot be read).
+    pub rss_bytes: u64,
+    /// Tasks it finished whose result it delivered (every outcome below but
+    /// dead letters).
     pub done: u64,
+    /// Of those: tasks that returned their output.
+    pub succeeded: u64,
+    /// Tasks that returned the worker's own error.
+    pub user_errors: u64,
+    /// Tasks that panicked.
+    pub panicked: u64,
+    /// Tasks that ran past their timeout.
+    pub timed_out: u64,
+    /// Tasks cancelled while it ran them.
+    pub cancelled: u64,
+    /// Tasks that failed otherwise (a worker process crashed, was killed, could
+    /// not start).
+    pub other_failures: u64,
+    /// Deliveries that were redeliveries (a node before it died or was cut off).
+    pub redeliveries: u64,
     /// Messages it has dead-lettered.
     pub dead_lettered: u64,
+}
+
+/// A node's counters, written by its task handlers, read by its heartbeat.
+#[derive(Default)]
+struct Counters {
+    busy: AtomicUsize,
+    done: AtomicU64,
+    succeeded: AtomicU64,
+    user_errors: AtomicU64,
+    panicked: AtomicU64,
+    timed_out: AtomicU64,
+    cancelled: AtomicU64,
+    other_failures: AtomicU64,
+    redeliveries: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl Counters {
+    fn count<O, E>(&self, outcome: &Outcome<O, E>) {
+        let counter = match outcome {
+            Outcome::Ok(_) => &self.succeeded,
+            Outcome::User(_) => &self.user_errors,
+            Outcome::Panicked(_) => &self.panicked,
+            Outcome::TimedOut => &self.timed_out,
+            Outcome::Cancelled => &self.cancelled,
+            _ => &self.other_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the task handlers, the fetch loop, the cancel listener and the heartbeat
@@ -78,13 +128,14 @@ struct NodeCtx<W: RemoteWorker> {
     /// every node follows whoever created it.
     ack_wait: Duration,
     max_attempts: u32,
+    max_deliver: u32,
     /// Running tasks by id, and the signal that cancels each. Written by task
     /// handlers (insert at start, remove at end); read by the cancel listener.
     running: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Counters for the heartbeat; written by task handlers.
-    busy: AtomicUsize,
-    done: AtomicU64,
-    dead_lettered: AtomicU64,
+    /// Taken shared by a first delivery while it waits and runs, exclusively by a
+    /// redelivery (write-preferring: a waiting redelivery holds back new tasks).
+    exclusive: Arc<RwLock<()>>,
+    counters: Counters,
 }
 
 /// A running node, started by [`Node::start`]. Dropping it shuts it down as
@@ -131,9 +182,8 @@ impl Node {
             let consumer = broker::ensure_consumer(&objects.tasks, &cluster, &names).await?;
             let config = &consumer.cached_info().config;
             let ack_wait = config.ack_wait;
-            let max_attempts = u32::try_from(config.max_deliver.saturating_sub(1))
-                .unwrap_or(u32::MAX)
-                .max(1);
+            let max_deliver = u32::try_from(config.max_deliver).unwrap_or(u32::MAX);
+            let max_attempts = broker::attempts(config.max_deliver);
             let cancels = bounded(
                 cluster.broker_timeout,
                 "subscribing to cancels",
@@ -153,10 +203,10 @@ impl Node {
                 objects,
                 ack_wait,
                 max_attempts,
+                max_deliver,
                 running: Mutex::new(HashMap::new()),
-                busy: AtomicUsize::new(0),
-                done: AtomicU64::new(0),
-                dead_lettered: AtomicU64::new(0),
+                exclusive: Arc::new(RwLock::new(())),
+                counters: Counters::default(),
             });
             tokio::spawn(cancel_listener(Arc::clone(&ctx), cancels));
             tokio::spawn(heartbeat(Arc::clone(&ctx), stop_rx.clone()));
@@ -413,6 +463,9 @@ async fn handle<W: RemoteWorker>(
         ),
         Err(_) => (1, 0),
     };
+    if delivered > 1 {
+        ctx.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
+    }
     let headers = message.headers.as_ref();
     let task = header(headers, H_TASK).map(str::to_owned);
     let reply = header(headers, H_REPLY).map(str::to_owned);
@@ -442,21 +495,68 @@ async fn handle<W: RemoteWorker>(
         }
     }
 
-    if delivered > ctx.max_attempts {
+    if delivered >= ctx.max_deliver {
         let reason = format!(
-            "delivered {} times without a result (each node that took it died or was cut off)",
-            delivered - 1
+            "delivered {delivered} times without a result (each node that took it died or was cut off)"
         );
         return dead_letter(
             &ctx,
             &message,
-            delivered - 1,
+            delivered,
             sequence,
             reason,
             Some(task),
             reply,
         )
         .await;
+    }
+    // Renew the lease three times per ack wait, so one lost renewal is not a
+    // redelivery; from here on, while the task waits for its turn and runs.
+    let mut renew = tokio::time::interval(ctx.ack_wait / 3);
+    renew.tick().await;
+    // A redelivered task runs alone on this node (protocol.md, "Redeliveries
+    // run alone"): if it is what killed its last node, it takes no other task
+    // down with it.
+    let exclusive = if delivered > 1 {
+        let mut write = std::pin::pin!(Arc::clone(&ctx.exclusive).write_owned());
+        Turn::Alone(loop {
+            tokio::select! {
+                guard = &mut write => break guard,
+                _ = renew.tick() => renew_lease(&ctx, &message).await,
+            }
+        })
+    } else {
+        let mut read = std::pin::pin!(Arc::clone(&ctx.exclusive).read_owned());
+        Turn::Shared(loop {
+            tokio::select! {
+                guard = &mut read => break guard,
+                _ = renew.tick() => renew_lease(&ctx, &message).await,
+            }
+        })
+    };
+    if delivered > 1 {
+        match count_run(&ctx, &task).await {
+            Ok(Run::Go) => {}
+            Ok(Run::Exhausted(runs)) => {
+                drop(exclusive);
+                let reason = format!(
+                    "it ran {runs} times without a result (each node that ran it died or was cut off)"
+                );
+                return dead_letter(&ctx, &message, runs, sequence, reason, Some(task), reply)
+                    .await;
+            }
+            Err(e) => {
+                // Without the count the attempts cannot be kept: try later.
+                tracing::warn!(node = %ctx.id, task, "{e}");
+                let _ = bounded(
+                    ctx.cluster.broker_timeout,
+                    "giving a task back",
+                    message.ack_with(AckKind::Nak(Some(RETRY_WAIT))),
+                )
+                .await;
+                return;
+            }
+        }
     }
     let cancel = Arc::new(Notify::new());
     lock(&ctx.running).insert(task.clone(), Arc::clone(&cancel));
@@ -478,30 +578,21 @@ async fn handle<W: RemoteWorker>(
             return;
         }
     };
-    ctx.busy.fetch_add(1, Ordering::Relaxed);
-    // Renew the lease three times per ack wait, so one lost renewal is not a
-    // redelivery.
-    let mut renew = tokio::time::interval(ctx.ack_wait / 3);
-    renew.tick().await;
+    ctx.counters.busy.fetch_add(1, Ordering::Relaxed);
     let result = loop {
         tokio::select! {
             result = &mut running => break result,
-            _ = renew.tick() => {
-                let _ = bounded(
-                    ctx.cluster.broker_timeout,
-                    "renewing a lease",
-                    message.ack_with(AckKind::Progress),
-                )
-                .await;
-            }
+            _ = renew.tick() => renew_lease(&ctx, &message).await,
             _ = cancel.notified() => {
                 running.cancel();
             }
         }
     };
+    drop(exclusive);
     lock(&ctx.running).remove(&task);
-    ctx.busy.fetch_sub(1, Ordering::Relaxed);
+    ctx.counters.busy.fetch_sub(1, Ordering::Relaxed);
     let outcome = outcome_of(result);
+    ctx.counters.count(&outcome);
     let body = ResultBody {
         task: task.clone(),
         node: ctx.id.clone(),
@@ -521,7 +612,56 @@ async fn handle<W: RemoteWorker>(
         }
     };
     deliver(&ctx, &message, &task, reply.as_deref(), bytes.into()).await;
-    ctx.done.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Whether a redelivered task may run.
+enum Run {
+    Go,
+    /// It ran this many times already (the first delivery counts as one).
+    Exhausted(u32),
+}
+
+/// Counts a run of a redelivered task in the runs bucket, unless its attempts
+/// are used up. A first delivery is taken to have run (it is not written, to
+/// spare a broker round trip per task); each redelivery that starts running is
+/// written, so a delivery to a node that died before the task's turn costs no
+/// attempt.
+async fn count_run<W: RemoteWorker>(ctx: &NodeCtx<W>, task: &str) -> Result<Run, String> {
+    let limit = ctx.cluster.broker_timeout;
+    let recorded = bounded(limit, "reading a run count", ctx.objects.runs.get(task))
+        .await?
+        .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    let runs = 1 + recorded;
+    if runs >= ctx.max_attempts {
+        return Ok(Run::Exhausted(runs));
+    }
+    bounded(
+        limit,
+        "writing a run count",
+        ctx.objects
+            .runs
+            .put(task, (recorded + 1).to_string().into()),
+    )
+    .await?;
+    Ok(Run::Go)
+}
+
+/// A task's turn on the node: shared with other first deliveries, or alone.
+enum Turn {
+    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
+    Alone(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+}
+
+/// Extends a task's lease by one ack wait.
+async fn renew_lease<W: RemoteWorker>(ctx: &NodeCtx<W>, message: &jetstream::Message) {
+    let _ = bounded(
+        ctx.cluster.broker_timeout,
+        "renewing a lease",
+        message.ack_with(AckKind::Progress),
+    )
+    .await;
 }
 
 /// How the local pool's error crosses the broker.
@@ -657,7 +797,7 @@ async fn dead_letter<W: RemoteWorker>(
             }
         }
     }
-    ctx.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(node = %ctx.id, task = task.as_deref().unwrap_or("?"), "dead-lettered: {reason}");
     match task {
         Some(task) => {
@@ -699,14 +839,23 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        let c = &ctx.counters;
         let row = NodeRow {
             id: ctx.id.clone(),
             host: ctx.host.clone(),
             pid: std::process::id(),
             workers: ctx.slots,
-            busy: ctx.busy.load(Ordering::Relaxed),
-            done: ctx.done.load(Ordering::Relaxed),
-            dead_lettered: ctx.dead_lettered.load(Ordering::Relaxed),
+            busy: c.busy.load(Ordering::Relaxed),
+            rss_bytes: rss_bytes(),
+            done: c.done.load(Ordering::Relaxed),
+            succeeded: c.succeeded.load(Ordering::Relaxed),
+            user_errors: c.user_errors.load(Ordering::Relaxed),
+            panicked: c.panicked.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+            other_failures: c.other_failures.load(Ordering::Relaxed),
+            redeliveries: c.redeliveries.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
         };
         if let Ok(bytes) = postcard::to_stdvec(&row) {
             let _ = bounded(
@@ -722,6 +871,15 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
 /// Task handlers never panic while holding it, but poisoning is not worth a crash.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This process's resident set, from `/proc/self/statm` (Linux, 4 KiB pages), in
+/// bytes.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 fn host_name() -> String {
