@@ -59,7 +59,7 @@
 //!     let _node = crew_cluster::Node::start(cluster.clone(), Pool::<Double>::builder().workers(2))?;
 //!     let client = cluster.client::<Double>()?;
 //!     let task = client.submit(21)?;
-//!     assert_eq!(task.join()?, 42);
+//!     assert_eq!(task.join().expect("a node doubles it"), 42);
 //!     Ok(())
 //! }
 //! ```
