@@ -9,77 +9,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::backend::{Config, Engine};
 use crate::error::{BuildError, BuildErrorKind};
 use crate::health::Health;
 use crate::pool::Pool;
 use crate::worker::Worker;
 
-/// What a full queue does to a blocking submission (`submit`, `spawn`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WhenFull {
-    /// Wait for a place (the default). `try_submit` returns the input instead, and
-    /// `submit_async` waits without blocking.
-    #[default]
-    Block,
-    /// Run the task on the submitting thread, as `ThreadPoolExecutor.CallerRunsPolicy`
-    /// does: the caller slows down to the pool's pace. A worker type's task gets a
-    /// fresh instance on the caller's thread (`start`, `run`, `stop`); its
-    /// [`Task::worker`](crate::Task::worker) is [`WorkerId::CALLER`](crate::WorkerId::CALLER).
-    /// A task run this way has no timeout (nothing could stop the caller's own
-    /// thread), and batches never run on the caller: they wait.
-    CallerRuns,
-}
-
-/// Starts a worker thread: receives the `std::thread::Builder` crew configured
-/// (name, stack size) and the thread's body, and must run the body on a new
-/// thread. See [`PoolBuilder::spawn_handler`].
-pub type SpawnHandler = Arc<
-    dyn Fn(std::thread::Builder, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>
-        + Send
-        + Sync,
->;
-
-/// The validated settings a pool runs with.
-#[derive(Clone)]
-pub(crate) struct Config {
-    /// Workers started at build time, and the floor the pool shrinks to.
-    pub(crate) workers: usize,
-    /// The ceiling the pool grows to; equal to `workers` for a fixed-size pool.
-    pub(crate) max_workers: usize,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) grow_backlog: usize,
-    pub(crate) when_full: WhenFull,
-    pub(crate) spawn_handler: Option<SpawnHandler>,
-    pub(crate) thread_name: String,
-    pub(crate) stack_size: Option<usize>,
-    pub(crate) default_timeout: Option<Duration>,
-    pub(crate) queue_capacity: Option<usize>,
-    pub(crate) start_attempts: u32,
-    pub(crate) start_backoff: Duration,
-    pub(crate) max_start_backoff: Duration,
-    pub(crate) abandon_grace: Duration,
-    /// Each event subscriber's buffer, in events.
-    pub(crate) event_buffer: usize,
-    /// Tasks in flight per worker (async tasks; a synchronous task takes one
-    /// place while it runs).
-    pub(crate) concurrency: usize,
-}
-
-impl Config {
-    pub(crate) fn is_elastic(&self) -> bool {
-        self.max_workers > self.workers
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("workers", &self.workers)
-            .field("max_workers", &self.max_workers)
-            .field("queue_capacity", &self.queue_capacity)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::backend::{SpawnHandler, WhenFull};
 
 /// Builds a [`Pool`]. Get one from [`Pool::builder`].
 ///
@@ -109,24 +45,27 @@ pub struct PoolBuilder<W: Worker> {
     event_buffer: usize,
     concurrency: usize,
     health: Option<Health>,
-    #[cfg(feature = "process")]
+    #[cfg(all(feature = "process", target_os = "linux"))]
     process: Option<ProcessSettings<W>>,
+    /// Set by [`engine`](PoolBuilder::engine): a backend from outside.
+    engine: Option<StartEngine<W>>,
     _worker: PhantomData<fn() -> W>,
 }
 
+/// Starts a backend's engine from the validated settings.
+type StartEngine<W> = Box<dyn FnOnce(&Config) -> std::io::Result<Arc<dyn Engine<W>>> + Send + Sync>;
+
 /// How a process pool of `W` starts: the backend's entry point (monomorphized
 /// where `W: RemoteWorker` is known) and its settings.
-#[cfg(feature = "process")]
+#[cfg(all(feature = "process", target_os = "linux"))]
 struct ProcessSettings<W: Worker> {
     launch: LaunchFn<W>,
     config: crate::processes::ProcessConfig,
 }
 
-#[cfg(feature = "process")]
-type LaunchFn<W> = fn(
-    Config,
-    crate::processes::ProcessConfig,
-) -> std::io::Result<std::sync::Arc<dyn crate::processes::Engine<W>>>;
+#[cfg(all(feature = "process", target_os = "linux"))]
+type LaunchFn<W> =
+    fn(Config, crate::processes::ProcessConfig) -> std::io::Result<Arc<dyn Engine<W>>>;
 
 impl<W: Worker> PoolBuilder<W> {
     pub(crate) fn new() -> Self {
@@ -147,8 +86,9 @@ impl<W: Worker> PoolBuilder<W> {
             event_buffer: 1024,
             concurrency: 1,
             health: None,
-            #[cfg(feature = "process")]
+            #[cfg(all(feature = "process", target_os = "linux"))]
             process: None,
+            engine: None,
             _worker: PhantomData,
         }
     }
@@ -303,6 +243,21 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// Runs the pool on `start`'s engine instead of threads: the entry point of
+    /// a backend that lives outside this crate (the cluster). `build()`
+    /// validates the settings as usual, then calls `start` with them.
+    ///
+    /// Part of the unstable backend seam ([`crate::backend`]); not for
+    /// applications.
+    #[doc(hidden)]
+    pub fn engine<F>(mut self, start: F) -> Self
+    where
+        F: FnOnce(&Config) -> std::io::Result<Arc<dyn Engine<W>>> + Send + Sync + 'static,
+    {
+        self.engine = Some(Box::new(start));
+        self
+    }
+
     /// Validates the settings and starts the workers.
     pub fn build(self) -> Result<Pool<W>, BuildError> {
         let (workers, max_workers) = match (self.workers, &self.range) {
@@ -369,7 +324,11 @@ impl<W: Worker> PoolBuilder<W> {
             event_buffer: self.event_buffer,
             concurrency: self.concurrency,
         };
-        #[cfg(feature = "process")]
+        if let Some(start) = self.engine {
+            let engine = start(&config).map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
+            return Pool::from_backend(crate::pool::Backend::Remote(engine), health);
+        }
+        #[cfg(all(feature = "process", target_os = "linux"))]
         if let Some(process) = self.process {
             if self.range.is_some() {
                 return Err(BuildError::new(BuildErrorKind::NotForProcesses(
@@ -391,7 +350,7 @@ impl<W: Worker> PoolBuilder<W> {
             }
             let engine = (process.launch)(config, process.config)
                 .map_err(|e| BuildError::new(BuildErrorKind::Spawn(e)))?;
-            return Pool::from_backend(crate::pool::Backend::Processes(engine), health);
+            return Pool::from_backend(crate::pool::Backend::Remote(engine), health);
         }
         Pool::start(config, health)
     }
@@ -399,7 +358,7 @@ impl<W: Worker> PoolBuilder<W> {
 
 /// Process workers: these settings need `W`'s input, output and error to be
 /// serde types ([`RemoteWorker`](crate::RemoteWorker)).
-#[cfg(feature = "process")]
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// Runs `n` workers, each in its own child process (instead of threads).
     ///
@@ -526,6 +485,7 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("event_buffer", &self.event_buffer)
             .field("concurrency", &self.concurrency)
             .field("health", &self.health)
+            .field("engine", &self.engine.as_ref().map(|_| "<closure>"))
             .finish()
     }
 }

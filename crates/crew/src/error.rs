@@ -26,7 +26,8 @@ enum Repr<E> {
 /// The failures crew itself detects. They carry no user type, so the scheduler can
 /// resolve any task with one of them without knowing its output type.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Failure {
+#[non_exhaustive]
+pub enum Failure {
     /// The task panicked; the panic's message.
     Panicked(String),
     /// `Task::cancel` (or the pool's `terminate`) resolved it.
@@ -101,7 +102,6 @@ impl<E> TaskError<E> {
     }
 
     /// crew's failure, if it is one (not the user's error).
-    #[cfg(feature = "process")]
     pub(crate) fn as_failure(&self) -> Option<&Failure> {
         match &self.repr {
             Repr::Failure(failure) => Some(failure),

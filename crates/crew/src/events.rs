@@ -371,7 +371,7 @@ impl<T: Clone> Sub<T> {
 
 /// The subscriber registry of one pool. Shared by the pool (which emits) and by
 /// every [`Events`] (which unsubscribes on drop); it does not keep the pool alive.
-pub(crate) struct Bus<T = Event> {
+pub struct Bus<T = Event> {
     /// Whether anyone is subscribed. The only thing the hot path reads (`Relaxed`:
     /// a subscriber that appears concurrently with a task may miss it, which the
     /// guarantees above allow). Written under `subs`.
@@ -388,7 +388,8 @@ struct Subscribers<T> {
 }
 
 impl<T: Clone> Bus<T> {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A bus whose subscribers each buffer up to `capacity` items.
+    pub fn new(capacity: usize) -> Self {
         Bus {
             active: AtomicBool::new(false),
             subs: Mutex::new(Subscribers {
@@ -401,14 +402,14 @@ impl<T: Clone> Bus<T> {
 
     /// Whether any subscriber exists. One `Relaxed` load; call once per task.
     #[inline]
-    pub(crate) fn is_active(&self) -> bool {
+    pub fn is_active(&self) -> bool {
         self.active.load(Relaxed)
     }
 
     /// Pushes `event` to every subscriber. Never blocks on a reader.
     #[cold]
     #[inline(never)]
-    pub(crate) fn emit(&self, event: T) {
+    pub fn emit(&self, event: T) {
         drop(self.emit_deferred(event));
     }
 
@@ -431,7 +432,7 @@ impl<T: Clone> Bus<T> {
 
     /// Ends every subscription (after what is buffered) and refuses new ones.
     /// Idempotent.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         let list = {
             let mut subs = lock(&self.subs);
             if subs.closed {
@@ -496,7 +497,8 @@ impl<T: Clone> Bus<T> {
 }
 
 impl Bus<Event> {
-    pub(crate) fn subscribe(self: &Arc<Self>) -> Events {
+    /// A new subscription to the pool's events.
+    pub fn subscribe(self: &Arc<Self>) -> Events {
         Events {
             bus: Arc::clone(self),
             sub: self.subscribe_raw(),

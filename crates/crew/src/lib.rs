@@ -93,6 +93,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod async_worker;
+#[doc(hidden)]
+pub mod backend;
 mod builder;
 mod error;
 mod events;
@@ -100,7 +102,7 @@ mod feed;
 mod health;
 mod messages;
 mod pool;
-#[cfg(feature = "process")]
+#[cfg(all(feature = "process", target_os = "linux"))]
 mod processes;
 #[cfg(feature = "indicatif")]
 mod progress;
@@ -116,6 +118,7 @@ pub mod wire;
 mod worker;
 
 pub use async_worker::{Async, AsyncWorker};
+pub use backend::BackendKind;
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
@@ -127,7 +130,7 @@ pub use health::Health;
 pub use indicatif;
 pub use messages::{Messages, RecvMessage};
 pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder};
-#[cfg(feature = "process")]
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};

@@ -39,7 +39,7 @@ use crate::sync::{after, Arc};
 use crate::worker::{Outbox, WorkerId};
 
 /// The pool's side of worker-to-pool messages.
-pub(crate) type MessageBus<M> = Bus<(WorkerId, M)>;
+pub type MessageBus<M> = Bus<(WorkerId, M)>;
 
 /// The thread backend's outbox: a message goes straight onto the bus. Each
 /// worker thread makes one, shared by every context it hands out (an async

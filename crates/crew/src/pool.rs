@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::task::{Context as PollContext, Poll};
 use std::time::{Duration, Instant};
 
-use crate::builder::{Config, PoolBuilder};
+use crate::backend::{Admission, BackendKind, Config, Engine};
+use crate::builder::PoolBuilder;
 use crate::error::{BuildError, BuildErrorKind, ShutdownTimedOut, SubmitError};
 use crate::events::Events;
 use crate::health::{Health, Probe, Watcher};
@@ -14,7 +15,7 @@ use crate::stats::Stats;
 use crate::sync::Arc;
 use crate::task::cell::{new_cell, AsyncCall, Call, Input, Job, Payload, Plain};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
-use crate::threads::{Admission, IdleFuture, Shared};
+use crate::threads::{IdleFuture, Shared};
 use crate::worker::{Closures, Context, Worker, WorkerId};
 
 /// A pool of workers. Cheap to clone (all clones share one pool), `Send + Sync`.
@@ -52,10 +53,11 @@ struct Inner<W: Worker> {
 pub(crate) enum Backend<W: Worker> {
     /// Threads of this process (`threads/`).
     Threads(Arc<Shared<W>>),
-    /// Worker processes (`processes/`), behind a trait object that erases the
-    /// serde bounds `Pool<W>` does not have.
-    #[cfg(feature = "process")]
-    Processes(std::sync::Arc<dyn crate::processes::Engine<W>>),
+    /// Workers that are not threads of this process: the process backend
+    /// (`processes/`), or an engine from another crate, behind the seam
+    /// (`backend/`). A trait object, so that its own bounds (serde types) stay
+    /// out of `Pool<W>`.
+    Remote(std::sync::Arc<dyn Engine<W>>),
 }
 
 impl<W: Worker> Drop for Inner<W> {
@@ -65,8 +67,7 @@ impl<W: Worker> Drop for Inner<W> {
         }
         match &self.backend {
             Backend::Threads(shared) => shared.close(),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.close(),
+            Backend::Remote(engine) => engine.close(),
         }
     }
 }
@@ -97,6 +98,17 @@ impl<W: Worker> Pool<W> {
         backend: Backend<W>,
         health: Option<Health>,
     ) -> Result<Self, BuildError> {
+        if let Backend::Remote(engine) = &backend {
+            // Closures cannot leave this process; `Pool<Closures>`'s own
+            // methods (`spawn`) reach the thread backend directly.
+            if std::any::TypeId::of::<W>() == std::any::TypeId::of::<Closures>() {
+                engine.terminate();
+                return Err(BuildError::new(BuildErrorKind::Spawn(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a pool of closures runs on threads only",
+                ))));
+            }
+        }
         let watcher = match health {
             None => None,
             Some(health) => {
@@ -134,8 +146,7 @@ impl<W: Worker> Pool<W> {
                 let bus = Arc::clone(&shared.events);
                 Watcher::start(health, &shared.config.thread_name, bus, probe)
             }
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => {
+            Backend::Remote(engine) => {
                 let weak = std::sync::Arc::downgrade(engine);
                 let probe: Probe = Box::new(move || {
                     let engine = weak.upgrade()?;
@@ -163,24 +174,38 @@ impl<W: Worker> Pool<W> {
     fn shared(&self) -> &Arc<Shared<W>> {
         match &self.inner.backend {
             Backend::Threads(shared) => shared,
-            #[cfg(feature = "process")]
-            Backend::Processes(_) => unreachable!("closures never run on a process pool"),
+            Backend::Remote(_) => unreachable!("closures never run on an engine (from_backend)"),
         }
     }
 
-    /// The process backend, if this is a process pool whose `map` ships chunks
+    /// The engine, if this pool runs on one whose `map` ships chunks
     /// (`sources/chunked.rs`).
-    #[cfg(feature = "process")]
-    pub(crate) fn chunk_engine(&self) -> Option<&std::sync::Arc<dyn crate::processes::Engine<W>>> {
+    pub(crate) fn chunk_engine(&self) -> Option<&std::sync::Arc<dyn Engine<W>>> {
         match self.backend() {
-            Backend::Processes(engine) if engine.chunks_enabled() => Some(engine),
+            Backend::Remote(engine) if engine.chunks_enabled() => Some(engine),
             _ => None,
         }
     }
 
-    /// Whether this pool runs its workers in processes.
+    /// Where this pool's workers run: threads of this process, child
+    /// processes, or another engine.
+    ///
+    /// ```
+    /// let pool: crew::Pool = crew::Pool::builder().workers(1).build()?;
+    /// assert_eq!(pool.backend_kind(), crew::BackendKind::Threads);
+    /// # Ok::<(), crew::BuildError>(())
+    /// ```
+    pub fn backend_kind(&self) -> BackendKind {
+        match self.backend() {
+            Backend::Threads(_) => BackendKind::Threads,
+            Backend::Remote(engine) => engine.kind(),
+        }
+    }
+
+    /// Whether this pool runs its workers in child processes: the same as
+    /// `backend_kind() == BackendKind::Processes`.
     pub fn is_process_pool(&self) -> bool {
-        !matches!(self.backend(), Backend::Threads(_))
+        self.backend_kind() == BackendKind::Processes
     }
 
     /// Submits one input for `Worker::run`.
@@ -234,8 +259,7 @@ impl<W: Worker> Pool<W> {
     {
         let shared = match self.backend() {
             Backend::Threads(shared) => shared,
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => {
+            Backend::Remote(engine) => {
                 let mut tasks = Vec::new();
                 for input in inputs {
                     tasks.push(engine.submit(input, TaskOptions::default(), Admission::Wait)?);
@@ -263,8 +287,7 @@ impl<W: Worker> Pool<W> {
             Backend::Threads(shared) => shared
                 .submit(Input(input), options, admission)
                 .map_err(|e| e.map_input(|p| p.0)),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.submit(input, options, admission),
+            Backend::Remote(engine) => engine.submit(input, options, admission),
         }
     }
 
@@ -288,8 +311,7 @@ impl<W: Worker> Pool<W> {
     fn wait_idle_until(&self, deadline: Option<Instant>) -> bool {
         match self.backend() {
             Backend::Threads(shared) => shared.wait_idle(deadline),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.wait_idle(deadline),
+            Backend::Remote(engine) => engine.wait_idle(deadline),
         }
     }
 
@@ -312,8 +334,7 @@ impl<W: Worker> Pool<W> {
         Idle {
             inner: match self.backend() {
                 Backend::Threads(shared) => IdleInner::Threads(shared.idle_future()),
-                #[cfg(feature = "process")]
-                Backend::Processes(engine) => IdleInner::Processes(std::sync::Arc::clone(engine)),
+                Backend::Remote(engine) => IdleInner::Remote(std::sync::Arc::clone(engine)),
             },
         }
     }
@@ -353,16 +374,14 @@ impl<W: Worker> Pool<W> {
         }
         match self.backend() {
             Backend::Threads(shared) => shared.terminate(),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.terminate(),
+            Backend::Remote(engine) => engine.terminate(),
         }
     }
 
     fn close(&self) {
         match self.backend() {
             Backend::Threads(shared) => shared.close(),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.close(),
+            Backend::Remote(engine) => engine.close(),
         }
     }
 
@@ -370,8 +389,7 @@ impl<W: Worker> Pool<W> {
         self.stop_watcher();
         match self.backend() {
             Backend::Threads(shared) => shared.shutdown(deadline),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.shutdown(deadline),
+            Backend::Remote(engine) => engine.shutdown(deadline),
         }
     }
 
@@ -379,8 +397,7 @@ impl<W: Worker> Pool<W> {
     pub fn is_closed(&self) -> bool {
         match self.backend() {
             Backend::Threads(shared) => shared.is_closed(),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.is_closed(),
+            Backend::Remote(engine) => engine.is_closed(),
         }
     }
 
@@ -396,8 +413,7 @@ impl<W: Worker> Pool<W> {
     pub fn kill_worker(&self, id: WorkerId) -> bool {
         match self.backend() {
             Backend::Threads(shared) => shared.kill_worker(id),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.kill_worker(id),
+            Backend::Remote(engine) => engine.kill_worker(id),
         }
     }
 
@@ -405,8 +421,7 @@ impl<W: Worker> Pool<W> {
     pub fn workers(&self) -> Vec<WorkerId> {
         match self.backend() {
             Backend::Threads(shared) => shared.worker_ids(),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.worker_ids(),
+            Backend::Remote(engine) => engine.worker_ids(),
         }
     }
 
@@ -415,8 +430,7 @@ impl<W: Worker> Pool<W> {
     pub fn size(&self) -> usize {
         match self.backend() {
             Backend::Threads(shared) => shared.config.workers,
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.size(),
+            Backend::Remote(engine) => engine.size(),
         }
     }
 
@@ -444,8 +458,7 @@ impl<W: Worker> Pool<W> {
     pub fn events(&self) -> Events {
         match self.backend() {
             Backend::Threads(shared) => shared.events.subscribe(),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.events(),
+            Backend::Remote(engine) => engine.events(),
         }
     }
 
@@ -480,8 +493,7 @@ impl<W: Worker> Pool<W> {
     pub fn messages(&self) -> crate::Messages<W::Message> {
         match self.backend() {
             Backend::Threads(shared) => crate::Messages::subscribe(&shared.messages),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.messages(),
+            Backend::Remote(engine) => engine.messages(),
         }
     }
 
@@ -492,8 +504,7 @@ impl<W: Worker> Pool<W> {
     pub fn broadcast(&self, message: W::Message) {
         match self.backend() {
             Backend::Threads(shared) => shared.broadcast(message, false),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.broadcast(message, false),
+            Backend::Remote(engine) => engine.broadcast(message, false),
         }
     }
 
@@ -504,8 +515,7 @@ impl<W: Worker> Pool<W> {
     pub fn broadcast_sticky(&self, message: W::Message) {
         match self.backend() {
             Backend::Threads(shared) => shared.broadcast(message, true),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.broadcast(message, true),
+            Backend::Remote(engine) => engine.broadcast(message, true),
         }
     }
 
@@ -519,8 +529,7 @@ impl<W: Worker> Pool<W> {
     ) -> Result<(), crate::SendError<W::Message>> {
         let sent = match self.backend() {
             Backend::Threads(shared) => shared.send_to(worker, message),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.send_to(worker, message),
+            Backend::Remote(engine) => engine.send_to(worker, message),
         };
         sent.map_err(crate::SendError::NoSuchWorker)
     }
@@ -529,8 +538,7 @@ impl<W: Worker> Pool<W> {
     pub fn stats(&self) -> Stats {
         match self.backend() {
             Backend::Threads(shared) => shared.stats(),
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => engine.stats(),
+            Backend::Remote(engine) => engine.stats(),
         }
     }
 
@@ -539,8 +547,7 @@ impl<W: Worker> Pool<W> {
         // would have to join.
         match self.backend() {
             Backend::Threads(shared) => crate::threads::is_worker_of(shared),
-            #[cfg(feature = "process")]
-            Backend::Processes(_) => false,
+            Backend::Remote(_) => false,
         }
     }
 }
@@ -912,8 +919,7 @@ impl<W: Worker> Future for SubmitAsync<'_, W> {
             .expect("SubmitAsync polled after completion");
         let shared = match this.pool.backend() {
             Backend::Threads(shared) => shared,
-            #[cfg(feature = "process")]
-            Backend::Processes(engine) => {
+            Backend::Remote(engine) => {
                 if !engine.poll_room(cx.waker()) {
                     this.input = Some(input);
                     return Poll::Pending;
@@ -974,8 +980,7 @@ pub struct Idle<W: Worker> {
 
 enum IdleInner<W: Worker> {
     Threads(IdleFuture<W>),
-    #[cfg(feature = "process")]
-    Processes(std::sync::Arc<dyn crate::processes::Engine<W>>),
+    Remote(std::sync::Arc<dyn Engine<W>>),
 }
 
 impl<W: Worker> Future for Idle<W> {
@@ -984,8 +989,7 @@ impl<W: Worker> Future for Idle<W> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut PollContext<'_>) -> Poll<()> {
         match &mut self.inner {
             IdleInner::Threads(f) => Pin::new(f).poll(cx),
-            #[cfg(feature = "process")]
-            IdleInner::Processes(engine) => {
+            IdleInner::Remote(engine) => {
                 if engine.poll_idle(cx.waker()) {
                     Poll::Ready(())
                 } else {

@@ -34,7 +34,6 @@ use crate::sync::lock;
 use crate::task::Task;
 use crate::worker::{Closures, Worker};
 
-#[cfg(feature = "process")]
 mod chunked;
 
 /// One item's place in the window: its task, or the error it got without one.
@@ -80,7 +79,6 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        #[cfg(feature = "process")]
         if let Some(engine) = self.chunk_engine() {
             let chunks = chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, true);
             return Map::chunked(chunks);
@@ -96,7 +94,6 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        #[cfg(feature = "process")]
         if let Some(engine) = self.chunk_engine() {
             let chunks =
                 chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), Some(window), true);
@@ -113,7 +110,6 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        #[cfg(feature = "process")]
         if let Some(engine) = self.chunk_engine() {
             let chunks =
                 chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, false);
@@ -199,7 +195,6 @@ pub struct Map<'a, T, E> {
     in_flight: VecDeque<Slot<T, E>>,
     /// On a process pool: the chunks in flight (then `source` and `in_flight`
     /// are unused).
-    #[cfg(feature = "process")]
     chunked: Option<chunked::Chunked<'a, T, E>>,
     #[cfg(feature = "indicatif")]
     progress: Option<crate::progress::Progress>,
@@ -212,14 +207,11 @@ impl<'a, T, E> Map<'a, T, E> {
             window: window.max(1),
             exhausted: false,
             in_flight: VecDeque::new(),
-            #[cfg(feature = "process")]
             chunked: None,
             #[cfg(feature = "indicatif")]
             progress: None,
         }
     }
-
-    #[cfg(feature = "process")]
     fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
         let source = Source {
             pull: Box::new(|| None),
@@ -235,7 +227,6 @@ impl<'a, T, E> Map<'a, T, E> {
 
     /// Inputs submitted and not yet handed out.
     pub fn in_flight(&self) -> usize {
-        #[cfg(feature = "process")]
         if let Some(chunks) = &self.chunked {
             return chunks.in_flight();
         }
@@ -247,7 +238,6 @@ impl<T, E> Iterator for Map<'_, T, E> {
     type Item = Result<T, TaskError<E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        #[cfg(feature = "process")]
         if let Some(chunks) = &mut self.chunked {
             let result = chunks.next_ordered();
             #[cfg(feature = "indicatif")]
@@ -344,14 +334,12 @@ pub struct MapUnordered<'a, T, E> {
     next_index: usize,
     /// On a process pool: the chunks in flight (then the fields above are
     /// unused).
-    #[cfg(feature = "process")]
     chunked: Option<chunked::Chunked<'a, T, E>>,
     #[cfg(feature = "indicatif")]
     progress: Option<crate::progress::Progress>,
 }
 
 impl<'a, T, E> MapUnordered<'a, T, E> {
-    #[cfg(feature = "process")]
     fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
         let source = Source {
             pull: Box::new(|| None),
@@ -382,7 +370,6 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
             woken,
             ready: VecDeque::new(),
             next_index: 0,
-            #[cfg(feature = "process")]
             chunked: None,
             #[cfg(feature = "indicatif")]
             progress: None,
@@ -395,7 +382,6 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
     /// Items pulled from the input and not yet handed out (running, queued, or
     /// finished and waiting to be yielded).
     pub fn in_flight(&self) -> usize {
-        #[cfg(feature = "process")]
         if let Some(chunks) = &self.chunked {
             return chunks.in_flight();
         }
@@ -447,7 +433,6 @@ impl<T, E> Iterator for MapUnordered<'_, T, E> {
     type Item = (usize, Result<T, TaskError<E>>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        #[cfg(feature = "process")]
         if let Some(chunks) = &mut self.chunked {
             let item = chunks.next_unordered();
             #[cfg(feature = "indicatif")]

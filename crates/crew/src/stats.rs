@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::error::{Failure, TaskError};
+use crate::task::cell::Outcome;
 use crate::task::TaskId;
 use crate::worker::WorkerId;
 
@@ -329,6 +331,175 @@ impl fmt::Display for Short {
     }
 }
 
+// ------------------------------------------------------------ assembling
+
+/// How many tasks ended each way: what a backend counts, indexed by outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutcomeCounts([u64; Outcome::SLOTS]);
+
+impl OutcomeCounts {
+    /// Counts from per-outcome slots (index = `Outcome as usize`).
+    pub(crate) fn from_slots(slots: [u64; Outcome::SLOTS]) -> Self {
+        OutcomeCounts(slots)
+    }
+
+    /// Counts one task that ended with `result`.
+    pub fn record<T, E>(&mut self, result: &Result<T, TaskError<E>>) {
+        let outcome = match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome(),
+        };
+        self.0[outcome as usize] += 1;
+    }
+
+    /// Counts `n` tasks that ended with `failure`.
+    pub fn record_failure(&mut self, failure: &Failure, n: u64) {
+        let outcome = TaskError::<std::convert::Infallible>::failure(failure.clone()).outcome();
+        self.0[outcome as usize] += n;
+    }
+
+    /// Every task counted, whatever its outcome.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+/// One worker as its backend knows it: `stats.rs` turns it into a
+/// [`WorkerStats`] row, deciding its [`WorkerState`] by the one rule
+/// ([`Figures::into_stats`]).
+#[derive(Debug, Clone)]
+pub struct WorkerFigures {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its start succeeded (a worker process said *ready*).
+    pub started: bool,
+    /// It is leaving: told to stop, retired, recycled, or being killed.
+    pub stopping: bool,
+    /// The task it runs (with async tasks, the first in flight).
+    pub current_task: Option<TaskId>,
+    /// Tasks it holds a place for now: running ones (several for async tasks),
+    /// or 1 for a worker whose task already resolved but which has not let go
+    /// (a killed process not reaped yet). Above 0 means busy.
+    pub occupied: usize,
+    /// Tasks it finished.
+    pub tasks_done: u64,
+    /// Time it spent running tasks, the running ones' time so far included.
+    pub busy_time: Duration,
+    /// Its run times.
+    pub run: Latency,
+    /// Its process id, for a worker process.
+    pub pid: Option<u32>,
+    /// Its resident memory, when the backend measured it.
+    pub rss_bytes: Option<u64>,
+}
+
+/// What a backend supplies for a [`Stats`] snapshot: its counters, clocks and
+/// worker rows. [`into_stats`](Figures::into_stats) does the rest, the same way
+/// for every backend.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Tasks accepted.
+    pub submitted: u64,
+    /// Tasks finished, by outcome.
+    pub outcomes: OutcomeCounts,
+    /// Threads the pool gave up on (threads only).
+    pub abandoned_threads: usize,
+    /// Failed worker starts in a row.
+    pub start_failures: u32,
+    /// The last start error's message.
+    pub last_start_error: Option<String>,
+    /// Every task's wait and run times, pool-wide.
+    pub timings: Timings,
+    /// Since the pool was built.
+    pub uptime: Duration,
+    /// Busy time not in `timings`: running tasks' time so far.
+    pub busy_so_far: Duration,
+    /// Time workers have been alive, retired ones included.
+    pub worker_time: Duration,
+    /// The live workers, in any order.
+    pub workers: Vec<WorkerFigures>,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings::new()
+    }
+}
+
+impl WorkerFigures {
+    /// The one worker-state rule, for every backend: a worker holding a task is
+    /// `Busy` even while it is being stopped (its task, or the place it holds,
+    /// is what `busy` counts, so the row and the count agree); then leaving,
+    /// then not started yet, then idle.
+    fn state(&self) -> WorkerState {
+        if self.occupied > 0 {
+            WorkerState::Busy
+        } else if self.stopping {
+            WorkerState::Stopping
+        } else if self.started {
+            WorkerState::Idle
+        } else {
+            WorkerState::Starting
+        }
+    }
+}
+
+impl Figures {
+    /// The snapshot: worker rows sorted by id, `busy` the rows in
+    /// [`WorkerState::Busy`], `queued` what was submitted and neither finished
+    /// nor held by a worker.
+    pub fn into_stats(self) -> Stats {
+        let mut per_worker: Vec<WorkerStats> = self
+            .workers
+            .iter()
+            .map(|w| WorkerStats {
+                id: w.id,
+                started: w.started,
+                state: w.state(),
+                current_task: w.current_task,
+                tasks_done: w.tasks_done,
+                busy_time: w.busy_time,
+                run: w.run,
+                pid: w.pid,
+                rss_bytes: w.rss_bytes,
+            })
+            .collect();
+        per_worker.sort_by_key(|w| w.id);
+        let busy = per_worker
+            .iter()
+            .filter(|w| w.state == WorkerState::Busy)
+            .count();
+        let occupied: u64 = self.workers.iter().map(|w| w.occupied as u64).sum();
+        let c = &self.outcomes.0;
+        let in_flight = self.submitted.saturating_sub(self.outcomes.total());
+        Stats {
+            workers: per_worker.len(),
+            busy,
+            idle: per_worker.len() - busy,
+            queued: in_flight.saturating_sub(occupied) as usize,
+            submitted: self.submitted,
+            completed: c[Outcome::Ok as usize],
+            failed: c[Outcome::UserError as usize],
+            panicked: c[Outcome::Panicked as usize],
+            cancelled: c[Outcome::Cancelled as usize],
+            timed_out: c[Outcome::TimedOut as usize],
+            killed: c[Outcome::Killed as usize],
+            closed: c[Outcome::Closed as usize],
+            start_failed: c[Outcome::StartFailed as usize],
+            crashed: c[Outcome::Crashed as usize] + c[Outcome::Protocol as usize],
+            abandoned_threads: self.abandoned_threads,
+            start_failures: self.start_failures,
+            last_start_error: self.last_start_error,
+            wait: self.timings.wait_latency(),
+            run: self.timings.run_latency(),
+            uptime: self.uptime,
+            busy_time: self.timings.busy() + self.busy_so_far,
+            worker_time: self.worker_time,
+            per_worker,
+        }
+    }
+}
+
 // ------------------------------------------------------------ recording
 
 /// The largest value a histogram tells apart, in nanoseconds: one hour.
@@ -343,14 +514,15 @@ const SIGNIFICANT_DIGITS: u8 = 2;
 /// (the worker, under its slot's lock; the process scheduler, under its lock);
 /// merged by `stats()`.
 #[derive(Clone)]
-pub(crate) struct Timings {
+pub struct Timings {
     wait: Histogram<u64>,
     run: Histogram<u64>,
     busy: Duration,
 }
 
 impl Timings {
-    pub(crate) fn new() -> Self {
+    /// An empty record.
+    pub fn new() -> Self {
         Timings {
             wait: new_histogram(),
             run: new_histogram(),
@@ -360,20 +532,20 @@ impl Timings {
 
     /// A task started after waiting `waited` since it was submitted.
     #[inline]
-    pub(crate) fn record_wait(&mut self, waited: Duration) {
+    pub fn record_wait(&mut self, waited: Duration) {
         self.wait.saturating_record(nanos(waited));
     }
 
     /// A task ran for `ran`; as a sample, it stands for `weight` tasks in the
     /// busy time.
     #[inline]
-    pub(crate) fn record_run(&mut self, ran: Duration, weight: u32) {
+    pub fn record_run(&mut self, ran: Duration, weight: u32) {
         self.run.saturating_record(nanos(ran));
         self.busy += ran * weight;
     }
 
     /// Adds `other`'s samples to these.
-    pub(crate) fn add(&mut self, other: &Timings) {
+    pub fn add(&mut self, other: &Timings) {
         // Same bounds on both sides, and values are clamped when recorded, so
         // adding cannot fail.
         let _ = self.wait.add(&other.wait);
@@ -381,15 +553,18 @@ impl Timings {
         self.busy += other.busy;
     }
 
-    pub(crate) fn busy(&self) -> Duration {
+    /// The time the recorded tasks ran, each sample times its weight.
+    pub fn busy(&self) -> Duration {
         self.busy
     }
 
-    pub(crate) fn wait_latency(&self) -> Latency {
+    /// The wait-time percentiles.
+    pub fn wait_latency(&self) -> Latency {
         latency(&self.wait)
     }
 
-    pub(crate) fn run_latency(&self) -> Latency {
+    /// The run-time percentiles.
+    pub fn run_latency(&self) -> Latency {
         latency(&self.run)
     }
 }
@@ -470,5 +645,50 @@ mod tests {
         assert_eq!(Short(Duration::from_nanos(1_234)).to_string(), "1.23µs");
         assert_eq!(Short(Duration::from_millis(40)).to_string(), "40.0ms");
         assert_eq!(Short(Duration::from_secs(2)).to_string(), "2.00s");
+    }
+
+    fn figures_row(id: u64, started: bool, stopping: bool, occupied: usize) -> WorkerFigures {
+        WorkerFigures {
+            id: WorkerId::from_raw(id).unwrap(),
+            started,
+            stopping,
+            current_task: None,
+            occupied,
+            tasks_done: 0,
+            busy_time: Duration::ZERO,
+            run: Latency::default(),
+            pid: None,
+            rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn one_state_rule_busy_before_stopping_and_rows_agree_with_counts() {
+        let figures = Figures {
+            submitted: 5,
+            workers: vec![
+                figures_row(4, true, true, 1), // being stopped, still holds a task
+                figures_row(3, true, true, 0), // leaving, nothing held
+                figures_row(2, false, false, 0),
+                figures_row(1, true, false, 2), // two async tasks in flight
+                figures_row(5, true, false, 0),
+            ],
+            ..Figures::default()
+        };
+        let stats = figures.into_stats();
+        let states: Vec<_> = stats.per_worker.iter().map(|w| w.state).collect();
+        assert_eq!(
+            states,
+            [
+                WorkerState::Busy,
+                WorkerState::Starting,
+                WorkerState::Stopping,
+                WorkerState::Busy,
+                WorkerState::Idle
+            ]
+        );
+        assert_eq!((stats.workers, stats.busy, stats.idle), (5, 2, 3));
+        // Five submitted, none finished, three held by workers.
+        assert_eq!(stats.queued, 2);
     }
 }

@@ -1,6 +1,9 @@
 //! The conformance suite: every scenario is written once, against the `Pool<W>`
 //! API, and runs on both backends, as `threads::<scenario>` and
-//! `processes::<scenario>` (`cargo test -p crew-pool --test conformance`).
+//! `processes::<scenario>` (`cargo test -p crew-pool --test conformance`), and
+//! on a third, test-only one, `loopback::<scenario>`: an engine implemented
+//! outside crew through the backend seam (`tests/loopback_engine/`), which runs its
+//! tasks on an inner thread pool and so keeps the thread backend's promises.
 //!
 //! A scenario is a function of the [`Backend`] it runs on; it builds its pool with
 //! `backend.builder(n)`. Where the two backends promise different things (a
@@ -17,6 +20,7 @@
 //! ([`common::wait_until`], [`LIMIT`]).
 
 mod common;
+mod loopback_engine;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -116,6 +120,8 @@ fn crew_worker_entry() {
 enum Backend {
     Threads,
     Processes,
+    /// `tests/loopback_engine/`: threads behind the engine seam.
+    Loopback,
 }
 
 impl Backend {
@@ -124,6 +130,7 @@ impl Backend {
         match self {
             Backend::Threads => Pool::<Probe>::builder().workers(n),
             Backend::Processes => worker_processes::<Probe>(n),
+            Backend::Loopback => loopback_engine::Loopback::<Probe>::builder(n),
         }
     }
 
@@ -135,8 +142,8 @@ impl Backend {
     }
 }
 
-/// Instantiates each scenario once per backend: `threads::name` and
-/// `processes::name`. Add a scenario by naming it here.
+/// Instantiates each scenario once per backend: `threads::name`,
+/// `processes::name` and `loopback::name`. Add a scenario by naming it here.
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
         mod threads {
@@ -152,6 +159,14 @@ macro_rules! conformance {
                 #[test]
                 fn $scenario() {
                     super::$scenario(super::Backend::Processes);
+                }
+            )*
+        }
+        mod loopback {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::$scenario(super::Backend::Loopback);
                 }
             )*
         }
@@ -376,7 +391,7 @@ fn panics_cross_and_the_worker_state_is_rebuilt(backend: Backend) {
     assert_eq!(pool.workers().len(), 1);
 
     match backend {
-        Backend::Threads => {
+        Backend::Threads | Backend::Loopback => {
             let seen = recv_until(&events, |seen| {
                 seen.iter()
                     .any(|e| matches!(e, Event::WorkerRestarted { .. }))
@@ -444,7 +459,7 @@ fn cancel_of_a_running_task(backend: Backend) {
     full_size(&pool);
     let after = echo(&pool, 5);
     match backend {
-        Backend::Threads => {
+        Backend::Threads | Backend::Loopback => {
             assert_eq!(after.worker, worker.as_u64(), "the same worker goes on");
             assert_eq!(after.ran, 2, "with the same state");
         }
@@ -789,7 +804,7 @@ fn events_per_task_and_worker(backend: Backend) {
             );
         }
         match backend {
-            Backend::Threads => {
+            Backend::Threads | Backend::Loopback => {
                 // Cancel and timeout are cooperative: that worker goes on.
                 assert!(last.contains(&cancelled_on), "{last:?}");
             }
@@ -929,7 +944,7 @@ fn health_reports_a_backlog(backend: Backend) {
 /// (`window(1)`).
 fn priorities(backend: Backend) {
     let builder = match backend {
-        Backend::Threads => backend.builder(1),
+        Backend::Threads | Backend::Loopback => backend.builder(1),
         Backend::Processes => backend.builder(1).window(1),
     };
     let pool = builder.build().unwrap();
@@ -979,7 +994,7 @@ fn sticky_keys(backend: Backend) {
         on.entry(key).or_default().insert(r.worker);
     }
     match backend {
-        Backend::Threads => {}
+        Backend::Threads | Backend::Loopback => {}
         Backend::Processes => {
             for (key, workers) in &on {
                 assert_eq!(workers.len(), 1, "key {key} ran on {workers:?}");
@@ -996,7 +1011,7 @@ fn sticky_keys(backend: Backend) {
 fn submit_async_and_await(backend: Backend) {
     let builder = backend.builder(1).queue_capacity(1);
     let builder = match backend {
-        Backend::Threads => builder,
+        Backend::Threads | Backend::Loopback => builder,
         Backend::Processes => builder.window(1),
     };
     let pool = builder.build().unwrap();

@@ -88,7 +88,14 @@ impl Drop for Reaped {
 
 fn run_example(name: &str, expected_line: &str) {
     let child = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--package", "crew", "--example", name])
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "crew-pool",
+            "--example",
+            name,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         // The tour panics on purpose; keep its report short.
         .env("RUST_BACKTRACE", "0")

@@ -48,12 +48,12 @@ use std::time::Duration;
 use super::arena::SHARED_ABOVE;
 use super::codec::{self, EncodedInput, RemoteWorker};
 use super::{Entry, Lifecycle, Plan, RemoteCell, Shared, State};
+use crate::backend::{Admission, Batch, ChunkResults, ChunkTask, Delivered};
 use crate::error::{Failure, TaskError};
 use crate::events::Event;
 use crate::sync::lock;
 use crate::task::cell::{Core, Header, Outcome};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
-use crate::threads::Admission;
 use crate::wire::{ChunkItems, ChunkOutcomes, ItemOutcome};
 use crate::worker::WorkerId;
 
@@ -98,71 +98,6 @@ impl<W: RemoteWorker> ChunkPart<W> {
             delivery: Mutex::new(Delivery::Pending),
         }
     }
-}
-
-/// One unit `map` keeps in flight on a process pool, without the serde bounds.
-pub(crate) enum Batch<T, E> {
-    /// An ordinary task: an input too large for a chunk, or one that could not
-    /// be encoded.
-    Task(Task<T, E>),
-    /// A chunk of items.
-    Chunk(ChunkTask<T, E>),
-    /// This many items refused: the pool is shut down.
-    Refused(usize),
-}
-
-impl<T, E> Batch<T, E> {
-    /// How many items it stands for.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Batch::Task(_) => 1,
-            Batch::Chunk(chunk) => chunk.len,
-            Batch::Refused(n) => *n,
-        }
-    }
-
-    /// Cancels what has not finished (queued items never run).
-    pub(crate) fn cancel(&self) {
-        match self {
-            Batch::Task(task) => {
-                task.cancel();
-            }
-            Batch::Chunk(chunk) => {
-                chunk.task.cancel();
-                chunk.results.cancel_split();
-            }
-            Batch::Refused(_) => {}
-        }
-    }
-}
-
-/// The consumer's handle to a chunk: `task` resolves when the chunk does, and
-/// `results` then holds its items' results.
-pub(crate) struct ChunkTask<T, E> {
-    pub(crate) task: Task<T, E>,
-    pub(crate) results: Arc<dyn ChunkResults<T, E>>,
-    pub(crate) len: usize,
-}
-
-/// A resolved chunk's items, as the consumer takes them.
-pub(crate) enum Delivered<T, E> {
-    /// Every item's result, in order, and how long the worker ran them.
-    Ran {
-        results: Vec<Result<T, TaskError<E>>>,
-        run: Duration,
-    },
-    /// One task per item, in order (the chunk's worker died under it).
-    Split(Vec<Task<T, E>>),
-}
-
-/// The typed side of a chunk's slot, seen without the serde bounds.
-pub(crate) trait ChunkResults<T, E>: Send + Sync {
-    /// The items' results, decoded here (on the consumer's thread); `None` if
-    /// the chunk failed as a whole (its task's error is every item's) or they
-    /// were taken already.
-    fn take(&self) -> Option<Delivered<T, E>>;
-    /// Cancels the split tasks not taken yet.
-    fn cancel_split(&self);
 }
 
 impl<W: RemoteWorker> ChunkResults<W::Output, W::Error> for RemoteCell<W> {

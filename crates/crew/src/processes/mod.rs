@@ -69,25 +69,22 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::builder::Config;
+use crate::backend::{Admission, BackendKind, Batch, Config, Engine};
 use crate::error::{Crash, Failure, ShutdownTimedOut, SubmitError, TaskError};
 use crate::events::{Bus, Event, Events, ExitReason};
 use crate::messages::MessageBus;
-use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
+use crate::stats::{Figures, OutcomeCounts, Stats, Timings, WorkerFigures};
 use crate::sync::lock;
 use crate::task::cell::{Core, Handle, Header, Outcome};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
-use crate::threads::Admission;
 use crate::wire::message::{ChunkFrame, TaskFrame};
 use crate::wire::{
     FrameDecoder, Hello, Outcome as WireOutcome, Role, ToParent, ToWorker, WireMessage,
 };
 use crate::wire::{ProtocolError, DEFAULT_FRAME_LIMIT};
-use crate::worker::{Worker, WorkerId};
+use crate::worker::WorkerId;
 use child_process::{Launcher, WorkerProcess};
 use codec::EncodedInput;
-
-pub(crate) use chunks::{Batch, ChunkResults, Delivered};
 
 /// The process backend's own settings (the rest are in `Config`).
 #[derive(Clone)]
@@ -117,47 +114,6 @@ impl Default for ProcessConfig {
             output: None,
         }
     }
-}
-
-/// What `Pool<W>` needs from the process backend, with the serde bounds erased
-/// (`Pool<W>` only knows `W: Worker`).
-pub(crate) trait Engine<W: Worker>: Send + Sync {
-    fn submit(
-        &self,
-        input: W::Input,
-        options: TaskOptions,
-        admission: Admission,
-    ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>>;
-    /// Registers `waker` to be woken when the queue has room; true if it has room
-    /// now.
-    fn poll_room(&self, waker: &Waker) -> bool;
-    fn wait_idle(&self, deadline: Option<Instant>) -> bool;
-    /// True if idle now; otherwise `waker` is woken when that may have changed.
-    fn poll_idle(&self, waker: &Waker) -> bool;
-    fn close(&self);
-    fn shutdown(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut>;
-    fn terminate(&self);
-    fn is_closed(&self) -> bool;
-    fn kill_worker(&self, id: WorkerId) -> bool;
-    fn worker_ids(&self) -> Vec<WorkerId>;
-    fn size(&self) -> usize;
-    fn events(&self) -> Events;
-    fn stats(&self) -> Stats;
-    /// The event bus (the health watcher emits into it).
-    fn bus(&self) -> Arc<Bus>;
-    fn messages(&self) -> crate::Messages<W::Message>;
-    fn broadcast(&self, message: W::Message, sticky: bool);
-    fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message>;
-    /// Whether `map` ships chunks: not when the pool has a default timeout (a
-    /// timeout is kept per task by the pool, and a chunk is one task to it).
-    fn chunks_enabled(&self) -> bool;
-    /// Pulls up to `max_items` inputs into one chunk and submits it
-    /// (`processes/chunks.rs`).
-    fn submit_chunk(
-        &self,
-        pull: &mut dyn FnMut() -> Option<W::Input>,
-        max_items: usize,
-    ) -> Vec<Batch<W::Output, W::Error>>;
 }
 
 /// Starts a process pool of `W`. The builder's `processes` stores this function.
@@ -1625,6 +1581,10 @@ fn monitor_main<W: RemoteWorker>(shared: &Arc<Shared<W>>) {
 // ------------------------------------------------------------ the engine
 
 impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Processes
+    }
+
     fn submit(
         &self,
         input: W::Input,
@@ -1868,35 +1828,27 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
 
     fn stats(&self) -> Stats {
         let st = self.lock();
-        let c = &st.counts;
         let now = Instant::now();
-        let mut busy_time = st.observed.timings.busy();
+        let mut busy_so_far = Duration::ZERO;
         let mut worker_time = st.observed.retired_worker_time;
         let mut processes = Vec::with_capacity(st.links.len());
-        let per_worker: Vec<WorkerStats> = st
+        let workers: Vec<WorkerFigures> = st
             .links
             .iter()
             .map(|l| {
                 let so_far = l.running.map_or(Duration::ZERO, |(_, since)| {
                     now.saturating_duration_since(since)
                 });
-                busy_time += so_far;
+                busy_so_far += so_far;
                 worker_time += now.saturating_duration_since(l.born);
                 processes.push(Arc::clone(&l.process));
-                let state = if l.killing.is_some() || l.retiring || l.shutdown_sent {
-                    WorkerState::Stopping
-                } else if !l.ready {
-                    WorkerState::Starting
-                } else if l.running.is_some() {
-                    WorkerState::Busy
-                } else {
-                    WorkerState::Idle
-                };
-                WorkerStats {
+                WorkerFigures {
                     id: l.id,
                     started: l.ready,
-                    state,
+                    stopping: l.killing.is_some() || l.retiring || l.shutdown_sent,
                     current_task: l.running.map(|(r, _)| TaskId(r)),
+                    // A worker being killed holds its place until it is reaped.
+                    occupied: usize::from(l.running.is_some() || l.killing.is_some()),
                     tasks_done: l.tasks_done,
                     busy_time: l.timings.busy() + so_far,
                     run: l.timings.run_latency(),
@@ -1905,47 +1857,23 @@ impl<W: RemoteWorker> Engine<W> for Arc<Shared<W>> {
                 }
             })
             .collect();
-        let wait = st.observed.timings.wait_latency();
-        let run = st.observed.timings.run_latency();
-        let uptime = now.saturating_duration_since(st.observed.created);
-        let busy = st
-            .links
-            .iter()
-            .filter(|l| l.running.is_some() || l.killing.is_some())
-            .count();
-        let finished: u64 = c.iter().sum();
-        let in_flight = st.submitted.saturating_sub(finished);
-        let mut stats = Stats {
-            workers: st.links.len(),
-            busy,
-            idle: st.links.len() - busy,
-            queued: in_flight.saturating_sub(busy as u64) as usize,
+        let mut figures = Figures {
             submitted: st.submitted,
-            completed: c[Outcome::Ok as usize],
-            failed: c[Outcome::UserError as usize],
-            panicked: c[Outcome::Panicked as usize],
-            cancelled: c[Outcome::Cancelled as usize],
-            timed_out: c[Outcome::TimedOut as usize],
-            killed: c[Outcome::Killed as usize],
-            closed: c[Outcome::Closed as usize],
-            start_failed: c[Outcome::StartFailed as usize],
-            crashed: c[Outcome::Crashed as usize] + c[Outcome::Protocol as usize],
+            outcomes: OutcomeCounts::from_slots(st.counts),
             abandoned_threads: 0,
             start_failures: st.start_failures,
             last_start_error: st.last_start_error.clone(),
-            wait,
-            run,
-            uptime,
-            busy_time,
+            timings: st.observed.timings.clone(),
+            uptime: now.saturating_duration_since(st.observed.created),
+            busy_so_far,
             worker_time,
-            per_worker,
+            workers,
         };
         drop(st);
         // `/proc` is read after the lock is released.
-        for (row, process) in stats.per_worker.iter_mut().zip(processes) {
+        for (row, process) in figures.workers.iter_mut().zip(processes) {
             row.rss_bytes = process.rss_bytes();
         }
-        stats.per_worker.sort_by_key(|w| w.id);
-        stats
+        figures.into_stats()
     }
 }

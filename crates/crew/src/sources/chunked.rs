@@ -1,5 +1,6 @@
 //! `map`, `map_window` and `map_unordered` on a process pool: the inputs travel
-//! in *chunks* of many items (`processes/chunks.rs`), and results still come out
+//! in *chunks* of many items (`backend/chunks.rs`; the process backend's in
+//! `processes/chunks.rs`), and results still come out
 //! one per item.
 //!
 //! # Chunk size
@@ -47,8 +48,8 @@ use std::task::{Context as PollContext, Poll, Waker};
 use std::time::Duration;
 
 use super::{SlotWaker, Woken};
+use crate::backend::{Batch, ChunkResults, Delivered, Engine};
 use crate::error::{Failure, TaskError};
-use crate::processes::{Batch, ChunkResults, Delivered, Engine};
 use crate::sync::lock;
 use crate::worker::Worker;
 

@@ -203,13 +203,36 @@ impl<T, E> fmt::Debug for Task<T, E> {
     }
 }
 
-/// Per-task settings; the pool's defaults apply where one is not set.
+/// Per-task settings, from `TaskBuilder`; the pool's defaults apply where one
+/// is not set. An engine reads them through the methods.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct TaskOptions {
+pub struct TaskOptions {
     pub(crate) priority: Priority,
     pub(crate) timeout: Option<Duration>,
     /// Sticky key (process pools): tasks with the same key go to the same worker.
     pub(crate) key: Option<u64>,
     /// Runs again after its worker process dies, this many times (process pools).
     pub(crate) retries: Option<u32>,
+}
+
+impl TaskOptions {
+    /// The task's priority.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The task's own timeout, if set (else the pool's default applies).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The task's sticky key, if set.
+    pub fn key(&self) -> Option<u64> {
+        self.key
+    }
+
+    /// The task's own retry count, if set (else the pool's applies).
+    pub fn retries(&self) -> Option<u32> {
+        self.retries
+    }
 }

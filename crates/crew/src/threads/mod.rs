@@ -42,13 +42,13 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Stealer, Worker as Deque};
 use crossbeam_utils::CachePadded;
 
-use crate::builder::{Config, WhenFull};
+use crate::backend::{Admission, Config, WhenFull};
 use crate::error::{panic_message, Failure, ShutdownTimedOut, SubmitError};
 use crate::events::{Bus, Event, ExitReason, TaskOutcome};
 use crate::messages::{Mail, Mailbox, MessageBus};
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
-use crate::stats::{Stats, Timings, WorkerState, WorkerStats};
+use crate::stats::{Figures, OutcomeCounts, Stats, Timings, WorkerFigures};
 use crate::sync::{
     after, lock, modelled, wait_until, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
 };
@@ -78,17 +78,6 @@ pub(super) const TIME_ONE_IN: u64 = 8;
 /// The part of a batch the pool did not take: the refused payload and the ones
 /// after it.
 pub(crate) type Rejected<P> = (SubmitError<P>, Vec<P>);
-
-/// How a submission treats a full queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admission {
-    /// Block (or run on the caller, per `WhenFull`).
-    Wait,
-    /// Give the payload back as `Full`.
-    Try,
-    /// The caller already reserved a place (`poll_capacity`).
-    Acquired,
-}
 
 /// Per-outcome counters; index = `Outcome as usize`.
 type Counts = [AtomicU64; Outcome::SLOTS];
@@ -1291,16 +1280,14 @@ impl<W: Worker> Shared<W> {
         }
         let mut timings = reg.retired_timings.clone();
         let mut worker_time = reg.retired_worker_time;
-        let mut busy_time = timings.busy();
+        let mut busy_so_far = Duration::ZERO;
         let now = Instant::now();
         let mut workers = Vec::with_capacity(reg.live.len());
-        // Tasks running on live workers; with async tasks, several per worker.
-        let mut running_tasks: u64 = 0;
         for slot in reg.live.iter().chain(reg.abandoned.iter()) {
             let abandoned = slot.abandoned.load(Relaxed);
             // Under the worker's lock: merge its record, read its running tasks
             // (with async tasks, several: each counts in the busy time so far).
-            let (current_task, tasks_running, busy, run) = {
+            let (current_task, tasks_running, so_far, busy, run) = {
                 let work = lock(&slot.work);
                 timings.add(&work.timings);
                 let so_far: Duration = work
@@ -1313,11 +1300,12 @@ impl<W: Worker> Shared<W> {
                 (
                     current,
                     count,
+                    so_far,
                     work.timings.busy() + so_far,
                     (!abandoned).then(|| work.timings.run_latency()),
                 )
             };
-            busy_time += busy;
+            busy_so_far += so_far;
             worker_time += now.saturating_duration_since(slot.born);
             let mut done = 0;
             for (i, c) in slot.counts.iter().enumerate() {
@@ -1325,24 +1313,14 @@ impl<W: Worker> Shared<W> {
                 by_outcome[i] += n;
                 done += n;
             }
+            // An abandoned thread is no longer a worker: no row.
             if let Some(run) = run {
-                running_tasks += tasks_running as u64;
-                let started = slot.started.load(Relaxed);
-                // Busy with any task in flight.
-                let state = if current_task.is_some() {
-                    WorkerState::Busy
-                } else if slot.stopping.load(Relaxed) {
-                    WorkerState::Stopping
-                } else if started {
-                    WorkerState::Idle
-                } else {
-                    WorkerState::Starting
-                };
-                workers.push(WorkerStats {
+                workers.push(WorkerFigures {
                     id: slot.id,
-                    started,
-                    state,
+                    started: slot.started.load(Relaxed),
+                    stopping: slot.stopping.load(Relaxed),
                     current_task,
+                    occupied: tasks_running,
                     tasks_done: done,
                     busy_time: busy,
                     run,
@@ -1351,36 +1329,19 @@ impl<W: Worker> Shared<W> {
                 });
             }
         }
-        workers.sort_by_key(|w| w.id);
-        let submitted = self.submitted.load(SeqCst);
-        let done: u64 = by_outcome.iter().sum();
-        let busy = workers.iter().filter(|w| w.current_task.is_some()).count();
-        let in_flight = submitted.saturating_sub(done);
-        Stats {
-            workers: workers.len(),
-            busy,
-            idle: workers.len() - busy,
-            queued: in_flight.saturating_sub(running_tasks) as usize,
-            submitted,
-            completed: by_outcome[Outcome::Ok as usize],
-            failed: by_outcome[Outcome::UserError as usize],
-            panicked: by_outcome[Outcome::Panicked as usize],
-            cancelled: by_outcome[Outcome::Cancelled as usize],
-            timed_out: by_outcome[Outcome::TimedOut as usize],
-            killed: by_outcome[Outcome::Killed as usize],
-            closed: by_outcome[Outcome::Closed as usize],
-            start_failed: by_outcome[Outcome::StartFailed as usize],
-            crashed: by_outcome[Outcome::Crashed as usize] + by_outcome[Outcome::Protocol as usize],
+        Figures {
+            submitted: self.submitted.load(SeqCst),
+            outcomes: OutcomeCounts::from_slots(by_outcome),
             abandoned_threads: reg.abandoned.len(),
             start_failures: reg.start_failures,
             last_start_error: reg.last_start_error.clone(),
-            wait: timings.wait_latency(),
-            run: timings.run_latency(),
+            timings,
             uptime: now.saturating_duration_since(self.created),
-            busy_time,
+            busy_so_far,
             worker_time,
-            per_worker: workers,
+            workers,
         }
+        .into_stats()
     }
 
     // ------------------------------------------------------------ monitor

@@ -238,7 +238,7 @@ pub(crate) const WORKER_ENTRY: [&str; 5] = [
 
 /// A process pool of `n` workers that re-run this test binary
 /// ([`WORKER_ENTRY`]), with their output dropped and a short kill grace.
-#[cfg(feature = "process")]
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub(crate) fn worker_processes<W: crew::RemoteWorker>(n: usize) -> crew::PoolBuilder<W> {
     Pool::<W>::builder()
         .processes(n)
