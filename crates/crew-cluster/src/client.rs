@@ -87,10 +87,33 @@ struct Shared<W: RemoteWorker> {
     pending: Mutex<HashMap<String, Pending<W>>>,
     /// Wakes the sweeper at once; notified on every (re)connection.
     sweep_now: Arc<Notify>,
+    /// Tasks submitted and not yet resolved: one more before a task enters
+    /// `pending`, one less after its sink has run (or it was dropped), so a
+    /// waiter for idle never sees a task that left `pending` but whose handle
+    /// is not resolved yet.
+    outstanding: Mutex<usize>,
+    /// Notified when `outstanding` drops to zero.
+    idle: Condvar,
+    /// Woken when `outstanding` drops to zero; pushed by `poll_idle`.
+    idle_wakers: Mutex<Vec<Waker>>,
 }
 
+/// Where a task's result goes: called once, by whoever resolves the task.
+pub(crate) type Sink<W> = Box<
+    dyn FnOnce(Result<<W as crew::Worker>::Output, ClusterError<<W as crew::Worker>::Error>>)
+        + Send,
+>;
+
+/// A task id: the client's id, a dot, the task's number.
+fn task_key(client: &str, n: u64) -> String {
+    format!("{client}.{n}")
+}
+
+/// How long a submission that waits for room waits between tries.
+const ROOM_POLL: Duration = Duration::from_millis(20);
+
 struct Pending<W: RemoteWorker> {
-    slot: Arc<Slot<W::Output, W::Error>>,
+    sink: Sink<W>,
     submitted: Instant,
     /// The task's sequence in the stream, once the publish is acknowledged (0
     /// until then); a cancel deletes it.
@@ -137,6 +160,9 @@ impl<W: RemoteWorker> ClusterClient<W> {
                 objects,
                 pending: Mutex::new(HashMap::new()),
                 sweep_now,
+                outstanding: Mutex::new(0),
+                idle: Condvar::new(),
+                idle_wakers: Mutex::new(Vec::new()),
             });
             tokio::spawn(dispatcher(Arc::clone(&shared), results));
             tokio::spawn(sweeper(Arc::clone(&shared)));
@@ -184,6 +210,41 @@ impl<W: RemoteWorker> ClusterClient<W> {
         priority: Priority,
         timeout: Option<Duration>,
     ) -> Result<ClusterTask<W::Output, W::Error>, SubmitError<W::Input>> {
+        let slot = Arc::new(Slot::new());
+        let sink: Sink<W> = {
+            let slot = Arc::clone(&slot);
+            Box::new(move |result| {
+                slot.fill(result);
+            })
+        };
+        let n = self.next_number();
+        self.submit_numbered(n, input, priority, timeout, false, sink)?;
+        let id = task_key(&self.inner.client_id, n);
+        Ok(ClusterTask {
+            id,
+            slot,
+            owner: Arc::clone(&self.inner) as Arc<dyn Owner>,
+        })
+    }
+
+    /// A new task number (the part of a task id after the client's id).
+    pub(crate) fn next_number(&self) -> u64 {
+        self.inner.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publishes task number `n` (from [`next_number`](Self::next_number)),
+    /// whose result goes to `sink` (called once, by whoever resolves it). With
+    /// `wait_for_room`, a full stream is retried until it has room (or the
+    /// broker fails) instead of refused.
+    pub(crate) fn submit_numbered(
+        &self,
+        n: u64,
+        input: W::Input,
+        priority: Priority,
+        timeout: Option<Duration>,
+        wait_for_room: bool,
+        sink: Sink<W>,
+    ) -> Result<(), SubmitError<W::Input>> {
         let inner = &self.inner;
         let shared = &inner.shared;
         let body = TaskBody {
@@ -194,17 +255,13 @@ impl<W: RemoteWorker> ClusterClient<W> {
             Ok(b) => b,
             Err(e) => return Err(SubmitError::encode(body.input, e.to_string())),
         };
-        let id = format!(
-            "{}.{}",
-            inner.client_id,
-            inner.next.fetch_add(1, Ordering::Relaxed)
-        );
-        let slot = Arc::new(Slot::new());
+        let id = task_key(&inner.client_id, n);
         // Before the publish: a result can come back before the ack does.
+        *lock(&shared.outstanding) += 1;
         lock(&shared.pending).insert(
             id.clone(),
             Pending {
-                slot: Arc::clone(&slot),
+                sink,
                 submitted: Instant::now(),
                 sequence: 0,
             },
@@ -213,7 +270,19 @@ impl<W: RemoteWorker> ClusterClient<W> {
         let publish = {
             let shared = Arc::clone(shared);
             let id = id.clone();
-            async move { shared.publish(subject, &id, bytes.into()).await }
+            async move {
+                loop {
+                    match shared
+                        .publish(subject.clone(), &id, bytes.clone().into())
+                        .await
+                    {
+                        Err(Refused::Full) if wait_for_room => {
+                            tokio::time::sleep(ROOM_POLL).await;
+                        }
+                        other => return other,
+                    }
+                }
+            }
         };
         let result = inner.block_on(publish);
         match result {
@@ -221,14 +290,12 @@ impl<W: RemoteWorker> ClusterClient<W> {
                 if let Some(p) = lock(&shared.pending).get_mut(&id) {
                     p.sequence = sequence;
                 }
-                Ok(ClusterTask {
-                    id,
-                    slot,
-                    owner: Arc::clone(&self.inner) as Arc<dyn Owner>,
-                })
+                Ok(())
             }
             other => {
-                lock(&shared.pending).remove(&id);
+                if shared.take(&id).is_some() {
+                    shared.done_one();
+                }
                 Err(match other {
                     Some(Err(Refused::Full)) => SubmitError::full(body.input),
                     Some(Err(Refused::Broker(m))) => SubmitError::broker(body.input, m),
@@ -236,6 +303,79 @@ impl<W: RemoteWorker> ClusterClient<W> {
                 })
             }
         }
+    }
+
+    /// Forgets task number `n` (its handle resolved another way, as a cancel)
+    /// and, in the background, removes it from the stream and asks a node that
+    /// runs it to cancel it.
+    pub(crate) fn forget(&self, n: u64) {
+        let id = task_key(&self.inner.client_id, n);
+        let Some(pending) = self.inner.shared.take(&id) else {
+            return;
+        };
+        drop(pending.sink);
+        self.inner.shared.done_one();
+        if let Some(runtime) = &self.inner.runtime {
+            let shared = Arc::clone(&self.inner.shared);
+            runtime.spawn(async move { shared.withdraw(id, pending.sequence).await });
+        }
+    }
+
+    /// Resolves every waiting task with `outcome()` and withdraws it, as
+    /// [`ClusterClient::forget`] does.
+    pub(crate) fn resolve_all(&self, outcome: impl Fn() -> ClusterError<W::Error>) {
+        let all: Vec<(String, Pending<W>)> = lock(&self.inner.shared.pending).drain().collect();
+        for (id, pending) in all {
+            (pending.sink)(Err(outcome()));
+            self.inner.shared.done_one();
+            if let Some(runtime) = &self.inner.runtime {
+                let shared = Arc::clone(&self.inner.shared);
+                runtime.spawn(async move { shared.withdraw(id, pending.sequence).await });
+            }
+        }
+    }
+
+    /// Waits until no task of this client waits for its result, or until
+    /// `deadline`; true if none waits.
+    pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
+        let shared = &self.inner.shared;
+        let mut pending = lock(&shared.pending);
+        while !pending.is_empty() {
+            match deadline {
+                None => {
+                    pending = shared
+                        .idle
+                        .wait(pending)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    pending = shared
+                        .idle
+                        .wait_timeout(pending, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    /// True if no task waits; otherwise `waker` is woken when the last one
+    /// resolves.
+    pub(crate) fn poll_idle(&self, waker: &Waker) -> bool {
+        let shared = &self.inner.shared;
+        let outstanding = lock(&shared.outstanding);
+        if *outstanding == 0 {
+            return true;
+        }
+        // Under `outstanding`'s lock: `done_one` cannot reach zero and take the
+        // wakers between the check and the push.
+        lock(&shared.idle_wakers).push(waker.clone());
+        false
     }
 
     /// A task's result by its id ([`ClusterTask::id`]), from the results bucket:
@@ -409,22 +549,74 @@ impl<W: RemoteWorker> Shared<W> {
         }
     }
 
+    /// Removes task `id` from the pending table: whoever gets it resolves it.
+    /// The caller then runs its sink (or drops it) and calls `done_one`.
+    fn take(&self, id: &str) -> Option<Pending<W>> {
+        lock(&self.pending).remove(id)
+    }
+
+    /// One task less outstanding (its handle resolved); wakes whoever waits
+    /// for idle when none is left.
+    fn done_one(&self) {
+        let mut outstanding = lock(&self.outstanding);
+        *outstanding = outstanding.saturating_sub(1);
+        if *outstanding > 0 {
+            return;
+        }
+        self.idle.notify_all();
+        let wakers = std::mem::take(&mut *lock(&self.idle_wakers));
+        drop(outstanding);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
     /// Resolves task `id` from a result envelope, if it still waits.
     fn resolve(&self, id: &str, bytes: &[u8]) {
-        let Some(pending) = lock(&self.pending).remove(id) else {
+        let Some(pending) = self.take(id) else {
             // Resolved already: the other copy of the result (inbox and
             // bucket), a second run's after a redelivery, or a cancelled task's.
             return;
         };
-        pending.slot.fill(decode::<W>(bytes));
+        (pending.sink)(decode::<W>(bytes));
+        self.done_one();
     }
 
     /// Resolves task `id` as cancelled, if it still waits.
     fn resolve_cancelled(&self, id: &str) -> bool {
-        let Some(pending) = lock(&self.pending).remove(id) else {
+        let Some(pending) = self.take(id) else {
             return false;
         };
-        pending.slot.fill(Err(ClusterError::cancelled()))
+        (pending.sink)(Err(ClusterError::cancelled()));
+        self.done_one();
+        true
+    }
+
+    /// Removes task `id` (stream sequence `sequence`, 0 if unknown) from the
+    /// stream, and asks the nodes to cancel it if one runs it. True if the
+    /// message was still in the stream.
+    async fn withdraw(&self, id: String, sequence: u64) -> bool {
+        let limit = self.cluster.broker_timeout;
+        // Deleting the message is what makes the cancel hold: no node can take
+        // it afterwards, and one that has it cannot ack it.
+        let deleted = sequence != 0
+            && matches!(
+                bounded(
+                    limit,
+                    "cancelling a task",
+                    self.objects.tasks.delete_message(sequence),
+                )
+                .await,
+                Ok(true)
+            );
+        if deleted {
+            // A node may be running it: ask it to stop.
+            let _ = self
+                .client
+                .publish(self.names.cancel_subject.clone(), id.into())
+                .await;
+        }
+        deleted
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRow>, String> {
@@ -595,29 +787,7 @@ impl<W: RemoteWorker> Owner for Inner<W> {
         };
         let shared = Arc::clone(&self.shared);
         let id_owned = id.to_owned();
-        let deleted = self.block_on(async move {
-            let limit = shared.cluster.broker_timeout;
-            // Deleting the message is what makes the cancel hold: no node can take
-            // it afterwards, and one that has it cannot ack it.
-            let deleted = sequence != 0
-                && matches!(
-                    bounded(
-                        limit,
-                        "cancelling a task",
-                        shared.objects.tasks.delete_message(sequence),
-                    )
-                    .await,
-                    Ok(true)
-                );
-            if deleted {
-                // A node may be running it: ask it to stop.
-                let _ = shared
-                    .client
-                    .publish(shared.names.cancel_subject.clone(), id_owned.into())
-                    .await;
-            }
-            deleted
-        });
+        let deleted = self.block_on(async move { shared.withdraw(id_owned, sequence).await });
         deleted == Some(true) && self.shared.resolve_cancelled(id)
     }
 }

@@ -1,8 +1,14 @@
 //! The cluster backend of crew: the same `Worker` type, run by worker nodes on
 //! any host, fed from a NATS JetStream work queue.
 //!
+//! A program keeps its `Worker` type and its calling code, and changes one
+//! builder line: `Pool::<W>::builder().cluster(Cluster::connect(url).pool_name("resize"))`
+//! ([`PoolBuilderExt::cluster`]). The nodes are programs that call [`serve`]
+//! (or [`bootstrap`]) for the same `W`. [`ClusterClient`] is the same client
+//! without `Pool`, with what only a cluster has (status by id, the nodes).
+//!
 //! # How a task flows
-//! 1. A [`ClusterClient`] (made by [`Cluster::client`]) encodes the input in a
+//! 1. The pool's client ([`ClusterClient`], made by [`Cluster::client`]) encodes the input in a
 //!    small versioned envelope and publishes it to the pool's WorkQueue stream,
 //!    on the subject of its priority, with its id as `Nats-Msg-Id` (a retried
 //!    publish is stored once). It returns a [`ClusterTask`] handle once the
@@ -34,7 +40,7 @@
 //! # Example
 //! ```no_run
 //! use crew::{Context, Pool, StartError, Worker};
-//! use crew_cluster::Cluster;
+//! use crew_cluster::{Cluster, PoolBuilderExt};
 //!
 //! struct Double;
 //! impl Worker for Double {
@@ -57,8 +63,8 @@
 //!     let cluster = Cluster::connect("nats://127.0.0.1:4222").pool_name("double");
 //!     // A node in this process too (usually one runs on each host instead).
 //!     let _node = crew_cluster::Node::start(cluster.clone(), Pool::<Double>::builder().workers(2))?;
-//!     let client = cluster.client::<Double>()?;
-//!     let task = client.submit(21)?;
+//!     let pool = Pool::<Double>::builder().cluster(cluster).build()?;
+//!     let task = pool.submit(21)?;
 //!     assert_eq!(task.join().expect("a node doubles it"), 42);
 //!     Ok(())
 //! }
@@ -70,6 +76,7 @@
 mod broker;
 mod client;
 mod config;
+mod engine;
 mod envelope;
 mod error;
 mod node;
@@ -77,5 +84,6 @@ pub mod testing;
 
 pub use client::{ClusterClient, ClusterStats, ClusterTask, ClusterTaskBuilder};
 pub use config::Cluster;
+pub use engine::{ClusterEngine, PoolBuilderExt};
 pub use error::{BrokerError, ClusterError, SubmitError};
 pub use node::{bootstrap, serve, Node, NodeRow, ENV_POOL, ENV_URL, ENV_WORKERS};

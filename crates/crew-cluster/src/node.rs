@@ -17,11 +17,12 @@
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use async_nats::HeaderMap;
 use crew::{Pool, PoolBuilder, RemoteWorker, TaskError};
@@ -132,6 +133,9 @@ struct NodeCtx<W: RemoteWorker> {
     /// Running tasks by id, and the signal that cancels each. Written by task
     /// handlers (insert at start, remove at end); read by the cancel listener.
     running: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Set when a shutdown gave up waiting for running tasks and cancelled
+    /// them: their handlers give them back instead of reporting the cancel.
+    handing_back: AtomicBool,
     /// Taken shared by a first delivery while it waits and runs, exclusively by a
     /// redelivery (write-preferring: a waiting redelivery holds back new tasks).
     exclusive: Arc<RwLock<()>>,
@@ -206,6 +210,7 @@ impl Node {
                 max_deliver,
                 running: Mutex::new(HashMap::new()),
                 exclusive: Arc::new(RwLock::new(())),
+                handing_back: AtomicBool::new(false),
                 counters: Counters::default(),
             });
             tokio::spawn(cancel_listener(Arc::clone(&ctx), cancels));
@@ -232,7 +237,9 @@ impl Node {
     }
 
     /// Stops pulling tasks, lets the running ones finish and deliver their
-    /// results, then closes the local pool and the connection.
+    /// results, then closes the local pool and the connection. Tasks still
+    /// running after one ack wait are cancelled on the local pool and handed
+    /// back to the stream, for another node.
     pub fn shutdown(mut self) {
         self.stop_and_wait();
     }
@@ -378,8 +385,18 @@ async fn fetch_loop<W: RemoteWorker>(
             }
         }
     }
-    // Every handler holds a slot until its task is delivered and acked.
-    let _ = slots.acquire_many(ctx.slots as u32).await;
+    // Every handler holds a slot until its task is delivered and acked. Running
+    // tasks get one ack wait to finish; then they are cancelled on the local
+    // pool and handed back to the stream for another node.
+    let all = u32::try_from(ctx.slots).unwrap_or(u32::MAX);
+    if tokio::time::timeout(ctx.ack_wait, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        ctx.handing_back.store(true, Ordering::Release);
+        ctx.pool.terminate();
+        let _ = tokio::time::timeout(ctx.cluster.broker_timeout * 2, slots.acquire_many(all)).await;
+    }
     ctx.pool.shutdown();
     let _ = bounded(
         ctx.cluster.broker_timeout,
@@ -481,20 +498,6 @@ async fn handle<W: RemoteWorker>(
             return dead_letter(&ctx, &message, delivered, sequence, reason, None, reply).await;
         }
     };
-    // A redelivery whose result a node already wrote (and then failed to ack):
-    // deliver that result again rather than run the task twice.
-    if delivered > 1 {
-        if let Ok(Some(entry)) = bounded(
-            ctx.cluster.broker_timeout,
-            "reading a result",
-            ctx.objects.results.get(&task),
-        )
-        .await
-        {
-            return deliver(&ctx, &message, &task, reply.as_deref(), entry).await;
-        }
-    }
-
     if delivered >= ctx.max_deliver {
         let reason = format!(
             "delivered {delivered} times without a result (each node that took it died or was cut off)"
@@ -535,6 +538,25 @@ async fn handle<W: RemoteWorker>(
         })
     };
     if delivered > 1 {
+        // Checked once the turn is ours: while this delivery waited, an earlier
+        // one may have finished (or the client cancelled the task).
+        match settled(&ctx, &task, sequence).await {
+            Settled::Result(entry) => {
+                drop(exclusive);
+                return deliver(&ctx, &message, &task, reply.as_deref(), entry).await;
+            }
+            Settled::Withdrawn => {
+                drop(exclusive);
+                let _ = bounded(
+                    ctx.cluster.broker_timeout,
+                    "acking a withdrawn task",
+                    message.double_ack(),
+                )
+                .await;
+                return;
+            }
+            Settled::No => {}
+        }
         match count_run(&ctx, &task).await {
             Ok(Run::Go) => {}
             Ok(Run::Exhausted(runs)) => {
@@ -591,6 +613,17 @@ async fn handle<W: RemoteWorker>(
     drop(exclusive);
     lock(&ctx.running).remove(&task);
     ctx.counters.busy.fetch_sub(1, Ordering::Relaxed);
+    if ctx.handing_back.load(Ordering::Acquire) && result.as_ref().is_err_and(|e| e.is_cancelled())
+    {
+        // This node's shutdown cancelled it: another node runs it.
+        let _ = bounded(
+            ctx.cluster.broker_timeout,
+            "handing a task back",
+            message.ack_with(AckKind::Nak(None)),
+        )
+        .await;
+        return;
+    }
     let outcome = outcome_of(result);
     ctx.counters.count(&outcome);
     let body = ResultBody {
@@ -613,6 +646,33 @@ async fn handle<W: RemoteWorker>(
     };
     deliver(&ctx, &message, &task, reply.as_deref(), bytes.into()).await;
     ctx.counters.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What a redelivered task finds once it has its turn.
+enum Settled {
+    /// A result is in the results bucket already (a node ran it, then died or
+    /// lost its lease before the ack): deliver that one.
+    Result(bytes::Bytes),
+    /// Its message is gone from the stream: the client cancelled it.
+    Withdrawn,
+    /// Neither: run it.
+    No,
+}
+
+/// Looks for a result of `task`, and for its message (stream sequence
+/// `sequence`). A broker error counts as "neither": running a task twice is
+/// allowed (at least once), losing it is not.
+async fn settled<W: RemoteWorker>(ctx: &NodeCtx<W>, task: &str, sequence: u64) -> Settled {
+    let limit = ctx.cluster.broker_timeout;
+    if let Ok(Some(entry)) = bounded(limit, "reading a result", ctx.objects.results.get(task)).await
+    {
+        return Settled::Result(entry);
+    }
+    let lookup = tokio::time::timeout(limit, ctx.objects.tasks.get_raw_message(sequence)).await;
+    match lookup {
+        Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => Settled::Withdrawn,
+        _ => Settled::No,
+    }
 }
 
 /// Whether a redelivered task may run.
