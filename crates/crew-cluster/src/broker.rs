@@ -48,10 +48,13 @@ pub(crate) async fn connect(
                 }
             }
         });
+    // Several servers, comma-separated: the client tries them in turn, and
+    // learns the rest of a cluster from whichever it reaches.
+    let urls: Vec<&str> = cluster.url.split(',').map(str::trim).collect();
     bounded(
         cluster.broker_timeout,
         &format!("connecting to {}", cluster.url),
-        options.connect(cluster.url.as_str()),
+        options.connect(urls),
     )
     .await
 }
@@ -104,6 +107,7 @@ pub(crate) async fn ensure_pool(
             max_messages: cluster.queue_capacity.map_or(-1, |n| n as i64),
             // A publish retried within this window is the same task (Nats-Msg-Id).
             duplicate_window: Duration::from_secs(120),
+            num_replicas: cluster.replicas,
             ..Default::default()
         }),
     )
@@ -117,13 +121,15 @@ pub(crate) async fn ensure_pool(
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: cluster.replicas,
             ..Default::default()
         }),
     )
     .await?;
-    let results = ensure_bucket(js, limit, &names.results, cluster.result_ttl).await?;
-    let nodes = ensure_bucket(js, limit, &names.nodes, cluster.heartbeat * 3).await?;
-    let runs = ensure_bucket(js, limit, &names.runs, cluster.result_ttl).await?;
+    let replicas = cluster.replicas;
+    let results = ensure_bucket(js, limit, &names.results, cluster.result_ttl, replicas).await?;
+    let nodes = ensure_bucket(js, limit, &names.nodes, cluster.heartbeat * 3, replicas).await?;
+    let runs = ensure_bucket(js, limit, &names.runs, cluster.result_ttl, replicas).await?;
     Ok(PoolObjects {
         tasks,
         results,
@@ -142,6 +148,7 @@ async fn ensure_bucket(
     limit: Duration,
     bucket: &str,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, String> {
     bounded(
         limit,
@@ -157,7 +164,7 @@ async fn ensure_bucket(
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas,
             ..Default::default()
         }),
     )

@@ -25,11 +25,12 @@ pub struct Cluster {
     pub(crate) queue_capacity: Option<u64>,
     pub(crate) sweep_interval: Duration,
     pub(crate) heartbeat: Duration,
+    pub(crate) replicas: usize,
 }
 
 impl Cluster {
     /// A cluster pool on the NATS server(s) at `url` (`nats://host:port`, or
-    /// several separated by commas), named `default` until
+    /// several separated by commas: the servers of one NATS cluster), named `default` until
     /// [`Cluster::pool_name`] says otherwise. Nothing connects yet.
     pub fn connect(url: impl Into<String>) -> Cluster {
         Cluster {
@@ -42,6 +43,7 @@ impl Cluster {
             queue_capacity: None,
             sweep_interval: Duration::from_secs(2),
             heartbeat: Duration::from_secs(2),
+            replicas: 1,
         }
     }
 
@@ -110,6 +112,14 @@ impl Cluster {
         self
     }
 
+    /// How many servers of a NATS cluster keep a copy of the pool's streams and
+    /// buckets (default 1; 3 on a three-server cluster survives the loss of one
+    /// server). At most the number of servers with JetStream.
+    pub fn replicas(mut self, replicas: usize) -> Cluster {
+        self.replicas = replicas.max(1);
+        self
+    }
+
     /// The pool's name, checked: it becomes part of subject and stream names.
     pub(crate) fn names(&self) -> Result<Names, String> {
         let ok = !self.pool.is_empty()
@@ -138,6 +148,7 @@ impl std::fmt::Debug for Cluster {
             .field("broker_timeout", &self.broker_timeout)
             .field("result_ttl", &self.result_ttl)
             .field("queue_capacity", &self.queue_capacity)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }

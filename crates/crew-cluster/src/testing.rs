@@ -33,6 +33,8 @@ const LOG_TAIL: usize = 40;
 pub struct NatsServer {
     binary: PathBuf,
     port: u16,
+    /// Arguments after the standard ones (a cluster member's routes).
+    extra: Vec<String>,
     /// The JetStream store; kept across restarts, removed on drop.
     store: tempfile::TempDir,
     /// The server process; `None` only between a kill and the next start.
@@ -60,18 +62,20 @@ impl NatsServer {
     /// Starts a server on `127.0.0.1`, a free port and a new temporary store, and
     /// waits until it accepts clients.
     pub fn start() -> std::io::Result<NatsServer> {
-        let binary = find_binary()?;
-        let store = tempfile::Builder::new().prefix("crew-nats-").tempdir()?;
-        let port = free_port()?;
-        let mut server = NatsServer {
-            binary,
-            port,
-            store,
-            child: None,
-            log: Arc::new(Log::default()),
-        };
+        let mut server = NatsServer::new(free_port()?, Vec::new())?;
         server.spawn()?;
         Ok(server)
+    }
+
+    fn new(port: u16, extra: Vec<String>) -> std::io::Result<NatsServer> {
+        Ok(NatsServer {
+            binary: find_binary()?,
+            port,
+            extra,
+            store: tempfile::Builder::new().prefix("crew-nats-").tempdir()?,
+            child: None,
+            log: Arc::new(Log::default()),
+        })
     }
 
     /// The URL clients connect to: `nats://127.0.0.1:PORT`.
@@ -146,6 +150,7 @@ impl NatsServer {
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(self.store.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -192,6 +197,69 @@ impl NatsServer {
             self.port,
             self.log_tail().join("\n")
         )))
+    }
+}
+
+/// Several `nats-server`s with JetStream, routed into one NATS cluster on
+/// loopback, each with its own port and store. Each is a [`NatsServer`]: kill
+/// and start one with [`NatsCluster::server`].
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers (at least 3 for a JetStream cluster that survives
+    /// the loss of one) and waits until each accepts clients. JetStream may
+    /// still be electing its leader: clients should retry their first calls.
+    pub fn start(n: usize) -> std::io::Result<NatsCluster> {
+        let ports = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<std::io::Result<Vec<(u16, u16)>>>()?;
+        let routes = ports
+            .iter()
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, route))| {
+                NatsServer::new(
+                    *port,
+                    vec![
+                        "--server_name".into(),
+                        format!("crew-{i}"),
+                        "--cluster_name".into(),
+                        "crew".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{route}"),
+                        "--routes".into(),
+                        routes.clone(),
+                    ],
+                )
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        // Each waits for its "ready" line, which a member logs once it listens,
+        // before its routes are up: so they can start one after the other.
+        for server in &mut servers {
+            server.spawn()?;
+        }
+        Ok(NatsCluster { servers })
+    }
+
+    /// Every server's URL, comma-separated, as [`Cluster::connect`](crate::Cluster::connect) takes them.
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Server `i`.
+    pub fn server(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.servers[i]
     }
 }
 
