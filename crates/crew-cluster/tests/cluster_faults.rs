@@ -156,3 +156,82 @@ fn broker_restarts_lose_nothing() {
     assert_eq!(client.pending(), 0);
     node.shutdown();
 }
+
+/// In a child started by `a_client_killed_mid_submission_leaves_nothing_stuck`:
+/// a client that submits tasks until it is killed, writing how many the broker
+/// took to a file. In the test run itself it returns at once.
+#[test]
+fn client_entry() {
+    let (Some(url), Some(count)) = (
+        std::env::var_os("CREW_TEST_CLIENT_URL"),
+        std::env::var_os("CREW_TEST_CLIENT_COUNT"),
+    ) else {
+        return;
+    };
+    let cluster =
+        crew_cluster::Cluster::connect(url.to_string_lossy().into_owned()).pool_name("orphans");
+    let client = cluster.client::<Chaos>().expect("the client connects");
+    let mut handles = Vec::new();
+    for n in 0.. {
+        handles.push(client.submit(Job::Double(n)).expect("the broker takes it"));
+        std::fs::write(&count, (n + 1).to_string()).expect("write the count");
+    }
+}
+
+/// Kills its process on drop.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_client_killed_mid_submission_leaves_nothing_stuck() {
+    let server = server();
+    // The observer creates the pool with the tests' settings.
+    let cluster = cluster(&server, "orphans");
+    let observer = cluster.client::<Chaos>().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    let submitted = || {
+        std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let client = Reaped(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "client_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
+            .env("CREW_TEST_CLIENT_URL", server.url())
+            .env("CREW_TEST_CLIENT_COUNT", &count)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(LIMIT, "the client to submit 50 tasks", || submitted() >= 50);
+    drop(client); // SIGKILL, mid-submission.
+    let queued = observer.queued().unwrap();
+    assert!(
+        queued >= 50,
+        "the broker kept what the client submitted: {queued}"
+    );
+
+    // A node runs every orphaned task; nothing stays in the stream, and each
+    // result is there to be collected by id.
+    let _node = Node::start(cluster.clone(), Pool::<Chaos>::builder().workers(2)).unwrap();
+    wait_until(LIMIT, "the stream to drain", || {
+        observer.queued().unwrap() == 0
+    });
+    wait_until(LIMIT, "the node to report every task", || {
+        observer.stats().unwrap().done == queued
+    });
+}
