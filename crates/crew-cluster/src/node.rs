@@ -760,7 +760,7 @@ fn outcome_of<O, E>(result: Result<O, TaskError<E>>) -> Outcome<O, E> {
     }
 }
 
-/// Writes a result (results bucket first, then the client's inbox), then acks
+/// Writes a result (the client's inbox, then the results bucket), then acks
 /// the task. Retried until the task's lease would run out: past that, the task
 /// is redelivered anyway, and its next node finds the result in the bucket.
 async fn deliver<W: RemoteWorker>(
@@ -772,6 +772,17 @@ async fn deliver<W: RemoteWorker>(
 ) {
     let limit = ctx.cluster.broker_timeout;
     let deadline = tokio::time::Instant::now() + ctx.ack_wait;
+    // The client's inbox first: it waits on this one, and it costs no round
+    // trip (core NATS, at most once). The bucket is what makes the result
+    // durable: written before the ack, so a redelivery finds it.
+    if let Some(reply) = reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(H_TASK, task);
+        let _ = ctx
+            .client
+            .publish_with_headers(reply.to_owned(), headers, bytes.clone())
+            .await;
+    }
     let mut stored = false;
     loop {
         if !stored {
@@ -784,16 +795,6 @@ async fn deliver<W: RemoteWorker>(
             .is_ok();
         }
         if stored {
-            if let Some(reply) = reply {
-                let mut headers = HeaderMap::new();
-                headers.insert(H_TASK, task);
-                // Core NATS: at most once. A client that misses it finds the
-                // result in the bucket.
-                let _ = ctx
-                    .client
-                    .publish_with_headers(reply.to_owned(), headers, bytes.clone())
-                    .await;
-            }
             match bounded(limit, "acking a task", message.double_ack()).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(node = %ctx.id, task, "{e}"),

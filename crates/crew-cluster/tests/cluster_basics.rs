@@ -74,7 +74,11 @@ fn results_are_kept_by_id() {
     assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), 42);
 
     // Another client (as after a restart) reads it by id.
+    // (The node writes the bucket just after the inbox, before its ack.)
     let other = cluster.client::<Chaos>().unwrap();
+    wait_until(LIMIT, "the result in the bucket", || {
+        other.result_of(&id).unwrap().is_some()
+    });
     assert_eq!(other.result_of(&id).unwrap().unwrap().unwrap(), 42);
     assert!(other.result_of("no-such-task.1").unwrap().is_none());
     wait_until(LIMIT, "the stream to drain", || {
