@@ -161,6 +161,16 @@ impl Node {
         cluster: Cluster,
         local: PoolBuilder<W>,
     ) -> Result<Node, BrokerError> {
+        Node::start_with(cluster, local, false)
+    }
+
+    /// [`Node::start`]; a `patient` node retries the broker until it answers
+    /// instead of failing.
+    fn start_with<W: RemoteWorker>(
+        cluster: Cluster,
+        local: PoolBuilder<W>,
+        patient: bool,
+    ) -> Result<Node, BrokerError> {
         let names = cluster.names().map_err(BrokerError::new)?;
         let pool = local
             .build()
@@ -180,20 +190,20 @@ impl Node {
         );
         let (stop, stop_rx) = watch::channel(false);
         let main = runtime.block_on(async {
-            let client = broker::connect(&cluster, &format!("crew node {id}"), || {}).await?;
-            let js = broker::jetstream(client.clone(), &cluster);
-            let objects = broker::ensure_pool(&js, &cluster, &names).await?;
-            let consumer = broker::ensure_consumer(&objects.tasks, &cluster, &names).await?;
+            let (client, js, objects, consumer, cancels) = loop {
+                match setup(&cluster, &names, &id).await {
+                    Ok(parts) => break parts,
+                    Err(e) if patient => {
+                        eprintln!("crew node {id}: {e}; trying again in {PATIENCE:?}");
+                        tokio::time::sleep(PATIENCE).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let config = &consumer.cached_info().config;
             let ack_wait = config.ack_wait;
             let max_deliver = u32::try_from(config.max_deliver).unwrap_or(u32::MAX);
             let max_attempts = broker::attempts(config.max_deliver);
-            let cancels = bounded(
-                cluster.broker_timeout,
-                "subscribing to cancels",
-                client.subscribe(names.cancel_subject.clone()),
-            )
-            .await?;
             let slots = pool.size().max(1);
             let ctx = Arc::new(NodeCtx {
                 cluster,
@@ -274,9 +284,44 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// What a node needs of the broker: its connection, JetStream, the pool's
+/// streams and buckets, the consumer, and the cancel subscription.
+async fn setup(
+    cluster: &Cluster,
+    names: &Names,
+    id: &str,
+) -> Result<
+    (
+        async_nats::Client,
+        jetstream::Context,
+        PoolObjects,
+        PullConsumer,
+        async_nats::Subscriber,
+    ),
+    String,
+> {
+    let client = broker::connect(cluster, &format!("crew node {id}"), || {}).await?;
+    let js = broker::jetstream(client.clone(), cluster);
+    let objects = broker::ensure_pool(&js, cluster, names).await?;
+    let consumer = broker::ensure_consumer(&objects.tasks, cluster, names).await?;
+    let cancels = bounded(
+        cluster.broker_timeout,
+        "subscribing to cancels",
+        client.subscribe(names.cancel_subject.clone()),
+    )
+    .await?;
+    Ok((client, js, objects, consumer, cancels))
+}
+
+/// How long a node started by [`serve`] waits before trying an unreachable
+/// broker again.
+const PATIENCE: Duration = Duration::from_secs(1);
+
 /// The `main` of a worker node: serves `W` from `cluster` on a local pool built
-/// from `local`, until the process is killed. Returns only if the node could
-/// not start.
+/// from `local`, until the process is killed. A broker that cannot be reached
+/// yet (the node started first, or the broker restarts) is tried again every
+/// second, saying so on stderr; returns only if the node cannot start for
+/// another reason (a bad pool name, a local pool that cannot be built).
 ///
 /// A node that runs its tasks in worker processes (`.processes(n)`) re-runs its
 /// own executable for them: call `crew::bootstrap::<W>()` first in `main`.
@@ -296,7 +341,7 @@ impl std::fmt::Debug for Node {
 /// }
 /// ```
 pub fn serve<W: RemoteWorker>(cluster: Cluster, local: PoolBuilder<W>) -> BrokerError {
-    match Node::start(cluster, local) {
+    match Node::start_with(cluster, local, true) {
         Ok(node) => node.block(),
         Err(e) => e,
     }

@@ -235,3 +235,54 @@ fn a_client_killed_mid_submission_leaves_nothing_stuck() {
         observer.stats().unwrap().done == queued
     });
 }
+
+#[test]
+fn a_node_started_before_its_broker_waits_for_it() {
+    use std::io::{BufRead, BufReader};
+
+    let mut server = server();
+    let cluster = cluster(&server, "early");
+    let client = cluster.client::<Chaos>().unwrap();
+    server.kill();
+
+    // The node comes up while the broker is down (this binary as a node,
+    // through `bootstrap` and `serve`), and says that it waits.
+    let mut node = Reaped(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "common::cluster_node_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
+            .env(crew_cluster::ENV_URL, server.url())
+            .env(crew_cluster::ENV_POOL, "early")
+            .env(crew_cluster::ENV_WORKERS, "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = node.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let waiting = rx
+        .recv_timeout(LIMIT)
+        .expect("the node says it waits for the broker");
+    assert!(waiting.contains("trying again"), "{waiting}");
+
+    server.start_again().unwrap();
+    let task = client.submit(Job::Double(50)).unwrap();
+    assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), 100);
+    assert!(
+        matches!(node.0.try_wait(), Ok(None)),
+        "the node still serves"
+    );
+}
