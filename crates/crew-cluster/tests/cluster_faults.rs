@@ -231,8 +231,10 @@ fn a_client_killed_mid_submission_leaves_nothing_stuck() {
     wait_until(LIMIT, "the stream to drain", || {
         observer.queued().unwrap() == 0
     });
+    // At least what the stream held when the client died: a publish in flight
+    // at the kill may have been stored just after that count.
     wait_until(LIMIT, "the node to report every task", || {
-        observer.stats().unwrap().done == queued
+        observer.stats().unwrap().done >= queued
     });
 }
 
