@@ -110,7 +110,9 @@ fn cancel_of_a_queued_task() {
 #[test]
 fn cancel_of_a_running_task() {
     let server = server();
-    let cluster = cluster(&server, "cancel-running");
+    // A long lease: a task that spins until cancelled must not be redelivered
+    // because a loaded machine delayed a renewal.
+    let cluster = cluster(&server, "cancel-running").ack_wait(Duration::from_secs(10));
     let _node = Node::start(cluster.clone(), Pool::<Chaos>::builder().workers(1)).unwrap();
     let client = cluster.client::<Chaos>().unwrap();
     let spinning = client.submit(Job::Spin).unwrap();

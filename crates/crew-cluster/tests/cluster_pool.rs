@@ -64,7 +64,9 @@ fn results_errors_panics_and_timeouts() {
 #[test]
 fn a_handle_awaits_and_cancels() {
     let server = server();
-    let cluster = cluster(&server, "pool-cancel");
+    // A long lease: a task that spins until cancelled must not be redelivered
+    // because a loaded machine delayed a renewal.
+    let cluster = cluster(&server, "pool-cancel").ack_wait(Duration::from_secs(10));
     let pool = Pool::<Chaos>::builder()
         .cluster(cluster.clone())
         .build()
