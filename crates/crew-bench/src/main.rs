@@ -1,7 +1,7 @@
 //! crew's runner for the worker-pool benchmark (contract: `shared/bench/WORKLOADS.md`).
 //!
 //! Usage: crew-bench --workload <overhead|latency|cpu|payload|spawn|all>
-//!                   [--backend <threads|processes>]
+//!                   [--backend <threads|processes|cluster>]
 //!
 //! Prints one JSON object per line on stdout, in the same format, with the same
 //! metrics, units, rounding and constants as the Rust peers (`shared/bench/rust-peers`):
@@ -23,6 +23,11 @@
 //!   it inside the timed region, as procspawn's natural path does with its `Vec<u8>`.
 //!   W5's shutdown is `pool.shutdown()`, which returns once every worker process is
 //!   reaped.
+//! - `cluster` (`rust/crew-cluster`, `overhead` and `latency` only): starts its own
+//!   `nats-server` with JetStream on loopback (a free port, a temporary store) and
+//!   2 node processes of 1 worker each (this binary, re-run as nodes through
+//!   `crew_cluster::bootstrap`), and submits from one client,
+//!   `Pool::<Inc>::builder().cluster(..)`, one `submit` per task.
 
 use std::hint::black_box;
 use std::process::exit;
@@ -452,6 +457,55 @@ fn run_threads(imp: &str, w: &str) {
     }
 }
 
+/// A node process of the cluster backend; killed and reaped on drop.
+struct NodeProcess(std::process::Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_cluster(imp: &str, w: &str) {
+    use crew_cluster::{Cluster, PoolBuilderExt};
+    if !matches!(w, "overhead" | "latency") {
+        eprintln!("crew-bench: {w} is not measured on the cluster backend yet");
+        return;
+    }
+    let server = crew_cluster::testing::NatsServer::start()
+        .unwrap_or_else(|e| panic!("crew-bench --backend cluster: {e}"));
+    let cluster = Cluster::connect(server.url()).pool_name("bench");
+    // The client first: it creates the pool's stream and consumer.
+    let pool = Pool::<Inc>::builder()
+        .cluster(cluster)
+        .build()
+        .unwrap_or_else(|e| panic!("crew cluster pool: {e}"));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("this binary's path: {e}"));
+    let nodes: Vec<NodeProcess> = (0..WORKERS)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .env(crew_cluster::ENV_URL, server.url())
+                .env(crew_cluster::ENV_POOL, "bench")
+                .env(crew_cluster::ENV_WORKERS, "1")
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .map(NodeProcess)
+                .unwrap_or_else(|e| panic!("a node process: {e}"))
+        })
+        .collect();
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while pool.stats().workers < WORKERS {
+        assert!(Instant::now() < deadline, "the nodes did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    match w {
+        "overhead" => w1_run(imp, pool, |pool, n| submit_all(pool, 0..n).sum()),
+        _ => w2_latency(imp, pool, submit_inc),
+    }
+    drop(nodes);
+}
+
 fn run_processes(imp: &str, w: &str) {
     match w {
         "overhead" => w1_overhead_processes(imp),
@@ -467,7 +521,7 @@ fn run_processes(imp: &str, w: &str) {
 
 fn usage() -> String {
     format!(
-        "usage: crew-bench --workload <{}|all> [--backend <threads|processes>]",
+        "usage: crew-bench --workload <{}|all> [--backend <threads|processes|cluster>]",
         ALL_WORKLOADS.join("|")
     )
 }
@@ -480,6 +534,9 @@ fn main() {
         .worker::<Cpu>()
         .worker::<Payload>()
         .run();
+    // In a node process started by `--backend cluster`, this serves `Inc` from
+    // the cluster and never returns; otherwise it returns at once.
+    crew_cluster::bootstrap::<Inc>();
 
     let mut workload = None;
     let mut backend = String::from("threads");
@@ -513,6 +570,7 @@ fn main() {
     let run: fn(&str, &str) = match backend.as_str() {
         "threads" => run_threads,
         "processes" => run_processes,
+        "cluster" => run_cluster,
         b => {
             eprintln!("crew-bench: unknown backend {b}\n{}", usage());
             exit(2);

@@ -43,7 +43,7 @@ pub use chunks::{Batch, ChunkResults, ChunkTask, Delivered};
 pub use config::{Config, SpawnHandler, WhenFull};
 pub use task::{new_task, OnCancel, Resolver};
 
-pub use crate::error::{Crash, Failure};
+pub use crate::error::{Crash, Failure, Panic};
 pub use crate::events::Bus as EventBus;
 pub use crate::messages::MessageBus;
 pub use crate::stats::{Figures, OutcomeCounts, Timings, WorkerFigures};

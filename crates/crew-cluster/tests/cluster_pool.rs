@@ -1,0 +1,163 @@
+//! `Pool<W>` on the cluster, through crew's backend seam: the conformance
+//! scenarios that apply to a pool whose workers are on other hosts, against a
+//! real nats-server and nodes in this process. (Scenarios about local workers,
+//! kill_worker, worker ids, events, messages and sticky keys do not apply yet:
+//! see the `engine` module docs.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cluster, server, wait_until, Chaos, ChildNode, Job};
+use crew::backend::BackendKind;
+use crew::Pool;
+use crew_cluster::{Node, PoolBuilderExt};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn results_errors_panics_and_timeouts() {
+    let server = server();
+    let cluster = cluster(&server, "pool");
+    let _node = Node::start(cluster.clone(), Pool::<Chaos>::builder().workers(2)).unwrap();
+    let pool = Pool::<Chaos>::builder()
+        .cluster(cluster)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(pool.backend_kind(), BackendKind::Other("cluster"));
+
+    let doubled: Vec<_> = (0..20)
+        .map(|n| pool.submit(Job::Double(n)).unwrap())
+        .collect();
+    let failed = pool.submit(Job::Fail("no".into())).unwrap();
+    let panicked = pool.submit(Job::Panic("boom".into())).unwrap();
+    // The pool's default timeout applies on the node.
+    let spun = pool.submit(Job::Spin).unwrap();
+    for (n, task) in doubled.into_iter().enumerate() {
+        assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), 2 * n as u64);
+    }
+    let e = failed.join_timeout(LIMIT).unwrap().unwrap_err();
+    assert_eq!(e.user_error().map(String::as_str), Some("no"));
+    let e = panicked.join_timeout(LIMIT).unwrap().unwrap_err();
+    assert_eq!(e.panic_message(), Some("boom"));
+    let e = spun.join_timeout(LIMIT).unwrap().unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+
+    let ordered: Vec<u64> = pool
+        .map((0..10).map(Job::Double))
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(ordered, (0..10).map(|n| 2 * n).collect::<Vec<_>>());
+
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, 33, "{stats:?}");
+    assert_eq!(stats.completed, 30);
+    assert_eq!(stats.failed, 1);
+    assert_eq!(stats.panicked, 1);
+    assert_eq!(stats.timed_out, 1);
+    assert_eq!(stats.workers, 2, "the node's two workers: {stats:?}");
+    pool.shutdown();
+}
+
+#[test]
+fn a_handle_awaits_and_cancels() {
+    let server = server();
+    // A long lease: a task that spins until cancelled must not be redelivered
+    // because a loaded machine delayed a renewal.
+    let cluster = cluster(&server, "pool-cancel").ack_wait(Duration::from_secs(10));
+    let pool = Pool::<Chaos>::builder()
+        .cluster(cluster.clone())
+        .build()
+        .unwrap();
+
+    // No node yet: the task waits in the stream, and a cancel takes it out.
+    let queued = pool.submit(Job::Double(1)).unwrap();
+    assert!(queued.cancel());
+    let e = queued.join_timeout(LIMIT).unwrap().unwrap_err();
+    assert!(e.is_cancelled(), "{e}");
+    let client = cluster.client::<Chaos>().unwrap();
+    wait_until(LIMIT, "the cancelled task to leave the stream", || {
+        client.queued().unwrap() == 0
+    });
+
+    let _node = Node::start(cluster.clone(), Pool::<Chaos>::builder().workers(1)).unwrap();
+    // A running task's cancel reaches its node: the one worker is free again.
+    let spinning = pool.submit(Job::Spin).unwrap();
+    wait_until(LIMIT, "the task to run", || {
+        client.nodes().unwrap().iter().any(|n| n.busy == 1)
+    });
+    assert!(spinning.cancel());
+    let next = pool.submit(Job::Double(21)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = runtime.block_on(async { tokio::time::timeout(LIMIT, next).await });
+    assert_eq!(out.unwrap().unwrap(), 42);
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    assert_eq!(stats.cancelled, 2);
+    assert_eq!(stats.completed, 1);
+}
+
+#[test]
+fn shutdown_waits_terminate_cancels_and_submit_after_is_closed() {
+    let server = server();
+    let cluster = cluster(&server, "pool-close");
+    let pool = Pool::<Chaos>::builder()
+        .cluster(cluster.clone())
+        .build()
+        .unwrap();
+    let queued: Vec<_> = (0..5)
+        .map(|n| pool.submit(Job::Double(n)).unwrap())
+        .collect();
+    // Nothing runs them: a shutdown with a deadline terminates what is left.
+    let started = Instant::now();
+    let e = pool
+        .shutdown_timeout(Duration::from_millis(300))
+        .unwrap_err();
+    assert_eq!(e.still_running(), 5);
+    assert!(started.elapsed() < LIMIT);
+    for task in queued {
+        let e = task.join_timeout(LIMIT).unwrap().unwrap_err();
+        assert!(e.is_cancelled(), "{e}");
+    }
+    let refused = pool.submit(Job::Double(9)).unwrap_err();
+    assert!(refused.is_closed());
+    assert!(matches!(refused.into_inner(), Job::Double(9)));
+
+    // A graceful shutdown waits for queued work to run.
+    let _node = Node::start(cluster.clone(), Pool::<Chaos>::builder().workers(2)).unwrap();
+    let pool = Pool::<Chaos>::builder().cluster(cluster).build().unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|n| pool.submit(Job::Double(n)).unwrap())
+        .collect();
+    pool.shutdown();
+    for (n, task) in tasks.into_iter().enumerate() {
+        assert!(task.is_finished());
+        assert_eq!(task.join().unwrap(), 2 * n as u64);
+    }
+}
+
+#[test]
+fn a_poison_task_fails_as_a_crash() {
+    let server = server();
+    let cluster = cluster(&server, "pool-poison");
+    let pool = Pool::<Chaos>::builder().cluster(cluster).build().unwrap();
+    let poison = pool.submit(Job::Abort).unwrap();
+    let mut node = ChildNode::start(&server.url(), "pool-poison", 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !poison.is_finished() {
+        assert!(Instant::now() < deadline, "the poison task never resolved");
+        if node.has_exited() {
+            node = ChildNode::start(&server.url(), "pool-poison", 1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = poison.join().unwrap_err();
+    assert!(e.is_crash(), "{e}");
+    let why = e.crash().unwrap().stderr_tail().join("\n");
+    assert!(why.contains("dead-lettered after 3"), "{why}");
+}
