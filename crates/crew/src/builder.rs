@@ -61,6 +61,12 @@ type StartEngine<W> = Box<dyn FnOnce(&Config) -> std::io::Result<Arc<dyn Engine<
 struct ProcessSettings<W: Worker> {
     launch: LaunchFn<W>,
     config: crate::processes::ProcessConfig,
+    /// `.processes(n)` was called: the backend is an explicit choice. A
+    /// process setting alone never picks it (see `first_setting`).
+    chosen: bool,
+    /// The first process-only setting given, named in the `BuildError` when
+    /// `.processes(n)` was not.
+    first_setting: Option<&'static str>,
 }
 
 #[cfg(all(feature = "process", target_os = "linux"))]
@@ -330,6 +336,10 @@ impl<W: Worker> PoolBuilder<W> {
         }
         #[cfg(all(feature = "process", target_os = "linux"))]
         if let Some(process) = self.process {
+            if !process.chosen {
+                let setting = process.first_setting.unwrap_or("a process setting");
+                return Err(BuildError::new(BuildErrorKind::NeedsProcesses(setting)));
+            }
             if self.range.is_some() {
                 return Err(BuildError::new(BuildErrorKind::NotForProcesses(
                     "workers_range",
@@ -370,25 +380,37 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// The other settings keep their meaning; `workers_range` (elastic sizing) is
     /// not offered for processes, and [`WhenFull::CallerRuns`] waits like `Block`
     /// (the caller's thread cannot run a process worker's code).
+    ///
+    /// This is the only way to choose the process backend: the process-only
+    /// settings below (`retries`, `kill_grace`, `window`, …) on a pool without
+    /// `.processes(n)` make `build` fail with a [`BuildError`] that names the
+    /// setting, rather than silently changing the backend.
     pub fn processes(mut self, n: usize) -> Self {
         self.workers = Some(n);
-        self.process_config();
+        self.process_settings().chosen = true;
         self
     }
 
-    /// The process settings; any of them makes this a process pool.
-    fn process_config(&mut self) -> &mut crate::processes::ProcessConfig {
-        let settings = self.process.get_or_insert_with(|| ProcessSettings {
+    fn process_settings(&mut self) -> &mut ProcessSettings<W> {
+        self.process.get_or_insert_with(|| ProcessSettings {
             launch: |config, process| crate::processes::start::<W>(config, process),
             config: crate::processes::ProcessConfig::default(),
-        });
+            chosen: false,
+            first_setting: None,
+        })
+    }
+
+    /// The process settings, for the process-only setting `name`.
+    fn process_config(&mut self, name: &'static str) -> &mut crate::processes::ProcessConfig {
+        let settings = self.process_settings();
+        settings.first_setting.get_or_insert(name);
         &mut settings.config
     }
 
     /// The program worker processes run, instead of the current executable. It
     /// calls [`crew::serve::<W>()`](crate::serve) (or `bootstrap`) in `main`.
     pub fn program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.process_config().program = Some(path.into());
+        self.process_config("program").program = Some(path.into());
         self
     }
 
@@ -398,7 +420,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
         I: IntoIterator<Item = S>,
         S: Into<std::ffi::OsString>,
     {
-        self.process_config().args = args.into_iter().map(Into::into).collect();
+        self.process_config("args").args = args.into_iter().map(Into::into).collect();
         self
     }
 
@@ -406,7 +428,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// worker never waits for the pool between two tasks. Unstarted ones are
     /// taken back for a worker that runs dry.
     pub fn window(mut self, tasks: usize) -> Self {
-        self.process_config().window = tasks;
+        self.process_config("window").window = tasks;
         self
     }
 
@@ -414,7 +436,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// (default 2 s). crew's own SIGTERM handler in the worker ends its process
     /// group at once; the grace matters for worker code that handles SIGTERM.
     pub fn kill_grace(mut self, grace: Duration) -> Self {
-        self.process_config().kill_grace = grace;
+        self.process_config("kill_grace").kill_grace = grace;
         self
     }
 
@@ -422,7 +444,8 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// worker's count varies by up to 10%, so they do not all retire at once).
     /// The replacement starts first.
     pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
-        self.process_config().max_tasks_per_worker = Some(tasks);
+        self.process_config("max_tasks_per_worker")
+            .max_tasks_per_worker = Some(tasks);
         self
     }
 
@@ -431,7 +454,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// pages), not the shared memory large inputs arrive in. The replacement
     /// starts first.
     pub fn max_memory(mut self, bytes: u64) -> Self {
-        self.process_config().max_memory = Some(bytes);
+        self.process_config("max_memory").max_memory = Some(bytes);
         self
     }
 
@@ -441,13 +464,13 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// only with [`retry_on_signal`](PoolBuilder::retry_on_signal). A task can
     /// override this with [`TaskBuilder::retries`](crate::TaskBuilder::retries).
     pub fn retries(mut self, n: u32) -> Self {
-        self.process_config().retries = n;
+        self.process_config("retries").retries = n;
         self
     }
 
     /// Whether [`retries`](PoolBuilder::retries) also covers deaths by signal.
     pub fn retry_on_signal(mut self, yes: bool) -> Self {
-        self.process_config().retry_signals = yes;
+        self.process_config("retry_on_signal").retry_signals = yes;
         self
     }
 
@@ -457,7 +480,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     where
         F: Fn(crate::WorkerId, crate::OutputStream, &str) + Send + Sync + 'static,
     {
-        self.process_config().output = Some(std::sync::Arc::new(handler));
+        self.process_config("on_output").output = Some(std::sync::Arc::new(handler));
         self
     }
 }

@@ -395,6 +395,9 @@ pub(crate) enum BuildErrorKind {
     ZeroMaxTasks,
     /// A setting process pools do not offer; its name.
     NotForProcesses(&'static str),
+    /// A process-only setting on a pool that did not choose `.processes(n)`;
+    /// its name.
+    NeedsProcesses(&'static str),
     /// The OS would not start a worker thread (or process).
     Spawn(std::io::Error),
 }
@@ -429,6 +432,11 @@ impl fmt::Display for BuildError {
             BuildErrorKind::NotForProcesses(what) => {
                 write!(f, "`{what}` is not available for process workers")
             }
+            BuildErrorKind::NeedsProcesses(what) => write!(
+                f,
+                "`{what}` is a process pool setting: it needs `.processes(n)` \
+                 (the backend is never chosen by a setting alone)"
+            ),
             BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
         }
     }
