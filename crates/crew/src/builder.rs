@@ -355,6 +355,11 @@ impl<W: Worker> PoolBuilder<W> {
             if process.config.window == 0 {
                 return Err(BuildError::new(BuildErrorKind::ZeroWindow));
             }
+            if process.config.silence_limit.is_zero() {
+                return Err(BuildError::new(BuildErrorKind::ZeroDuration(
+                    "silence_limit",
+                )));
+            }
             if process.config.max_tasks_per_worker == Some(0) {
                 return Err(BuildError::new(BuildErrorKind::ZeroMaxTasks));
             }
@@ -459,12 +464,27 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     }
 
     /// Runs a task again, up to `n` times, when its worker process dies under it
-    /// by exiting or breaking the protocol (default 0: fail at once). Only for
-    /// idempotent tasks. A death by signal (segfault, abort, OOM kill) is retried
+    /// (default 0: fail at once): it exits, or is killed, even in the middle of
+    /// writing the task's answer. Only for idempotent tasks. A worker that
+    /// breaks the protocol (bytes that are not crew's frames, or half a frame
+    /// and a clean exit) is not retried: the same input would most likely do it
+    /// again; the task fails with [`TaskError::is_protocol`](crate::TaskError::is_protocol). A death by signal (segfault, abort, OOM kill) is retried
     /// only with [`retry_on_signal`](PoolBuilder::retry_on_signal). A task can
     /// override this with [`TaskBuilder::retries`](crate::TaskBuilder::retries).
     pub fn retries(mut self, n: u32) -> Self {
         self.process_config("retries").retries = n;
+        self
+    }
+
+    /// How long a worker process may stay silent while the pool waits on it for
+    /// something only it can say (default 5 s): the answer to taking back a
+    /// task it has not started (for a worker that ran dry), or the rest of a
+    /// frame it began writing. Past it the worker is killed (SIGKILL) and
+    /// reported as a crash, and the tasks it had not started run elsewhere. A
+    /// healthy worker answers a take-back at once, even in the middle of a
+    /// long task; a stopped (SIGSTOP), frozen or wedged one does not.
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.process_config("silence_limit").silence_limit = limit;
         self
     }
 

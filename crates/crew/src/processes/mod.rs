@@ -38,6 +38,7 @@
 mod arena;
 mod chunks;
 mod codec;
+mod key_table;
 mod process_handle;
 mod worker_main;
 
@@ -67,6 +68,11 @@ pub(crate) struct ProcessConfig {
     pub(crate) retries: u32,
     pub(crate) retry_signals: bool,
     pub(crate) output: Option<OutputHandler>,
+    /// How long a worker may stay silent while the pool waits on it for
+    /// something only it can say: the answer to a steal-back, or the rest of a
+    /// frame it began. Past it the worker is killed (`supervisor.md`, "Silent
+    /// workers").
+    pub(crate) silence_limit: Duration,
 }
 
 impl Default for ProcessConfig {
@@ -81,6 +87,7 @@ impl Default for ProcessConfig {
             retries: 0,
             retry_signals: false,
             output: None,
+            silence_limit: Duration::from_secs(5),
         }
     }
 }
