@@ -349,14 +349,8 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
                     id: l.id,
                     started: l.ready,
                     stopping: l.killing.is_some() || l.retiring || l.shutdown_sent,
-                    // The task it said it started, or else the head of its
-                    // window: the one it may be running without having said so
-                    // yet (it batches *started*; `Supervisor::arm_head`).
-                    current_task: l
-                        .running
-                        .map(|(r, _)| r)
-                        .or_else(|| l.window.front().map(|f| f.entry.id()))
-                        .map(TaskId),
+                    // The task it said it started (the one `Task::worker` names).
+                    current_task: l.running.map(|(r, _)| TaskId(r)),
                     // A worker holding tasks is busy even before its *started*
                     // arrives (it may be stopped mid-task); a worker being
                     // killed holds its place until it is reaped.

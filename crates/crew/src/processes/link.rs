@@ -66,9 +66,12 @@ impl<W: RemoteWorker> Supervisor<W> {
                 },
                 ToParent::Started { id: task } => {
                     let link = &mut st.links[i];
-                    let Some(flight) = link.window.iter().find(|f| f.entry.id() == task) else {
+                    let Some(flight) = link.window.iter_mut().find(|f| f.entry.id() == task) else {
                         return Err(format!("started a task it was not sent ({task})"));
                     };
+                    // A take-back that lost the race: answered, the worker is
+                    // not silent (it runs the task where it is).
+                    flight.stolen_at = None;
                     let entry = Arc::clone(&flight.entry);
                     let now = Instant::now();
                     link.running = Some((task, now));
@@ -290,6 +293,7 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
             timings: Timings::new(),
             born: Instant::now(),
             silenced: None,
+            silence_armed: false,
         });
         // Sticky messages first, under the lock a broadcast takes: each one
         // reaches this worker exactly once, before its first task.

@@ -38,12 +38,23 @@ pub(super) fn monitor_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>) {
             };
             match alarm.what {
                 AlarmKind::Kill => st.links[i].process.signal_group(Signal::SIGKILL),
-                AlarmKind::Silence(task) => {
-                    let unanswered = st.links[i]
-                        .window
-                        .iter()
-                        .any(|f| f.entry.id() == task && f.stolen);
-                    if unanswered {
+                AlarmKind::Silence => {
+                    st.links[i].silence_armed = false;
+                    // The oldest take-back still unanswered, if any.
+                    let oldest = st.links[i].window.iter().filter_map(|f| f.stolen_at).min();
+                    let limit = shared.process.silence_limit;
+                    if let Some(at) = oldest.filter(|at| *at + limit > now) {
+                        // Answered in time; a later one waits: watch it next.
+                        st.links[i].silence_armed = true;
+                        shared.add_alarm(
+                            &mut st,
+                            Alarm {
+                                at: at + limit,
+                                worker: alarm.worker,
+                                what: AlarmKind::Silence,
+                            },
+                        );
+                    } else if oldest.is_some() {
                         let why = format!(
                             "crew: the worker did not answer for {:?} (stopped or wedged) \
                              while it held tasks another worker could run; killed",

@@ -184,10 +184,12 @@ pub(super) enum AlarmKind {
     Timeout(u64),
     /// SIGKILL to `worker`'s group if it has not been reaped.
     Kill,
-    /// Task `id` was taken back from `worker` (`steal_back`); if the worker
-    /// has still not answered, it is silent: it is killed, so that what it
-    /// holds runs elsewhere.
-    Silence(u64),
+    /// A take-back (`steal_back`) from `worker` may be due: if one has waited
+    /// for its answer for `silence_limit`, the worker is silent and is killed,
+    /// so that what it holds runs elsewhere. At most one such alarm is pending
+    /// per worker (armed by the first take-back it has not answered, then by
+    /// the monitor for the next), so a busy pool's steals do not pile alarms up.
+    Silence,
 }
 
 /// One live (or dying) worker process, as the scheduler sees it. Under the
@@ -228,6 +230,10 @@ pub(super) struct LinkState<W: RemoteWorker> {
     /// Why crew killed it for silence, if it did: added to its crash report.
     /// Set by the monitor (`Supervisor::kill_silent`); read by its link thread.
     pub(super) silenced: Option<String>,
+    /// An `AlarmKind::Silence` for it is pending. Set by whoever adds one
+    /// (`steal_back`, the monitor re-arming), cleared by the monitor when it
+    /// fires: one at a time, however many take-backs.
+    pub(super) silence_armed: bool,
 }
 
 /// One task in a worker's window.
@@ -240,6 +246,8 @@ pub(super) struct InFlight<W: RemoteWorker> {
     pub(super) cancel_sent: bool,
     /// Taken back to run elsewhere: queue it again when *not started* arrives.
     pub(super) stolen: bool,
+    /// When it was taken back (its *cancel* sent), while that is unanswered.
+    pub(super) stolen_at: Option<Instant>,
     /// When it became the head of the window (the first task not answered),
     /// the moment the pool's timeout clock starts; see [`Supervisor::arm_head`].
     pub(super) head_since: Option<Instant>,
@@ -474,6 +482,7 @@ impl<W: RemoteWorker> Supervisor<W> {
             est,
             cancel_sent: false,
             stolen: false,
+            stolen_at: None,
             head_since: None,
         });
         self.arm_head(st, i);
@@ -694,6 +703,8 @@ impl<W: RemoteWorker> Supervisor<W> {
             };
             flight.cancel_sent = true;
             flight.stolen = true;
+            let now = Instant::now();
+            flight.stolen_at = Some(now);
             let id = flight.entry.id();
             link.process
                 .writer
@@ -707,14 +718,17 @@ impl<W: RemoteWorker> Supervisor<W> {
             // not within the limit is stopped or wedged, and holds work another
             // worker could run: the monitor kills it then.
             let worker = link.id;
-            self.add_alarm(
-                st,
-                Alarm {
-                    at: Instant::now() + self.process.silence_limit,
-                    worker,
-                    what: AlarmKind::Silence(id),
-                },
-            );
+            if !link.silence_armed {
+                link.silence_armed = true;
+                self.add_alarm(
+                    st,
+                    Alarm {
+                        at: now + self.process.silence_limit,
+                        worker,
+                        what: AlarmKind::Silence,
+                    },
+                );
+            }
         }
     }
 
