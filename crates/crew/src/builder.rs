@@ -64,6 +64,12 @@ type StartEngine<W> = Box<dyn FnOnce(&Config) -> std::io::Result<Arc<dyn Engine<
 struct ProcessSettings<W: Worker> {
     launch: LaunchFn<W>,
     config: crate::processes::ProcessConfig,
+    /// `.processes(n)` was called: the backend is an explicit choice. A
+    /// process setting alone never picks it (see `first_setting`).
+    chosen: bool,
+    /// The first process-only setting given, named in the `BuildError` when
+    /// `.processes(n)` was not.
+    first_setting: Option<&'static str>,
 }
 
 #[cfg(all(feature = "process", target_os = "linux"))]
@@ -356,6 +362,10 @@ impl<W: Worker> PoolBuilder<W> {
         }
         #[cfg(all(feature = "process", target_os = "linux"))]
         if let Some(process) = self.process {
+            if !process.chosen {
+                let setting = process.first_setting.unwrap_or("a process setting");
+                return Err(BuildError::new(BuildErrorKind::NeedsProcesses(setting)));
+            }
             if self.range.is_some() {
                 return Err(BuildError::new(BuildErrorKind::NotForProcesses(
                     "workers_range",
@@ -370,6 +380,11 @@ impl<W: Worker> PoolBuilder<W> {
             }
             if process.config.window == 0 {
                 return Err(BuildError::new(BuildErrorKind::ZeroWindow));
+            }
+            if process.config.silence_limit.is_zero() {
+                return Err(BuildError::new(BuildErrorKind::ZeroDuration(
+                    "silence_limit",
+                )));
             }
             if process.config.max_tasks_per_worker == Some(0) {
                 return Err(BuildError::new(BuildErrorKind::ZeroMaxTasks));
@@ -399,19 +414,31 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// The other settings keep their meaning; `workers_range` (elastic sizing) is
     /// not offered for processes, and [`WhenFull::CallerRuns`] waits like `Block`
     /// (the caller's thread cannot run a process worker's code).
+    ///
+    /// This is the only way to choose the process backend: the process-only
+    /// settings below (`retries`, `kill_grace`, `window`, …) on a pool without
+    /// `.processes(n)` make `build` fail with a [`BuildError`] that names the
+    /// setting, rather than silently changing the backend.
     #[must_use]
     pub fn processes(mut self, n: usize) -> Self {
         self.workers = Some(n);
-        self.process_config();
+        self.process_settings().chosen = true;
         self
     }
 
-    /// The process settings; any of them makes this a process pool.
-    fn process_config(&mut self) -> &mut crate::processes::ProcessConfig {
-        let settings = self.process.get_or_insert_with(|| ProcessSettings {
+    fn process_settings(&mut self) -> &mut ProcessSettings<W> {
+        self.process.get_or_insert_with(|| ProcessSettings {
             launch: |config, process| crate::processes::start::<W>(config, process),
             config: crate::processes::ProcessConfig::default(),
-        });
+            chosen: false,
+            first_setting: None,
+        })
+    }
+
+    /// The process settings, for the process-only setting `name`.
+    fn process_config(&mut self, name: &'static str) -> &mut crate::processes::ProcessConfig {
+        let settings = self.process_settings();
+        settings.first_setting.get_or_insert(name);
         &mut settings.config
     }
 
@@ -419,7 +446,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// calls [`crew::serve::<W>()`](crate::serve) (or `bootstrap`) in `main`.
     #[must_use]
     pub fn program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.process_config().program = Some(path.into());
+        self.process_config("program").program = Some(path.into());
         self
     }
 
@@ -430,7 +457,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
         I: IntoIterator<Item = S>,
         S: Into<std::ffi::OsString>,
     {
-        self.process_config().args = args.into_iter().map(Into::into).collect();
+        self.process_config("args").args = args.into_iter().map(Into::into).collect();
         self
     }
 
@@ -439,7 +466,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// taken back for a worker that runs dry.
     #[must_use]
     pub fn window(mut self, tasks: usize) -> Self {
-        self.process_config().window = tasks;
+        self.process_config("window").window = tasks;
         self
     }
 
@@ -448,7 +475,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// group at once; the grace matters for worker code that handles SIGTERM.
     #[must_use]
     pub fn kill_grace(mut self, grace: Duration) -> Self {
-        self.process_config().kill_grace = grace;
+        self.process_config("kill_grace").kill_grace = grace;
         self
     }
 
@@ -457,7 +484,8 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// The replacement starts first.
     #[must_use]
     pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
-        self.process_config().max_tasks_per_worker = Some(tasks);
+        self.process_config("max_tasks_per_worker")
+            .max_tasks_per_worker = Some(tasks);
         self
     }
 
@@ -467,25 +495,41 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// starts first.
     #[must_use]
     pub fn max_memory(mut self, bytes: u64) -> Self {
-        self.process_config().max_memory = Some(bytes);
+        self.process_config("max_memory").max_memory = Some(bytes);
         self
     }
 
     /// Runs a task again, up to `n` times, when its worker process dies under it
-    /// by exiting or breaking the protocol (default 0: fail at once). Only for
-    /// idempotent tasks. A death by signal (segfault, abort, OOM kill) is retried
+    /// (default 0: fail at once): it exits, or is killed, even in the middle of
+    /// writing the task's answer. Only for idempotent tasks. A worker that
+    /// breaks the protocol (bytes that are not crew's frames, or half a frame
+    /// and a clean exit) is not retried: the same input would most likely do it
+    /// again; the task fails with [`TaskError::is_protocol`](crate::TaskError::is_protocol). A death by signal (segfault, abort, OOM kill) is retried
     /// only with [`retry_on_signal`](PoolBuilder::retry_on_signal). A task can
     /// override this with [`TaskBuilder::retries`](crate::TaskBuilder::retries).
     #[must_use]
     pub fn retries(mut self, n: u32) -> Self {
-        self.process_config().retries = n;
+        self.process_config("retries").retries = n;
+        self
+    }
+
+    /// How long a worker process may stay silent while the pool waits on it for
+    /// something only it can say (default 5 s): the answer to taking back a
+    /// task it has not started (for a worker that ran dry), or the rest of a
+    /// frame it began writing. Past it the worker is killed (SIGKILL) and
+    /// reported as a crash, and the tasks it had not started run elsewhere. A
+    /// healthy worker answers a take-back at once, even in the middle of a
+    /// long task; a stopped (SIGSTOP), frozen or wedged one does not.
+    #[must_use]
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.process_config("silence_limit").silence_limit = limit;
         self
     }
 
     /// Whether [`retries`](PoolBuilder::retries) also covers deaths by signal.
     #[must_use]
     pub fn retry_on_signal(mut self, yes: bool) -> Self {
-        self.process_config().retry_signals = yes;
+        self.process_config("retry_on_signal").retry_signals = yes;
         self
     }
 
@@ -496,7 +540,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     where
         F: Fn(crate::WorkerId, crate::OutputStream, &str) + Send + Sync + 'static,
     {
-        self.process_config().output = Some(std::sync::Arc::new(handler));
+        self.process_config("on_output").output = Some(std::sync::Arc::new(handler));
         self
     }
 }

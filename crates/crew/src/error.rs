@@ -638,6 +638,9 @@ pub(crate) enum BuildErrorKind {
     /// `crew::bootstrap` (see `processes/guard.rs`).
     #[cfg(all(feature = "process", target_os = "linux"))]
     NotBootstrapped,
+    /// A process-only setting on a pool that did not choose `.processes(n)`;
+    /// its name.
+    NeedsProcesses(&'static str),
     /// The OS would not start a worker thread (or process).
     Spawn(std::io::Error),
 }
@@ -692,6 +695,11 @@ impl fmt::Display for BuildError {
             BuildErrorKind::NotBootstrapped => {
                 f.write_str(crate::processes::guard::NOT_BOOTSTRAPPED)
             }
+            BuildErrorKind::NeedsProcesses(what) => write!(
+                f,
+                "`{what}` is a process pool setting: it needs `.processes(n)` \
+                 (the backend is never chosen by a setting alone)"
+            ),
             BuildErrorKind::Spawn(_) => f.write_str("the OS refused to start a worker thread"),
         }
     }

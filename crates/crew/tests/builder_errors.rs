@@ -96,3 +96,57 @@ fn default_size_is_the_available_parallelism() {
     assert_eq!(pool.workers().len(), expected);
     pool.shutdown();
 }
+
+/// A worker whose types are serde types, so the process-only settings exist.
+#[cfg(all(feature = "process", target_os = "linux"))]
+struct Echo;
+
+#[cfg(all(feature = "process", target_os = "linux"))]
+impl crew::Worker for Echo {
+    type Input = u32;
+    type Output = u32;
+    type Error = String;
+    type Message = ();
+
+    fn start(_ctx: &mut crew::Context<'_>) -> Result<Self, crew::StartError> {
+        Ok(Echo)
+    }
+
+    fn run(&mut self, input: u32, _ctx: &mut crew::Context<'_>) -> Result<u32, String> {
+        Ok(input)
+    }
+}
+
+/// The backend is chosen by `.processes(n)` alone: a process-only setting on a
+/// thread pool is refused with an error that names it, instead of silently
+/// turning the pool into a process pool.
+#[cfg(all(feature = "process", target_os = "linux"))]
+#[test]
+fn process_settings_without_processes_are_rejected() {
+    let eb = || Pool::<Echo>::builder().workers(2);
+    let cases: Vec<(PoolBuilder<Echo>, &str)> = vec![
+        (eb().retries(2), "retries"),
+        (eb().retry_on_signal(true), "retry_on_signal"),
+        (eb().kill_grace(Duration::from_millis(5)), "kill_grace"),
+        (eb().window(4), "window"),
+        (eb().max_tasks_per_worker(10), "max_tasks_per_worker"),
+        (eb().max_memory(1 << 30), "max_memory"),
+        (eb().program("worker"), "program"),
+        (eb().args(["a"]), "args"),
+        (eb().on_output(|_, _, _| {}), "on_output"),
+    ];
+    for (b, setting) in cases {
+        let err = match b.build() {
+            Ok(pool) => {
+                let backend = pool.backend_kind();
+                pool.terminate();
+                panic!("`{setting}` without `.processes(n)` built a {backend:?} pool");
+            }
+            Err(err) => err,
+        };
+        assert!(err.is_invalid_setting(), "{setting}: {err:?}");
+        let text = err.to_string();
+        assert!(text.contains(setting), "{setting}: {text}");
+        assert!(text.contains(".processes(n)"), "{setting}: {text}");
+    }
+}

@@ -329,12 +329,22 @@ fn a_timeout_kills_an_infinite_loop_and_the_worker_is_replaced() {
     pool.shutdown();
 }
 
+/// Waits until the worker said it started a task. (`stats().busy` counts a
+/// worker holding a task before its batched *started* arrives, so it does not
+/// say the task runs yet.)
+#[track_caller]
+fn wait_started(events: &crew::Events) {
+    common::wait_for_event(events, "TaskStarted", |e| {
+        matches!(e, crew::Event::TaskStarted { .. }).then_some(())
+    });
+}
+
 #[test]
 fn cancelling_a_running_task_kills_its_worker() {
     let pool = worker_processes::<Probe>(1).build().unwrap();
     let events = pool.events();
     let looping = pool.submit(Job::Loop).unwrap();
-    wait_until("the loop is running", || pool.stats().busy == 1);
+    wait_started(&events);
     assert!(looping.cancel());
     let err = looping.join().unwrap_err();
     assert!(err.is_cancelled());
@@ -351,9 +361,10 @@ fn cancelling_a_task_waiting_in_a_window_does_not_kill_anyone() {
     let workers = pool.workers();
     // The loop never ends, so the echo behind it is still waiting, whatever the
     // timing, when it is cancelled.
+    let events = pool.events();
     let looping = pool.submit(Job::Loop).unwrap();
     let waiting = pool.submit(Job::Echo(1)).unwrap();
-    wait_until("the loop is running", || pool.stats().busy == 1);
+    wait_started(&events);
     assert!(waiting.cancel());
     assert!(waiting.join().unwrap_err().is_cancelled());
     // A kill is decided inside `cancel`; the worker was not chosen for one.
@@ -678,8 +689,9 @@ fn shutdown_runs_queued_work_then_reaps_every_worker() {
 #[test]
 fn terminate_closes_queued_work_and_cancels_running_work() {
     let pool = worker_processes::<Probe>(1).build().unwrap();
+    let events = pool.events();
     let running = pool.submit(Job::Loop).unwrap();
-    wait_until("the loop is running", || pool.stats().busy == 1);
+    wait_started(&events);
     let queued: Vec<_> = (0..50)
         .map(|i| pool.submit(Job::Echo(i)).unwrap())
         .collect();

@@ -1,8 +1,10 @@
 //! Fault-injection soak on the process backend: a seeded mix of tasks that
 //! succeed, return errors, panic, are cancelled before or while running (a
 //! running task's cancel kills its worker process), time out (a hard kill), or
-//! kill their own worker process (exit, abort, segfault), while a chaos thread
-//! kills workers. Every handle must resolve exactly once, with an outcome the
+//! kill their own worker process (exit, abort, segfault), stop it (SIGSTOP)
+//! under a timeout, write half a frame and go silent, or die in the middle of
+//! writing a frame, while a chaos thread kills workers and stops and continues
+//! them (SIGSTOP, SIGCONT). Every handle must resolve exactly once, with an outcome the
 //! injected fault allows; the stats must reconcile with what was submitted; and
 //! the pool must end at its size.
 //!
@@ -41,6 +43,32 @@ enum Fault {
     Abort,
     /// A write through a null pointer.
     Segfault,
+    /// Stops its own process (SIGSTOP), under a short timeout: it times out on
+    /// the pool's clock (or answers, if the chaos thread continues it first).
+    StopSelf,
+    /// Writes a frame header promising 1,000 bytes and 3 of them, then waits:
+    /// a protocol error once the partial read's deadline passes.
+    HalfFrame,
+    /// Writes half of a large frame and kills its own process (SIGKILL): a
+    /// crash by signal 9, not a protocol error.
+    CutFrame,
+}
+
+/// The worker's channel to the pool: the one socket among its descriptors.
+fn channel() -> std::mem::ManuallyDrop<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    for fd in 3..64 {
+        let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else {
+            continue;
+        };
+        if meta.file_type().is_socket() {
+            // SAFETY: the descriptor is open (its /proc entry exists) and is
+            // never closed here (ManuallyDrop).
+            return std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        }
+    }
+    panic!("no channel");
 }
 
 struct Soak;
@@ -69,6 +97,25 @@ impl Worker for Soak {
                 }
                 Ok(id)
             }
+            Fault::StopSelf => {
+                nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP).unwrap();
+                Ok(id)
+            }
+            Fault::HalfFrame => {
+                use std::io::Write;
+                let _ = channel().write_all(&[0xe8, 0x03, 0x00, 0x00, 0x23, 1, 2]);
+                std::thread::sleep(LIMIT);
+                Ok(id)
+            }
+            Fault::CutFrame => {
+                use std::io::Write;
+                let mut frame = vec![0u8; 1 << 16];
+                frame[..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+                frame[4] = 0x23;
+                let _ = channel().write_all(&frame);
+                nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+                unreachable!()
+            }
             Fault::Exit => std::process::exit(9),
             Fault::Abort => std::process::abort(),
             Fault::Segfault => {
@@ -95,6 +142,15 @@ fn allowed(id: u64, fault: Fault, cancelled: bool, result: &Result<u64, TaskErro
         if e.is_killed() {
             return !cancelled;
         }
+        // A worker stopped longer than `silence_limit` while another waited
+        // for its unstarted tasks is killed, and the task it ran is a crash
+        // that says so.
+        let silenced = e.crash().is_some_and(|c| {
+            c.signal() == Some(9) && c.stderr_tail().iter().any(|l| l.contains("did not answer"))
+        });
+        if silenced && !cancelled {
+            return true;
+        }
     }
     if cancelled {
         return matches!(result, Err(e) if e.is_cancelled());
@@ -109,6 +165,10 @@ fn allowed(id: u64, fault: Fault, cancelled: bool, result: &Result<u64, TaskErro
         (Fault::Exit, Err(e)) => e.crash().is_some_and(|c| c.exit_code() == Some(9)),
         (Fault::Abort, Err(e)) => e.crash().is_some_and(|c| c.signal() == Some(6)),
         (Fault::Segfault, Err(e)) => e.crash().is_some_and(|c| c.signal() == Some(11)),
+        (Fault::StopSelf, Ok(v)) => *v == id,
+        (Fault::StopSelf, Err(e)) => e.is_timeout(),
+        (Fault::HalfFrame, Err(e)) => e.is_protocol(),
+        (Fault::CutFrame, Err(e)) => e.crash().is_some_and(|c| c.signal() == Some(9)),
         _ => false,
     }
 }
@@ -142,20 +202,37 @@ fn soak(tasks: u64, seed: u64) {
     const WORKERS: usize = 3;
     let pool = worker_processes::<Soak>(WORKERS)
         .kill_grace(Duration::from_millis(100))
+        .silence_limit(Duration::from_millis(200))
         .build()
         .unwrap();
     let mut rng = Rng::new(seed);
 
-    // The chaos thread kills a random live worker now and then until told to stop.
+    // The chaos thread kills a random live worker now and then, and stops and
+    // continues one, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
+    let stops = Arc::new(AtomicUsize::new(0));
     let chaos = {
         let (pool, stop, kills) = (pool.clone(), Arc::clone(&stop), Arc::clone(&kills));
+        let stops = Arc::clone(&stops);
         let mut rng = Rng::new(seed.rotate_left(17));
         std::thread::spawn(move || {
             while !stop.load(SeqCst) {
                 // Pacing only: no assertion depends on how many kills happen.
                 std::thread::sleep(Duration::from_millis(20));
+                if rng.below(2) == 0 {
+                    if let Some(pid) = pick_worker_pid(&pool, &mut rng) {
+                        use nix::sys::signal::{kill, Signal};
+                        let pid = nix::unistd::Pid::from_raw(pid);
+                        if kill(pid, Signal::SIGSTOP).is_ok() {
+                            stops.fetch_add(1, SeqCst);
+                            // Pacing only: how long the worker stays stopped.
+                            std::thread::sleep(Duration::from_millis(rng.below(15)));
+                            let _ = kill(pid, Signal::SIGCONT);
+                        }
+                    }
+                    continue;
+                }
                 let workers = pool.workers();
                 if !workers.is_empty() {
                     let victim = workers[rng.below(workers.len() as u64) as usize];
@@ -171,7 +248,10 @@ fn soak(tasks: u64, seed: u64) {
     let mut running_to_cancel: Vec<usize> = Vec::new();
     for id in 0..tasks {
         let fault = match rng.below(1000) {
-            0..=869 => Fault::None,
+            0..=863 => Fault::None,
+            864..=865 => Fault::StopSelf,
+            866..=867 => Fault::HalfFrame,
+            868..=869 => Fault::CutFrame,
             870..=919 => Fault::UserError,
             920..=959 => Fault::Panic,
             960..=984 => Fault::CancelEarly,
@@ -182,6 +262,10 @@ fn soak(tasks: u64, seed: u64) {
             _ => Fault::Segfault,
         };
         let task = match fault {
+            Fault::StopSelf => pool
+                .task((id, fault))
+                .timeout(Duration::from_millis(50))
+                .submit(),
             Fault::TimeOut => pool
                 .task((id, fault))
                 .timeout(Duration::from_millis(5))
@@ -218,6 +302,7 @@ fn soak(tasks: u64, seed: u64) {
             Err(e) if e.is_timeout() => "timed out",
             Err(e) if e.is_killed() => "killed",
             Err(e) if e.is_crash() => "crashed",
+            Err(e) if e.is_protocol() => "protocol",
             Err(e) => panic!("task {id}: unexpected {e:?}"),
         };
         *seen.entry(kind).or_default() += 1;
@@ -225,8 +310,9 @@ fn soak(tasks: u64, seed: u64) {
     stop.store(true, SeqCst);
     chaos.join().unwrap();
     eprintln!(
-        "soak: outcomes {seen:?}, workers killed {}",
-        kills.load(SeqCst)
+        "soak: outcomes {seen:?}, workers killed {}, stopped and continued {}",
+        kills.load(SeqCst),
+        stops.load(SeqCst)
     );
 
     assert!(pool.wait_idle_timeout(LIMIT), "{}", pool.stats());
@@ -240,7 +326,11 @@ fn soak(tasks: u64, seed: u64) {
     assert_eq!(stats.cancelled, count("cancelled"), "{stats}");
     assert_eq!(stats.timed_out, count("timed out"), "{stats}");
     assert_eq!(stats.killed, count("killed"), "{stats}");
-    assert_eq!(stats.crashed, count("crashed"), "{stats}");
+    assert_eq!(
+        stats.crashed,
+        count("crashed") + count("protocol"),
+        "{stats}"
+    );
     assert!(count("panic") > 0 && count("timed out") > 0 && count("crashed") > 0);
 
     wait_until("the pool is back to its size", || {
@@ -259,4 +349,25 @@ fn cancel_started(handles: &mut [(u64, Fault, bool, Task<u64, u64>)], pending: &
         *cancelled = task.cancel();
     }
     pending.clear();
+}
+
+/// The pid of a random live worker process of `pool`, checked to still be one
+/// of this test binary's worker processes just before it is signalled (a pid
+/// read from `stats` could have been reaped and reused since).
+fn pick_worker_pid(pool: &crew::Pool<Soak>, rng: &mut Rng) -> Option<i32> {
+    let pids: Vec<u32> = pool
+        .stats()
+        .per_worker
+        .iter()
+        .filter_map(|w| w.pid)
+        .collect();
+    if pids.is_empty() {
+        return None;
+    }
+    let pid = pids[rng.below(pids.len() as u64) as usize];
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let ours = cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == b"crew_worker_entry");
+    ours.then(|| i32::try_from(pid).ok()).flatten()
 }

@@ -342,7 +342,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         let per_item = run / len.max(1) as u32;
         // The per-item run time feeds the estimate tasks without a key share.
         let micros = per_item.as_secs_f64() * 1e6;
-        let est = st.estimates.entry(entry.key).or_insert(micros);
+        let est = st.estimates.get_or_insert_mut(entry.key, || micros);
         *est = 0.8 * *est + 0.2 * micros;
 
         let (ok, user_error, panicked) = outcomes.tally();

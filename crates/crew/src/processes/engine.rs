@@ -1,7 +1,6 @@
 //! The process backend as the pool sees it: starting it, and the [`Engine`]
 //! implementation behind `Pool`'s `Remote` arm, stats included.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
@@ -9,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::arena;
 use super::codec::{self, RemoteWorker};
+use super::key_table::{KeyTable, KEY_TABLE_CAP};
 use super::monitor::monitor_main;
 use super::process_handle::Launcher;
 use super::state::{Entry, Lifecycle, Observed, Plan, State, Supervisor};
@@ -44,8 +44,8 @@ pub(crate) fn start<W: RemoteWorker>(
             queue: Default::default(),
             links: Vec::new(),
             starting: 0,
-            key_owners: HashMap::new(),
-            estimates: HashMap::new(),
+            key_owners: KeyTable::new(KEY_TABLE_CAP),
+            estimates: KeyTable::new(KEY_TABLE_CAP),
             counts: [0; Outcome::SLOTS],
             submitted: 0,
             start_failures: 0,
@@ -349,9 +349,14 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
                     id: l.id,
                     started: l.ready,
                     stopping: l.killing.is_some() || l.retiring || l.shutdown_sent,
+                    // The task it said it started (the one `Task::worker` names).
                     current_task: l.running.map(|(r, _)| TaskId(r)),
-                    // A worker being killed holds its place until it is reaped.
-                    occupied: usize::from(l.running.is_some() || l.killing.is_some()),
+                    // A worker holding tasks is busy even before its *started*
+                    // arrives (it may be stopped mid-task); a worker being
+                    // killed holds its place until it is reaped.
+                    occupied: usize::from(
+                        l.running.is_some() || !l.window.is_empty() || l.killing.is_some(),
+                    ),
                     tasks_done: l.tasks_done,
                     busy_time: l.timings.busy() + so_far,
                     run: l.timings.run_latency(),

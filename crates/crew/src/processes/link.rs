@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 
 use super::codec::{self, RemoteWorker};
 use super::process_handle::WorkerProcess;
-use super::state::{Alarm, AlarmKind, Entry, Lifecycle, LinkState, Plan, State, Supervisor};
+use super::state::{Entry, Lifecycle, LinkState, Plan, State, Supervisor};
 use super::worker_main;
 use crate::error::{Crash, Failure, Panic, TaskError};
 use crate::events::{Event, ExitReason};
@@ -66,9 +66,12 @@ impl<W: RemoteWorker> Supervisor<W> {
                 },
                 ToParent::Started { id: task } => {
                     let link = &mut st.links[i];
-                    let Some(flight) = link.window.iter().find(|f| f.entry.id() == task) else {
+                    let Some(flight) = link.window.iter_mut().find(|f| f.entry.id() == task) else {
                         return Err(format!("started a task it was not sent ({task})"));
                     };
+                    // A take-back that lost the race: answered, the worker is
+                    // not silent (it runs the task where it is).
+                    flight.stolen_at = None;
                     let entry = Arc::clone(&flight.entry);
                     let now = Instant::now();
                     link.running = Some((task, now));
@@ -94,16 +97,8 @@ impl<W: RemoteWorker> Supervisor<W> {
                             });
                         }
                     }
-                    if let Some(timeout) = entry.core.header().timeout {
-                        self.add_alarm(
-                            st,
-                            Alarm {
-                                at: now + timeout,
-                                worker: id,
-                                what: AlarmKind::Timeout(task),
-                            },
-                        );
-                    }
+                    // The timeout clock started when the task became the
+                    // head of the window (`Supervisor::arm_head`), not here.
                 }
                 ToParent::Done { id: task, outcome } => {
                     let link = &mut st.links[i];
@@ -171,7 +166,7 @@ impl<W: RemoteWorker> Supervisor<W> {
                     };
                     if let Some(ran) = ran {
                         let micros = ran.as_secs_f64() * 1e6;
-                        let est = st.estimates.entry(entry.key).or_insert(micros);
+                        let est = st.estimates.get_or_insert_mut(entry.key, || micros);
                         *est = 0.8 * *est + 0.2 * micros;
                     }
                     self.resolve(st, &entry, result, Some((id, ran.unwrap_or_default())));
@@ -195,6 +190,8 @@ impl<W: RemoteWorker> Supervisor<W> {
                 } => self.on_chunk_done(st, i, chunk, run_nanos, outcomes, plan)?,
             }
         }
+        // Answers moved the head of the window: the next task's clock starts.
+        self.arm_head(st, i);
         self.dispatch(st, plan);
         Ok(())
     }
@@ -208,6 +205,12 @@ pub(super) enum End {
     Closed,
     /// It sent bytes that break the protocol.
     Protocol(String),
+    /// It closed the channel in the middle of a frame. If the process died
+    /// (a signal, a non-zero exit), that is a crash: an OOM kill while it
+    /// wrote a large answer is a crash with its signal, retried like any
+    /// other. If it exited cleanly with half a frame written, it broke the
+    /// protocol.
+    Cut(String),
 }
 
 /// The life of one worker process: start it (after `backoff`), read and apply
@@ -289,6 +292,8 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
             recycle_after,
             timings: Timings::new(),
             born: Instant::now(),
+            silenced: None,
+            silence_armed: false,
         });
         // Sticky messages first, under the lock a broadcast takes: each one
         // reaches this worker exactly once, before its first task.
@@ -309,6 +314,11 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
         process.signal_group(Signal::SIGKILL);
     }
     let crash = process.reap();
+    let end = match end {
+        End::Cut(_) if crash.signal.is_some() || crash.exit_code != Some(0) => End::Closed,
+        End::Cut(message) => End::Protocol(message),
+        end => end,
+    };
     link_ended(shared, id, end, crash);
 }
 
@@ -333,11 +343,23 @@ pub(super) fn read_frames<W: RemoteWorker>(
     let mut greeted = false;
     let mut frames = Vec::new();
     let mut poll = Duration::ZERO;
+    let limit = shared.process.silence_limit;
     loop {
+        if decoder.buffered_len() > 0 && !readable_within(&process.stream, limit) {
+            // Part of a frame came and the rest did not: the worker is stopped
+            // or wedged in the middle of a write. A partial read has a
+            // deadline like any other wait on a worker (invariant 6).
+            return End::Protocol(format!(
+                "the worker stopped in the middle of a frame ({} bytes of it came, \
+                 then nothing for {limit:?})",
+                decoder.buffered_len()
+            ));
+        }
         match worker_main::read_soon(&mut decoder, &process.stream, poll) {
             Ok(0) => {
                 return match decoder.finish() {
                     Ok(()) => End::Closed,
+                    Err(e) if e.is_truncated() => End::Cut(e.to_string()),
                     Err(e) => End::Protocol(e.to_string()),
                 }
             }
@@ -386,6 +408,27 @@ pub(super) fn read_frames<W: RemoteWorker>(
     }
 }
 
+/// Whether `stream` has bytes (or its end) to read within `limit`.
+fn readable_within(stream: &std::os::unix::net::UnixStream, limit: Duration) -> bool {
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let millis = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            stream.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis)) {
+            Ok(0) if Instant::now() < deadline => continue,
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return true, // let the read report it
+        }
+    }
+}
+
 pub(super) fn start_failed<W: RemoteWorker>(
     shared: &Supervisor<W>,
     st: &mut State<W>,
@@ -423,6 +466,10 @@ pub(super) fn link_ended<W: RemoteWorker>(
         return;
     };
     let link = st.links.remove(i);
+    let mut crash = crash;
+    if let Some(note) = &link.silenced {
+        crash.stderr.push(note.clone());
+    }
     st.observed.retired_worker_time += link.born.elapsed();
     st.alarms.retain(|a| a.worker != id);
     st.key_owners.retain(|_, w| *w != id);
@@ -441,7 +488,7 @@ pub(super) fn link_ended<W: RemoteWorker>(
             Some(m) if crash.exit_code == Some(0) => m,
             _ => match &end {
                 End::Protocol(e) => format!("the worker process failed the handshake: {e}"),
-                End::Closed => super::guard::explain(&crash)
+                End::Closed | End::Cut(_) => super::guard::explain(&crash)
                     .unwrap_or_else(|| format!("the worker process {crash}")),
             },
         };
@@ -478,7 +525,7 @@ pub(super) fn link_ended<W: RemoteWorker>(
                     .is_ok()
                 && matches!(end, End::Closed);
             let failure = match &end {
-                End::Protocol(message) => Failure::Protocol(message.clone()),
+                End::Protocol(message) | End::Cut(message) => Failure::Protocol(message.clone()),
                 End::Closed => Failure::Crashed(crash.clone()),
             };
             if entry.chunk.is_some() {

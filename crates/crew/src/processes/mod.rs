@@ -39,6 +39,7 @@ mod arena;
 mod chunks;
 mod codec;
 pub(crate) mod guard;
+mod key_table;
 mod process_handle;
 mod worker_main;
 
@@ -68,6 +69,11 @@ pub(crate) struct ProcessConfig {
     pub(crate) retries: u32,
     pub(crate) retry_signals: bool,
     pub(crate) output: Option<OutputHandler>,
+    /// How long a worker may stay silent while the pool waits on it for
+    /// something only it can say: the answer to a steal-back, or the rest of a
+    /// frame it began. Past it the worker is killed (`supervisor.md`, "Silent
+    /// workers").
+    pub(crate) silence_limit: Duration,
 }
 
 impl Default for ProcessConfig {
@@ -82,6 +88,7 @@ impl Default for ProcessConfig {
             retries: 0,
             retry_signals: false,
             output: None,
+            silence_limit: Duration::from_secs(5),
         }
     }
 }

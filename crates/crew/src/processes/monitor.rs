@@ -3,7 +3,7 @@
 //! closed and every worker is gone.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -38,14 +38,50 @@ pub(super) fn monitor_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>) {
             };
             match alarm.what {
                 AlarmKind::Kill => st.links[i].process.signal_group(Signal::SIGKILL),
-                AlarmKind::Timeout(task) => {
-                    if st.links[i].running.is_some_and(|(r, _)| r == task) {
-                        shared.kill_link(
+                AlarmKind::Silence => {
+                    st.links[i].silence_armed = false;
+                    // The oldest take-back still unanswered, if any.
+                    let oldest = st.links[i].window.iter().filter_map(|f| f.stolen_at).min();
+                    let limit = shared.process.silence_limit;
+                    if let Some(at) = oldest.filter(|at| *at + limit > now) {
+                        // Answered in time; a later one waits: watch it next.
+                        st.links[i].silence_armed = true;
+                        shared.add_alarm(
                             &mut st,
-                            alarm.worker,
-                            ExitReason::Killed,
-                            Some(Failure::TimedOut),
+                            Alarm {
+                                at: at + limit,
+                                worker: alarm.worker,
+                                what: AlarmKind::Silence,
+                            },
                         );
+                    } else if oldest.is_some() {
+                        let why = format!(
+                            "crew: the worker did not answer for {:?} (stopped or wedged) \
+                             while it held tasks another worker could run; killed",
+                            shared.process.silence_limit
+                        );
+                        shared.kill_silent(&mut st, alarm.worker, why);
+                    }
+                }
+                AlarmKind::Timeout(task) => {
+                    // Due while the task is still the head of this worker's
+                    // window (its clock: `Supervisor::arm_head`): whether or
+                    // not the worker said *started*, it may be running it, and
+                    // killing the worker is the only way to stop it.
+                    let head = st.links[i]
+                        .window
+                        .front()
+                        .filter(|f| f.entry.id() == task)
+                        .map(|f| (Arc::clone(&f.entry), f.head_since));
+                    if let Some((entry, since)) = head {
+                        let ran = since.map_or(Duration::ZERO, |s| s.elapsed());
+                        shared.fail(
+                            &mut st,
+                            &entry,
+                            Failure::TimedOut,
+                            Some((alarm.worker, ran)),
+                        );
+                        shared.kill_link(&mut st, alarm.worker, ExitReason::Killed, None);
                     }
                 }
             }

@@ -64,6 +64,18 @@ use crate::worker::WorkerId;
 /// Lines of stderr kept for a crash report.
 pub(crate) const STDERR_TAIL: usize = 20;
 
+/// Bytes of stderr kept for a crash report, over all its lines.
+pub(crate) const STDERR_TAIL_BYTES: usize = 16 << 10;
+
+/// The longest line kept in a crash report's stderr tail (longer ones are cut
+/// and say so).
+const TAIL_LINE: usize = 4 << 10;
+
+/// The longest line of a worker's output handed to `on_output` (or printed);
+/// the rest of a longer line is dropped as it is read, and the line says how
+/// much was cut.
+pub(crate) const MAX_LINE: usize = 64 << 10;
+
 /// Which of a worker's output streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutputStream {
@@ -287,34 +299,136 @@ fn spawn_capture<R: io::Read + Send + 'static>(
     std::thread::Builder::new()
         .name(format!("crew-{id}-out"))
         .spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut raw = Vec::new();
-            loop {
-                raw.clear();
-                match reader.read_until(b'\n', &mut raw) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    raw.pop();
-                }
-                let line = String::from_utf8_lossy(&raw);
+            let mut lines = LineSplitter::new(MAX_LINE);
+            let mut deliver = |line: &str| {
                 if let Some(tail) = &tail {
-                    let mut tail = lock(tail);
-                    if tail.len() == STDERR_TAIL {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line.to_string());
+                    push_tail(&mut lock(tail), line);
                 }
                 match &handler {
-                    Some(h) => h(id, stream, &line),
+                    Some(h) => h(id, stream, line),
                     None => eprintln!("[{id}] {line}"),
                 }
+            };
+            let mut reader = BufReader::with_capacity(64 << 10, pipe);
+            loop {
+                let used = match reader.fill_buf() {
+                    Ok([]) => break,
+                    Ok(bytes) => {
+                        lines.feed(bytes, &mut deliver);
+                        bytes.len()
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                reader.consume(used);
             }
+            lines.finish(&mut deliver);
             let (count, cv) = &*captured;
             *lock(count) += 1;
             cv.notify_all();
         })
+}
+
+/// Cuts a worker's output into lines, with bounded memory whatever it prints
+/// (DESIGN.md, invariant 7).
+///
+/// - A line ends at `\n`, at `\r\n`, or at a lone `\r`: a progress bar that
+///   redraws itself with `\r` gives one line per redraw instead of one line
+///   that never ends.
+/// - A line longer than the cap keeps its first `cap` bytes, and says how many
+///   more it had (`… [crew: N more bytes of this line were cut]`); the rest is
+///   read and dropped as it comes, so 256 MB without a newline costs the pool
+///   `cap` bytes, not 256 MB.
+struct LineSplitter {
+    cap: usize,
+    /// The line so far (at most `cap` bytes).
+    line: Vec<u8>,
+    /// Bytes of the current line dropped past the cap.
+    cut: u64,
+    /// The last byte seen was a `\r` (so a `\n` right after it ends nothing).
+    after_cr: bool,
+}
+
+impl LineSplitter {
+    fn new(cap: usize) -> Self {
+        LineSplitter {
+            cap,
+            line: Vec::new(),
+            cut: 0,
+            after_cr: false,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], deliver: &mut impl FnMut(&str)) {
+        while !bytes.is_empty() {
+            if self.after_cr && bytes[0] == b'\n' {
+                bytes = &bytes[1..];
+            }
+            self.after_cr = false;
+            let end = bytes.iter().position(|b| *b == b'\n' || *b == b'\r');
+            let (text, rest) = match end {
+                Some(at) => (&bytes[..at], Some((bytes[at], &bytes[at + 1..]))),
+                None => (bytes, None),
+            };
+            let room = self.cap - self.line.len();
+            let keep = text.len().min(room);
+            self.line.extend_from_slice(&text[..keep]);
+            self.cut += (text.len() - keep) as u64;
+            match rest {
+                Some((ending, rest)) => {
+                    self.emit(deliver);
+                    self.after_cr = ending == b'\r';
+                    bytes = rest;
+                }
+                None => bytes = &[],
+            }
+        }
+    }
+
+    /// Delivers what is left at the end of the stream.
+    fn finish(&mut self, deliver: &mut impl FnMut(&str)) {
+        if !self.line.is_empty() || self.cut > 0 {
+            self.emit(deliver);
+        }
+    }
+
+    fn emit(&mut self, deliver: &mut impl FnMut(&str)) {
+        let mut text = String::from_utf8_lossy(&self.line).into_owned();
+        if self.cut > 0 {
+            text.push_str(&cut_note(self.cut));
+        }
+        deliver(&text);
+        self.line.clear();
+        if self.line.capacity() > self.cap {
+            self.line.shrink_to(self.cap);
+        }
+        self.cut = 0;
+    }
+}
+
+fn cut_note(bytes: u64) -> String {
+    format!(" … [crew: {bytes} more bytes of this line were cut]")
+}
+
+/// Keeps `line` in a crash report's stderr tail: at most [`STDERR_TAIL`]
+/// lines and [`STDERR_TAIL_BYTES`] bytes, the oldest lines dropped first, one
+/// line longer than [`TAIL_LINE`] cut (and saying so).
+fn push_tail(tail: &mut VecDeque<String>, line: &str) {
+    let line = if line.len() > TAIL_LINE {
+        let mut at = TAIL_LINE;
+        while !line.is_char_boundary(at) {
+            at -= 1;
+        }
+        format!("{}{}", &line[..at], cut_note((line.len() - at) as u64))
+    } else {
+        line.to_owned()
+    };
+    tail.push_back(line);
+    while tail.len() > STDERR_TAIL
+        || (tail.len() > 1 && tail.iter().map(String::len).sum::<usize>() > STDERR_TAIL_BYTES)
+    {
+        tail.pop_front();
+    }
 }
 
 /// Frames on their way to one worker; see the module docs.
@@ -471,5 +585,61 @@ fn run_writer(state: &(Mutex<WriterState>, Condvar)) {
         if !st.closed {
             pump(&mut st, cv);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(cap: usize, chunks: &[&[u8]]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut lines = LineSplitter::new(cap);
+        for chunk in chunks {
+            lines.feed(chunk, &mut |l| out.push(l.to_owned()));
+        }
+        lines.finish(&mut |l| out.push(l.to_owned()));
+        out
+    }
+
+    #[test]
+    fn lines_end_at_newline_crlf_and_lone_cr() {
+        assert_eq!(
+            split(100, &[b"a\nb\r", b"\nc\rd\r\re"]),
+            ["a", "b", "c", "d", "", "e"]
+        );
+    }
+
+    #[test]
+    fn a_long_line_is_cut_and_says_so_and_the_buffer_stays_small() {
+        let mut lines = LineSplitter::new(8);
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            lines.feed(&[b'x'; 1000], &mut |l| out.push(l.to_owned()));
+            assert!(lines.line.capacity() <= 64);
+        }
+        lines.feed(b"\nnext\n", &mut |l| out.push(l.to_owned()));
+        assert_eq!(out.len(), 2);
+        assert!(out[0].starts_with("xxxxxxxx …"), "{}", out[0]);
+        assert!(out[0].contains("999992 more bytes"), "{}", out[0]);
+        assert_eq!(out[1], "next");
+    }
+
+    #[test]
+    fn the_tail_is_bounded_in_lines_and_bytes() {
+        let mut tail = VecDeque::new();
+        for _ in 0..100 {
+            push_tail(&mut tail, &"y".repeat(MAX_LINE));
+        }
+        let bytes: usize = tail.iter().map(String::len).sum();
+        assert!(bytes <= STDERR_TAIL_BYTES, "{bytes}");
+        assert!(tail
+            .iter()
+            .all(|l| l.contains("more bytes of this line were cut")));
+        for n in 0..100 {
+            push_tail(&mut tail, &n.to_string());
+        }
+        assert_eq!(tail.len(), STDERR_TAIL);
+        assert_eq!(tail.back().map(String::as_str), Some("99"));
     }
 }

@@ -7,7 +7,7 @@
 //! The design (windows, steal-back, charging a death to a suspect task) is in
 //! `supervisor.md` beside this file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::codec::{self, EncodedInput, RemoteWorker};
+use super::key_table::KeyTable;
 use super::link::link_main;
 use super::process_handle::{Launcher, WorkerProcess};
 use super::{chunks, ProcessConfig};
@@ -107,12 +108,13 @@ pub(super) struct State<W: RemoteWorker> {
     pub(super) starting: usize,
     /// Sticky key -> the worker it is bound to. Bound by dispatch when a
     /// keyed task first goes to a worker; unbound by the link thread when that
-    /// worker ends.
-    pub(super) key_owners: HashMap<u64, WorkerId>,
+    /// worker ends. At most `KEY_TABLE_CAP` keys, the least recently used
+    /// forgotten first (`key_table.rs`).
+    pub(super) key_owners: KeyTable<u64, WorkerId>,
     /// EWMA of run time per key (`None` = tasks without a key), in
     /// microseconds. Updated by link threads on each *done*; read by dispatch
-    /// and steal-back.
-    pub(super) estimates: HashMap<Option<u64>, f64>,
+    /// and steal-back. At most `KEY_TABLE_CAP` keys, like `key_owners`.
+    pub(super) estimates: KeyTable<Option<u64>, f64>,
     /// Tasks finished, by outcome. Counted by settlement (`resolve`, `fail`),
     /// by cancels (`on_cancelled`) and by chunk answers.
     pub(super) counts: [u64; Outcome::SLOTS],
@@ -182,6 +184,12 @@ pub(super) enum AlarmKind {
     Timeout(u64),
     /// SIGKILL to `worker`'s group if it has not been reaped.
     Kill,
+    /// A take-back (`steal_back`) from `worker` may be due: if one has waited
+    /// for its answer for `silence_limit`, the worker is silent and is killed,
+    /// so that what it holds runs elsewhere. At most one such alarm is pending
+    /// per worker (armed by the first take-back it has not answered, then by
+    /// the monitor for the next), so a busy pool's steals do not pile alarms up.
+    Silence,
 }
 
 /// One live (or dying) worker process, as the scheduler sees it. Under the
@@ -219,6 +227,13 @@ pub(super) struct LinkState<W: RemoteWorker> {
     pub(super) timings: Timings,
     /// When its link thread registered it (`Stats::worker_time`).
     pub(super) born: Instant,
+    /// Why crew killed it for silence, if it did: added to its crash report.
+    /// Set by the monitor (`Supervisor::kill_silent`); read by its link thread.
+    pub(super) silenced: Option<String>,
+    /// An `AlarmKind::Silence` for it is pending. Set by whoever adds one
+    /// (`steal_back`, the monitor re-arming), cleared by the monitor when it
+    /// fires: one at a time, however many take-backs.
+    pub(super) silence_armed: bool,
 }
 
 /// One task in a worker's window.
@@ -231,6 +246,11 @@ pub(super) struct InFlight<W: RemoteWorker> {
     pub(super) cancel_sent: bool,
     /// Taken back to run elsewhere: queue it again when *not started* arrives.
     pub(super) stolen: bool,
+    /// When it was taken back (its *cancel* sent), while that is unanswered.
+    pub(super) stolen_at: Option<Instant>,
+    /// When it became the head of the window (the first task not answered),
+    /// the moment the pool's timeout clock starts; see [`Supervisor::arm_head`].
+    pub(super) head_since: Option<Instant>,
 }
 
 pub(super) type Entry<W> = Arc<RemoteCell<W>>;
@@ -385,7 +405,7 @@ impl<W: RemoteWorker> Supervisor<W> {
     }
 
     pub(super) fn estimate(&self, st: &State<W>, key: Option<u64>) -> f64 {
-        st.estimates.get(&key).copied().unwrap_or(1.0)
+        st.estimates.peek(&key).copied().unwrap_or(1.0)
     }
 
     pub(super) fn queued(st: &State<W>) -> usize {
@@ -469,9 +489,58 @@ impl<W: RemoteWorker> Supervisor<W> {
             est,
             cancel_sent: false,
             stolen: false,
+            stolen_at: None,
+            head_since: None,
         });
+        self.arm_head(st, i);
         if !plan.flush.iter().any(|p| Arc::ptr_eq(p, &process)) {
             plan.flush.push(process);
+        }
+    }
+
+    /// Starts the timeout clock of the task at the head of worker `i`'s window,
+    /// if it has not started yet.
+    ///
+    /// # Whose clock
+    ///
+    /// The pool's, never the worker's: the worker batches its *started* with
+    /// the answers before it, so a worker stopped (SIGSTOP, a freeze, a
+    /// debugger) just as it begins a task may never send it, and a clock
+    /// started by it would never run (DESIGN.md, invariant 6). A worker runs
+    /// its window in order, so a task can have started only once every task
+    /// before it was answered: the head of the window is the only task that
+    /// may be running. Its clock starts when it becomes the head: when it is
+    /// sent to a worker whose window is empty (an idle worker starts it as it
+    /// arrives; the deadline is early by one trip over the socket at most), or
+    /// when the pool reads the answer of the task before it (the worker had
+    /// started it just before, or is about to). Tasks further back never
+    /// started, so a long queue behind a slow task in one window does not time
+    /// out: those tasks are taken back for a worker that runs dry
+    /// (`steal_back`), and a worker too silent to give them back is killed
+    /// (`AlarmKind::Silence`).
+    pub(super) fn arm_head(&self, st: &mut State<W>, i: usize) {
+        let worker = st.links[i].id;
+        let Some(head) = st.links[i].window.front_mut() else {
+            return;
+        };
+        if head.head_since.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        head.head_since = Some(now);
+        let timeout = head.entry.core.header().timeout;
+        let task = head.entry.id();
+        if let Some(timeout) = timeout {
+            if !head.entry.core.header().is_decided() {
+                self.add_alarm(
+                    st,
+                    Alarm {
+                        at: now + timeout,
+                        worker,
+                        what: AlarmKind::Timeout(task),
+                    },
+                );
+            }
         }
     }
 
@@ -641,6 +710,8 @@ impl<W: RemoteWorker> Supervisor<W> {
             };
             flight.cancel_sent = true;
             flight.stolen = true;
+            let now = Instant::now();
+            flight.stolen_at = Some(now);
             let id = flight.entry.id();
             link.process
                 .writer
@@ -649,7 +720,40 @@ impl<W: RemoteWorker> Supervisor<W> {
             if !plan.flush.iter().any(|p| Arc::ptr_eq(p, &link.process)) {
                 plan.flush.push(Arc::clone(&link.process));
             }
+            // A worker answers a take-back at once, even in the middle of a
+            // long task (its watcher thread reads the socket). One that does
+            // not within the limit is stopped or wedged, and holds work another
+            // worker could run: the monitor kills it then.
+            let worker = link.id;
+            if !link.silence_armed {
+                link.silence_armed = true;
+                self.add_alarm(
+                    st,
+                    Alarm {
+                        at: now + self.process.silence_limit,
+                        worker,
+                        what: AlarmKind::Silence,
+                    },
+                );
+            }
         }
+    }
+
+    /// Kills worker `id`, silent for `silence_limit` while the pool waited on
+    /// it, at once (SIGKILL: a stopped process handles no SIGTERM). Its link
+    /// thread then settles it as a crash, the note in its report: the tasks it
+    /// had not started run elsewhere.
+    pub(super) fn kill_silent(&self, st: &mut State<W>, id: WorkerId, why: String) {
+        let Some(i) = Self::link_index(st, id) else {
+            return;
+        };
+        let link = &mut st.links[i];
+        if link.killing.is_some() {
+            return;
+        }
+        link.killing = Some(ExitReason::Crashed);
+        link.silenced = Some(why);
+        link.process.signal_group(Signal::SIGKILL);
     }
 
     /// How many link threads to start so the pool has its size again, and after
@@ -897,15 +1001,24 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         st.links[i].killing = Some(reason);
         if let Some(failure) = failure {
-            if let Some((running, since)) = st.links[i].running {
-                let entry = st.links[i]
+            // The task it runs: the one it said it started, or else the head
+            // of its window, which it may be running without having said so
+            // (its *started* is batched; see `arm_head`).
+            let link = &st.links[i];
+            let target = match link.running {
+                Some((running, since)) => link
                     .window
                     .iter()
                     .find(|f| f.entry.id() == running)
-                    .map(|f| Arc::clone(&f.entry));
-                if let Some(entry) = entry {
-                    self.fail(st, &entry, failure, Some((id, since.elapsed())));
-                }
+                    .map(|f| (Arc::clone(&f.entry), Some(since))),
+                None => link
+                    .window
+                    .front()
+                    .map(|f| (Arc::clone(&f.entry), f.head_since)),
+            };
+            if let Some((entry, since)) = target {
+                let ran = since.map_or(Duration::ZERO, |s| s.elapsed());
+                self.fail(st, &entry, failure, Some((id, ran)));
             }
         }
         st.links[i].process.signal_group(Signal::SIGTERM);
