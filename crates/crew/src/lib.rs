@@ -105,51 +105,15 @@
 //! # Backends
 //!
 //! - **Threads** (the default): everything above.
-//! - **Processes** ([`PoolBuilder::processes`], cargo feature `process`, on by
-//!   default): each worker is a child process running the same [`Worker`], whose
-//!   `Input`, `Output`, `Error` and `Message` are serde types ([`RemoteWorker`]).
-//!   It re-runs the current executable, whose `main` calls [`bootstrap`] first,
-//!   or a dedicated program ([`PoolBuilder::program`]) whose `main` calls
-//!   [`serve`]. **Linux only today**: the backend uses a sealed memfd for large
-//!   inputs, `PR_SET_PDEATHSIG` so that no worker outlives the pool's process
-//!   (even one killed by SIGKILL), and `/proc` for each worker's memory. On other
-//!   systems, build crew without it (`default-features = false`) and use threads.
-//! - **A cluster on NATS JetStream** is in progress, in its own crate.
+#![cfg_attr(all(feature = "process", target_os = "linux"), doc = include_str!("processes/crate_docs_backend.md"))]
+#![cfg_attr(
+    not(all(feature = "process", target_os = "linux")),
+    doc = "- **Processes** (cargo feature `process`, Linux only): not in this build."
+)]
+//! - **A cluster on NATS JetStream**: the `crew-cluster` crate, an engine behind
+//!   the same `Pool` (see its docs).
 //!
-//! What a process pool does differently:
-//!
-//! - **Crashes.** A segfault, `abort`, `exit` or protocol error fails only the
-//!   task its worker was running ([`TaskError::is_crash`],
-//!   [`TaskError::is_protocol`]); a replacement starts. (With
-//!   [`retries`](PoolBuilder::retries), a task whose worker exited, or died by a
-//!   signal under [`retry_on_signal`](PoolBuilder::retry_on_signal), runs again
-//!   instead.) The other tasks
-//!   in that worker's [`window`](PoolBuilder::window) are queued again: the
-//!   worker sends its answers in batches, so one of them may have finished
-//!   unreported and run a second time. Across a crash a task runs at least once
-//!   and still resolves exactly once.
-//! - **Hard stops.** Cancelling a running task, its timeout and
-//!   [`Pool::kill_worker`] kill the worker's process group (SIGTERM, then SIGKILL
-//!   after [`kill_grace`](PoolBuilder::kill_grace)). A killed or crashed worker
-//!   process never runs [`Worker::stop`]: there, a `start` is matched by a `stop`
-//!   only for a worker that leaves on the pool's terms (shutdown, recycling,
-//!   after a panic).
-//! - **Data.** Values are encoded with postcard; use `serde_bytes` for byte
-//!   buffers, which serde otherwise encodes one element at a time. An input of
-//!   64 KiB or more (encoded) travels through shared memory that workers map
-//!   read-only. [`Pool::map`] sends items in adaptively sized chunks.
-//! - **Scheduling.** Each worker holds a window of tasks sent ahead (default 16),
-//!   run in the order sent, so priorities are strict over the pool's queue only
-//!   (`window(1)` for strict order). A task with a sticky
-//!   [`key`](TaskBuilder::key) goes to the same worker process while it lives.
-//! - **Not offered**: closures ([`Pool::spawn`]: a closure cannot cross into
-//!   another process), [`workers_range`](PoolBuilder::workers_range) and
-//!   [`concurrency`](PoolBuilder::concurrency) above 1 are build errors, and
-//!   [`WhenFull::CallerRuns`] waits like `Block`.
-//! - **Only here**: [`retries`](PoolBuilder::retries), recycling
-//!   ([`max_tasks_per_worker`](PoolBuilder::max_tasks_per_worker),
-//!   [`max_memory`](PoolBuilder::max_memory)), and each worker's output lines
-//!   ([`on_output`](PoolBuilder::on_output)).
+#![cfg_attr(all(feature = "process", target_os = "linux"), doc = include_str!("processes/crate_docs_differences.md"))]
 //!
 //! # Cargo features
 //!

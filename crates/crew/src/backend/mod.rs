@@ -81,7 +81,7 @@ pub enum BackendKind {
     /// Threads of this process (the default).
     Threads,
     /// Child processes of this process
-    /// ([`PoolBuilder::processes`](crate::PoolBuilder::processes)).
+    /// (`PoolBuilder::processes`).
     Processes,
     /// Another engine, by its own name (for example `"cluster"`).
     Other(&'static str),
