@@ -325,10 +325,13 @@ impl<W: RemoteWorker> Supervisor<W> {
             Some(chunk) => chunk.len,
             None => return Err(format!("answered task {chunk_id} as a chunk")),
         };
-        if outcomes.len() != len {
+        // A shorter answer is allowed: the worker stopped where the next outcome
+        // would have passed the frame limit (module docs, "Answers that do not
+        // fit"). A longer one is not.
+        let answered = outcomes.len();
+        if answered > len {
             return Err(format!(
-                "answered chunk {chunk_id} of {len} items with {} outcomes",
-                outcomes.len()
+                "answered chunk {chunk_id} of {len} items with {answered} outcomes"
             ));
         }
         let flight = link.window.remove(at).expect("position is in range");
@@ -337,9 +340,16 @@ impl<W: RemoteWorker> Supervisor<W> {
             link.running = None;
         }
         let entry = flight.entry;
+        // The inputs of the items left unanswered, to run again as tasks.
+        let unanswered: Vec<Vec<u8>> = match &*lock(&entry.input) {
+            EncodedInput::Chunk(items) if answered < len => {
+                items.iter().skip(answered).map(<[u8]>::to_vec).collect()
+            }
+            _ => Vec::new(),
+        };
         entry.release_input();
         let run = Duration::from_nanos(run_nanos);
-        let per_item = run / len.max(1) as u32;
+        let per_item = run / answered.max(1) as u32;
         // The per-item run time feeds the estimate tasks without a key share.
         let micros = per_item.as_secs_f64() * 1e6;
         let est = st.estimates.get_or_insert_mut(entry.key, || micros);
@@ -359,8 +369,35 @@ impl<W: RemoteWorker> Supervisor<W> {
             Vec::new()
         };
         let chunk = entry.chunk.as_ref().expect("checked above");
-        *lock(&chunk.delivery) = Delivery::Ran { outcomes, run };
+        let mut requeue = Vec::new();
+        if answered < len {
+            // Rare (a short answer): the answered items are decoded here, and
+            // every item gets a task of its own, so the consumer sees a split.
+            let first = entry.id();
+            let mut tasks = Vec::with_capacity(len);
+            for (i, outcome) in outcomes.iter().enumerate() {
+                let cell =
+                    self.item_cell(&entry, first.wrapping_add(i as u64), EncodedInput::Released);
+                cell.core.resolve(decode_item::<W>(outcome));
+                tasks.push(Task::new(cell as Arc<dyn crate::task::cell::Handle<_, _>>));
+            }
+            for (i, bytes) in unanswered.into_iter().enumerate() {
+                let id = first.wrapping_add((answered + i) as u64);
+                let cell = self.item_cell(&entry, id, EncodedInput::Inline(bytes));
+                tasks.push(Task::new(
+                    Arc::clone(&cell) as Arc<dyn crate::task::cell::Handle<_, _>>
+                ));
+                requeue.push(cell);
+            }
+            *lock(&chunk.delivery) = Delivery::Split(tasks);
+        } else {
+            *lock(&chunk.delivery) = Delivery::Ran { outcomes, run };
+        }
         if entry.core.resolve(Err(TaskError::failure(delivered()))) {
+            let queue = &mut st.queue[Priority::Normal.index()];
+            for part in requeue.into_iter().rev() {
+                queue.push_front(part);
+            }
             st.counts[Outcome::Ok as usize] += ok as u64;
             st.counts[Outcome::UserError as usize] += user_error as u64;
             st.counts[Outcome::Panicked as usize] += panicked as u64;
@@ -381,7 +418,7 @@ impl<W: RemoteWorker> Supervisor<W> {
             *lock(&chunk.delivery) = Delivery::Taken;
         }
         let link = &mut st.links[i];
-        link.tasks_done += len as u64;
+        link.tasks_done += answered as u64;
         let recycle = link.recycle_after.is_some_and(|n| link.tasks_done >= n)
             || self
                 .process
@@ -413,20 +450,11 @@ impl<W: RemoteWorker> Supervisor<W> {
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
-                Arc::new(RemoteCell {
-                    core: Core::new(Header::new(
-                        TaskId(first.wrapping_add(i as u64)),
-                        Priority::Normal,
-                        None,
-                        false,
-                    )),
-                    input: Mutex::new(EncodedInput::Inline(bytes.to_vec())),
-                    key: None,
-                    retries_left: AtomicU32::new(self.process.retries),
-                    suspect: AtomicBool::new(false),
-                    shared: Arc::downgrade(self),
-                    chunk: None,
-                })
+                self.item_cell(
+                    &entry,
+                    first.wrapping_add(i as u64),
+                    EncodedInput::Inline(bytes.to_vec()),
+                )
             })
             .collect();
         let tasks = parts
@@ -443,5 +471,19 @@ impl<W: RemoteWorker> Supervisor<W> {
         for part in parts.into_iter().rev() {
             queue.push_front(part);
         }
+    }
+
+    /// An ordinary task for one item of a chunk, with the item's id: what a
+    /// split or a short answer makes of the chunk's items.
+    fn item_cell(&self, chunk: &Entry<W>, id: u64, input: EncodedInput) -> Entry<W> {
+        Arc::new(RemoteCell {
+            core: Core::new(Header::new(TaskId(id), Priority::Normal, None, false)),
+            input: Mutex::new(input),
+            key: None,
+            retries_left: AtomicU32::new(self.process.retries),
+            suspect: AtomicBool::new(false),
+            shared: chunk.shared.clone(),
+            chunk: None,
+        })
     }
 }

@@ -86,11 +86,6 @@ pub(crate) const EXIT_UNKNOWN_TYPE: i32 = 97;
 /// the protocol.
 pub(crate) const EXIT_CHANNEL: i32 = 98;
 
-/// What an item of a chunk answers when the chunk's results together would not
-/// fit the pool's frame limit (the item ran; its result could not be sent).
-const RESULT_DROPPED: &str =
-    "the item ran, but its result did not fit in its chunk's answer (the pool's frame limit)";
-
 /// How often, at most, the runner looks for frames between two tasks.
 const POLL_EVERY: Duration = Duration::from_micros(100);
 /// How long buffered frames may wait behind a running task.
@@ -863,16 +858,16 @@ impl<W: RemoteWorker> Runner<'_, W> {
     /// reserved those ids for the items.
     ///
     /// The answer must fit the pool's frame limit. Each item's outcome fits on
-    /// its own (`fit_outcome`); if together they would not, the items from the
-    /// one that would overflow on answer [`RESULT_DROPPED`] instead, and room
-    /// for that message is kept for every item still to run.
+    /// its own (`fit_outcome`); if the next one would not fit with those before
+    /// it, the answer ends there: it is shorter than the chunk, and the pool
+    /// runs the unanswered items again as tasks of their own (the item whose
+    /// outcome did not fit ran here, and runs once more there; the ones after
+    /// it are not run here at all). See `wire/protocol.md`, *chunk done*.
     fn run_chunk(&mut self, chunk: u64, items: &ChunkItems, limit: u32) -> ToParent {
         let since = Instant::now();
         let mut outcomes = ChunkOutcomes::new();
         // The frame's fixed fields (kind, id, run time, count) and a margin.
         let budget = (limit as usize).saturating_sub(64);
-        let dropped_len = ItemOutcome::Panicked(RESULT_DROPPED).encoded_len();
-        let count = items.len();
         for (i, input) in items.iter().enumerate() {
             let outcome = self.run(chunk.wrapping_add(i as u64), input, limit);
             let item = match &outcome {
@@ -881,12 +876,10 @@ impl<W: RemoteWorker> Runner<'_, W> {
                 Outcome::Panicked(message) => ItemOutcome::Panicked(message),
                 Outcome::NotStarted => ItemOutcome::Panicked("the item did not run"),
             };
-            let after = count - i - 1;
-            if outcomes.encoded_len() + item.encoded_len() + after * dropped_len <= budget {
-                outcomes.push(item);
-            } else {
-                outcomes.push(ItemOutcome::Panicked(RESULT_DROPPED));
+            if outcomes.encoded_len() + item.encoded_len() > budget {
+                break;
             }
+            outcomes.push(item);
         }
         ToParent::ChunkDone {
             id: chunk,
