@@ -45,7 +45,7 @@ fn assert_layout<M: WireMessage + PartialEq + std::fmt::Debug>(message: M, expec
 
 #[test]
 fn constants_are_the_documented_ones() {
-    assert_eq!(PROTOCOL_VERSION, 3);
+    assert_eq!(PROTOCOL_VERSION, 4);
     assert_eq!(&MAGIC, b"CREW");
     assert_eq!(DEFAULT_FRAME_LIMIT, 64 << 20);
     assert_eq!(MIN_FRAME_LIMIT, 4096);
@@ -59,7 +59,7 @@ fn hello_layout() {
             pid: 4242,
             frame_limit: DEFAULT_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  03 00  02  92 10 00 00  00 00 00 04",
+        "10 00 00 00  01  43 52 45 57  04 00  02  92 10 00 00  00 00 00 04",
     );
     assert_layout(
         Hello {
@@ -67,7 +67,7 @@ fn hello_layout() {
             pid: 1,
             frame_limit: MIN_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  03 00  01  01 00 00 00  00 10 00 00",
+        "10 00 00 00  01  43 52 45 57  04 00  01  01 00 00 00  00 10 00 00",
     );
 }
 

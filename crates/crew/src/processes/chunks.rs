@@ -25,6 +25,17 @@
 //!   it takes them ([`ChunkResults::take`]), so the lock is held for a move, not
 //!   for thousands of decodes.
 //!
+//! # Answers that do not fit
+//!
+//! A chunk's answer is one frame, so all its items' outcomes together must fit
+//! the frame limit; items that grow from bytes to megabytes would not. The
+//! worker ends the answer before the outcome that would not fit (`wire/protocol.md`,
+//! *chunk done*), and [`Supervisor::on_chunk_done`] gives the consumer a split:
+//! the answered items as tasks already resolved (decoded there, only in this
+//! rare case), the rest as ordinary tasks with the items' ids, queued at the
+//! front. The item whose outcome did not fit runs twice (once in the chunk);
+//! the ones after it run once. A full answer takes the fast path untouched.
+//!
 //! # Failures
 //!
 //! A chunk resolves as a whole only with one of crew's failures, and then every
