@@ -772,8 +772,10 @@ impl<'a, W: Worker> TaskBuilder<'a, W> {
         self
     }
 
-    /// The task's timeout, overriding the pool's default. The clock starts when the
-    /// task starts running.
+    /// The task's timeout, overriding the pool's default. On threads the clock
+    /// starts when the task starts running; on processes, when the task reaches
+    /// the head of its worker's window (the pool's own clock: a stopped or silent
+    /// worker cannot hold it back).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
         self

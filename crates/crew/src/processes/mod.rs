@@ -26,7 +26,8 @@
 //!    the least estimated outstanding work, or queues it.
 //! 2. Frames leave through the worker's frame writer, several in one write when
 //!    several are ready.
-//! 3. The worker answers *started* (the timeout clock starts) and *done*. The
+//! 3. The worker answers *started* and *done* (the timeout clock is the pool's:
+//!    it starts when the task reaches the head of the window). The
 //!    link thread resolves the task, updates the estimate, and refills the
 //!    window from the queue.
 //! 4. A worker that runs dry gets the last unstarted task of a busy window back
