@@ -13,7 +13,7 @@ use crate::events::Events;
 use crate::health::{Health, Probe, Watcher};
 use crate::stats::Stats;
 use crate::sync::Arc;
-use crate::task::cell::{new_cell, AsyncCall, Call, Input, Job, Payload, Plain};
+use crate::task::cell::{new_cell, AsyncCall, Call, Input, Job, Limits, Payload, Plain};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::threads::{IdleFuture, Shared};
 use crate::worker::{Closures, Context, Worker, WorkerId};
@@ -291,7 +291,8 @@ impl<W: Worker> Pool<W> {
         }
     }
 
-    /// Starts a task with options: `pool.task(input).priority(..).timeout(..).submit()`.
+    /// Starts a task with options:
+    /// `pool.task(input).priority(..).timeout(..).deadline(..).submit()`.
     pub fn task(&self, input: W::Input) -> TaskBuilder<'_, W> {
         TaskBuilder {
             pool: self,
@@ -398,6 +399,61 @@ impl<W: Worker> Pool<W> {
         match self.backend() {
             Backend::Threads(shared) => shared.is_closed(),
             Backend::Remote(engine) => engine.is_closed(),
+        }
+    }
+
+    /// Cancels every task that has not started, and returns how many it
+    /// cancelled; the pool stays open, keeps taking work, and the tasks that are
+    /// running go on (p-queue's `clear`, `concurrent.futures`'
+    /// `shutdown(cancel_futures=True)` without the shutdown).
+    ///
+    /// Each cancelled task resolves once, as [`Task::cancel`] would resolve it
+    /// ([`TaskError::is_cancelled`](crate::TaskError::is_cancelled)), without
+    /// running; `stats().cancelled` counts it and its event is
+    /// `TaskDiscarded`. A task a worker is taking at that very moment may start
+    /// instead: each task either runs or is cancelled, never both. Tasks
+    /// submitted while it runs may or may not be cancelled.
+    ///
+    /// What "not started" takes in:
+    ///
+    /// - **threads**: every task in the pool's queues (the global ones and each
+    ///   worker's own);
+    /// - **processes**: the pool's queue, and the tasks sent ahead to a worker
+    ///   process that it has not begun (its [`window`](PoolBuilder::window)):
+    ///   these are taken back as steal-back takes them, by asking the worker,
+    ///   which answers even in the middle of a long task. So the call waits for
+    ///   those answers, one round trip; a worker that does not answer within
+    ///   [`silence_limit`](PoolBuilder::silence_limit) is killed and what it had
+    ///   not begun is cancelled. A task the worker has begun is running, and
+    ///   runs on;
+    /// - **another engine** may cancel nothing (the cluster, today: 0).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let pool = crew::Pool::builder().workers(1).build()?;
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let (started, running) = mpsc::channel::<()>();
+    /// let busy = pool.spawn(move || {
+    ///     started.send(()).unwrap();
+    ///     gate.recv().unwrap(); // holds the only worker
+    /// });
+    /// running.recv()?;
+    /// let queued: Vec<_> = (0..3).map(|i| pool.spawn(move || i)).collect();
+    ///
+    /// assert_eq!(pool.cancel_queued(), 3);
+    /// for task in queued {
+    ///     assert!(task.join().unwrap_err().is_cancelled());
+    /// }
+    /// release.send(())?;
+    /// busy.join()?; // the running task was not touched
+    /// assert_eq!(pool.spawn(|| 7).join()?, 7); // and the pool goes on
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel_queued(&self) -> usize {
+        match self.backend() {
+            Backend::Threads(shared) => shared.cancel_queued(),
+            Backend::Remote(engine) => engine.cancel_queued(),
         }
     }
 
@@ -734,7 +790,7 @@ where
     let cell = new_cell::<_, P::Output, std::convert::Infallible>(
         TaskId(0),
         Priority::Normal,
-        None,
+        Limits::NONE,
         false,
         None,
         0,
@@ -775,9 +831,71 @@ impl<'a, W: Worker> TaskBuilder<'a, W> {
     /// The task's timeout, overriding the pool's default. On threads the clock
     /// starts when the task starts running; on processes, when the task reaches
     /// the head of its worker's window (the pool's own clock: a stopped or silent
-    /// worker cannot hold it back).
+    /// worker cannot hold it back). Time spent queued does not count: for a
+    /// limit that does, see [`deadline`](TaskBuilder::deadline).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// A deadline `within` from now (this call), counted whether the task is
+    /// queued or running, where [`timeout`](TaskBuilder::timeout) counts only
+    /// from its start. By the deadline:
+    ///
+    /// - a task **still queued** resolves as timed out
+    ///   ([`TaskError::is_timeout`](crate::TaskError::is_timeout)) and never
+    ///   runs; on a process pool, one already sent to a worker that has not
+    ///   begun it is taken back (if the worker begins it anyway, that worker is
+    ///   killed);
+    /// - a task **running** is stopped as a timeout stops it: resolved as timed
+    ///   out and told through [`Context::is_cancelled`], its thread abandoned
+    ///   after [`abandon_grace`](PoolBuilder::abandon_grace) if it does not
+    ///   return; on a process pool, its worker is killed.
+    ///
+    /// With both set, whichever ends first applies. The pool's own clock decides
+    /// (a monitor thread the pool already has, no thread per task). A task run
+    /// on the caller under [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)
+    /// starts at once and has no deadline, as it has no timeout. Engines other
+    /// than threads and processes may not carry deadlines (the cluster does not,
+    /// today).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use crew::{Context, Pool, StartError, Worker};
+    ///
+    /// struct Sleeper;
+    /// impl Worker for Sleeper {
+    ///     type Input = u64;
+    ///     type Output = u64;
+    ///     type Error = String;
+    ///     type Message = ();
+    ///     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Sleeper) }
+    ///     fn run(&mut self, ms: u64, ctx: &mut Context<'_>) -> Result<u64, String> {
+    ///         for _ in 0..ms {
+    ///             if ctx.is_cancelled() { break; }
+    ///             std::thread::sleep(Duration::from_millis(1));
+    ///         }
+    ///         Ok(ms)
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::<Sleeper>::builder().workers(1).build()?;
+    /// let long = pool.submit(2_000)?;
+    /// // Queued behind `long`: a timeout would not start counting until it ran.
+    /// let impatient = pool.task(1).deadline(Duration::from_millis(50)).submit()?;
+    /// assert!(impatient.join().unwrap_err().is_timeout()); // without running
+    /// long.cancel();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn deadline(self, within: Duration) -> Self {
+        self.deadline_at(crate::sync::after(Instant::now(), within))
+    }
+
+    /// Like [`deadline`](TaskBuilder::deadline), at an instant: one deadline for
+    /// a whole batch of tasks, say. An instant already past times the task out
+    /// as soon as the pool looks at it, without running it.
+    pub fn deadline_at(mut self, deadline: Instant) -> Self {
+        self.options.deadline = Some(deadline);
         self
     }
 
@@ -848,9 +966,37 @@ where
     }
 
     /// The task's timeout, overriding the pool's default. The clock starts when the
-    /// task starts running.
+    /// task starts running: time spent queued does not count (see
+    /// [`deadline`](JobBuilder::deadline)).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// A deadline `within` from now, counted while the task is queued too:
+    /// still queued then, it resolves as timed out without running; running,
+    /// it is timed out as [`timeout`](JobBuilder::timeout) would. See
+    /// [`TaskBuilder::deadline`].
+    ///
+    /// ```
+    /// use std::{sync::mpsc, time::Duration};
+    ///
+    /// let pool = crew::Pool::builder().workers(1).build()?;
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let busy = pool.spawn(move || gate.recv().unwrap());
+    /// let late = pool.job(|_| "ran").deadline(Duration::from_millis(20)).spawn();
+    /// assert!(late.join().unwrap_err().is_timeout()); // the worker never freed up
+    /// release.send(())?;
+    /// busy.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn deadline(self, within: Duration) -> Self {
+        self.deadline_at(crate::sync::after(Instant::now(), within))
+    }
+
+    /// Like [`deadline`](JobBuilder::deadline), at an instant.
+    pub fn deadline_at(mut self, deadline: Instant) -> Self {
+        self.options.deadline = Some(deadline);
         self
     }
 
@@ -893,6 +1039,20 @@ where
     /// timed out and the future is dropped.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// A deadline `within` from now, counted while the future waits for a
+    /// worker too (see [`TaskBuilder::deadline`]): past it, a future never
+    /// polled resolves as timed out without running, and one in flight is
+    /// dropped as a timeout drops it.
+    pub fn deadline(self, within: Duration) -> Self {
+        self.deadline_at(crate::sync::after(Instant::now(), within))
+    }
+
+    /// Like [`deadline`](AsyncJobBuilder::deadline), at an instant.
+    pub fn deadline_at(mut self, deadline: Instant) -> Self {
+        self.options.deadline = Some(deadline);
         self
     }
 

@@ -178,7 +178,10 @@ conformance!(
     panics_cross_and_the_worker_state_is_rebuilt,
     cancel_of_a_queued_task,
     cancel_of_a_running_task,
+    cancel_queued_keeps_the_pool,
+    cancel_queued_racing_completion,
     timeout_of_a_blocked_task,
+    deadline_counts_from_submission,
     wait_idle_with_work_in_flight,
     shutdown_runs_queued_work,
     terminate_closes_queued_and_cancels_running,
@@ -474,6 +477,95 @@ fn cancel_of_a_running_task(backend: Backend) {
     pool.shutdown();
 }
 
+/// `cancel_queued` cancels every task waiting behind a busy worker, each once
+/// and without running it, by the time it returns; the running task goes on,
+/// and the pool takes and runs new work. Processes: the tasks wait in the
+/// worker's window, and are taken back from it.
+fn cancel_queued_keeps_the_pool(backend: Backend) {
+    let pool = backend.pool(1);
+    let events = pool.events();
+    let gate = FileGate::new();
+    let blocker = pool.submit(gate.hold()).unwrap();
+    wait_running(&pool, &blocker);
+    let queued: Vec<_> = (0..5).map(|i| pool.submit(Job::Echo(i)).unwrap()).collect();
+    let ids: Vec<TaskId> = queued.iter().map(Task::id).collect();
+
+    assert_eq!(pool.cancel_queued(), 5);
+    assert!(queued.iter().all(Task::is_finished), "resolved on return");
+    for task in queued {
+        assert!(!task.cancel(), "already resolved, once");
+        let err = join(task).unwrap_err();
+        assert!(err.is_cancelled(), "{err:?}");
+    }
+    assert!(!blocker.is_finished(), "the running task is not touched");
+    assert_eq!(pool.cancel_queued(), 0, "nothing left to cancel");
+
+    let after = pool.submit(Job::Echo(7)).unwrap();
+    gate.open();
+    assert_eq!(reply(blocker).ran, 1);
+    // The worker's count: the blocker, then `after`; no cancelled task ran.
+    assert_eq!(reply(after).ran, 2);
+    assert_eq!(echo(&pool, 8).ran, 3);
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let seen = recv_until(&events, |seen| {
+        ids.iter()
+            .all(|id| seen.iter().any(|e| e.task() == Some(*id) && is_terminal(e)))
+    });
+    for id in ids {
+        assert_eq!(outcome_of(&seen, id), (TaskOutcome::Cancelled, false));
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.cancelled, stats.completed), (5, 3), "{stats}");
+    assert_eq!(stats.finished(), stats.submitted, "{stats}");
+    pool.shutdown();
+}
+
+/// `cancel_queued` racing the workers (and a submitter): every task resolves
+/// exactly once, completed or cancelled, and the cancelled ones are exactly
+/// those the calls counted.
+fn cancel_queued_racing_completion(backend: Backend) {
+    let pool = backend.pool(2);
+    let first: Vec<_> = (0..300)
+        .map(|i| pool.submit(Job::Echo(i)).unwrap())
+        .collect();
+    // The workers are under way: the calls below race their completions.
+    wait_until("a task completed", || pool.stats().completed > 0);
+    let canceller = {
+        let pool = pool.clone();
+        std::thread::spawn(move || (0..3).map(|_| pool.cancel_queued()).sum::<usize>())
+    };
+    let more: Vec<_> = (300..400)
+        .map(|i| pool.submit(Job::Echo(i)).unwrap())
+        .collect();
+    let counted = canceller.join().unwrap() as u64;
+
+    let (mut completed, mut cancelled) = (0, 0);
+    for (i, task) in first.into_iter().chain(more).enumerate() {
+        match join(task) {
+            Ok(r) => {
+                assert_eq!(r.value, i as u64);
+                completed += 1;
+            }
+            Err(e) => {
+                assert!(e.is_cancelled(), "{e:?}");
+                cancelled += 1;
+            }
+        }
+    }
+    assert_eq!(cancelled, counted, "each cancelled task counted once");
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.completed, stats.cancelled),
+        (completed, cancelled),
+        "{stats}"
+    );
+    assert_eq!(stats.submitted, 400, "{stats}");
+    assert_eq!(stats.finished(), stats.submitted, "{stats}");
+    echo(&pool, 1);
+    pool.shutdown();
+}
+
 /// A blocked task past its timeout resolves as timed out, and the pool is back
 /// at full size. Threads: the task sees `is_cancelled` and returns within
 /// `abandon_grace`, so its thread is kept. Processes: the worker is killed and
@@ -499,6 +591,57 @@ fn timeout_of_a_blocked_task(backend: Backend) {
         .map(reply)
         .collect();
     assert!(replies.iter().enumerate().all(|(i, r)| r.value == i as u64));
+    pool.shutdown();
+}
+
+/// A deadline counts from submission, where a timeout counts from the start: a
+/// task still queued behind a busy worker at its deadline resolves as timed
+/// out then, and never runs; one that ends in time is unaffected; one still
+/// running at its deadline is timed out as a timeout would be, and the pool is
+/// back at full size.
+fn deadline_counts_from_submission(backend: Backend) {
+    let pool = backend.pool(1);
+    let gate = FileGate::new();
+    let blocker = pool.submit(gate.hold()).unwrap();
+    wait_running(&pool, &blocker);
+    let in_time = pool
+        .task(Job::Echo(1))
+        .deadline(LIMIT * 3)
+        .submit()
+        .unwrap();
+    let late = pool
+        .task(Job::Echo(2))
+        .deadline(Duration::from_millis(20))
+        .submit()
+        .unwrap();
+    // It resolves while the worker is still held: the pool's clock decides.
+    let err = join(late).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(!blocker.is_finished());
+
+    gate.open();
+    assert_eq!(reply(blocker).ran, 1);
+    // The worker ran the blocker, then `in_time`: the late task never ran.
+    let r = reply(in_time);
+    assert_eq!((r.value, r.ran), (1, 2));
+
+    // Running (or, on a slow machine, still queued) at its deadline: timed
+    // out either way, and the worker is freed or replaced.
+    let gate = FileGate::new();
+    let held = pool
+        .task(gate.hold())
+        .deadline(Duration::from_millis(20))
+        .submit()
+        .unwrap();
+    let err = join(held).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(pool.wait_idle_timeout(LIMIT));
+    full_size(&pool);
+    let stats = pool.stats();
+    assert_eq!((stats.timed_out, stats.completed), (2, 2), "{stats}");
+    assert_eq!(stats.abandoned_threads, 0, "{stats}");
+    assert_eq!(stats.finished(), stats.submitted, "{stats}");
+    echo(&pool, 3);
     pool.shutdown();
 }
 

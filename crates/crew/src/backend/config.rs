@@ -19,7 +19,7 @@ pub enum WhenFull {
     /// does: the caller slows down to the pool's pace. A worker type's task gets a
     /// fresh instance on the caller's thread (`start`, `run`, `stop`); its
     /// [`Task::worker`](crate::Task::worker) is [`WorkerId::CALLER`](crate::WorkerId::CALLER).
-    /// A task run this way has no timeout (nothing could stop the caller's own
+    /// A task run this way has no timeout or deadline (nothing could stop the caller's own
     /// thread), and batches never run on the caller: they wait.
     CallerRuns,
 }

@@ -152,6 +152,16 @@ pub trait Engine<W: Worker>: Send + Sync {
     /// Whether the pool is closed (or closing).
     fn is_closed(&self) -> bool;
 
+    /// Resolves every task that has not started as cancelled, as each task's
+    /// own cancel would, and returns how many; running tasks go on and the pool
+    /// stays open ([`Pool::cancel_queued`](crate::Pool::cancel_queued)).
+    ///
+    /// The default cancels nothing and returns 0: an engine that cannot take
+    /// its queued tasks back (the cluster, today) says so in its docs.
+    fn cancel_queued(&self) -> usize {
+        0
+    }
+
     /// Retires worker `id` (its running task resolves as killed) and starts a
     /// replacement; false if no live worker has this id.
     fn kill_worker(&self, id: WorkerId) -> bool;

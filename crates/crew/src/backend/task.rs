@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{Failure, TaskError};
-use crate::task::cell::{Core, Handle, Header};
+use crate::task::cell::{Core, Handle, Header, Limits};
 use crate::task::{Priority, Task, TaskId};
 use crate::worker::WorkerId;
 
@@ -54,7 +54,7 @@ where
     E: Send + 'static,
 {
     let slot = Arc::new(Slot {
-        core: Core::new(Header::new(id, priority, None, false)),
+        core: Core::new(Header::new(id, priority, Limits::NONE, false)),
         on_cancel,
     });
     let task = Task::new(Arc::clone(&slot) as Arc<dyn Handle<T, E>>);

@@ -63,7 +63,7 @@ use crate::backend::{Admission, Batch, ChunkResults, ChunkTask, Delivered};
 use crate::error::{Failure, Panic, TaskError};
 use crate::events::Event;
 use crate::sync::lock;
-use crate::task::cell::{Core, Header, Outcome};
+use crate::task::cell::{Core, Header, Limits, Outcome};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::wire::{ChunkItems, ChunkOutcomes, ItemOutcome};
 use crate::worker::WorkerId;
@@ -241,7 +241,12 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         let first = self.next_task.fetch_add(len as u64, Relaxed);
         let entry = Arc::new(RemoteCell {
-            core: Core::new(Header::new(TaskId(first), Priority::Normal, None, false)),
+            core: Core::new(Header::new(
+                TaskId(first),
+                Priority::Normal,
+                Limits::NONE,
+                false,
+            )),
             input: Mutex::new(EncodedInput::Chunk(items)),
             key: None,
             retries_left: AtomicU32::new(0),
@@ -274,6 +279,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         entry: &Entry<W>,
         result: Result<W::Output, TaskError<W::Error>>,
         worker: Option<(WorkerId, Duration)>,
+        release: bool,
     ) -> bool {
         let failure = match result {
             Err(e) => e
@@ -282,7 +288,7 @@ impl<W: RemoteWorker> Supervisor<W> {
                 .unwrap_or_else(|| Failure::Protocol("a chunk resolved as one task".into())),
             Ok(_) => Failure::Protocol("a chunk resolved as one task".into()),
         };
-        if worker.is_none() {
+        if release {
             entry.release_input();
         }
         if !entry.core.resolve(Err(TaskError::failure(failure.clone()))) {
@@ -488,7 +494,12 @@ impl<W: RemoteWorker> Supervisor<W> {
     /// split or a short answer makes of the chunk's items.
     fn item_cell(&self, chunk: &Entry<W>, id: u64, input: EncodedInput) -> Entry<W> {
         Arc::new(RemoteCell {
-            core: Core::new(Header::new(TaskId(id), Priority::Normal, None, false)),
+            core: Core::new(Header::new(
+                TaskId(id),
+                Priority::Normal,
+                Limits::NONE,
+                false,
+            )),
             input: Mutex::new(input),
             key: None,
             retries_left: AtomicU32::new(self.process.retries),

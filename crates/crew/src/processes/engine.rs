@@ -56,6 +56,9 @@ pub(crate) fn start<W: RemoteWorker>(
             alarms: Vec::new(),
             monitor_running: true,
             observed: Observed::new(),
+            deadlines: Default::default(),
+            take_backs: Vec::new(),
+            next_take_back: 0,
         }),
         changed: Condvar::new(),
         alarm: Condvar::new(),
@@ -224,6 +227,10 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
 
     fn is_closed(&self) -> bool {
         self.lock().lifecycle != Lifecycle::Open
+    }
+
+    fn cancel_queued(&self) -> usize {
+        Supervisor::cancel_queued(self)
     }
 
     fn kill_worker(&self, id: WorkerId) -> bool {

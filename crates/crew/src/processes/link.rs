@@ -72,10 +72,16 @@ impl<W: RemoteWorker> Supervisor<W> {
                     // A take-back that lost the race: answered, the worker is
                     // not silent (it runs the task where it is).
                     flight.stolen_at = None;
+                    let take_back = flight.take_back.take();
                     let entry = Arc::clone(&flight.entry);
                     let now = Instant::now();
                     link.running = Some((task, now));
                     entry.core.header().set_worker(id);
+                    if let Some(call) = take_back {
+                        // Begun before `cancel_queued`'s *cancel* came: it runs.
+                        Self::take_back_answered(st, call, 0);
+                        plan.notify = true;
+                    }
                     if entry.core.header().is_decided() {
                         // Cancelled while it was on its way: stop it the only way.
                         self.kill_link(st, id, ExitReason::Killed, None);
@@ -120,17 +126,29 @@ impl<W: RemoteWorker> Supervisor<W> {
                         _ => None,
                     };
                     let entry = flight.entry;
-                    let requeue = matches!(outcome, WireOutcome::NotStarted)
+                    let not_started = matches!(outcome, WireOutcome::NotStarted);
+                    // Asked back by `cancel_queued`: cancelled if not started.
+                    let take_back = flight.take_back;
+                    let requeue = not_started
                         && flight.stolen
+                        && take_back.is_none()
                         && !entry.core.header().is_decided();
                     if !requeue {
                         entry.release_input();
+                    }
+                    if let Some(call) = take_back {
+                        if !not_started {
+                            Self::take_back_answered(st, call, 0);
+                        }
+                        plan.notify = true;
                     }
                     let result: Result<W::Output, TaskError<W::Error>> = match outcome {
                         WireOutcome::NotStarted => {
                             if requeue {
                                 let level = entry.core.header().priority.index();
                                 st.queue[level].push_front(entry);
+                            } else if let Some(call) = take_back {
+                                self.cancel_taken_back(st, &entry, call);
                             }
                             continue;
                         }
@@ -511,6 +529,10 @@ pub(super) fn link_ended<W: RemoteWorker>(
         };
         if let Some(at) = culprit {
             let flight = window.remove(at).expect("position is in range");
+            if let Some(call) = flight.take_back {
+                // Charged with the death, not cancelled: it may have run.
+                Supervisor::<W>::take_back_answered(&mut st, call, 0);
+            }
             let entry = flight.entry;
             let ran = link
                 .running
@@ -552,6 +574,11 @@ pub(super) fn link_ended<W: RemoteWorker>(
     let terminating = st.lifecycle == Lifecycle::Terminating;
     for flight in window.into_iter().rev() {
         let entry = flight.entry;
+        if let Some(call) = flight.take_back {
+            // `cancel_queued` asked for it and it did not run here: cancelled.
+            shared.cancel_taken_back(&mut st, &entry, call);
+            continue;
+        }
         if entry.core.header().is_decided() {
             // The process is reaped: no one reads its input any more.
             entry.release_input();

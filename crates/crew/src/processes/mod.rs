@@ -12,7 +12,10 @@
 //!   (submit, shutdown, broadcast, stats).
 //! - `link.rs`: one link thread per worker process: starts it, reads and applies
 //!   its frames, reaps it, settles what it held.
-//! - `monitor.rs`: one monitor thread: task timeouts, SIGKILL after the grace.
+//! - `monitor.rs`: one monitor thread: task timeouts and deadlines, SIGKILL
+//!   after the grace.
+//! - `queue_control.rs`: `cancel_queued` (taking unstarted tasks back from
+//!   windows) and deadlines counted from submission. Any thread, under the lock.
 //! - `process_handle.rs`: the pool's handle on one worker process (spawn, its
 //!   `FrameWriter`, kill, reap, output capture).
 //! - `worker_main.rs`: what runs inside a worker process (`bootstrap`, `serve`).
@@ -50,6 +53,7 @@ pub use worker_main::{bootstrap, serve, Bootstrap};
 mod engine;
 mod link;
 mod monitor;
+mod queue_control;
 mod state;
 
 pub(crate) use engine::start;

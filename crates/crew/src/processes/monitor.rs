@@ -1,6 +1,6 @@
-//! The monitor thread: keeps the deadlines (task timeouts, and SIGKILL for a
-//! worker that did not exit within the grace after SIGTERM) until the pool is
-//! closed and every worker is gone.
+//! The monitor thread: keeps the deadlines (task timeouts, tasks' deadlines
+//! counted from submission, and SIGKILL for a worker that did not exit within
+//! the grace after SIGTERM) until the pool is closed and every worker is gone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,13 +86,18 @@ pub(super) fn monitor_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>) {
                 }
             }
         }
+        // Deadlines from submission, wherever their tasks are (`queue_control.rs`).
+        shared.expire_deadlines(&mut st, now, &mut plan);
         if !plan.start.is_empty() || plan.notify {
             drop(st);
             shared.finish(std::mem::take(&mut plan));
             st = shared.lock();
             continue;
         }
-        let next = st.alarms.iter().map(|a| a.at).min();
+        let next = match (st.alarms.iter().map(|a| a.at).min(), st.deadlines.next()) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
         st = match next {
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());

@@ -25,6 +25,7 @@ use crate::backend::{Admission, Config};
 use crate::error::{Failure, SubmitError, TaskError};
 use crate::events::{Bus, Event, ExitReason};
 use crate::messages::MessageBus;
+use crate::scheduler::deadlines::Deadlines;
 use crate::stats::Timings;
 use crate::sync::lock;
 use crate::task::cell::{Core, Handle, Header, Outcome};
@@ -143,6 +144,28 @@ pub(super) struct State<W: RemoteWorker> {
     /// Latency record and clocks for `Stats`. Recorded by link threads
     /// (wait on *started*, run on *done*) and by settlement.
     pub(super) observed: Observed,
+    /// Deadlines (`TaskBuilder::deadline`) of tasks that may not have started.
+    /// Pushed by submitters of such tasks only; popped by the monitor, which
+    /// times out those still waiting (`queue_control.rs`).
+    pub(super) deadlines: Deadlines<Entry<W>>,
+    /// `cancel_queued` calls waiting for their take-backs to be answered.
+    /// Pushed and removed by the call; updated by whoever settles one of its
+    /// flights (link threads, on *started*, *not started*, or the worker's end).
+    pub(super) take_backs: Vec<TakeBack>,
+    /// The next `cancel_queued` call's number. Taken by the call.
+    pub(super) next_take_back: u64,
+}
+
+/// One `cancel_queued` call's window take-backs (`queue_control.rs`).
+#[derive(Debug)]
+pub(super) struct TakeBack {
+    /// The call's number ([`InFlight::take_back`] names it).
+    pub(super) call: u64,
+    /// Take-backs not answered yet.
+    pub(super) pending: usize,
+    /// Tasks (chunk items count one each) that came back *not started* and
+    /// were cancelled.
+    pub(super) cancelled: usize,
 }
 
 /// The pool-wide latency record and clocks behind `Stats` (under the state lock).
@@ -251,6 +274,10 @@ pub(super) struct InFlight<W: RemoteWorker> {
     /// When it became the head of the window (the first task not answered),
     /// the moment the pool's timeout clock starts; see [`Supervisor::arm_head`].
     pub(super) head_since: Option<Instant>,
+    /// Asked back by `cancel_queued` call number `n` (its *cancel* sent): on
+    /// *not started* it is cancelled instead of queued again; on *started* it
+    /// runs on. Either way the call is told (`Supervisor::take_back_answered`).
+    pub(super) take_back: Option<u64>,
 }
 
 pub(super) type Entry<W> = Arc<RemoteCell<W>>;
@@ -337,6 +364,8 @@ impl<W: RemoteWorker> Supervisor<W> {
     }
 
     /// Resolves `entry` with `result`, counting it once; true if this call did.
+    /// `worker`: who ran it and for how long; `None` for a task resolved
+    /// without running, whose input is then let go (it sits in no window).
     pub(super) fn resolve(
         &self,
         st: &mut State<W>,
@@ -344,15 +373,28 @@ impl<W: RemoteWorker> Supervisor<W> {
         result: Result<W::Output, TaskError<W::Error>>,
         worker: Option<(WorkerId, Duration)>,
     ) -> bool {
+        self.settle(st, entry, result, worker, worker.is_none())
+    }
+
+    /// [`resolve`](Supervisor::resolve), saying whether to let the input go:
+    /// not while a worker may still read it (a task resolved in a window before
+    /// its worker answered; `queue_control.rs`).
+    pub(super) fn settle(
+        &self,
+        st: &mut State<W>,
+        entry: &Entry<W>,
+        result: Result<W::Output, TaskError<W::Error>>,
+        worker: Option<(WorkerId, Duration)>,
+        release: bool,
+    ) -> bool {
         if entry.chunk.is_some() {
-            return self.resolve_chunk(st, entry, result, worker);
+            return self.resolve_chunk(st, entry, result, worker, release);
         }
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(e) => Outcome::of_error(e),
         };
-        if worker.is_none() {
-            // Resolved without a worker: it sits in no window.
+        if release {
             entry.release_input();
         }
         if !entry.core.resolve(result) {
@@ -491,6 +533,7 @@ impl<W: RemoteWorker> Supervisor<W> {
             stolen: false,
             stolen_at: None,
             head_since: None,
+            take_back: None,
         });
         self.arm_head(st, i);
         if !plan.flush.iter().any(|p| Arc::ptr_eq(p, &process)) {
@@ -528,7 +571,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         let now = Instant::now();
         head.head_since = Some(now);
-        let timeout = head.entry.core.header().timeout;
+        let timeout = head.entry.core.header().limits.timeout();
         let task = head.entry.id();
         if let Some(timeout) = timeout {
             if !head.entry.core.header().is_decided() {
@@ -860,13 +903,19 @@ impl<W: RemoteWorker> Supervisor<W> {
         let entry = self.new_entry(encoded, options);
         st.submitted += 1;
         let mut plan = Plan::default();
+        let mut pruned = Vec::new();
         if let Some(failure) = self.broken(&st) {
             self.fail(&mut st, &entry, failure, None);
         } else {
             st.queue[options.priority.index()].push_back(Arc::clone(&entry));
             self.dispatch(&mut st, &mut plan);
+            if let Some(deadline) = options.deadline {
+                pruned = self.watch_deadline(&mut st, deadline, Arc::clone(&entry));
+            }
         }
         drop(st);
+        // Settled tasks the deadline heap let go: their drop may run user code.
+        drop(pruned);
         self.finish(plan);
         Ok(Task::new(entry))
     }
@@ -877,9 +926,9 @@ impl<W: RemoteWorker> Supervisor<W> {
         options: TaskOptions,
     ) -> Entry<W> {
         let id = TaskId(self.next_task.fetch_add(1, Relaxed));
-        let timeout = options.timeout.or(self.config.default_timeout);
+        let limits = options.limits(self.config.default_timeout);
         Arc::new(RemoteCell {
-            core: Core::new(Header::new(id, options.priority, timeout, false)),
+            core: Core::new(Header::new(id, options.priority, limits, false)),
             input: Mutex::new(input),
             key: options.key,
             retries_left: AtomicU32::new(options.retries.unwrap_or(self.process.retries)),

@@ -63,7 +63,7 @@ use super::arena::ArenaView;
 use super::codec::{self, RemoteWorker};
 use crate::error::{panic_message, StartError};
 use crate::sync::lock;
-use crate::task::cell::Header;
+use crate::task::cell::{Header, Limits};
 use crate::task::{Priority, TaskId};
 use crate::wire::{
     ChunkItems, ChunkOutcomes, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
@@ -901,7 +901,8 @@ impl<W: RemoteWorker> Runner<'_, W> {
         let Some(worker) = self.worker.as_mut() else {
             return Outcome::Panicked("the worker has no state (its restart failed)".into());
         };
-        let header = Header::with_queued_at(TaskId(task), Priority::Normal, None, false, None);
+        let header =
+            Header::with_queued_at(TaskId(task), Priority::Normal, Limits::NONE, false, None);
         let mut ctx = Context::new(self.id, Some(&header)).with_outbox(&self.outbox);
         let result = catch_unwind(AssertUnwindSafe(|| worker.run(input, &mut ctx)));
         let outcome = match result {

@@ -60,7 +60,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{fence, AtomicPtr};
 use std::task::{Context as PollContext, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
@@ -70,7 +70,7 @@ use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
 use crate::worker::{Context, Execution, ExecutionKind, Outbox, Worker, WorkerId};
 
-pub(crate) use super::header::{CellRef, Header, Outcome, ShareCell};
+pub(crate) use super::header::{CellRef, Header, Limits, Outcome, ShareCell};
 pub(crate) use super::header::{CANCEL, OUTCOME_SHIFT, RESOLVED, RESOLVING, WAITER};
 
 /// Who is waiting for a task's result.
@@ -707,13 +707,13 @@ impl<W: Worker> Job<W> {
 pub(crate) fn new_cell<P, T, E>(
     id: TaskId,
     priority: Priority,
-    timeout: Option<Duration>,
+    limits: Limits,
     bounded: bool,
     queued_at: Option<Instant>,
     pool: usize,
     payload: P,
 ) -> Arc<Cell<P, T, E>> {
-    let mut header = Header::with_queued_at(id, priority, timeout, bounded, queued_at);
+    let mut header = Header::with_queued_at(id, priority, limits, bounded, queued_at);
     header.pool = pool;
     Arc::new(Cell {
         core: Core {
@@ -752,7 +752,7 @@ mod loom_model {
         new_cell(
             TaskId(1),
             Priority::Normal,
-            None,
+            Limits::NONE,
             false,
             Some(Instant::now()),
             0,
@@ -832,7 +832,7 @@ mod loom_model {
             let cell: Arc<Cell<_, u64, Infallible>> = new_cell(
                 TaskId(1),
                 Priority::Normal,
-                None,
+                Limits::NONE,
                 false,
                 Some(Instant::now()),
                 0,

@@ -7,6 +7,7 @@
 
 use std::any::Any;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::error::{Failure, TaskError};
@@ -97,6 +98,97 @@ impl Outcome {
     }
 }
 
+/// A task's time limits: a timeout, counted from when it starts, and a
+/// deadline, counted from when it was submitted (`TaskBuilder::timeout`,
+/// `TaskBuilder::deadline`).
+///
+/// Packed into two words, nanoseconds with [`Limits::UNSET`] for "none", so that
+/// the header, allocated once per task, did not grow when the deadline came:
+/// two `Option`s would have cost 16 more bytes per cell. A timeout of 584
+/// years or more counts as none, and so does a deadline that far past the
+/// first one set in this process (the deadline's zero, [`deadline_epoch`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The timeout in nanoseconds.
+    timeout: u64,
+    /// The deadline, in nanoseconds since [`deadline_epoch`].
+    deadline: u64,
+}
+
+impl Limits {
+    /// The encoding of "not set".
+    const UNSET: u64 = u64::MAX;
+
+    /// No timeout, no deadline.
+    pub(crate) const NONE: Limits = Limits {
+        timeout: Self::UNSET,
+        deadline: Self::UNSET,
+    };
+
+    #[inline]
+    pub(crate) fn new(timeout: Option<Duration>, deadline: Option<Instant>) -> Self {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(Self::UNSET);
+        Limits {
+            timeout: timeout.map_or(Self::UNSET, nanos),
+            // A deadline before the epoch is already past: zero.
+            deadline: deadline.map_or(Self::UNSET, |d| {
+                nanos(d.saturating_duration_since(deadline_epoch()))
+            }),
+        }
+    }
+
+    /// Whether either limit is set (one load-and-compare for the common "none").
+    #[inline]
+    pub(crate) fn is_set(self) -> bool {
+        self.timeout & self.deadline != Self::UNSET
+    }
+
+    #[inline]
+    pub(crate) fn has_deadline(self) -> bool {
+        self.deadline != Self::UNSET
+    }
+
+    #[inline]
+    pub(crate) fn timeout(self) -> Option<Duration> {
+        (self.timeout != Self::UNSET).then(|| Duration::from_nanos(self.timeout))
+    }
+
+    /// The deadline. (Reading it reads the epoch: only call it once
+    /// [`has_deadline`](Limits::has_deadline) said there is one.)
+    #[inline]
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        self.has_deadline()
+            .then(|| crate::sync::after(deadline_epoch(), Duration::from_nanos(self.deadline)))
+    }
+
+    /// When a task that started at `started` must have ended: its timeout from
+    /// then, or its deadline, whichever comes first.
+    #[inline]
+    pub(crate) fn end(self, started: Instant) -> Option<Instant> {
+        let timeout = self.timeout().map(|t| crate::sync::after(started, t));
+        match (timeout, self.deadline()) {
+            (Some(t), Some(d)) => Some(t.min(d)),
+            (t, d) => t.or(d),
+        }
+    }
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("timeout", &self.timeout())
+            .field("deadline", &self.deadline())
+            .finish()
+    }
+}
+
+/// The zero of packed deadlines: the first time one was asked for in this
+/// process. Every deadline set later is after it (or is already past).
+fn deadline_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// What every task has regardless of its types: identity, options, state.
 pub(crate) struct Header {
     /// The state bits above. Written by worker, handle, canceller, monitor; see
@@ -107,7 +199,9 @@ pub(crate) struct Header {
     /// that worker, read by the handle.
     pub(super) worker: AtomicU64,
     pub(crate) priority: Priority,
-    pub(crate) timeout: Option<Duration>,
+    /// Its timeout (counted from its start) and deadline (counted from its
+    /// submission). Written once, at creation.
+    pub(crate) limits: Limits,
     /// Holds a place in the pool's queue capacity until popped.
     pub(crate) bounded: bool,
     /// When it was submitted: the start of its wait (`Stats::wait`,
@@ -122,13 +216,8 @@ pub(crate) struct Header {
 impl Header {
     /// A header for a task submitted now.
     #[inline]
-    pub(crate) fn new(
-        id: TaskId,
-        priority: Priority,
-        timeout: Option<Duration>,
-        bounded: bool,
-    ) -> Self {
-        Self::with_queued_at(id, priority, timeout, bounded, Some(Instant::now()))
+    pub(crate) fn new(id: TaskId, priority: Priority, limits: Limits, bounded: bool) -> Self {
+        Self::with_queued_at(id, priority, limits, bounded, Some(Instant::now()))
     }
 
     /// A header for a task submitted at `queued_at` (a batch reads the clock
@@ -137,7 +226,7 @@ impl Header {
     pub(crate) fn with_queued_at(
         id: TaskId,
         priority: Priority,
-        timeout: Option<Duration>,
+        limits: Limits,
         bounded: bool,
         queued_at: Option<Instant>,
     ) -> Self {
@@ -146,7 +235,7 @@ impl Header {
             id,
             worker: AtomicU64::new(0),
             priority,
-            timeout,
+            limits,
             bounded,
             queued_at,
             pool: 0,
@@ -232,4 +321,49 @@ pub(crate) trait CellRef: Send + Sync {
 /// a context (and a run) that outlives the worker's call.
 pub(crate) trait ShareCell: Sync {
     fn share(&self) -> Arc<dyn CellRef>;
+}
+
+#[cfg(all(test, not(crew_loom), target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// A header is in every task's one allocation: the deadline was packed in
+    /// (`Limits`) so that it did not grow.
+    #[test]
+    fn the_header_did_not_grow_with_the_deadline() {
+        assert!(std::mem::size_of::<Header>() <= 72);
+    }
+
+    #[test]
+    fn limits_round_trip_and_pick_the_earlier_end() {
+        let none = Limits::new(None, None);
+        assert!(!none.is_set() && none == Limits::NONE);
+        assert_eq!((none.timeout(), none.deadline()), (None, None));
+        assert_eq!(none.end(Instant::now()), None);
+
+        // Far enough from the clock's zero for the subtractions below.
+        let start = Instant::now() + Duration::from_secs(3600);
+        let timeout = Limits::new(Some(Duration::from_millis(5)), None);
+        assert!(timeout.is_set() && !timeout.has_deadline());
+        assert_eq!(timeout.end(start), Some(start + Duration::from_millis(5)));
+
+        let at = start + Duration::from_secs(1);
+        let both = Limits::new(Some(Duration::from_secs(5)), Some(at));
+        assert!(both.is_set() && both.has_deadline());
+        assert_eq!(both.timeout(), Some(Duration::from_secs(5)));
+        let back = both.deadline().unwrap();
+        let diff = if back > at { back - at } else { at - back };
+        assert!(diff < Duration::from_micros(1), "{back:?} vs {at:?}");
+        assert_eq!(both.end(start), Some(back), "the deadline comes first");
+        assert_eq!(
+            both.end(start - Duration::from_secs(10)),
+            Some(start - Duration::from_secs(5)),
+            "the timeout comes first"
+        );
+
+        // A deadline before the epoch is already past; a huge timeout is none.
+        let past = Limits::new(None, Some(start - Duration::from_secs(3600)));
+        assert!(past.deadline().unwrap() <= start);
+        assert_eq!(Limits::new(Some(Duration::MAX), None).timeout(), None);
+    }
 }

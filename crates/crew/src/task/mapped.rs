@@ -23,7 +23,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::AcqRel;
 use std::task::{Wake, Waker};
 
-use super::cell::{Core, Handle, Header};
+use super::cell::{Core, Handle, Header, Limits};
 use super::{Priority, Task};
 use crate::error::{Failure, Panic, TaskError};
 use crate::sync::{Arc, AtomicBool};
@@ -54,7 +54,7 @@ where
     let header = Header::with_queued_at(
         source.core().header().id(),
         Priority::Normal,
-        None,
+        Limits::NONE,
         false,
         None,
     );

@@ -235,7 +235,10 @@ impl<T, E> fmt::Debug for Task<T, E> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TaskOptions {
     pub(crate) priority: Priority,
+    /// Counted from the task's start.
     pub(crate) timeout: Option<Duration>,
+    /// Counted from the task's submission: an instant, fixed by `TaskBuilder`.
+    pub(crate) deadline: Option<Instant>,
     /// Sticky key (process pools): tasks with the same key go to the same worker.
     pub(crate) key: Option<u64>,
     /// Runs again after its worker process dies, this many times (process pools).
@@ -248,9 +251,23 @@ impl TaskOptions {
         self.priority
     }
 
-    /// The task's own timeout, if set (else the pool's default applies).
+    /// The task's own timeout, if set (else the pool's default applies). Its
+    /// clock starts when the task starts.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// The instant by which the task must have ended, if set, wherever it is
+    /// then: still queued, it resolves as timed out without running; running,
+    /// it is stopped as a timeout would stop it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The task's limits as its header keeps them: its own timeout, else
+    /// `default_timeout`, and its deadline.
+    pub(crate) fn limits(&self, default_timeout: Option<Duration>) -> header::Limits {
+        header::Limits::new(self.timeout.or(default_timeout), self.deadline)
     }
 
     /// The task's sticky key, if set.

@@ -10,7 +10,8 @@
 //! - `worker_loop` is the body of each worker thread.
 //! - `executor` is each worker thread's set of async tasks in flight.
 //! - `monitor` is a helper thread, started on first need, that enforces running
-//!   tasks' timeouts and replaces threads that had to be abandoned.
+//!   tasks' timeouts, queued tasks' deadlines, and replaces threads that had to
+//!   be abandoned.
 //!
 //! The mechanisms are narrated, with their reasons, in `threads.md` beside this
 //! file.
@@ -55,6 +56,7 @@ use crate::backend::Config;
 use crate::error::{Failure, ShutdownTimedOut, SubmitError};
 use crate::events::{Bus, Event};
 use crate::messages::{Mailbox, MessageBus};
+use crate::scheduler::deadlines::Deadlines;
 use crate::scheduler::queues::Injectors;
 use crate::scheduler::sleep::{Sleep, Sleeper};
 use crate::stats::{Figures, OutcomeCounts, Stats, Timings, WorkerFigures};
@@ -68,6 +70,9 @@ use capacity::Capacity;
 use idle::Idle;
 pub(crate) use idle::IdleFuture;
 use monitor::Monitor;
+
+/// How many times `cancel_queued` sweeps the queues at most (see there).
+const CANCEL_PASSES: usize = 3;
 
 /// Lifecycle bit: no new work is taken; workers drain the queue, then exit.
 const CLOSING: usize = 1 << 0;
@@ -252,6 +257,10 @@ pub(crate) struct Shared<W: Worker> {
     next_worker: AtomicU64,
     idle: Idle,
     monitor: Monitor,
+    /// Deadlines of tasks that may still be queued (`TaskBuilder::deadline`).
+    /// Pushed by submitters of such tasks only; popped by the monitor, which
+    /// times out those still unclaimed (`threads.md`, "Deadlines").
+    deadlines: Mutex<Deadlines<Job<W>>>,
     /// The queue bound, if `queue_capacity` was set.
     capacity: Option<Capacity>,
     /// `Registry::live.len()`, readable without the lock (elastic sizing).
@@ -318,6 +327,7 @@ impl<W: Worker> Shared<W> {
             next_worker: AtomicU64::new(0),
             idle: Idle::new(),
             monitor: Monitor::new(),
+            deadlines: Mutex::new(Deadlines::default()),
             capacity,
             live_count: AtomicUsize::new(0),
             growing: AtomicBool::new(false),
@@ -442,16 +452,21 @@ impl<W: Worker> Shared<W> {
     }
 
     /// Takes every queued job out of every queue and resolves it with `failure`.
-    fn drain(&self, failure: Failure) {
+    /// Returns how many this call resolved (tombstones it popped were resolved
+    /// before, by whoever cancelled them; it counts them in stats all the same).
+    fn drain(&self, failure: Failure) -> usize {
         self.draining.fetch_add(1, SeqCst);
+        let mut resolved = 0;
         while let Some(job) = self.injectors.steal_any() {
-            self.discard(job, &failure);
+            resolved += usize::from(self.discard(job, &failure));
         }
         let (_, peers) = self.peers();
         for (_, stealer) in peers.iter() {
             loop {
                 match stealer.steal() {
-                    crossbeam_deque::Steal::Success(job) => self.discard(job, &failure),
+                    crossbeam_deque::Steal::Success(job) => {
+                        resolved += usize::from(self.discard(job, &failure));
+                    }
                     crossbeam_deque::Steal::Retry => continue,
                     crossbeam_deque::Steal::Empty => break,
                 }
@@ -460,6 +475,29 @@ impl<W: Worker> Shared<W> {
         self.draining.fetch_sub(1, SeqCst);
         self.notify_idle();
         self.maybe_close_events();
+        resolved
+    }
+
+    /// `Pool::cancel_queued`: every task still in a queue (the injectors and
+    /// every worker's deque) resolves as cancelled, as a drain does at
+    /// `terminate`, while the pool stays open. Running tasks are not touched.
+    ///
+    /// A drain races the workers only for what each takes: every entry is
+    /// taken by one thread, which runs it or resolves it. A worker that moves a
+    /// batch from the injector into its own deque while the drain passes can
+    /// carry a few tasks past it; a second pass catches those (at most
+    /// [`CANCEL_PASSES`], so a submitter faster than the drain cannot keep it
+    /// going).
+    pub(crate) fn cancel_queued(&self) -> usize {
+        let mut cancelled = 0;
+        for _ in 0..CANCEL_PASSES {
+            let resolved = self.drain(Failure::Cancelled);
+            cancelled += resolved;
+            if resolved == 0 {
+                break;
+            }
+        }
+        cancelled
     }
 
     /// Ends the event stream once nothing can emit any more: the pool is closed,
@@ -479,10 +517,10 @@ impl<W: Worker> Shared<W> {
     }
 
     /// Resolves a popped queue entry with `failure` (if nobody resolved it first),
-    /// counts it, and emits its `TaskDiscarded`.
-    fn discard(&self, job: Job<W>, failure: &Failure) {
+    /// counts it, and emits its `TaskDiscarded`. True if this call resolved it.
+    fn discard(&self, job: Job<W>, failure: &Failure) -> bool {
         self.popped(job.header().bounded);
-        job.discard(failure.clone());
+        let resolved = job.discard(failure.clone());
         let outcome = job.header().settled_outcome();
         self.count(outcome);
         if self.events.is_active() {
@@ -491,6 +529,7 @@ impl<W: Worker> Shared<W> {
                 outcome: outcome.into(),
             });
         }
+        resolved
     }
 
     /// Counts one task finished outside a worker (drained or abandoned).
@@ -611,11 +650,45 @@ impl<W: Worker> Shared<W> {
 
     // ------------------------------------------------------------ monitor
 
-    /// Enforces timeouts of running tasks. Returns the next instant it must look
-    /// again. Called by the monitor thread.
+    /// Has the monitor time `job` out at `deadline` if it is still queued then
+    /// (`threads.md`, "Deadlines"). Wakes the monitor only if this deadline is
+    /// now the earliest it keeps: otherwise it wakes before it anyway.
+    #[cold]
+    pub(super) fn watch_deadline(&self, deadline: Instant, job: Job<W>) {
+        let (earliest, pruned) =
+            lock(&self.deadlines).push(deadline, job, |job| job.header().is_decided());
+        // Settled tasks: dropping them may run user code (an output's `Drop`).
+        drop(pruned);
+        if earliest {
+            if let Some(shared) = self.arc() {
+                self.monitor.wake_at(&shared, deadline);
+            }
+        }
+    }
+
+    /// Times out the queued tasks whose deadline has come: each still
+    /// unclaimed resolves as timed out and stays in its queue as a tombstone,
+    /// counted by whoever pops it, as a cancelled one is. One a worker claimed
+    /// first is running: its `Running` entry carries the deadline, and the
+    /// running-task checks below time it out. Returns when the next is due.
+    fn expire_queued(&self, now: Instant) -> Option<Instant> {
+        let (due, next) = {
+            let mut deadlines = lock(&self.deadlines);
+            (deadlines.pop_due(now), deadlines.next())
+        };
+        // Resolving wakes the caller's waker (user code): no lock held.
+        for job in due {
+            job.discard(Failure::TimedOut);
+        }
+        next
+    }
+
+    /// Enforces timeouts (and deadlines) of running tasks, and deadlines of
+    /// queued ones. Returns the next instant it must look again. Called by the
+    /// monitor thread.
     fn check_deadlines(&self, now: Instant) -> Option<Instant> {
         let slots: Vec<Arc<Slot<W>>> = lock(&self.registry).live.clone();
-        let mut next: Option<Instant> = None;
+        let mut next: Option<Instant> = self.expire_queued(now);
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for slot in slots {
             // What is due on this worker, collected under its lock and acted on

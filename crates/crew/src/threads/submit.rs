@@ -14,7 +14,7 @@ use crate::backend::{Admission, WhenFull};
 use crate::error::{panic_message, Failure, SubmitError};
 use crate::events::{Event, TaskOutcome};
 use crate::sync::{lock, Arc};
-use crate::task::cell::{new_cell, Job, Outcome, Payload, Started};
+use crate::task::cell::{new_cell, Job, Limits, Outcome, Payload, Started};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::worker::{Context, Worker, WorkerId};
 
@@ -98,11 +98,10 @@ impl<W: Worker> Shared<W> {
     where
         P: Payload<W>,
     {
-        let timeout = options.timeout.or(self.config.default_timeout);
         let cell = new_cell(
             id,
             options.priority,
-            timeout,
+            options.limits(self.config.default_timeout),
             bounded,
             queued_at,
             self.key(),
@@ -110,6 +109,11 @@ impl<W: Worker> Shared<W> {
         );
         crate::trace::queued(id);
         self.push(Job::new(cell.clone()), options.priority, notify);
+        if let Some(deadline) = options.deadline {
+            // Only tasks with a deadline: the monitor times it out if it is
+            // still queued then (`threads.md`, "Deadlines").
+            self.watch_deadline(deadline, Job::new(cell.clone()));
+        }
         if !notify {
             // `notify_work` (skipped in a batch) is where the fence usually is.
             std::sync::atomic::fence(SeqCst);
@@ -223,7 +227,7 @@ impl<W: Worker> Shared<W> {
         let cell = new_cell(
             id,
             options.priority,
-            None,
+            Limits::NONE,
             false,
             Some(queued_at),
             0,

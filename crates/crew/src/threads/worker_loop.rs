@@ -253,6 +253,21 @@ fn end_entry<W: Worker>(
     end
 }
 
+/// A popped task whose deadline has passed resolves as timed out instead of
+/// starting (and is then skipped as a tombstone), even if the monitor has not
+/// got to it yet.
+#[cold]
+fn expire_if_due<W>(job: &Job<W>) {
+    if job
+        .header()
+        .limits
+        .deadline()
+        .is_some_and(|deadline| deadline <= Instant::now())
+    {
+        job.discard(Failure::TimedOut);
+    }
+}
+
 #[cold]
 fn finished<W: Worker>(
     shared: &Shared<W>,
@@ -418,6 +433,9 @@ impl<W: Worker> Local<W> {
         self.shared.popped(header.bounded);
         // The one load the event stream costs a task when nobody subscribes.
         let observed = self.shared.events.is_active();
+        if header.limits.has_deadline() {
+            expire_if_due(job);
+        }
         if header.is_decided() {
             // A tombstone: cancelled (or taken back) while queued. It never ran
             // here, so it is counted pool-wide, not in this worker's row
@@ -447,7 +465,7 @@ impl<W: Worker> Local<W> {
             Some(_) if header.id().0.is_multiple_of(TIME_ONE_IN) => TIME_ONE_IN as u32,
             Some(_) => 0,
         };
-        let timed = weight > 0 || observed || header.timeout.is_some();
+        let timed = weight > 0 || observed || header.limits.is_set();
         let started = if timed {
             Some(self.last_end.take().unwrap_or_else(Instant::now))
         } else {
@@ -463,10 +481,8 @@ impl<W: Worker> Local<W> {
         if observed {
             self.started(header.id(), waited);
         }
-        let deadline = header
-            .timeout
-            .zip(started)
-            .map(|(t, started)| after(started, t));
+        // Its timeout from now, or its deadline from submission, if sooner.
+        let deadline = started.and_then(|started| header.limits.end(started));
         let span = trace::task_span(header.id(), self.id(), waited);
         {
             let mut work = lock(&self.slot.work);

@@ -112,6 +112,9 @@ impl<W: Worker> Engine<W> for Loopback<W> {
         if let Some(timeout) = options.timeout() {
             task = task.timeout(timeout);
         }
+        if let Some(deadline) = options.deadline() {
+            task = task.deadline_at(deadline);
+        }
         if let Some(key) = options.key() {
             task = task.key(key);
         }
@@ -191,6 +194,10 @@ impl<W: Worker> Engine<W> for Loopback<W> {
 
     fn is_closed(&self) -> bool {
         self.inner.is_closed()
+    }
+
+    fn cancel_queued(&self) -> usize {
+        self.inner.cancel_queued()
     }
 
     fn kill_worker(&self, id: WorkerId) -> bool {
