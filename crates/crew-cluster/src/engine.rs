@@ -16,7 +16,11 @@
 //! Not carried yet (documented, not pretended): messages between the pool and
 //! its workers (`broadcast`, `send_to`, `messages()` are empty), events (the
 //! bus stays silent), `kill_worker` and per-worker rows (workers live on other
-//! hosts), sticky keys and retries (redelivery is the cluster's retry).
+//! hosts), sticky keys and retries (redelivery is the cluster's retry),
+//! `cancel_queued` (the seam's default: it cancels nothing and returns 0;
+//! `Task::cancel` still withdraws one task) and deadlines counted from
+//! submission (`TaskBuilder::deadline` is ignored: only the timeout, counted
+//! on the node from the task's start, is sent).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,7 +1,9 @@
 //! # crew: a worker pool for Rust
 //!
 //! crew runs work off your thread and hands every task's result back: by blocking,
-//! with a timeout, or as a `Future`. Each task can be cancelled, timed out and
+//! with a timeout, or as a `Future`. Each task can be cancelled (or every queued
+//! one at once, [`Pool::cancel_queued`]), timed out (from its start,
+//! [`TaskBuilder::timeout`], or from its submission, [`TaskBuilder::deadline`]) and
 //! prioritised; each worker can hold state built once by its own init; a panic is
 //! caught and reported, and the worker rebuilt. The workers are threads of this
 //! process by default, or child processes (see [Backends](#backends)).
@@ -51,9 +53,9 @@
 //! first 4,096 tasks, then one in eight (see [`Latency`]); a process pool times
 //! every task.
 //!
-//! Timeouts and thread replacement are handled by a per-pool monitor thread that
-//! exists only once it is needed: the first task with a timeout, or a replacement
-//! thread the OS refused to start (`threads::monitor`).
+//! Timeouts, deadlines and thread replacement are handled by a per-pool monitor
+//! thread that exists only once it is needed: the first task with a timeout or a
+//! deadline, or a replacement thread the OS refused to start (`threads::monitor`).
 //!
 //! # Capacity, batches and size
 //!

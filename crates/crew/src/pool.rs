@@ -419,11 +419,11 @@ impl<W: Worker> Pool<W> {
     /// - **threads**: every task in the pool's queues (the global ones and each
     ///   worker's own);
     /// - **processes**: the pool's queue, and the tasks sent ahead to a worker
-    ///   process that it has not begun (its [`window`](PoolBuilder::window)):
+    ///   process that it has not begun (its `window`, `PoolBuilder::window`):
     ///   these are taken back as steal-back takes them, by asking the worker,
     ///   which answers even in the middle of a long task. So the call waits for
     ///   those answers, one round trip; a worker that does not answer within
-    ///   [`silence_limit`](PoolBuilder::silence_limit) is killed and what it had
+    ///   `PoolBuilder::silence_limit` is killed and what it had
     ///   not begun is cancelled. A task the worker has begun is running, and
     ///   runs on;
     /// - **another engine** may cancel nothing (the cluster, today: 0).

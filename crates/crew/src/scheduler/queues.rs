@@ -33,6 +33,25 @@ use crossbeam_deque::{Injector, Steal, Stealer, Worker as Deque};
 
 /// How soon a task runs relative to others. Higher levels run first, but lower
 /// levels are never starved: see the scheduler docs ("Priorities").
+///
+/// # Why three levels and not a number
+///
+/// Peers differ: piscina and `concurrent.futures` have no priorities, p-queue
+/// and work-pool take any number. crew keeps three levels, on purpose:
+///
+/// - **Cost.** Each level is its own lock-free queue, so a submission is a push
+///   and a worker's pick a few loads. Arbitrary numbers need one ordered queue
+///   (a heap behind a lock, O(log n) a push) on every submission, the hot path
+///   crew is built to keep cheap.
+/// - **No starvation.** The aging rotation gives each level a guaranteed share
+///   of every worker's picks. With open-ended numbers, a share per number is
+///   not possible, and a steady flow at one number starves everything below
+///   it (p-queue's documented behaviour).
+/// - **Meaning.** Three names say what callers mean ("ahead of the rest",
+///   "background"); a number invites ever larger ones.
+///
+/// Order within a level is submission order. On a process pool priority
+/// decides what is sent first; a window runs in the order it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Priority {
     /// Runs when nothing else waits, and at a guaranteed minimum share otherwise.
