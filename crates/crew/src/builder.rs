@@ -389,6 +389,18 @@ impl<W: Worker> PoolBuilder<W> {
             if process.config.max_tasks_per_worker == Some(0) {
                 return Err(BuildError::new(BuildErrorKind::ZeroMaxTasks));
             }
+            let (min, max) = (
+                crate::processes::MIN_MAX_MESSAGE_SIZE,
+                crate::processes::MAX_MAX_MESSAGE_SIZE,
+            );
+            let given = process.config.max_message_size;
+            if !(min..=max).contains(&given) {
+                return Err(BuildError::new(BuildErrorKind::MessageSize {
+                    given,
+                    min,
+                    max,
+                }));
+            }
             if crate::processes::guard::in_unbootstrapped_worker() {
                 return Err(crate::processes::guard::refuse());
             }
@@ -496,6 +508,56 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     #[must_use]
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.process_config("max_memory").max_memory = Some(bytes);
+        self
+    }
+
+    /// The largest task input, output or error a process pool carries, in bytes
+    /// of its encoding (postcard, about the size of the data): 64 MiB by
+    /// default, from 4 KiB to 1 GiB (`build` refuses another value).
+    ///
+    /// - An input larger than this is refused by `submit` (and `try_submit`,
+    ///   `submit_async`, `submit_batch`, `TaskBuilder::submit`), which gives it
+    ///   back in a [`SubmitError`](crate::SubmitError) that
+    ///   [`is_too_large`](crate::SubmitError::is_too_large); nothing is sent.
+    ///   `map` and `feed` resolve that item with a
+    ///   [`TaskError::is_too_large`](crate::TaskError::is_too_large) instead.
+    /// - A result (the output, or the worker's own error) larger than this is
+    ///   not sent back: the task resolves with
+    ///   [`TaskError::is_too_large`](crate::TaskError::is_too_large), whose
+    ///   message gives the size and the limit, and the worker goes on with its
+    ///   next task.
+    ///
+    /// It also bounds every frame on a worker's channel, both ways (this size
+    /// plus a few bytes of fields): the pool announces it to each worker at the
+    /// handshake and both sides refuse a longer frame before they allocate for
+    /// it, so a worker that sends garbage or a huge length costs the pool no
+    /// memory (it fails with [`TaskError::is_protocol`](crate::TaskError::is_protocol)
+    /// and is replaced). So it also caps messages (`Context::send`,
+    /// `broadcast`): a message too large to fit is dropped, with a line on
+    /// stderr from the worker's side. Inputs of 64 KiB or more travel through
+    /// shared memory rather than the channel, but keep to the same limit, so
+    /// whether an input is accepted never depends on the room left there.
+    ///
+    /// ```no_run
+    /// # use crew::{Context, Pool, StartError, Worker};
+    /// # struct Thumbnail;
+    /// # impl Worker for Thumbnail {
+    /// #     type Input = Vec<u8>; type Output = Vec<u8>; type Error = String; type Message = ();
+    /// #     fn start(_: &mut Context<'_>) -> Result<Self, StartError> { Ok(Thumbnail) }
+    /// #     fn run(&mut self, i: Vec<u8>, _: &mut Context<'_>) -> Result<Vec<u8>, String> { Ok(i) }
+    /// # }
+    /// // Scans of up to 200 MiB in, thumbnails out.
+    /// let pool = Pool::<Thumbnail>::builder()
+    ///     .processes(4)
+    ///     .window(4)
+    ///     .max_message_size(200 << 20)
+    ///     .max_memory(2 << 30)
+    ///     .build()?;
+    /// # Ok::<(), crew::BuildError>(())
+    /// ```
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: u64) -> Self {
+        self.process_config("max_message_size").max_message_size = bytes;
         self
     }
 

@@ -218,6 +218,20 @@ pub enum Failure {
     /// have was blocked the same way: it could never start (`threads::join_watch`).
     /// Counted as cancelled in stats and events.
     Deadlock,
+    /// A process pool's task had an input or a result larger, encoded, than
+    /// the pool's `max_message_size`. A result this large is not sent (the
+    /// worker stays up). An input this large is refused at `submit`
+    /// ([`SubmitError::is_too_large`]); this failure carries it only where there
+    /// is no submit error to give (`map`, `feed`). Counted as failed in stats.
+    TooLarge {
+        /// What was too large: `"input"` or `"result"` (an output or the
+        /// worker's own error).
+        what: &'static str,
+        /// Its encoded size, in bytes.
+        size: u64,
+        /// The pool's `max_message_size`, in bytes.
+        limit: u64,
+    },
 }
 
 /// How a worker process ended, and what it last wrote to stderr. Carried by
@@ -349,6 +363,16 @@ impl<E> TaskError<E> {
     /// killed and replaced.
     pub fn is_protocol(&self) -> bool {
         matches!(self.repr, Repr::Failure(Failure::Protocol(_)))
+    }
+
+    /// The task's result (its output, or the worker's own error) or its input
+    /// was larger, encoded, than the process pool's
+    /// [`max_message_size`](crate::PoolBuilder::max_message_size); the message
+    /// gives both sizes. A result this large is not sent back, and the worker
+    /// goes on with its next task. (An input this large is refused by `submit`
+    /// itself, [`SubmitError::is_too_large`]; `map` and `feed` report it here.)
+    pub fn is_too_large(&self) -> bool {
+        matches!(self.repr, Repr::Failure(Failure::TooLarge { .. }))
     }
 
     /// The worker's own error, if the task returned one.
@@ -487,6 +511,11 @@ impl<E> fmt::Display for TaskError<E> {
             Repr::Failure(Failure::Protocol(m)) => {
                 write!(f, "the worker process broke the protocol: {m}")
             }
+            Repr::Failure(Failure::TooLarge { what, size, limit }) => write!(
+                f,
+                "the task's {what} is {size} bytes encoded, more than the pool's \
+                 max_message_size ({limit} bytes)"
+            ),
             Repr::Failure(Failure::Deadlock) => f.write_str(
                 "the task was joined from a worker of its own pool while every worker was \
                  blocked waiting: it could never start",
@@ -526,6 +555,11 @@ pub struct SubmitError<T> {
 enum SubmitErrorKind {
     Closed,
     Full,
+    /// The encoded input's size and the pool's `max_message_size`.
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
 }
 
 impl<T> SubmitError<T> {
@@ -540,6 +574,27 @@ impl<T> SubmitError<T> {
         SubmitError {
             input,
             kind: SubmitErrorKind::Full,
+        }
+    }
+
+    #[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
+    pub(crate) fn too_large(input: T, size: u64, limit: u64) -> Self {
+        SubmitError {
+            input,
+            kind: SubmitErrorKind::TooLarge { size, limit },
+        }
+    }
+
+    /// What a task refused this way resolves with where the refusal cannot be
+    /// returned (`map`, `feed`): the input too large, or closed.
+    pub(crate) fn failure(&self) -> Failure {
+        match self.kind {
+            SubmitErrorKind::TooLarge { size, limit } => Failure::TooLarge {
+                what: "input",
+                size,
+                limit,
+            },
+            SubmitErrorKind::Closed | SubmitErrorKind::Full => Failure::Closed,
         }
     }
 
@@ -560,6 +615,13 @@ impl<T> SubmitError<T> {
     /// The queue is at its capacity (only from the `try_` submission calls).
     pub fn is_full(&self) -> bool {
         self.kind == SubmitErrorKind::Full
+    }
+
+    /// The input, encoded, is larger than the process pool's
+    /// [`max_message_size`](crate::PoolBuilder::max_message_size) (the message
+    /// gives both sizes). It was not sent; a thread pool never says this.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self.kind, SubmitErrorKind::TooLarge { .. })
     }
 
     /// The input that was not taken.
@@ -586,6 +648,11 @@ impl<T> fmt::Display for SubmitError<T> {
         match self.kind {
             SubmitErrorKind::Closed => f.write_str("the pool is shut down and takes no new work"),
             SubmitErrorKind::Full => f.write_str("the pool's queue is full"),
+            SubmitErrorKind::TooLarge { size, limit } => write!(
+                f,
+                "the task's input is {size} bytes encoded, more than the pool's \
+                 max_message_size ({limit} bytes); it was not sent"
+            ),
         }
     }
 }
@@ -631,6 +698,9 @@ pub(crate) enum BuildErrorKind {
     /// `max_tasks_per_worker(0)`.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     ZeroMaxTasks,
+    /// `max_message_size` outside its range; the value given, and the range.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    MessageSize { given: u64, min: u64, max: u64 },
     /// A setting process pools do not offer; its name.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     NotForProcesses(&'static str),
@@ -688,6 +758,10 @@ impl fmt::Display for BuildError {
             BuildErrorKind::ZeroMaxTasks => {
                 f.write_str("`max_tasks_per_worker` must be at least 1")
             }
+            BuildErrorKind::MessageSize { given, min, max } => write!(
+                f,
+                "`max_message_size` must be between {min} and {max} bytes (it was {given})"
+            ),
             BuildErrorKind::NotForProcesses(what) => {
                 write!(f, "`{what}` is not available for process workers")
             }

@@ -228,6 +228,9 @@ pub enum TaskOutcome {
     Crashed,
     /// Its worker process broke the wire protocol.
     Protocol,
+    /// Its input or result was larger than the process pool's
+    /// `max_message_size` ([`TaskError::is_too_large`](crate::TaskError::is_too_large)).
+    TooLarge,
 }
 
 impl From<Outcome> for TaskOutcome {
@@ -243,6 +246,7 @@ impl From<Outcome> for TaskOutcome {
             Outcome::StartFailed => TaskOutcome::StartFailed,
             Outcome::Crashed => TaskOutcome::Crashed,
             Outcome::Protocol => TaskOutcome::Protocol,
+            Outcome::TooLarge => TaskOutcome::TooLarge,
         }
     }
 }

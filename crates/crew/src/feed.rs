@@ -61,10 +61,11 @@ use crate::sync::lock;
 use crate::task::Task;
 use crate::worker::{Closures, Worker};
 
-/// What one pulled input became: a task, or a closed error (the pool refused it).
+/// What one pulled input became: a task, or the error it gets without one
+/// (the pool refused it: closed, or too large for a process pool).
 enum Submitted<T, E> {
     Task(Task<T, E>),
-    Refused,
+    Refused(Failure),
 }
 
 impl<T, E> Submitted<T, E> {
@@ -275,7 +276,7 @@ impl<W: Worker> Pool<W> {
             default_window(self),
             move |input| match pool.submit(input) {
                 Ok(task) => Submitted::Task(task),
-                Err(_) => Submitted::Refused,
+                Err(refused) => Submitted::Refused(refused.failure()),
             },
         )
     }
@@ -294,7 +295,7 @@ impl<W: Worker> Pool<W> {
         Feed::from_stream(inputs, default_window(self), move |input| {
             match pool.submit(input) {
                 Ok(task) => Submitted::Task(task),
-                Err(_) => Submitted::Refused,
+                Err(refused) => Submitted::Refused(refused.failure()),
             }
         })
     }
@@ -425,9 +426,9 @@ impl<T, E> Feed<T, E> {
     /// Puts a submitted input into the window (or straight into `ready`).
     fn place(&mut self, index: usize, submitted: Submitted<T, E>) {
         match submitted {
-            Submitted::Refused => self
+            Submitted::Refused(failure) => self
                 .ready
-                .push_back((index, Err(TaskError::failure(Failure::Closed)))),
+                .push_back((index, Err(TaskError::failure(failure)))),
             Submitted::Task(task) => {
                 // The window bounds what is in flight, and there is a slot per
                 // place in the window.

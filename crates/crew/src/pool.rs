@@ -213,7 +213,9 @@ impl<W: Worker> Pool<W> {
     /// With a [`queue_capacity`](PoolBuilder::queue_capacity), waits while the queue
     /// is full (or runs the task on this thread under
     /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)). The input comes back
-    /// inside the error if the pool is shut down.
+    /// inside the error if the pool is shut down, or if it is larger, encoded,
+    /// than a process pool's [`max_message_size`](PoolBuilder::max_message_size)
+    /// ([`SubmitError::is_too_large`]).
     #[inline]
     pub fn submit(
         &self,
@@ -247,9 +249,10 @@ impl<W: Worker> Pool<W> {
     /// a loop of `submit`). With a bounded queue it waits for room, whatever the
     /// [`WhenFull`](crate::WhenFull) policy: a batch never runs on the caller.
     ///
-    /// If the pool shuts down part-way, the error holds the input that was
-    /// refused; the inputs after it are dropped, and the tasks queued before it
-    /// keep running, detached.
+    /// If the pool shuts down part-way (or a process pool refuses an input
+    /// above its [`max_message_size`](PoolBuilder::max_message_size)), the
+    /// error holds the input that was refused; the inputs after it are dropped,
+    /// and the tasks queued before it keep running, detached.
     pub fn submit_batch<I>(
         &self,
         inputs: I,

@@ -132,8 +132,8 @@ impl<W: Service> Pool<W> {
     /// on the calling thread; the task's output is the service's reply enum.
     ///
     /// Returns an [`RpcError`] for an unknown method, arguments of the wrong
-    /// types, or a pool that refused the call (shut down; the call is then
-    /// dropped). Use `Call::by_name` and [`Pool::submit`] to keep a refused call.
+    /// types, or a pool that refused the call (shut down, or a process pool
+    /// whose `max_message_size` the arguments pass; the call is then dropped). Use `Call::by_name` and [`Pool::submit`] to keep a refused call.
     pub fn call<A: Any + Send>(
         &self,
         method: &str,
@@ -257,7 +257,19 @@ enum RpcErrorKind {
     },
     Refused {
         method: String,
-        full: bool,
+        why: Refusal,
+    },
+}
+
+/// Why the pool refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Closed,
+    Full,
+    /// The encoded call's size and the process pool's `max_message_size`.
+    TooLarge {
+        size: u64,
+        limit: u64,
     },
 }
 
@@ -275,12 +287,37 @@ impl RpcError {
 
     /// The pool was shut down; the call was dropped.
     pub fn is_closed(&self) -> bool {
-        matches!(self.kind, RpcErrorKind::Refused { full: false, .. })
+        matches!(
+            self.kind,
+            RpcErrorKind::Refused {
+                why: Refusal::Closed,
+                ..
+            }
+        )
     }
 
     /// The pool's queue was full (not from the blocking calls, which wait).
     pub fn is_full(&self) -> bool {
-        matches!(self.kind, RpcErrorKind::Refused { full: true, .. })
+        matches!(
+            self.kind,
+            RpcErrorKind::Refused {
+                why: Refusal::Full,
+                ..
+            }
+        )
+    }
+
+    /// The call's arguments, encoded, are larger than the process pool's
+    /// [`max_message_size`](crate::PoolBuilder::max_message_size); it was not
+    /// sent.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self.kind,
+            RpcErrorKind::Refused {
+                why: Refusal::TooLarge { .. },
+                ..
+            }
+        )
     }
 
     /// The method name the call asked for.
@@ -319,7 +356,11 @@ impl RpcError {
         RpcError {
             kind: RpcErrorKind::Refused {
                 method: method.to_owned(),
-                full: refused.is_full(),
+                why: match refused.failure() {
+                    _ if refused.is_full() => Refusal::Full,
+                    Failure::TooLarge { size, limit, .. } => Refusal::TooLarge { size, limit },
+                    _ => Refusal::Closed,
+                },
             },
         }
     }
@@ -343,11 +384,22 @@ impl fmt::Display for RpcError {
             ),
             RpcErrorKind::Refused {
                 method,
-                full: false,
+                why: Refusal::Closed,
             } => write!(f, "the pool is shut down; `{method}` was not called"),
-            RpcErrorKind::Refused { method, full: true } => {
+            RpcErrorKind::Refused {
+                method,
+                why: Refusal::Full,
+            } => {
                 write!(f, "the pool's queue is full; `{method}` was not called")
             }
+            RpcErrorKind::Refused {
+                method,
+                why: Refusal::TooLarge { size, limit },
+            } => write!(
+                f,
+                "the call's arguments are {size} bytes encoded, more than the pool's \
+                 max_message_size ({limit} bytes); `{method}` was not called"
+            ),
         }
     }
 }

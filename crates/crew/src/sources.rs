@@ -39,7 +39,8 @@ mod chunked;
 /// One item's place in the window: its task, or the error it got without one.
 enum Slot<T, E> {
     Task(Task<T, E>),
-    Refused,
+    /// The pool refused the input: closed, or (a process pool) too large.
+    Refused(Failure),
 }
 
 /// Pulls the next input and submits it. Built by `Pool::pull` / `Pool::pull_fn`.
@@ -53,8 +54,8 @@ struct Source<'a, T, E> {
     len: Option<u64>,
 }
 
-fn refused<T, E>() -> Result<T, TaskError<E>> {
-    Err(TaskError::failure(Failure::Closed))
+fn refused<T, E>(failure: Failure) -> Result<T, TaskError<E>> {
+    Err(TaskError::failure(failure))
 }
 
 /// The default window: enough to keep every worker busy with one task queued
@@ -129,7 +130,7 @@ impl<W: Worker> Pool<W> {
             let input = inputs.next()?;
             Some(match self.submit(input) {
                 Ok(task) => Slot::Task(task),
-                Err(_) => Slot::Refused,
+                Err(refused) => Slot::Refused(refused.failure()),
             })
         });
         Source { pull, len }
@@ -264,7 +265,7 @@ impl<T, E> Iterator for Map<'_, T, E> {
         };
         let result = match slot {
             Slot::Task(task) => task.join(),
-            Slot::Refused => refused(),
+            Slot::Refused(failure) => refused(failure),
         };
         #[cfg(feature = "indicatif")]
         if let Some(progress) = &mut self.progress {
@@ -414,10 +415,10 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
                     self.free.push(slot);
                     self.exhausted = true;
                 }
-                Some(Slot::Refused) => {
+                Some(Slot::Refused(failure)) => {
                     self.next_index += 1;
                     self.free.push(slot);
-                    self.ready.push_back((index, refused()));
+                    self.ready.push_back((index, refused(failure)));
                 }
                 Some(Slot::Task(task)) => {
                     self.next_index += 1;

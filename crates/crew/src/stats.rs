@@ -51,7 +51,9 @@ pub struct Stats {
     pub submitted: u64,
     /// Tasks that returned `Ok`.
     pub completed: u64,
-    /// Tasks that returned the worker's own error.
+    /// Tasks that returned the worker's own error, or (process pools) whose
+    /// input or result was larger than `max_message_size`
+    /// ([`TaskError::is_too_large`](crate::TaskError::is_too_large)).
     pub failed: u64,
     /// Tasks that panicked.
     pub panicked: u64,
@@ -486,7 +488,7 @@ impl Figures {
             queued: in_flight.saturating_sub(occupied) as usize,
             submitted: self.submitted,
             completed: c[Outcome::Ok as usize],
-            failed: c[Outcome::UserError as usize],
+            failed: c[Outcome::UserError as usize] + c[Outcome::TooLarge as usize],
             panicked: c[Outcome::Panicked as usize],
             cancelled: c[Outcome::Cancelled as usize],
             timed_out: c[Outcome::TimedOut as usize],

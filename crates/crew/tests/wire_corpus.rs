@@ -257,8 +257,23 @@ fn tags_with_no_meaning() {
     assert_one_sentence(&e);
 
     let mut done = 1u64.to_le_bytes().to_vec();
-    done.push(4); // outcome tag: 0 to 3
+    done.push(5); // outcome tag: 0 to 4
     assert!(from_worker(0x23, &done).is_invalid_tag());
+}
+
+#[test]
+fn a_too_large_outcome_carries_exactly_its_size() {
+    let mut done = 1u64.to_le_bytes().to_vec();
+    done.push(4);
+    done.extend_from_slice(&[0; 7]); // a size cut short
+    assert!(from_worker(0x23, &done).is_overrun());
+    done.extend_from_slice(&[0; 2]); // a byte after it
+    assert!(from_worker(0x23, &done).is_trailing_bytes());
+    // The same in a chunk done: a tag 3 and eight bytes, no length field.
+    assert!(from_worker(0x25, &chunk_done_body(1, &[3, 1, 0, 0, 0])).is_overrun());
+    assert!(
+        from_worker(0x25, &chunk_done_body(1, &[3, 1, 0, 0, 0, 0, 0, 0, 0, 9])).is_trailing_bytes()
+    );
 }
 
 /// A chunk body: id 7, then `count`, then `rest` as it is.
@@ -304,9 +319,9 @@ fn a_chunk_with_more_than_its_count_has_trailing_bytes() {
 
 #[test]
 fn a_chunk_done_with_a_bad_tag_or_a_bad_panic_message_is_refused() {
-    // Not started (3) is not an item outcome: a chunk that never began is
-    // answered with *done*.
-    let e = from_worker(0x25, &chunk_done_body(1, &[3, 0, 0, 0, 0]));
+    // Tags go up to 3 (too large). Not started is not an item outcome: a
+    // chunk that never began is answered with *done*.
+    let e = from_worker(0x25, &chunk_done_body(1, &[4, 0, 0, 0, 0]));
     assert!(e.is_invalid_tag(), "{e}");
     assert_one_sentence(&e);
     let e = from_worker(0x25, &chunk_done_body(1, &[2, 2, 0, 0, 0, 0xc3, 0x28]));

@@ -45,7 +45,7 @@ fn assert_layout<M: WireMessage + PartialEq + std::fmt::Debug>(message: M, expec
 
 #[test]
 fn constants_are_the_documented_ones() {
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert_eq!(PROTOCOL_VERSION, 5);
     assert_eq!(&MAGIC, b"CREW");
     assert_eq!(DEFAULT_FRAME_LIMIT, 64 << 20);
     assert_eq!(MIN_FRAME_LIMIT, 4096);
@@ -59,7 +59,7 @@ fn hello_layout() {
             pid: 4242,
             frame_limit: DEFAULT_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  04 00  02  92 10 00 00  00 00 00 04",
+        "10 00 00 00  01  43 52 45 57  05 00  02  92 10 00 00  00 00 00 04",
     );
     assert_layout(
         Hello {
@@ -67,7 +67,7 @@ fn hello_layout() {
             pid: 1,
             frame_limit: MIN_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  04 00  01  01 00 00 00  00 10 00 00",
+        "10 00 00 00  01  43 52 45 57  05 00  01  01 00 00 00  00 10 00 00",
     );
 }
 
@@ -142,6 +142,10 @@ fn worker_to_parent_layouts() {
         "0a 00 00 00  23  07 00 00 00 00 00 00 00  03",
     );
     assert_layout(
+        done(Outcome::TooLarge(100 << 20)),
+        "12 00 00 00  23  07 00 00 00 00 00 00 00  04  00 00 40 06 00 00 00 00",
+    );
+    assert_layout(
         ToParent::Message {
             payload: b"hi".to_vec(),
         },
@@ -187,6 +191,15 @@ fn chunk_layouts() {
         "2b 00 00 00  25  07 00 00 00 00 00 00 00  e8 03 00 00 00 00 00 00  03 00 00 00
          00 02 00 00 00 48 49  01 01 00 00 00 65  02 04 00 00 00 62 6f 6f 6d",
     );
+    assert_layout(
+        ToParent::ChunkDone {
+            id: 7,
+            run_nanos: 1000,
+            outcomes: outcomes(&[ItemOutcome::Ok(b"HI"), ItemOutcome::TooLarge(100 << 20)]),
+        },
+        "25 00 00 00  25  07 00 00 00 00 00 00 00  e8 03 00 00 00 00 00 00  02 00 00 00
+         00 02 00 00 00 48 49  03 00 00 40 06 00 00 00 00",
+    );
 }
 
 #[test]
@@ -208,6 +221,8 @@ fn chunks_hand_back_their_items_and_outcomes_in_order() {
         ItemOutcome::Ok(b""),
         ItemOutcome::Ok(b"x"),
         ItemOutcome::UserError(b"no"),
+        ItemOutcome::TooLarge(u64::MAX),
+        ItemOutcome::Ok(b"after"),
     ];
     let ToParent::ChunkDone { outcomes: got, .. } = decode_one(&encode(&ToParent::ChunkDone {
         id: 1,
@@ -217,7 +232,8 @@ fn chunks_hand_back_their_items_and_outcomes_in_order() {
         panic!("not a chunk done")
     };
     assert_eq!(got.iter().collect::<Vec<_>>(), each);
-    assert_eq!(got.tally(), (2, 1, 1));
+    assert_eq!(got.tally(), (3, 1, 1));
+    assert_eq!(got.too_large(), 1);
 }
 
 /// Every message, with edge values (zero, maximum, empty, non-ASCII).
@@ -293,6 +309,14 @@ fn every_to_parent() -> Vec<ToParent> {
             id: 5,
             outcome: Outcome::NotStarted,
         },
+        ToParent::Done {
+            id: 6,
+            outcome: Outcome::TooLarge(0),
+        },
+        ToParent::Done {
+            id: 7,
+            outcome: Outcome::TooLarge(u64::MAX),
+        },
         ToParent::Message {
             payload: Vec::new(),
         },
@@ -310,6 +334,7 @@ fn every_to_parent() -> Vec<ToParent> {
             outcomes: outcomes(&[
                 ItemOutcome::Ok(&[7; 300]),
                 ItemOutcome::Panicked("attempt to divide by zero 🦀"),
+                ItemOutcome::TooLarge(1 << 30),
                 ItemOutcome::UserError(b""),
             ]),
         },

@@ -60,13 +60,14 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
 
 /// A chunk's outcomes: each (tag, payload, text) becomes one item outcome.
 fn chunk_outcomes() -> impl Strategy<Value = ChunkOutcomes> {
-    vec((0..3u8, payload(), text()), 0..6).prop_map(|each| {
+    vec((0..4u8, payload(), text(), any::<u64>()), 0..6).prop_map(|each| {
         let mut outcomes = ChunkOutcomes::new();
-        for (tag, payload, text) in &each {
+        for (tag, payload, text, size) in &each {
             outcomes.push(match tag {
                 0 => ItemOutcome::Ok(payload),
                 1 => ItemOutcome::UserError(payload),
-                _ => ItemOutcome::Panicked(text),
+                2 => ItemOutcome::Panicked(text),
+                _ => ItemOutcome::TooLarge(*size),
             });
         }
         outcomes
@@ -79,6 +80,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         payload().prop_map(Outcome::UserError),
         text().prop_map(Outcome::Panicked),
         Just(Outcome::NotStarted),
+        any::<u64>().prop_map(Outcome::TooLarge),
     ]
 }
 

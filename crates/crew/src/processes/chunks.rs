@@ -11,9 +11,12 @@
 //! - **Submitting** ([`Supervisor::submit_chunk`]): the caller (`sources/chunked.rs`)
 //!   asks for up to `n` items; they are pulled from its iterator and encoded
 //!   straight into one buffer (no allocation per item), until `n` items or
-//!   [`CHUNK_BYTES`] of encoding. An input of [`SHARED_ABOVE`] bytes or more ends
-//!   the chunk and goes as an ordinary task (through the payload arena), and so
-//!   does one that cannot be encoded (it fails alone, as `submit` would fail it).
+//!   [`CHUNK_BYTES`] of encoding, and never past `max_message_size` (a chunk is
+//!   one frame, held to the same limit as any other). An input of
+//!   [`SHARED_ABOVE`] bytes or more ends the chunk and goes as an ordinary task
+//!   (through the payload arena), and so do one that cannot be encoded or is
+//!   above `max_message_size` (it fails alone, as `submit` would refuse it) and
+//!   one that would take the chunk past the limit (it runs as a task).
 //! - **Scheduling**: a chunk is one entry in the queue and in a worker's window,
 //!   like a task, with `n` task ids reserved for its items (item `i` runs as task
 //!   `id + i`). Its estimated run time is `n` times the per-item estimate, so
@@ -85,6 +88,8 @@ fn delivered() -> Failure {
 pub(super) struct ChunkPart<W: RemoteWorker> {
     /// The number of items.
     pub(super) len: usize,
+    /// The pool's `max_message_size`, for an item whose result was too large.
+    limit: u64,
     /// Written by the link thread (answer) or the reaper (split), before the
     /// chunk's core is resolved; taken by the consumer after it saw it resolved.
     delivery: Mutex<Delivery<W>>,
@@ -103,9 +108,10 @@ enum Delivery<W: RemoteWorker> {
 }
 
 impl<W: RemoteWorker> ChunkPart<W> {
-    fn new(len: usize) -> Self {
+    fn new(len: usize, limit: u64) -> Self {
         ChunkPart {
             len,
+            limit,
             delivery: Mutex::new(Delivery::Pending),
         }
     }
@@ -117,7 +123,10 @@ impl<W: RemoteWorker> ChunkResults<W::Output, W::Error> for RemoteCell<W> {
         let delivery = std::mem::replace(&mut *lock(&chunk.delivery), Delivery::Taken);
         match delivery {
             Delivery::Ran { outcomes, run } => {
-                let results = outcomes.iter().map(decode_item::<W>).collect();
+                let results = outcomes
+                    .iter()
+                    .map(|o| decode_item::<W>(o, chunk.limit))
+                    .collect();
                 Some(Delivered::Ran { results, run })
             }
             Delivery::Split(tasks) => Some(Delivered::Split(tasks)),
@@ -152,6 +161,7 @@ impl<W: RemoteWorker> ChunkResults<W::Output, W::Error> for RemoteCell<W> {
 /// also fail its worker; here the frame itself was sound).
 fn decode_item<W: RemoteWorker>(
     outcome: ItemOutcome<'_>,
+    limit: u64,
 ) -> Result<W::Output, TaskError<W::Error>> {
     let protocol = |what: &str, e: postcard::Error| {
         TaskError::failure(Failure::Protocol(format!(
@@ -167,6 +177,11 @@ fn decode_item<W: RemoteWorker>(
         ItemOutcome::Panicked(message) => Err(TaskError::failure(Failure::Panicked(
             Panic::message(message),
         ))),
+        ItemOutcome::TooLarge(size) => Err(TaskError::failure(Failure::TooLarge {
+            what: "result",
+            size,
+            limit,
+        })),
     }
 }
 
@@ -194,10 +209,13 @@ impl<W: RemoteWorker> Supervisor<W> {
     ) -> Vec<Batch<W::Output, W::Error>> {
         let mut items = ChunkItems::new();
         let mut alone = None;
+        // The chunk frame's fields besides the items fit in `FRAME_OVERHEAD`, so
+        // items within the limit make a frame the worker accepts.
+        let limit = usize::try_from(self.process.max_message_size).unwrap_or(usize::MAX);
         while items.len() < max_items.max(1) && items.encoded_len() < CHUNK_BYTES {
             let Some(input) = pull() else { break };
             match items.push_with(|buf| codec::encode_append(&input, buf)) {
-                Ok(len) if len < SHARED_ABOVE => {}
+                Ok(len) if len < SHARED_ABOVE && items.encoded_len() <= limit => {}
                 Ok(len) => {
                     items.pop_last(len);
                     alone = Some(input);
@@ -217,6 +235,11 @@ impl<W: RemoteWorker> Supervisor<W> {
             batches.push(
                 match self.submit_entry(input, TaskOptions::default(), Admission::Wait) {
                     Ok(task) => Batch::Task(task),
+                    // `map` has no submit error to give: the item resolves with
+                    // it (`TaskError::is_too_large`).
+                    Err(refused) if refused.is_too_large() => {
+                        Batch::Task(self.failed_task(refused.failure(), TaskOptions::default()))
+                    }
                     Err(_) => Batch::Refused(1),
                 },
             );
@@ -252,7 +275,7 @@ impl<W: RemoteWorker> Supervisor<W> {
             retries_left: AtomicU32::new(0),
             suspect: AtomicBool::new(false),
             shared: Arc::downgrade(self),
-            chunk: Some(ChunkPart::new(len)),
+            chunk: Some(ChunkPart::new(len, self.process.max_message_size)),
         });
         st.submitted += len as u64;
         let mut plan = Plan::default();
@@ -373,6 +396,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         *est = 0.8 * *est + 0.2 * micros;
 
         let (ok, user_error, panicked) = outcomes.tally();
+        let too_large = outcomes.too_large();
         let tags: Vec<Outcome> = if self.events.is_active() {
             outcomes
                 .iter()
@@ -380,6 +404,7 @@ impl<W: RemoteWorker> Supervisor<W> {
                     ItemOutcome::Ok(_) => Outcome::Ok,
                     ItemOutcome::UserError(_) => Outcome::UserError,
                     ItemOutcome::Panicked(_) => Outcome::Panicked,
+                    ItemOutcome::TooLarge(_) => Outcome::TooLarge,
                 })
                 .collect()
         } else {
@@ -395,7 +420,7 @@ impl<W: RemoteWorker> Supervisor<W> {
             for (i, outcome) in outcomes.iter().enumerate() {
                 let cell =
                     self.item_cell(&entry, first.wrapping_add(i as u64), EncodedInput::Released);
-                cell.core.resolve(decode_item::<W>(outcome));
+                cell.core.resolve(decode_item::<W>(outcome, chunk.limit));
                 tasks.push(Task::new(cell as Arc<dyn crate::task::cell::Handle<_, _>>));
             }
             for (i, bytes) in unanswered.into_iter().enumerate() {
@@ -418,6 +443,7 @@ impl<W: RemoteWorker> Supervisor<W> {
             st.counts[Outcome::Ok as usize] += ok as u64;
             st.counts[Outcome::UserError as usize] += user_error as u64;
             st.counts[Outcome::Panicked as usize] += panicked as u64;
+            st.counts[Outcome::TooLarge as usize] += too_large as u64;
             let weight = u32::try_from(len).unwrap_or(u32::MAX);
             st.observed.timings.record_run(per_item, weight);
             st.links[i].timings.record_run(per_item, weight);

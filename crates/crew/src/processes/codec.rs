@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::arena::{Arena, Block, SHARED_ABOVE};
+use super::FRAME_OVERHEAD;
 use crate::wire::{Outcome, MIN_FRAME_LIMIT};
 use crate::worker::Worker;
 
@@ -64,23 +65,43 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postca
     postcard::to_stdvec(value)
 }
 
+/// Why an input was not encoded.
+pub(crate) enum InputError {
+    /// Its encoding is this many bytes, above `max_message_size`.
+    TooLarge(u64),
+    /// serde or postcard refused it.
+    Encode(postcard::Error),
+}
+
 /// Encodes a task's input: into a block of the payload arena if it is large and
 /// the arena has room (one measuring pass, then one write into shared memory),
-/// into a `Vec` otherwise.
+/// into a `Vec` otherwise. An input whose encoding is above `max` bytes is
+/// refused, whichever way it would go: before anything is allocated for it on
+/// the arena's path, after the encoding on the other.
 pub(crate) fn encode_input<T: Serialize>(
     value: &T,
     arena: Option<&Arc<Arena>>,
-) -> Result<EncodedInput, postcard::Error> {
+    max: u64,
+) -> Result<EncodedInput, InputError> {
+    let too_large = |size: usize| (size as u64 > max).then_some(InputError::TooLarge(size as u64));
     if let Some(arena) = arena {
-        let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())?;
+        let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+            .map_err(InputError::Encode)?;
+        if let Some(e) = too_large(size) {
+            return Err(e);
+        }
         if size >= SHARED_ABOVE {
             if let Some(mut block) = arena.alloc(size) {
-                postcard::to_slice(value, block.bytes_mut())?;
+                postcard::to_slice(value, block.bytes_mut()).map_err(InputError::Encode)?;
                 return Ok(EncodedInput::Shared(block));
             }
         }
     }
-    encode(value).map(EncodedInput::Inline)
+    let bytes = encode(value).map_err(InputError::Encode)?;
+    match too_large(bytes.len()) {
+        Some(e) => Err(e),
+        None => Ok(EncodedInput::Inline(bytes)),
+    }
 }
 
 /// Appends `value`'s encoding to `out` (a chunk's buffer), with no buffer of its
@@ -142,17 +163,18 @@ pub(crate) fn shorten(mut message: String, limit: u32) -> String {
     message
 }
 
-/// An outcome whose payload would not fit the parent's frame limit becomes a
-/// panic-kind outcome that says so, instead of a frame the parent must refuse.
+/// An outcome whose payload would not fit the parent's frame limit becomes
+/// *too large* (with the payload's size), instead of a frame the parent must
+/// refuse. The pool's frame limit is its `max_message_size` plus
+/// [`FRAME_OVERHEAD`], so this keeps exactly the results within
+/// `max_message_size`.
 pub(crate) fn fit_outcome(outcome: Outcome, limit: u32) -> Outcome {
     let size = match &outcome {
-        Outcome::Ok(b) | Outcome::UserError(b) => b.len(),
+        Outcome::Ok(b) | Outcome::UserError(b) => b.len() as u64,
         _ => return outcome,
     };
-    if (size as u64) + 64 > u64::from(limit) {
-        Outcome::Panicked(format!(
-            "the task's result ({size} bytes encoded) is larger than the pool accepts ({limit} bytes)"
-        ))
+    if size + FRAME_OVERHEAD > u64::from(limit) {
+        Outcome::TooLarge(size)
     } else {
         outcome
     }

@@ -36,6 +36,7 @@ pub(crate) fn start<W: RemoteWorker>(
         output: process.output.clone(),
         // Without an arena (memfd refused), every input goes through the socket.
         arena: arena::Arena::new().ok(),
+        frame_limit: process.frame_limit(),
     };
     let shared = Arc::new(Supervisor::<W> {
         state: Mutex::new(State {
@@ -285,15 +286,21 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
             st.sticky_messages.push(payload.clone());
         }
         let mut plan = Plan::default();
+        let mut refused = None;
         for link in &st.links {
-            let _ = link.process.writer.append(|enc| {
+            let sent = link.process.writer.append(|enc| {
                 enc.push(&ToWorker::Message {
                     payload: payload.clone(),
                 })
             });
+            refused = refused.or(sent.err());
             plan.flush.push(Arc::clone(&link.process));
         }
         drop(st);
+        if let Some(e) = refused {
+            // Above the frame limit (`max_message_size`): no worker can take it.
+            eprintln!("crew: a broadcast message was not sent: {e}");
+        }
         for process in &plan.flush {
             process.writer.pump();
         }
@@ -312,10 +319,13 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
             return Err(message);
         };
         let process = Arc::clone(&link.process);
-        let _ = process
+        let sent = process
             .writer
             .append(|enc| enc.push(&ToWorker::Message { payload }));
         drop(st);
+        if let Err(e) = sent {
+            eprintln!("crew: a message was not sent: {e}");
+        }
         process.writer.pump();
         Ok(())
     }

@@ -18,10 +18,10 @@ use crate::error::{Crash, Failure, Panic, TaskError};
 use crate::events::{Event, ExitReason};
 use crate::stats::Timings;
 use crate::task::TaskId;
+use crate::wire::ProtocolError;
 use crate::wire::{
     FrameDecoder, Hello, Outcome as WireOutcome, Role, ToParent, ToWorker, WireMessage,
 };
-use crate::wire::{ProtocolError, DEFAULT_FRAME_LIMIT};
 use crate::worker::WorkerId;
 
 impl<W: RemoteWorker> Supervisor<W> {
@@ -142,6 +142,14 @@ impl<W: RemoteWorker> Supervisor<W> {
                         }
                         plan.notify = true;
                     }
+                    let limit = self.process.max_message_size;
+                    let too_large = |size: u64| {
+                        Err(TaskError::failure(Failure::TooLarge {
+                            what: "result",
+                            size,
+                            limit,
+                        }))
+                    };
                     let result: Result<W::Output, TaskError<W::Error>> = match outcome {
                         WireOutcome::NotStarted => {
                             if requeue {
@@ -151,6 +159,15 @@ impl<W: RemoteWorker> Supervisor<W> {
                                 self.cancel_taken_back(st, &entry, call);
                             }
                             continue;
+                        }
+                        // crew's worker never sends a result above the limit
+                        // (it sends *too large*); one from another worker is
+                        // refused the same way, not decoded.
+                        WireOutcome::TooLarge(size) => too_large(size),
+                        WireOutcome::Ok(bytes) | WireOutcome::UserError(bytes)
+                            if bytes.len() as u64 > limit =>
+                        {
+                            too_large(bytes.len() as u64)
                         }
                         WireOutcome::Ok(bytes) => match codec::decode::<W::Output>(&bytes) {
                             Ok(output) => Ok(output),
@@ -287,7 +304,7 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
     // The hello goes first, before any dispatcher can reach this worker.
     let _ = process
         .writer
-        .send(|enc| enc.push(&Hello::new(Role::Parent, DEFAULT_FRAME_LIMIT)));
+        .send(|enc| enc.push(&Hello::new(Role::Parent, shared.process.frame_limit())));
     {
         let mut st = shared.lock();
         st.starting -= 1;
@@ -357,7 +374,9 @@ pub(super) fn read_frames<W: RemoteWorker>(
     process: &Arc<WorkerProcess>,
     id: WorkerId,
 ) -> End {
-    let mut decoder = FrameDecoder::new(DEFAULT_FRAME_LIMIT);
+    // The limit this pool announced in its hello: a length above it is refused
+    // as soon as its four bytes are in, before anything is allocated for it.
+    let mut decoder = FrameDecoder::new(shared.process.frame_limit());
     let mut greeted = false;
     let mut frames = Vec::new();
     let mut poll = Duration::ZERO;

@@ -24,7 +24,8 @@
 //!
 //! # How a task flows
 //!
-//! 1. `submit` encodes the input (postcard) outside any lock, then, under the
+//! 1. `submit` encodes the input (postcard) outside any lock, refusing one over
+//!    `max_message_size` (`supervisor.md`, "Message size"), then, under the
 //!    lock, either puts the task straight into the window of the worker with
 //!    the least estimated outstanding work, or queues it.
 //! 2. Frames leave through the worker's frame writer, several in one write when
@@ -62,6 +63,23 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `max_message_size` by default: 64 MiB, the frame limit the protocol has
+/// always had by default.
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
+/// The smallest `max_message_size`: the protocol's smallest frame limit (4 KiB),
+/// so every frame limit a pool announces is one the protocol allows.
+pub(crate) const MIN_MAX_MESSAGE_SIZE: u64 = crate::wire::MIN_FRAME_LIMIT as u64;
+/// The largest `max_message_size`: 1 GiB. A frame's length is a `u32`, a
+/// decoder may hold up to about twice a frame while it arrives, and the
+/// payload arena large inputs go through is 1 GiB (`arena::CAPACITY`); data
+/// larger than this belongs in a file whose path the task carries.
+pub(crate) const MAX_MAX_MESSAGE_SIZE: u64 = 1 << 30;
+/// What a frame adds around its one payload, at most: the kind byte and the
+/// fixed fields (a *task* frame's id, key and length: 22 bytes), with room to
+/// spare. A frame limit of `max_message_size + FRAME_OVERHEAD` lets every
+/// payload up to `max_message_size` through.
+pub(crate) const FRAME_OVERHEAD: u64 = 64;
+
 /// The process backend's own settings (the rest are in `Config`).
 #[derive(Clone)]
 pub(crate) struct ProcessConfig {
@@ -79,6 +97,19 @@ pub(crate) struct ProcessConfig {
     /// frame it began. Past it the worker is killed (`supervisor.md`, "Silent
     /// workers").
     pub(crate) silence_limit: Duration,
+    /// The largest encoded input, output or error a task may have (and, with
+    /// the frame's fields, the frame limit of every worker's channel, both
+    /// ways). Inputs above it are refused at submit; results above it resolve
+    /// as `TaskError::is_too_large`.
+    pub(crate) max_message_size: u64,
+}
+
+impl ProcessConfig {
+    /// The frame limit both ends of every worker's channel enforce: the pool
+    /// announces it in its hello, and crew's worker adopts it (`worker_main.rs`).
+    pub(crate) fn frame_limit(&self) -> u32 {
+        u32::try_from(self.max_message_size + FRAME_OVERHEAD).unwrap_or(u32::MAX)
+    }
 }
 
 impl Default for ProcessConfig {
@@ -94,6 +125,7 @@ impl Default for ProcessConfig {
             retry_signals: false,
             output: None,
             silence_limit: Duration::from_secs(5),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }

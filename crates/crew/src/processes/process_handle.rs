@@ -103,6 +103,9 @@ pub(crate) struct Launcher {
     pub(crate) output: Option<OutputHandler>,
     /// The payload arena every worker inherits (`None`: inputs go inline).
     pub(crate) arena: Option<Arc<super::arena::Arena>>,
+    /// The frame limit of every worker's channel, both ways
+    /// (`ProcessConfig::frame_limit`): crew's worker adopts the pool's.
+    pub(crate) frame_limit: u32,
 }
 
 /// A started worker process.
@@ -201,7 +204,7 @@ impl WorkerProcess {
                 Arc::clone(&captured),
             )?);
         }
-        let writer = FrameWriter::new(ours.try_clone()?);
+        let writer = FrameWriter::new(ours.try_clone()?, launcher.frame_limit);
         Ok(Arc::new(WorkerProcess {
             pid,
             stream: ours,
@@ -453,10 +456,14 @@ struct WriterState {
 }
 
 impl FrameWriter {
-    fn new(stream: UnixStream) -> FrameWriter {
+    /// A writer whose frames keep to `frame_limit` until the worker's hello
+    /// says what it accepts: crew's worker announces the pool's own limit, so
+    /// frames appended before its hello arrives (sticky messages) are held to
+    /// the limit it will enforce.
+    fn new(stream: UnixStream, frame_limit: u32) -> FrameWriter {
         let state = Arc::new((
             Mutex::new(WriterState {
-                encoder: FrameEncoder::new(crate::wire::MIN_FRAME_LIMIT),
+                encoder: FrameEncoder::new(frame_limit),
                 stream,
                 writer_armed: false,
                 closed: false,

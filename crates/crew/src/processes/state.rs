@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::codec::{self, EncodedInput, RemoteWorker};
+use super::codec::{self, EncodedInput, InputError, RemoteWorker};
 use super::key_table::KeyTable;
 use super::link::link_main;
 use super::process_handle::{Launcher, WorkerProcess};
@@ -873,15 +873,16 @@ impl<W: RemoteWorker> Supervisor<W> {
         options: TaskOptions,
         admission: Admission,
     ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
-        let encoded = match codec::encode_input(&input, self.launcher.arena.as_ref()) {
+        let limit = self.process.max_message_size;
+        let encoded = match codec::encode_input(&input, self.launcher.arena.as_ref(), limit) {
             Ok(encoded) => encoded,
-            Err(e) => {
-                let entry = self.new_entry(EncodedInput::Released, options);
+            // Refused before anything is sent or counted, with the input back.
+            Err(InputError::TooLarge(size)) => {
+                return Err(SubmitError::too_large(input, size, limit));
+            }
+            Err(InputError::Encode(e)) => {
                 let message = format!("crew could not encode the task's input: {e}");
-                let mut st = self.lock();
-                st.submitted += 1;
-                self.fail(&mut st, &entry, Failure::Protocol(message), None);
-                return Ok(Task::new(entry));
+                return Ok(self.failed_task(Failure::Protocol(message), options));
             }
         };
         let mut st = self.lock();
@@ -918,6 +919,22 @@ impl<W: RemoteWorker> Supervisor<W> {
         drop(pruned);
         self.finish(plan);
         Ok(Task::new(entry))
+    }
+
+    /// A task that resolves at once with `failure`, without being sent: an
+    /// input that could not be encoded (or, from `map`, one too large). It is
+    /// counted as submitted and as failed, like any task that ends that way.
+    pub(super) fn failed_task(
+        self: &Arc<Self>,
+        failure: Failure,
+        options: TaskOptions,
+    ) -> Task<W::Output, W::Error> {
+        let entry = self.new_entry(EncodedInput::Released, options);
+        let mut st = self.lock();
+        st.submitted += 1;
+        self.fail(&mut st, &entry, failure, None);
+        drop(st);
+        Task::new(entry)
     }
 
     pub(super) fn new_entry(

@@ -67,7 +67,7 @@ use crate::task::cell::{Header, Limits};
 use crate::task::{Priority, TaskId};
 use crate::wire::{
     ChunkItems, ChunkOutcomes, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
-    ProtocolError, Role, ToParent, ToWorker, WireMessage, DEFAULT_FRAME_LIMIT,
+    ProtocolError, Role, ToParent, ToWorker, WireMessage, DEFAULT_FRAME_LIMIT, MIN_FRAME_LIMIT,
 };
 use crate::worker::{Context, Outbox, WorkerId};
 
@@ -632,31 +632,39 @@ fn run_worker<W: RemoteWorker>(
         arena,
         stream: stream.try_clone().map_err(io_err)?,
         inbox: Mutex::new(Inbox {
-            decoder: FrameDecoder::new(DEFAULT_FRAME_LIMIT),
+            // Until the pool's hello sets it: the first frame must be that
+            // hello, which is far smaller.
+            decoder: FrameDecoder::new(MIN_FRAME_LIMIT),
             pending: VecDeque::new(),
             shutting_down: false,
         }),
     });
-    channel
-        .push(&Hello::new(Role::Worker, DEFAULT_FRAME_LIMIT))
-        .map_err(protocol)?;
-    channel.flush().map_err(io_err)?;
-
+    // The pool's hello first: its frame limit (the pool's `max_message_size`
+    // and the frame's fields) becomes this side's too, for the frames it reads
+    // and announces as for the frames it sends, so one setting bounds both
+    // directions. The pool sends its hello without waiting for this one, so
+    // waiting for it cannot deadlock; it is usually in the socket already.
     let hello = {
         let mut inbox = lock(&channel.inbox);
-        loop {
+        let hello = loop {
             if let Some(frame) = inbox.decoder.next_frame().map_err(protocol)? {
                 break Hello::decode(frame).map_err(protocol)?;
             }
             if inbox.decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
                 kill_own_group();
             }
-        }
+        };
+        inbox.decoder.set_frame_limit(hello.frame_limit);
+        hello
     };
     hello.check_role(Role::Parent).map_err(protocol)?;
     lock(&channel.out)
         .encoder
         .set_frame_limit(hello.frame_limit);
+    channel
+        .push(&Hello::new(Role::Worker, hello.frame_limit))
+        .map_err(protocol)?;
+    channel.flush().map_err(io_err)?;
 
     let watcher = {
         let channel = Arc::clone(&channel);
@@ -874,6 +882,7 @@ impl<W: RemoteWorker> Runner<'_, W> {
                 Outcome::Ok(bytes) => ItemOutcome::Ok(bytes),
                 Outcome::UserError(bytes) => ItemOutcome::UserError(bytes),
                 Outcome::Panicked(message) => ItemOutcome::Panicked(message),
+                Outcome::TooLarge(size) => ItemOutcome::TooLarge(*size),
                 Outcome::NotStarted => ItemOutcome::Panicked("the item did not run"),
             };
             if outcomes.encoded_len() + item.encoded_len() > budget {

@@ -44,11 +44,12 @@ pub(crate) enum Outcome {
     Killed = 8,
     Crashed = 9,
     Protocol = 10,
+    TooLarge = 11,
 }
 
 impl Outcome {
     /// One past the largest code, for arrays indexed by outcome.
-    pub(crate) const SLOTS: usize = 11;
+    pub(crate) const SLOTS: usize = 12;
 
     pub(crate) fn of<T, E>(result: &Result<T, TaskError<E>>) -> Self {
         match result {
@@ -76,6 +77,7 @@ impl Outcome {
             Failure::Killed => Outcome::Killed,
             Failure::Crashed(_) => Outcome::Crashed,
             Failure::Protocol(_) => Outcome::Protocol,
+            Failure::TooLarge { .. } => Outcome::TooLarge,
             // It never started: counted as cancelled.
             Failure::Deadlock => Outcome::Cancelled,
         }
@@ -93,6 +95,7 @@ impl Outcome {
             8 => Outcome::Killed,
             9 => Outcome::Crashed,
             10 => Outcome::Protocol,
+            11 => Outcome::TooLarge,
             _ => return None,
         })
     }

@@ -115,6 +115,13 @@ impl FrameDecoder {
         self.limit
     }
 
+    /// Changes the limit (raised to [`MIN_FRAME_LIMIT`] if it is below) for
+    /// every frame not yet taken: a side that learns its limit from the peer's
+    /// [`Hello`](super::Hello) reads that hello first, then sets it.
+    pub fn set_frame_limit(&mut self, frame_limit: u32) {
+        self.limit = frame_limit.max(MIN_FRAME_LIMIT);
+    }
+
     /// Appends bytes received from the stream. After an error they are dropped.
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.failed.is_some() || bytes.is_empty() {

@@ -235,6 +235,9 @@ pub enum Outcome {
     /// It never ran: a [`ToWorker::Cancel`] arrived before it started. No
     /// [`ToParent::Started`] was sent for it, so the parent may run it elsewhere.
     NotStarted,
+    /// It ran, and its result (output or error, encoded) was this many bytes:
+    /// more than the parent accepts, so it was not sent.
+    TooLarge(u64),
 }
 
 /// The inputs of a [`ToWorker::Chunk`], kept as they are on the wire: a sequence
@@ -323,6 +326,8 @@ pub enum ItemOutcome<'a> {
     UserError(&'a [u8]),
     /// It panicked; the panic's message.
     Panicked(&'a str),
+    /// Its result was this many bytes encoded, more than the parent accepts.
+    TooLarge(u64),
 }
 
 impl ItemOutcome<'_> {
@@ -331,16 +336,17 @@ impl ItemOutcome<'_> {
             ItemOutcome::Ok(_) => 0,
             ItemOutcome::UserError(_) => 1,
             ItemOutcome::Panicked(_) => 2,
+            ItemOutcome::TooLarge(_) => 3,
         }
     }
 
     /// The bytes this outcome adds to a chunk's answer: its tag and its field.
     pub fn encoded_len(&self) -> usize {
-        1 + 4
-            + match self {
-                ItemOutcome::Ok(b) | ItemOutcome::UserError(b) => b.len(),
-                ItemOutcome::Panicked(m) => m.len(),
-            }
+        1 + match self {
+            ItemOutcome::Ok(b) | ItemOutcome::UserError(b) => 4 + b.len(),
+            ItemOutcome::Panicked(m) => 4 + m.len(),
+            ItemOutcome::TooLarge(_) => 8,
+        }
     }
 }
 
@@ -350,8 +356,8 @@ impl ItemOutcome<'_> {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ChunkOutcomes {
     count: u32,
-    /// How many items ended ok, with a user error, with a panic.
-    tally: [u32; 3],
+    /// How many items ended ok, with a user error, with a panic, too large.
+    tally: [u32; 4],
     bytes: Vec<u8>,
 }
 
@@ -368,6 +374,7 @@ impl ChunkOutcomes {
         match outcome {
             ItemOutcome::Ok(b) | ItemOutcome::UserError(b) => put_bytes(&mut self.bytes, b),
             ItemOutcome::Panicked(m) => put_bytes(&mut self.bytes, m.as_bytes()),
+            ItemOutcome::TooLarge(size) => put_u64(&mut self.bytes, size),
         }
         self.tally[tag as usize] += 1;
         self.count += 1;
@@ -391,8 +398,13 @@ impl ChunkOutcomes {
     /// How many items returned their output, the worker's own error, and
     /// panicked, in that order.
     pub fn tally(&self) -> (usize, usize, usize) {
-        let [ok, user, panicked] = self.tally;
+        let [ok, user, panicked, _] = self.tally;
         (ok as usize, user as usize, panicked as usize)
+    }
+
+    /// How many items' results were too large to send.
+    pub fn too_large(&self) -> usize {
+        self.tally[3] as usize
     }
 
     /// The outcomes, in the chunk's order.
@@ -400,6 +412,11 @@ impl ChunkOutcomes {
         let mut rest = self.bytes.as_slice();
         (0..self.count).map_while(move |_| {
             let (&tag, tail) = rest.split_first()?;
+            if tag == 3 {
+                let (size, tail) = tail.split_first_chunk::<8>()?;
+                rest = tail;
+                return Some(ItemOutcome::TooLarge(u64::from_le_bytes(*size)));
+            }
             let (field, tail) = split_bytes(tail)?;
             rest = tail;
             Some(match tag {
@@ -856,6 +873,7 @@ impl Outcome {
             Outcome::UserError(_) => 1,
             Outcome::Panicked(_) => 2,
             Outcome::NotStarted => 3,
+            Outcome::TooLarge(_) => 4,
         }
     }
 }
@@ -883,6 +901,7 @@ impl sealed::Encode for ToParent {
                         Outcome::Ok(p) | Outcome::UserError(p) => bytes_len(p.len()),
                         Outcome::Panicked(m) => bytes_len(m.len()),
                         Outcome::NotStarted => 0,
+                        Outcome::TooLarge(_) => 8,
                     }
             }
             ToParent::Message { payload } => bytes_len(payload.len()),
@@ -902,6 +921,7 @@ impl sealed::Encode for ToParent {
                     Outcome::Ok(p) | Outcome::UserError(p) => put_bytes(out, p),
                     Outcome::Panicked(m) => put_bytes(out, m.as_bytes()),
                     Outcome::NotStarted => {}
+                    Outcome::TooLarge(size) => put_u64(out, *size),
                 }
             }
             ToParent::Message { payload } => put_bytes(out, payload),
@@ -957,6 +977,11 @@ impl WireMessage for ToParent {
                         f.end()?;
                         Outcome::NotStarted
                     }
+                    4 => {
+                        let size = f.u64("size")?;
+                        f.end()?;
+                        Outcome::TooLarge(size)
+                    }
                     tag => return Err(ProtocolError::invalid_tag("done", "outcome", tag)),
                 };
                 Ok(ToParent::Done { id, outcome })
@@ -973,18 +998,22 @@ impl WireMessage for ToParent {
                 let run_nanos = f.u64("run time")?;
                 let count = f.u32("count")?;
                 let start = f.pos;
-                let mut tally = [0u32; 3];
+                let mut tally = [0u32; 4];
                 for _ in 0..count {
                     let tag = f.u8("outcome")?;
-                    if tag > 2 {
+                    if tag > 3 {
                         return Err(ProtocolError::invalid_tag("chunk done", "outcome", tag));
+                    }
+                    tally[usize::from(tag)] += 1;
+                    if tag == 3 {
+                        f.u64("size")?;
+                        continue;
                     }
                     let len = f.u32("outcome")?;
                     let field = f.take(u64::from(len), "outcome")?;
                     if tag == 2 && std::str::from_utf8(field).is_err() {
                         return Err(ProtocolError::invalid_utf8("chunk done", "panic message"));
                     }
-                    tally[usize::from(tag)] += 1;
                 }
                 f.end()?;
                 Ok(ToParent::ChunkDone {
@@ -1089,6 +1118,7 @@ impl fmt::Debug for ChunkOutcomes {
             .field("ok", &ok)
             .field("user_error", &user_error)
             .field("panicked", &panicked)
+            .field("too_large", &self.too_large())
             .field("bytes", &self.bytes.len())
             .finish()
     }
@@ -1101,6 +1131,7 @@ impl fmt::Debug for Outcome {
             Outcome::UserError(p) => f.debug_tuple("UserError").field(&show_bytes(p)).finish(),
             Outcome::Panicked(m) => f.debug_tuple("Panicked").field(m).finish(),
             Outcome::NotStarted => f.write_str("NotStarted"),
+            Outcome::TooLarge(size) => f.debug_tuple("TooLarge").field(size).finish(),
         }
     }
 }
