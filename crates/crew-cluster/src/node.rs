@@ -27,6 +27,7 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use async_nats::HeaderMap;
+use crew::backend::{Figures, OutcomeCounts};
 use crew::{Pool, PoolBuilder, RemoteWorker, TaskError};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -90,27 +91,27 @@ pub struct NodeRow {
 struct Counters {
     busy: AtomicUsize,
     done: AtomicU64,
-    succeeded: AtomicU64,
-    user_errors: AtomicU64,
-    panicked: AtomicU64,
-    timed_out: AtomicU64,
-    cancelled: AtomicU64,
-    other_failures: AtomicU64,
+    /// The local pool's results by outcome, counted by crew's own rule (the
+    /// one a local pool's `stats()` follows); the heartbeat reads them back
+    /// through [`Figures::into_stats`]. One short lock per finished task.
+    outcomes: Mutex<OutcomeCounts>,
     redeliveries: AtomicU64,
     dead_lettered: AtomicU64,
 }
 
 impl Counters {
-    fn count<O, E>(&self, outcome: &Outcome<O, E>) {
-        let counter = match outcome {
-            Outcome::Ok(_) => &self.succeeded,
-            Outcome::User(_) => &self.user_errors,
-            Outcome::Panicked(_) => &self.panicked,
-            Outcome::TimedOut => &self.timed_out,
-            Outcome::Cancelled => &self.cancelled,
-            _ => &self.other_failures,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// The row's outcome columns: succeeded, user errors, panicked, timed
+    /// out, cancelled, and every other failure.
+    fn outcome_columns(&self) -> [u64; 6] {
+        let outcomes = *lock(&self.outcomes);
+        let s = Figures {
+            outcomes,
+            ..Figures::default()
+        }
+        .into_stats();
+        let named = [s.completed, s.failed, s.panicked, s.timed_out, s.cancelled];
+        let other = outcomes.total().saturating_sub(named.iter().sum());
+        [named[0], named[1], named[2], named[3], named[4], other]
     }
 }
 
@@ -699,8 +700,8 @@ async fn handle<W: RemoteWorker>(
         .await;
         return;
     }
+    lock(&ctx.counters.outcomes).record(&result);
     let outcome = outcome_of(result);
-    ctx.counters.count(&outcome);
     // A cancel's result never replaces one a run stored: the message may be
     // gone because another node ran the task (after this one lost its lease)
     // and acked it, not because its client cancelled it.
@@ -1038,6 +1039,8 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             _ = stop.changed() => return,
         }
         let c = &ctx.counters;
+        let [succeeded, user_errors, panicked, timed_out, cancelled, other_failures] =
+            c.outcome_columns();
         let row = NodeRow {
             id: ctx.id.clone(),
             host: ctx.host.clone(),
@@ -1046,12 +1049,12 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             busy: c.busy.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),
             done: c.done.load(Ordering::Relaxed),
-            succeeded: c.succeeded.load(Ordering::Relaxed),
-            user_errors: c.user_errors.load(Ordering::Relaxed),
-            panicked: c.panicked.load(Ordering::Relaxed),
-            timed_out: c.timed_out.load(Ordering::Relaxed),
-            cancelled: c.cancelled.load(Ordering::Relaxed),
-            other_failures: c.other_failures.load(Ordering::Relaxed),
+            succeeded,
+            user_errors,
+            panicked,
+            timed_out,
+            cancelled,
+            other_failures,
             redeliveries: c.redeliveries.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
         };

@@ -43,6 +43,24 @@ fn results_errors_and_panics_round_trip() {
     let e = slow.join_timeout(LIMIT).unwrap().unwrap_err();
     assert!(e.is_timeout(), "{e}");
     assert_eq!(client.pending(), 0);
+
+    // The node's heartbeat counts each outcome.
+    wait_until(LIMIT, "the node to report 53 tasks", || {
+        client.stats().unwrap().done == 53
+    });
+    let stats = client.stats().unwrap();
+    assert_eq!(
+        [
+            stats.succeeded,
+            stats.user_errors,
+            stats.panicked,
+            stats.timed_out,
+            stats.cancelled,
+            stats.other_failures
+        ],
+        [50, 1, 1, 1, 0, 0],
+        "{stats:?}"
+    );
 }
 
 #[test]
