@@ -112,6 +112,11 @@ fn task_key(client: &str, n: u64) -> String {
 /// How long a submission that waits for room waits between tries.
 const ROOM_POLL: Duration = Duration::from_millis(20);
 
+/// What a blocking call allows beyond the bound of the future it waits for
+/// (see [`Inner::block_on`]): the future ends first unless the client's
+/// runtime is starved.
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(1);
+
 struct Pending<W: RemoteWorker> {
     sink: Sink<W>,
     submitted: Instant,
@@ -284,9 +289,13 @@ impl<W: RemoteWorker> ClusterClient<W> {
                 }
             }
         };
-        let result = inner.block_on(publish);
+        // A publish ends by itself within four broker timeouts (`publish`);
+        // one that waits for room waits as long as the stream stays full, as
+        // a blocking submit to a full queue does.
+        let limit = (!wait_for_room).then(|| shared.cluster.broker_timeout * 4);
+        let result = inner.block_on(limit, publish);
         match result {
-            Some(Ok(sequence)) => {
+            Ok(Ok(sequence)) => {
                 if let Some(p) = lock(&shared.pending).get_mut(&id) {
                     p.sequence = sequence;
                 }
@@ -297,9 +306,11 @@ impl<W: RemoteWorker> ClusterClient<W> {
                     shared.done_one();
                 }
                 Err(match other {
-                    Some(Err(Refused::Full)) => SubmitError::full(body.input),
-                    Some(Err(Refused::Broker(m))) => SubmitError::broker(body.input, m),
-                    Some(Ok(_)) | None => SubmitError::closed(body.input),
+                    Ok(Err(Refused::Full)) => SubmitError::full(body.input),
+                    Ok(Err(Refused::Broker(m))) | Err(Blocked::NoAnswer(m)) => {
+                        SubmitError::broker(body.input, m)
+                    }
+                    Ok(Ok(_)) | Err(Blocked::Closed) => SubmitError::closed(body.input),
                 })
             }
         }
@@ -387,17 +398,12 @@ impl<W: RemoteWorker> ClusterClient<W> {
     ) -> Result<Option<Result<W::Output, ClusterError<W::Error>>>, BrokerError> {
         let shared = Arc::clone(&self.inner.shared);
         let id = id.to_owned();
+        let limit = shared.cluster.broker_timeout;
         let entry = self
             .inner
-            .block_on(async move {
-                bounded(
-                    shared.cluster.broker_timeout,
-                    "reading a result",
-                    shared.objects.results.get(id),
-                )
-                .await
-            })
-            .ok_or_else(|| BrokerError::new("the client is closed"))?
+            .block_on(Some(limit), async move {
+                bounded(limit, "reading a result", shared.objects.results.get(id)).await
+            })?
             .map_err(BrokerError::new)?;
         Ok(entry.map(|bytes| decode::<W>(&bytes)))
     }
@@ -405,9 +411,9 @@ impl<W: RemoteWorker> ClusterClient<W> {
     /// The nodes serving this pool now (each one's last heartbeat).
     pub fn nodes(&self) -> Result<Vec<NodeRow>, BrokerError> {
         let shared = Arc::clone(&self.inner.shared);
+        let limit = shared.cluster.broker_timeout;
         self.inner
-            .block_on(async move { shared.nodes().await })
-            .ok_or_else(|| BrokerError::new("the client is closed"))?
+            .block_on(Some(limit), async move { shared.nodes().await })?
             .map_err(BrokerError::new)
     }
 
@@ -424,20 +430,19 @@ impl<W: RemoteWorker> ClusterClient<W> {
 
     fn stream_messages(&self, dead: bool) -> Result<u64, BrokerError> {
         let shared = Arc::clone(&self.inner.shared);
+        let limit = shared.cluster.broker_timeout;
         self.inner
-            .block_on(async move {
+            .block_on(Some(limit * 2), async move {
                 let name = if dead {
                     &shared.names.dead_stream
                 } else {
                     &shared.names.stream
                 };
-                let limit = shared.cluster.broker_timeout;
                 let mut stream =
                     bounded(limit, "opening a stream", shared.js.get_stream(name)).await?;
                 let info = bounded(limit, "reading a stream", stream.info()).await?;
                 Ok::<_, String>(info.state.messages)
-            })
-            .ok_or_else(|| BrokerError::new("the client is closed"))?
+            })?
             .map_err(BrokerError::new)
     }
 
@@ -479,17 +484,54 @@ impl<W: RemoteWorker> ClusterClient<W> {
 impl<W: RemoteWorker> Inner<W> {
     /// Runs `future` on the client's runtime and waits for it from this thread
     /// (which may be any thread, even one of another runtime: it blocks on a
-    /// plain channel). `None` if the runtime is gone.
+    /// plain channel).
+    ///
+    /// `limit` is the bound the future keeps by itself (each of its broker
+    /// calls is bounded); this wait gives up [`BACKSTOP_MARGIN`] later and
+    /// aborts the future, so a caller's thread never waits on a future that
+    /// failed to keep its bound. `None` only for a submission that waits for
+    /// room, which waits as long as the stream stays full.
     fn block_on<T: Send + 'static>(
         &self,
+        limit: Option<Duration>,
         future: impl Future<Output = T> + Send + 'static,
-    ) -> Option<T> {
-        let runtime = self.runtime.as_ref()?;
+    ) -> Result<T, Blocked> {
+        let runtime = self.runtime.as_ref().ok_or(Blocked::Closed)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
+        let running = runtime.spawn(async move {
             let _ = tx.send(future.await);
         });
-        rx.recv().ok()
+        let Some(limit) = limit else {
+            return rx.recv().map_err(|_| Blocked::Closed);
+        };
+        let backstop = limit + BACKSTOP_MARGIN;
+        match rx.recv_timeout(backstop) {
+            Ok(value) => Ok(value),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Blocked::Closed),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                running.abort();
+                Err(Blocked::NoAnswer(format!(
+                    "no answer from the client's runtime in {backstop:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// Why [`Inner::block_on`] has no value.
+enum Blocked {
+    /// The client's runtime is gone (the client is being dropped).
+    Closed,
+    /// The future did not end within its bound (and was aborted).
+    NoAnswer(String),
+}
+
+impl From<Blocked> for BrokerError {
+    fn from(blocked: Blocked) -> BrokerError {
+        match blocked {
+            Blocked::Closed => BrokerError::new("the client is closed"),
+            Blocked::NoAnswer(m) => BrokerError::new(m),
+        }
     }
 }
 
@@ -610,31 +652,59 @@ impl<W: RemoteWorker> Shared<W> {
                 Ok(true)
             );
         if deleted {
-            // A node may be running it: ask it to stop.
-            let _ = self
-                .client
-                .publish(self.names.cancel_subject.clone(), id.into())
-                .await;
+            // A node may be running it: ask it to stop. Core NATS, at most
+            // once: a node that misses it finds the message gone at its next
+            // lease renewal and cancels the task then (protocol.md, "A node").
+            // The publish only queues the message, but waits while the
+            // connection's buffer is full (the broker away): bounded too.
+            let _ = bounded(
+                limit,
+                "publishing a cancel",
+                self.client
+                    .publish(self.names.cancel_subject.clone(), id.into()),
+            )
+            .await;
         }
         deleted
     }
 
+    /// Every live node's row, read within one broker timeout.
+    ///
+    /// The keys come from the bucket stream's subjects (a stream info request
+    /// with a subject filter: a finite, paged list), never from a KV key
+    /// watcher (`Store::keys`). That one is a push consumer that ends only when
+    /// a message says nothing is pending after it; when a heartbeat lands while
+    /// it starts, no message says so, and it follows the heartbeats for ever,
+    /// each within any per-message timeout: `nodes()` never returned (the
+    /// cluster tests that poll the nodes hung, one run in about thirty).
     async fn nodes(&self) -> Result<Vec<NodeRow>, String> {
         let limit = self.cluster.broker_timeout;
-        let nodes = &self.objects.nodes;
-        let mut keys = bounded(limit, "listing nodes", nodes.keys()).await?;
-        let mut rows = Vec::new();
-        while let Some(key) = tokio::time::timeout(limit, keys.next())
+        bounded(limit, "listing nodes", self.read_nodes()).await
+    }
+
+    async fn read_nodes(&self) -> Result<Vec<NodeRow>, String> {
+        let bucket = &self.objects.nodes;
+        let mut subjects = bucket
+            .stream
+            .info_with_subjects(format!("{}>", bucket.prefix))
             .await
-            .map_err(|_| "listing nodes: no answer".to_owned())?
-        {
-            let key = key.map_err(|e| format!("listing nodes: {e}"))?;
-            if let Some(bytes) = bounded(limit, "reading a node", nodes.get(&key)).await? {
-                if let Ok(row) = postcard::from_bytes::<NodeRow>(&bytes) {
-                    rows.push(row);
-                }
+            .map_err(|e| e.to_string())?;
+        let mut keys = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| e.to_string())?;
+            if let Some(key) = subject.strip_prefix(bucket.prefix.as_str()) {
+                keys.push(key.to_owned());
             }
         }
+        let mut rows = Vec::new();
+        for key in keys {
+            // A node that shut down left a delete marker: no value.
+            let entry = bucket.get(&key).await.map_err(|e| e.to_string())?;
+            if let Some(row) = entry.and_then(|b| postcard::from_bytes::<NodeRow>(&b).ok()) {
+                rows.push(row);
+            }
+        }
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(rows)
     }
 }
@@ -787,8 +857,13 @@ impl<W: RemoteWorker> Owner for Inner<W> {
         };
         let shared = Arc::clone(&self.shared);
         let id_owned = id.to_owned();
-        let deleted = self.block_on(async move { shared.withdraw(id_owned, sequence).await });
-        deleted == Some(true) && self.shared.resolve_cancelled(id)
+        // Two bounded broker calls (the delete, the cancel's publish); the
+        // node is never waited for: the delete alone decides.
+        let limit = self.shared.cluster.broker_timeout * 2;
+        let deleted = self.block_on(Some(limit), async move {
+            shared.withdraw(id_owned, sequence).await
+        });
+        matches!(deleted, Ok(true)) && self.shared.resolve_cancelled(id)
     }
 }
 

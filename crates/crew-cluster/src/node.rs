@@ -7,7 +7,9 @@
 //!   a *task handler* with its slot;
 //! - a *task handler* decodes the task (or dead-letters it), runs it on the
 //!   local pool while renewing its lease with in-progress acks, writes its result
-//!   (results bucket, then the client's inbox), and only then acks it;
+//!   (results bucket, then the client's inbox), and only then acks it; at each
+//!   renewal it also checks that the task's message is still in the stream
+//!   (gone means withdrawn: a cancel whose message this node missed);
 //! - the *cancel listener* cancels a running task the client asked to cancel;
 //! - the *heartbeat* writes the node's row in the nodes bucket.
 //!
@@ -23,8 +25,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use async_nats::HeaderMap;
+use crew::backend::{Figures, OutcomeCounts};
 use crew::{Pool, PoolBuilder, RemoteWorker, TaskError};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -88,27 +91,27 @@ pub struct NodeRow {
 struct Counters {
     busy: AtomicUsize,
     done: AtomicU64,
-    succeeded: AtomicU64,
-    user_errors: AtomicU64,
-    panicked: AtomicU64,
-    timed_out: AtomicU64,
-    cancelled: AtomicU64,
-    other_failures: AtomicU64,
+    /// The local pool's results by outcome, counted by crew's own rule (the
+    /// one a local pool's `stats()` follows); the heartbeat reads them back
+    /// through [`Figures::into_stats`]. One short lock per finished task.
+    outcomes: Mutex<OutcomeCounts>,
     redeliveries: AtomicU64,
     dead_lettered: AtomicU64,
 }
 
 impl Counters {
-    fn count<O, E>(&self, outcome: &Outcome<O, E>) {
-        let counter = match outcome {
-            Outcome::Ok(_) => &self.succeeded,
-            Outcome::User(_) => &self.user_errors,
-            Outcome::Panicked(_) => &self.panicked,
-            Outcome::TimedOut => &self.timed_out,
-            Outcome::Cancelled => &self.cancelled,
-            _ => &self.other_failures,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// The row's outcome columns: succeeded, user errors, panicked, timed
+    /// out, cancelled, and every other failure.
+    fn outcome_columns(&self) -> [u64; 6] {
+        let outcomes = *lock(&self.outcomes);
+        let s = Figures {
+            outcomes,
+            ..Figures::default()
+        }
+        .into_stats();
+        let named = [s.completed, s.failed, s.panicked, s.timed_out, s.cancelled];
+        let other = outcomes.total().saturating_sub(named.iter().sum());
+        [named[0], named[1], named[2], named[3], named[4], other]
     }
 }
 
@@ -150,6 +153,8 @@ pub struct Node {
     stop: watch::Sender<bool>,
     /// The fetch loop, which returns once every slot is back after a stop.
     main: Option<tokio::task::JoinHandle<()>>,
+    /// The most a shutdown waits for the fetch loop to return.
+    shutdown_bound: Duration,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -225,13 +230,21 @@ impl Node {
             });
             tokio::spawn(cancel_listener(Arc::clone(&ctx), cancels));
             tokio::spawn(heartbeat(Arc::clone(&ctx), stop_rx.clone()));
-            Ok::<_, String>(tokio::spawn(fetch_loop(ctx, consumer, stop_rx)))
+            // What a shutdown may take (`fetch_loop`'s end): one ack wait for
+            // running tasks, two broker timeouts for the handed-back ones, one
+            // for the local pool and one for the heartbeat's removal.
+            let shutdown_bound = ack_wait + ctx.cluster.broker_timeout * 4 + Duration::from_secs(1);
+            Ok::<_, String>((
+                tokio::spawn(fetch_loop(ctx, consumer, stop_rx)),
+                shutdown_bound,
+            ))
         });
         match main {
-            Ok(main) => Ok(Node {
+            Ok((main, shutdown_bound)) => Ok(Node {
                 id,
                 stop,
                 main: Some(main),
+                shutdown_bound,
                 runtime: Some(runtime),
             }),
             Err(e) => {
@@ -257,7 +270,10 @@ impl Node {
     fn stop_and_wait(&mut self) {
         let _ = self.stop.send(true);
         if let (Some(runtime), Some(main)) = (self.runtime.take(), self.main.take()) {
-            let _ = runtime.block_on(main);
+            // The fetch loop's shutdown is bounded step by step (one ack wait
+            // for running tasks, then broker timeouts); this is the backstop.
+            let backstop = self.shutdown_bound;
+            let _ = runtime.block_on(async move { tokio::time::timeout(backstop, main).await });
             runtime.shutdown_background();
         }
     }
@@ -442,7 +458,12 @@ async fn fetch_loop<W: RemoteWorker>(
         ctx.pool.terminate();
         let _ = tokio::time::timeout(ctx.cluster.broker_timeout * 2, slots.acquire_many(all)).await;
     }
-    ctx.pool.shutdown();
+    // Off the runtime's threads (it blocks), and bounded: a task that ignores
+    // its cancel keeps its thread, which is left to finish on its own, and
+    // never holds up the node's shutdown.
+    let pool = ctx.pool.clone();
+    let grace = ctx.cluster.broker_timeout;
+    let _ = tokio::task::spawn_blocking(move || pool.shutdown_timeout(grace)).await;
     let _ = bounded(
         ctx.cluster.broker_timeout,
         "removing the heartbeat",
@@ -588,7 +609,7 @@ async fn handle<W: RemoteWorker>(
         match settled(&ctx, &task, sequence).await {
             Settled::Result(entry) => {
                 drop(exclusive);
-                return deliver(&ctx, &message, &task, reply.as_deref(), entry).await;
+                return deliver(&ctx, &message, &task, reply.as_deref(), entry, Keep::Latest).await;
             }
             Settled::Withdrawn => {
                 drop(exclusive);
@@ -649,7 +670,17 @@ async fn handle<W: RemoteWorker>(
     let result = loop {
         tokio::select! {
             result = &mut running => break result,
-            _ = renew.tick() => renew_lease(&ctx, &message).await,
+            _ = renew.tick() => {
+                renew_lease(&ctx, &message).await;
+                // The cancel message is core NATS, at most once: one this node
+                // missed (it was reconnecting, or the task had not reached
+                // `running` yet) must not leave the task running for ever, its
+                // slot lost. The client deletes the message before it sends
+                // the cancel, so a message gone from the stream is the cancel.
+                if withdrawn(&ctx, sequence).await {
+                    running.cancel();
+                }
+            }
             _ = cancel.notified() => {
                 running.cancel();
             }
@@ -669,8 +700,16 @@ async fn handle<W: RemoteWorker>(
         .await;
         return;
     }
+    lock(&ctx.counters.outcomes).record(&result);
     let outcome = outcome_of(result);
-    ctx.counters.count(&outcome);
+    // A cancel's result never replaces one a run stored: the message may be
+    // gone because another node ran the task (after this one lost its lease)
+    // and acked it, not because its client cancelled it.
+    let keep = if matches!(outcome, Outcome::Cancelled) {
+        Keep::First
+    } else {
+        Keep::Latest
+    };
     let body = ResultBody {
         task: task.clone(),
         node: ctx.id.clone(),
@@ -689,7 +728,7 @@ async fn handle<W: RemoteWorker>(
             envelope::encode_result(&failed).expect("a unit result always encodes")
         }
     };
-    deliver(&ctx, &message, &task, reply.as_deref(), bytes.into()).await;
+    deliver(&ctx, &message, &task, reply.as_deref(), bytes.into(), keep).await;
     ctx.counters.done.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -713,11 +752,24 @@ async fn settled<W: RemoteWorker>(ctx: &NodeCtx<W>, task: &str, sequence: u64) -
     {
         return Settled::Result(entry);
     }
-    let lookup = tokio::time::timeout(limit, ctx.objects.tasks.get_raw_message(sequence)).await;
-    match lookup {
-        Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => Settled::Withdrawn,
-        _ => Settled::No,
+    if withdrawn(ctx, sequence).await {
+        Settled::Withdrawn
+    } else {
+        Settled::No
     }
+}
+
+/// Whether the task's message (stream sequence `sequence`, 0 if unknown) is
+/// gone from the stream while this node still holds it unacked: only the
+/// client's cancel removes it then. A broker error or no answer is "no": the
+/// task goes on, and the next check may tell.
+async fn withdrawn<W: RemoteWorker>(ctx: &NodeCtx<W>, sequence: u64) -> bool {
+    if sequence == 0 {
+        return false;
+    }
+    let limit = ctx.cluster.broker_timeout;
+    let lookup = tokio::time::timeout(limit, ctx.objects.tasks.get_raw_message(sequence)).await;
+    matches!(lookup, Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound)
 }
 
 /// Whether a redelivered task may run.
@@ -814,6 +866,7 @@ async fn deliver<W: RemoteWorker>(
     task: &str,
     reply: Option<&str>,
     bytes: bytes::Bytes,
+    keep: Keep,
 ) {
     let limit = ctx.cluster.broker_timeout;
     let deadline = tokio::time::Instant::now() + ctx.ack_wait;
@@ -823,21 +876,21 @@ async fn deliver<W: RemoteWorker>(
     if let Some(reply) = reply {
         let mut headers = HeaderMap::new();
         headers.insert(H_TASK, task);
-        let _ = ctx
-            .client
-            .publish_with_headers(reply.to_owned(), headers, bytes.clone())
-            .await;
+        // Only queued on the connection, but that waits while its buffer is
+        // full (the broker away): bounded, and the bucket below is the copy
+        // that counts.
+        let _ = bounded(
+            limit,
+            "publishing a result",
+            ctx.client
+                .publish_with_headers(reply.to_owned(), headers, bytes.clone()),
+        )
+        .await;
     }
     let mut stored = false;
     loop {
         if !stored {
-            stored = bounded(
-                limit,
-                "storing a result",
-                ctx.objects.results.put(task, bytes.clone()),
-            )
-            .await
-            .is_ok();
+            stored = store_result(ctx, task, &bytes, keep).await;
         }
         if stored {
             match bounded(limit, "acking a task", message.double_ack()).await {
@@ -850,6 +903,38 @@ async fn deliver<W: RemoteWorker>(
             return;
         }
         tokio::time::sleep(RETRY_WAIT).await;
+    }
+}
+
+/// Which result the results bucket keeps for a task.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// The latest one delivered.
+    Latest,
+    /// The one there, if any: this one only goes in if there is none.
+    First,
+}
+
+/// Writes a task's result in the results bucket; true once it is there (or,
+/// under [`Keep::First`], another one is).
+async fn store_result<W: RemoteWorker>(
+    ctx: &NodeCtx<W>,
+    task: &str,
+    bytes: &bytes::Bytes,
+    keep: Keep,
+) -> bool {
+    let limit = ctx.cluster.broker_timeout;
+    let results = &ctx.objects.results;
+    match keep {
+        Keep::Latest => bounded(limit, "storing a result", results.put(task, bytes.clone()))
+            .await
+            .is_ok(),
+        Keep::First => match tokio::time::timeout(limit, results.create(task, bytes.clone())).await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.kind() == kv::CreateErrorKind::AlreadyExists,
+            Err(_) => false,
+        },
     }
 }
 
@@ -914,7 +999,15 @@ async fn dead_letter<W: RemoteWorker>(
                 outcome: Outcome::DeadLettered { deliveries, reason },
             };
             let bytes = envelope::encode_result(&body).expect("a unit result always encodes");
-            deliver(ctx, message, &task, reply.as_deref(), bytes.into()).await;
+            deliver(
+                ctx,
+                message,
+                &task,
+                reply.as_deref(),
+                bytes.into(),
+                Keep::Latest,
+            )
+            .await;
         }
         None => {
             let _ = bounded(limit, "acking a dead letter", message.double_ack()).await;
@@ -946,6 +1039,8 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             _ = stop.changed() => return,
         }
         let c = &ctx.counters;
+        let [succeeded, user_errors, panicked, timed_out, cancelled, other_failures] =
+            c.outcome_columns();
         let row = NodeRow {
             id: ctx.id.clone(),
             host: ctx.host.clone(),
@@ -954,12 +1049,12 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             busy: c.busy.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),
             done: c.done.load(Ordering::Relaxed),
-            succeeded: c.succeeded.load(Ordering::Relaxed),
-            user_errors: c.user_errors.load(Ordering::Relaxed),
-            panicked: c.panicked.load(Ordering::Relaxed),
-            timed_out: c.timed_out.load(Ordering::Relaxed),
-            cancelled: c.cancelled.load(Ordering::Relaxed),
-            other_failures: c.other_failures.load(Ordering::Relaxed),
+            succeeded,
+            user_errors,
+            panicked,
+            timed_out,
+            cancelled,
+            other_failures,
             redeliveries: c.redeliveries.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
         };

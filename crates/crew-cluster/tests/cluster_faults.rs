@@ -189,7 +189,6 @@ impl Drop for Reaped {
 }
 
 #[test]
-#[ignore = "hangs intermittently past its own deadlines (issue 13); run with --ignored"]
 fn a_client_killed_mid_submission_leaves_nothing_stuck() {
     let server = server();
     // The observer creates the pool with the tests' settings.

@@ -62,7 +62,6 @@ fn results_errors_panics_and_timeouts() {
 }
 
 #[test]
-#[ignore = "hangs intermittently past its own deadlines (issue 13: cancel of a running cluster task); run with --ignored"]
 fn a_handle_awaits_and_cancels() {
     let server = server();
     // A long lease: a task that spins until cancelled must not be redelivered
