@@ -16,7 +16,10 @@
 //! Not carried yet (documented, not pretended): messages between the pool and
 //! its workers (`broadcast`, `send_to`, `messages()` are empty), events (the
 //! bus stays silent), `kill_worker` and per-worker rows (workers live on other
-//! hosts), sticky keys and retries (redelivery is the cluster's retry).
+//! hosts), sticky keys and retries (redelivery is the cluster's retry), and a
+//! task's progress (`Context::progress` on a node reaches the node's local
+//! handle only; `Task::progress` here stays `None`: the engine never calls
+//! `Resolver::set_progress`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -45,7 +45,7 @@ fn assert_layout<M: WireMessage + PartialEq + std::fmt::Debug>(message: M, expec
 
 #[test]
 fn constants_are_the_documented_ones() {
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert_eq!(PROTOCOL_VERSION, 5);
     assert_eq!(&MAGIC, b"CREW");
     assert_eq!(DEFAULT_FRAME_LIMIT, 64 << 20);
     assert_eq!(MIN_FRAME_LIMIT, 4096);
@@ -59,7 +59,7 @@ fn hello_layout() {
             pid: 4242,
             frame_limit: DEFAULT_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  04 00  02  92 10 00 00  00 00 00 04",
+        "10 00 00 00  01  43 52 45 57  05 00  02  92 10 00 00  00 00 00 04",
     );
     assert_layout(
         Hello {
@@ -67,7 +67,7 @@ fn hello_layout() {
             pid: 1,
             frame_limit: MIN_FRAME_LIMIT,
         },
-        "10 00 00 00  01  43 52 45 57  04 00  01  01 00 00 00  00 10 00 00",
+        "10 00 00 00  01  43 52 45 57  05 00  01  01 00 00 00  00 10 00 00",
     );
 }
 
@@ -147,6 +147,33 @@ fn worker_to_parent_layouts() {
         },
         "07 00 00 00  24  02 00 00 00 68 69",
     );
+    assert_layout(
+        ToParent::Progress {
+            id: 7,
+            fraction: 0.25,
+        },
+        "0d 00 00 00  26  07 00 00 00 00 00 00 00  00 00 80 3e",
+    );
+}
+
+/// A *progress* carries any `f32`'s bits, NaN included: what a value means
+/// is the receiver's policy (the pool ignores NaN and clamps), not a framing
+/// error.
+#[test]
+fn progress_decodes_any_bits() {
+    for bits in [
+        f32::NAN.to_bits(),
+        0xffff_ffff,
+        (-1.5f32).to_bits(),
+        f32::INFINITY.to_bits(),
+    ] {
+        let mut bytes = hex("0d 00 00 00  26  07 00 00 00 00 00 00 00");
+        bytes.extend_from_slice(&bits.to_le_bytes());
+        let ToParent::Progress { id, fraction } = decode_one::<ToParent>(&bytes) else {
+            panic!("not a progress")
+        };
+        assert_eq!((id, fraction.to_bits()), (7, bits));
+    }
 }
 
 fn items(inputs: &[&[u8]]) -> ChunkItems {
@@ -303,6 +330,18 @@ fn every_to_parent() -> Vec<ToParent> {
             id: 0,
             run_nanos: 0,
             outcomes: ChunkOutcomes::new(),
+        },
+        ToParent::Progress {
+            id: 0,
+            fraction: 0.0,
+        },
+        ToParent::Progress {
+            id: u64::MAX,
+            fraction: 1.0,
+        },
+        ToParent::Progress {
+            id: 9,
+            fraction: -7.5,
         },
         ToParent::ChunkDone {
             id: u64::MAX,

@@ -92,7 +92,7 @@ pub use message::{
 
 /// The protocol version this build speaks. Both sides must speak the same one
 /// (`protocol.md`, "Versions"); it changes whenever any layout does.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The first four bytes of every hello's body.
 pub const MAGIC: [u8; 4] = *b"CREW";
