@@ -97,7 +97,6 @@ fn several_watchers_each_see_every_change() {
             })
         })
         .collect();
-    // Each step only after every reader saw the one before it.
     go.send(()).unwrap();
     wait_until("0.5 is reported", || task.progress() == Some(0.5));
     go.send(()).unwrap();
@@ -192,6 +191,57 @@ fn a_flood_of_reports_neither_blocks_nor_queues() {
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
         "each value seen is newer than the one before"
+    );
+}
+
+/// An async worker's task reports through the context its future owns: a
+/// watcher waiting meanwhile is woken, and the worker's other tasks go on.
+#[test]
+fn async_tasks_report_from_their_future() {
+    use futures::channel::oneshot;
+    use std::sync::Mutex;
+
+    /// Takes the test's gate from `GATE` (one task waits on it).
+    struct Stepper;
+    impl crew::AsyncWorker for Stepper {
+        type Input = u32;
+        type Output = u32;
+        type Error = String;
+        type Message = ();
+        fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+            Ok(Stepper)
+        }
+        async fn run(&self, n: u32, ctx: &mut Context<'_>) -> Result<u32, String> {
+            if n == 0 {
+                return Ok(0);
+            }
+            ctx.progress(0.5);
+            let gate = GATE.lock().unwrap().take().unwrap();
+            gate.await.map_err(|e| e.to_string())?;
+            ctx.progress(1.0);
+            Ok(n)
+        }
+    }
+    static GATE: Mutex<Option<oneshot::Receiver<()>>> = Mutex::new(None);
+
+    let (go, gate) = oneshot::channel();
+    *GATE.lock().unwrap() = Some(gate);
+    let pool = Pool::<crew::Async<Stepper>>::builder()
+        .workers(1)
+        .concurrency(2)
+        .build()
+        .unwrap();
+    let task = pool.submit(5).unwrap();
+    let mut watch = task.watch_progress();
+    assert_eq!(watch.recv_timeout(LIMIT), Ok(0.5));
+    // The same worker runs another task while this one waits.
+    assert_eq!(join(pool.submit(0).unwrap()).unwrap(), 0);
+    go.send(()).unwrap();
+    assert_eq!(watch.recv_timeout(LIMIT), Ok(1.0));
+    assert_eq!(join(task).unwrap(), 5);
+    assert_eq!(
+        watch.recv_timeout(LIMIT),
+        Err(RecvTimeoutError::Disconnected)
     );
 }
 
