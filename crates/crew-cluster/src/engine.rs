@@ -20,7 +20,10 @@
 //! `cancel_queued` (the seam's default: it cancels nothing and returns 0;
 //! `Task::cancel` still withdraws one task) and deadlines counted from
 //! submission (`TaskBuilder::deadline` is ignored: only the timeout, counted
-//! on the node from the task's start, is sent).
+//! on the node from the task's start, is sent), and a task's progress
+//! (`Context::progress` on a node reaches the node's local handle only;
+//! `Task::progress` here stays `None`: the engine never calls
+//! `Resolver::set_progress`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -47,6 +47,12 @@
 //! up to [`PoolBuilder::concurrency`] tasks in flight; the task resolves like any
 //! other, and a cancel drops the future at its next poll.
 //!
+//! **Progress.** A long task tells whoever waits on it how far it got:
+//! [`Context::progress`] in its code, [`Task::progress`] on its handle, or
+//! [`Task::watch_progress`] for a [`ProgressWatch`] that yields each change
+//! (blocking, as an `Iterator`, or as a `Stream`). It is one value per task,
+//! the latest report winning, so reporting never blocks and never queues.
+//!
 //! Every step can be watched: [`Pool::events`] subscribes to task and worker
 //! [`Event`]s (lossy per subscriber, never blocking the pool; `events`), and
 //! [`Pool::stats`] takes a [`Stats`] snapshot. A thread pool times each of its
@@ -188,7 +194,7 @@ pub use scope::Scope;
 pub use shutdown::Shutdown;
 pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
-pub use task::{Priority, Task, TaskId};
+pub use task::{Priority, ProgressWatch, Task, TaskId};
 pub use worker::{Closures, Context, SendError, Worker, WorkerId};
 
 // crew's own unit tests name the crate `crew::…`, as users do.

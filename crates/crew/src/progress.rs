@@ -7,6 +7,10 @@
 //! workers have finished. `wait_idle` has no results to count: its bar follows the
 //! pool's [`Stats`](crate::Stats) instead.
 //!
+//! One task's own progress (`Context::progress`) needs nothing from this
+//! module: a `ProgressWatch` is an iterator of fractions to feed a bar with
+//! (see its docs).
+//!
 //! Bars drawn to stderr hide themselves when stderr is not a terminal (indicatif's
 //! rule), so a program that logs to a file or a pipe shows nothing.
 //!

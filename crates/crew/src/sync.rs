@@ -64,7 +64,7 @@ pub(crate) mod modelled {
     pub(crate) use loom::{
         cell::UnsafeCell,
         sync::{
-            atomic::{fence, AtomicBool, AtomicU64, AtomicUsize},
+            atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize},
             Arc, Condvar, Mutex, MutexGuard,
         },
         thread::{current, Thread},
@@ -72,7 +72,7 @@ pub(crate) mod modelled {
     #[cfg(not(crew_loom))]
     pub(crate) use std::{
         sync::{
-            atomic::{fence, AtomicBool, AtomicU64, AtomicUsize},
+            atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize},
             Arc, Condvar, Mutex, MutexGuard,
         },
         thread::{current, Thread},

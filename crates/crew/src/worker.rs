@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use crate::error::StartError;
 use crate::sync::Arc;
-use crate::task::header::{CellRef, Header, ShareCell};
+use crate::task::header::{progress_bits, CellRef, Header, ShareCell};
 use crate::task::TaskId;
 
 pub use crate::task::WorkerId;
@@ -174,7 +174,8 @@ impl Worker for Closures {
 }
 
 /// What worker code gets from the pool: who it is, whether its task was
-/// cancelled, and a way to send the pool a message.
+/// cancelled, a way to tell the task's caller how far it got
+/// ([`progress`](Context::progress)), and a way to send the pool a message.
 ///
 /// An [`AsyncWorker`](crate::AsyncWorker)'s task gets a `Context` that lives as
 /// long as its future (it keeps the task's record, and its way to send
@@ -313,6 +314,68 @@ impl<'a> Context<'a> {
         self.header().is_some_and(Header::is_cancel_requested)
     }
 
+    /// Reports how far the current task got, as a fraction from 0.0 to 1.0,
+    /// to whoever holds its [`Task`](crate::Task) handle
+    /// ([`Task::progress`](crate::Task::progress),
+    /// [`Task::watch_progress`](crate::Task::watch_progress)); not to the
+    /// whole pool.
+    ///
+    /// Cheap enough to call in a tight loop, and it never blocks: the task
+    /// keeps one value and the latest report wins (reports in between may
+    /// never be seen), so a flood of reports costs no memory. A value outside
+    /// `0.0..=1.0` is clamped; NaN is ignored; progress may go down as well
+    /// as up. Reports after the task resolved (it was cancelled or timed out
+    /// while it ran) are ignored, so a finished task keeps its last value.
+    /// Outside a task (`start`, `stop`, `on_message`) it does nothing.
+    ///
+    /// - **Threads**: the value is in the task's cell at once.
+    /// - **Processes**: the worker process keeps the latest value of its
+    ///   running task and sends it with its next batch of frames, within
+    ///   about a millisecond, and always before the task's result. Items of a
+    ///   chunked [`Pool::map`](crate::Pool::map) report nothing (an item has
+    ///   no handle of its own).
+    /// - **Other engines** (the cluster) may not carry it: their handles
+    ///   report `None`.
+    ///
+    /// ```
+    /// let pool = crew::Pool::builder().workers(1).build()?;
+    /// let task = pool.spawn_with(|ctx| {
+    ///     for step in 1..=4 {
+    ///         // ... a quarter of the work ...
+    ///         ctx.progress(step as f32 / 4.0);
+    ///     }
+    /// });
+    /// let progress = task.watch_progress();
+    /// task.join()?;
+    /// // The last report survives the task.
+    /// assert_eq!(progress.latest(), Some(1.0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn progress(&self, fraction: f32) {
+        let Some(bits) = progress_bits(fraction) else {
+            return;
+        };
+        match &self.task {
+            TaskRef::None => return,
+            TaskRef::Borrowed(header, job) => {
+                if header.set_progress(bits) {
+                    if let Some(job) = job {
+                        job.notify_progress();
+                    }
+                }
+            }
+            TaskRef::Owned(cell) => {
+                if cell.header().set_progress(bits) {
+                    cell.notify_progress();
+                }
+            }
+        }
+        if let Some(outbox) = self.outbox() {
+            outbox.progress(self.header().map(Header::id), f32::from_bits(bits));
+        }
+    }
+
     /// Sends the pool a message, tagged with this worker's id: every
     /// [`Pool::messages`](crate::Pool::messages) subscription gets it. Never
     /// blocks. Messages from one worker arrive in the order it sent them, and a
@@ -341,6 +404,14 @@ impl<'a> Context<'a> {
 pub(crate) trait Outbox: Send + Sync {
     fn send(&self, from: WorkerId, message: Box<dyn Any + Send>)
         -> Result<(), Box<dyn Any + Send>>;
+
+    /// Where [`Context::progress`] goes besides the task's header: a worker
+    /// process forwards it to the pool (its header is a local copy). Nothing
+    /// for a thread, whose header is the task's own.
+    #[inline]
+    fn progress(&self, task: Option<TaskId>, fraction: f32) {
+        let _ = (task, fraction);
+    }
 }
 
 /// Why [`Context::send`] did not send; holds the message.

@@ -53,6 +53,9 @@ enum Job {
     /// killed instead). Gives up after [`LIMIT`], so a broken test cannot leave
     /// a worker behind for ever.
     Hold { gate: PathBuf },
+    /// For each gate in turn: reports `i / (gates + 1)` of progress, then
+    /// holds like `Hold` until that gate opens. Answers the number of gates.
+    Steps { gates: Vec<PathBuf> },
 }
 
 /// Every answer says who ran the task and how many tasks that worker instance
@@ -85,17 +88,16 @@ impl Worker for Probe {
             Job::Fail(e) => return Err(e),
             Job::Panic(m) => panic!("{m}"),
             Job::Hold { gate } => {
-                let deadline = Instant::now() + LIMIT;
-                while gate.exists() {
-                    if ctx.is_cancelled() {
-                        return Err("cancelled".into());
-                    }
-                    if Instant::now() > deadline {
-                        return Err("the gate never opened".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                hold(&gate, ctx)?;
                 0
+            }
+            Job::Steps { gates } => {
+                let steps = gates.len() + 1;
+                for (i, gate) in gates.iter().enumerate() {
+                    ctx.progress((i + 1) as f32 / steps as f32);
+                    hold(gate, ctx)?;
+                }
+                gates.len() as u64
             }
         };
         Ok(Reply {
@@ -104,6 +106,22 @@ impl Worker for Probe {
             ran: self.ran,
         })
     }
+}
+
+/// Waits while the file at `gate` exists, or until the task is cancelled, or
+/// [`LIMIT`] (see `Job::Hold`).
+fn hold(gate: &std::path::Path, ctx: &Context<'_>) -> Result<(), String> {
+    let deadline = Instant::now() + LIMIT;
+    while gate.exists() {
+        if ctx.is_cancelled() {
+            return Err("cancelled".into());
+        }
+        if Instant::now() > deadline {
+            return Err("the gate never opened".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// The worker processes' `main`: in a worker it serves and exits; in the test
@@ -194,6 +212,7 @@ conformance!(
     priorities,
     sticky_keys,
     submit_async_and_await,
+    progress_reaches_the_caller_before_the_result,
 );
 
 // ------------------------------------------------------------------ helpers
@@ -563,6 +582,56 @@ fn cancel_queued_racing_completion(backend: Backend) {
     assert_eq!(stats.submitted, 400, "{stats}");
     assert_eq!(stats.finished(), stats.submitted, "{stats}");
     echo(&pool, 1);
+    pool.shutdown();
+}
+
+/// A task's `Context::progress` reaches its handle while it runs, each report
+/// before the task goes on (it waits on a gate after each), and before its
+/// result; the finished task keeps its last value. Processes: the worker
+/// sends the report while the task waits (its watcher's batch). An engine
+/// that forwards the inner pool's handles (loopback) keeps the promise too.
+fn progress_reaches_the_caller_before_the_result(backend: Backend) {
+    let pool = backend.pool(1);
+    let gates = [FileGate::new(), FileGate::new(), FileGate::new()];
+    let task = pool
+        .submit(Job::Steps {
+            gates: gates.iter().map(|g| g.0.clone()).collect(),
+        })
+        .unwrap();
+    let mut progress = task.watch_progress();
+    for (gate, expected) in gates.iter().zip([0.25, 0.5, 0.75]) {
+        assert_eq!(progress.recv_timeout(LIMIT), Ok(expected));
+        assert_eq!(task.progress(), Some(expected));
+        assert!(!task.is_finished(), "the task waits on its gate");
+        gate.open();
+    }
+    // Nothing after the last report but the end.
+    assert_eq!(
+        progress.recv_timeout(LIMIT),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+    );
+    assert!(task.is_finished());
+    assert_eq!(
+        task.progress(),
+        Some(0.75),
+        "a finished task keeps its value"
+    );
+    assert_eq!(reply(task).value, 3);
+    assert_eq!(
+        progress.latest(),
+        Some(0.75),
+        "the watch outlives the handle"
+    );
+
+    // A task that never reports has none, before and after.
+    let quiet = pool.submit(Job::Echo(1)).unwrap();
+    let mut watch = quiet.watch_progress();
+    assert_eq!(
+        watch.recv_timeout(LIMIT),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+    );
+    assert_eq!(quiet.progress(), None);
+    assert_eq!(reply(quiet).value, 1);
     pool.shutdown();
 }
 

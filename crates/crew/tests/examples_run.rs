@@ -72,6 +72,11 @@ fn health_reports_the_backlog_and_prints_the_table() {
 }
 
 #[test]
+fn progress_reaches_each_caller() {
+    run_example("progress", "progress: 3 clips followed to 100%");
+}
+
+#[test]
 fn tour_passes_its_own_checks() {
     run_example("tour", "tour: all checks passed");
 }

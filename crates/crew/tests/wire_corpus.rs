@@ -172,6 +172,7 @@ fn kinds_from_the_wrong_side_are_refused() {
     assert!(e.is_unexpected_kind());
     assert!(e.to_string().contains("task"), "{e}");
     assert!(from_parent(0x23, &[0; 9]).is_unexpected_kind());
+    assert!(from_parent(0x26, &[0; 12]).is_unexpected_kind());
     // A hello after the handshake.
     let e = from_worker(0x01, &hello_body(PROTOCOL_VERSION, 2, MIN_FRAME_LIMIT));
     assert!(e.is_unexpected_kind());
@@ -179,6 +180,13 @@ fn kinds_from_the_wrong_side_are_refused() {
 }
 
 // ---- fields --------------------------------------------------------------------
+
+#[test]
+fn progress_must_be_exactly_an_id_and_a_fraction() {
+    assert!(from_worker(0x26, &[0; 11]).is_overrun());
+    assert!(from_worker(0x26, &[0; 13]).is_trailing_bytes());
+    assert!(from_worker(0x26, &[]).is_overrun());
+}
 
 #[test]
 fn done_with_a_string_longer_than_the_frame_overruns() {

@@ -151,6 +151,33 @@ fn worker_to_parent_layouts() {
         },
         "07 00 00 00  24  02 00 00 00 68 69",
     );
+    assert_layout(
+        ToParent::Progress {
+            id: 7,
+            fraction: 0.25,
+        },
+        "0d 00 00 00  26  07 00 00 00 00 00 00 00  00 00 80 3e",
+    );
+}
+
+/// A *progress* carries any `f32`'s bits, NaN included: what a value means
+/// is the receiver's policy (the pool ignores NaN and clamps), not a framing
+/// error.
+#[test]
+fn progress_decodes_any_bits() {
+    for bits in [
+        f32::NAN.to_bits(),
+        0xffff_ffff,
+        (-1.5f32).to_bits(),
+        f32::INFINITY.to_bits(),
+    ] {
+        let mut bytes = hex("0d 00 00 00  26  07 00 00 00 00 00 00 00");
+        bytes.extend_from_slice(&bits.to_le_bytes());
+        let ToParent::Progress { id, fraction } = decode_one::<ToParent>(&bytes) else {
+            panic!("not a progress")
+        };
+        assert_eq!((id, fraction.to_bits()), (7, bits));
+    }
 }
 
 fn items(inputs: &[&[u8]]) -> ChunkItems {
@@ -327,6 +354,18 @@ fn every_to_parent() -> Vec<ToParent> {
             id: 0,
             run_nanos: 0,
             outcomes: ChunkOutcomes::new(),
+        },
+        ToParent::Progress {
+            id: 0,
+            fraction: 0.0,
+        },
+        ToParent::Progress {
+            id: u64::MAX,
+            fraction: 1.0,
+        },
+        ToParent::Progress {
+            id: 9,
+            fraction: -7.5,
         },
         ToParent::ChunkDone {
             id: u64::MAX,

@@ -98,6 +98,15 @@ fn to_parent() -> impl Strategy<Value = ToParent> {
                 outcomes,
             }
         }),
+        // Any bits but NaN's, which would not compare equal to itself after
+        // the round trip (`wire_layout.rs` checks that NaN's bits cross).
+        (any::<u64>(), any::<u32>()).prop_map(|(id, bits)| {
+            let fraction = f32::from_bits(bits);
+            ToParent::Progress {
+                id,
+                fraction: if fraction.is_nan() { 0.5 } else { fraction },
+            }
+        }),
     ]
 }
 

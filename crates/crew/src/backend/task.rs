@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{Failure, TaskError};
-use crate::task::cell::{Core, Handle, Header, Limits};
+use crate::task::cell::{Core, Handle, Header, Limits, ProgressCore, Watched};
 use crate::task::{Priority, Task, TaskId};
 use crate::worker::WorkerId;
 
@@ -24,6 +24,12 @@ pub type OnCancel = Arc<dyn Fn(TaskId) + Send + Sync>;
 struct Slot<T, E> {
     core: Core<T, E>,
     on_cancel: Option<OnCancel>,
+}
+
+impl<T: Send, E: Send> Watched for Slot<T, E> {
+    fn progress(&self) -> ProgressCore<'_> {
+        self.core.progress()
+    }
 }
 
 impl<T: Send, E: Send> Handle<T, E> for Slot<T, E> {
@@ -101,6 +107,15 @@ impl<T, E> Resolver<T, E> {
     /// Records the worker that runs it ([`Task::worker`]).
     pub fn set_worker(&self, worker: WorkerId) {
         self.slot.core.header().set_worker(worker);
+    }
+
+    /// Records a progress report from the task's code ([`Task::progress`]):
+    /// NaN is ignored, other values are clamped to `0.0..=1.0`, the latest
+    /// wins, and nothing changes once the task is resolved. Wakes the task's
+    /// progress watchers. An engine that never calls it leaves
+    /// `Task::progress` at `None`.
+    pub fn set_progress(&self, fraction: f32) {
+        self.slot.core.report_progress(fraction);
     }
 
     /// Whether an outcome has been written (by anyone, a cancel included).

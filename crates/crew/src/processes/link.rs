@@ -223,6 +223,18 @@ impl<W: RemoteWorker> Supervisor<W> {
                     run_nanos,
                     outcomes,
                 } => self.on_chunk_done(st, i, chunk, run_nanos, outcomes, plan)?,
+                ToParent::Progress { id: task, fraction } => {
+                    // Ignored, not a fault, for a task this worker does not
+                    // hold (it finished, or the frame crossed a take-back) and
+                    // for a chunk (whose items have no handle of their own).
+                    // `set` ignores NaN, clamps, and ignores a decided task.
+                    let flight = st.links[i].window.iter().find(|f| f.entry.id() == task);
+                    if let Some(flight) = flight.filter(|f| f.entry.chunk.is_none()) {
+                        if flight.entry.core.progress().set(fraction) {
+                            plan.progressed.push(Arc::clone(&flight.entry) as _);
+                        }
+                    }
+                }
             }
         }
         // Answers moved the head of the window: the next task's clock starts.

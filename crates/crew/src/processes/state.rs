@@ -28,7 +28,7 @@ use crate::messages::MessageBus;
 use crate::scheduler::deadlines::Deadlines;
 use crate::stats::Timings;
 use crate::sync::lock;
-use crate::task::cell::{Core, Handle, Header, Outcome};
+use crate::task::cell::{Core, Handle, Header, Outcome, ProgressCore, Watched};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
 use crate::wire::message::{ChunkFrame, TaskFrame};
 use crate::wire::ToWorker;
@@ -323,6 +323,12 @@ impl<W: RemoteWorker> RemoteCell<W> {
     }
 }
 
+impl<W: RemoteWorker> Watched for RemoteCell<W> {
+    fn progress(&self) -> ProgressCore<'_> {
+        self.core.progress()
+    }
+}
+
 impl<W: RemoteWorker> Handle<W::Output, W::Error> for RemoteCell<W> {
     fn core(&self) -> &Core<W::Output, W::Error> {
         &self.core
@@ -354,6 +360,9 @@ pub(super) struct Plan {
     pub(super) wakers: Vec<Waker>,
     /// Readers of messages pushed under the lock, to wake after it.
     pub(super) woken_readers: Vec<crate::events::Wake>,
+    /// Tasks whose progress changed under the lock: their watchers are woken
+    /// after it.
+    pub(super) progressed: Vec<Arc<dyn Watched>>,
     /// Notify `changed` (something a waiter may wait for happened).
     pub(super) notify: bool,
 }
@@ -837,6 +846,9 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         for w in plan.wakers {
             w.wake();
+        }
+        for task in plan.progressed {
+            task.progress().notify();
         }
         for process in &plan.flush {
             process.writer.pump();

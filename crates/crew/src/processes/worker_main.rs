@@ -36,6 +36,13 @@
 //! task; the pool then re-runs that worker's tasks one at a time until a death
 //! names the culprit (see `supervisor.md`, "Deaths").
 //!
+//! *progress* ([`Context::progress`]) is not a frame per report: the task's
+//! code only stores the latest value in [`ProgressSlot`] (a short lock, never
+//! held across I/O, so a report never waits for the socket). The watcher turns
+//! it into one frame at each tick, and the task's answer takes a value still
+//! there just before it, so the pool sees the last report before the result.
+//! A task that reports a million times costs at most a frame per tick.
+//!
 //! The watcher keeps ticking for [`WATCHER_LINGER`] after the runner goes idle and
 //! parks only then, so a steady stream of tasks with short gaps never pays for
 //! waking it: only the first task after a quiet spell does.
@@ -301,6 +308,30 @@ struct Channel {
     wake: Condvar,
     stream: UnixStream,
     inbox: Mutex<Inbox>,
+    /// The running task's latest progress report. Locked (never across I/O)
+    /// by the task's code to store, and by whoever holds `out` to take it:
+    /// the watcher at each tick, the runner at a task's start and answer.
+    progress: Mutex<ProgressSlot>,
+}
+
+/// The running task's latest progress report, waiting to go out as one
+/// *progress* frame (latest wins).
+#[derive(Default)]
+struct ProgressSlot {
+    /// The task whose reports are taken: the running task, `None` between
+    /// tasks and during a chunk (its items report nothing).
+    open: Option<u64>,
+    /// The latest report not sent yet.
+    latest: Option<f32>,
+}
+
+impl ProgressSlot {
+    /// The frame for the report waiting, if any.
+    fn take(&mut self) -> Option<ToParent> {
+        let id = self.open?;
+        let fraction = self.latest.take()?;
+        Some(ToParent::Progress { id, fraction })
+    }
 }
 
 struct OutState {
@@ -462,9 +493,14 @@ impl Channel {
 
     /// Announces task `id` and marks its start. The *started* frame is buffered:
     /// it goes out with the task's *done* if the task is short, or with the
-    /// watcher's next write if it is not.
-    fn begin_task(&self, id: u64) -> Result<(), String> {
+    /// watcher's next write if it is not. Its progress reports are taken from
+    /// now on, unless it is a chunk.
+    fn begin_task(&self, id: u64, chunk: bool) -> Result<(), String> {
         let mut st = lock(&self.out);
+        *lock(&self.progress) = ProgressSlot {
+            open: (!chunk).then_some(id),
+            latest: None,
+        };
         if st.announced {
             // The pool thinks the previous task still runs: tell it it ended
             // before this one starts.
@@ -486,11 +522,25 @@ impl Channel {
         self.end_with(&ToParent::Done { id, outcome })
     }
 
-    /// Buffers the answer (*done* or *chunk done*) of the task or chunk that ran.
+    /// Buffers the answer (*done* or *chunk done*) of the task or chunk that
+    /// ran, after the task's last progress report if it was not sent yet.
     fn end_with(&self, answer: &ToParent) -> Result<(), String> {
         let mut st = lock(&self.out);
         st.task_since = None;
+        let last = std::mem::take(&mut *lock(&self.progress)).take();
+        if let Some(progress) = last {
+            st.encoder.push(&progress).map_err(protocol)?;
+        }
         st.encoder.push(answer).map_err(protocol)
+    }
+
+    /// Stores a progress report of task `id` (from [`Context::progress`]):
+    /// kept only while `id` is the running task, latest wins.
+    fn report_progress(&self, id: u64, fraction: f32) {
+        let mut slot = lock(&self.progress);
+        if slot.open == Some(id) {
+            slot.latest = Some(fraction);
+        }
     }
 
     fn close(&self) {
@@ -526,6 +576,17 @@ impl Channel {
                 return;
             }
             let now = Instant::now();
+            let progress = lock(&self.progress).take();
+            if let Some(progress) = progress {
+                // A report waits at most one tick. The frame is tiny, so it
+                // always fits; were it refused, the next report would do.
+                if st.encoder.push(&progress).is_ok() {
+                    st.deferred_since = None;
+                    if Self::write_out(&self.stream, &mut st).is_err() {
+                        return;
+                    }
+                }
+            }
             if st
                 .deferred_since
                 .is_some_and(|t| now.duration_since(t) >= FLUSH_AFTER)
@@ -638,6 +699,7 @@ fn run_worker<W: RemoteWorker>(
             pending: VecDeque::new(),
             shutting_down: false,
         }),
+        progress: Mutex::new(ProgressSlot::default()),
     });
     // The pool's hello first: its frame limit (the pool's `max_message_size`
     // and the frame's fields) becomes this side's too, for the frames it reads
@@ -737,7 +799,7 @@ fn run_worker<W: RemoteWorker>(
                 continue;
             }
         };
-        channel.begin_task(task)?;
+        channel.begin_task(task, matches!(payload, TaskInput::Chunk(_)))?;
         let bytes = match &payload {
             TaskInput::Inline(bytes) => bytes.as_slice(),
             TaskInput::Shared { offset, len } => channel
@@ -794,6 +856,12 @@ impl<W: RemoteWorker> Outbox for ChannelOutbox<W> {
             Err(e) => eprintln!("crew worker: a message could not be encoded: {e}"),
         }
         Ok(())
+    }
+
+    fn progress(&self, task: Option<TaskId>, fraction: f32) {
+        if let Some(task) = task {
+            self.0.report_progress(task.0, fraction);
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! | [`RESOLVED`] | the `RESOLVING` thread, after writing the slot (`Release`) | the handle may read the slot (`Acquire`) |
 //! | [`CANCEL`] | `cancel`, a timeout, a kill, `terminate`, *after* their outcome was decided | `Context::is_cancelled()` answers true |
 //! | [`WAITER`] | the handle, after storing a waker or thread in `waiter` | the resolver must wake it |
+//! | [`WATCHED`] | a progress watcher, after storing its waiter in the side slot | a report that changes the progress, and the resolver, must wake the watchers (`cell.md`, "Progress") |
 //!
 //! Exactly-once resolution follows from `RESOLVING`: a worker finishing a task, a
 //! `cancel`, a timeout and a shutdown may race, but only one of them sees the bit
@@ -70,8 +71,8 @@ use crate::sync::Arc;
 use crate::task::{Priority, TaskId};
 use crate::worker::{Context, Execution, ExecutionKind, Outbox, Worker, WorkerId};
 
-pub(crate) use super::header::{CellRef, Header, Limits, Outcome, ShareCell};
-pub(crate) use super::header::{CANCEL, OUTCOME_SHIFT, RESOLVED, RESOLVING, WAITER};
+pub(crate) use super::header::{progress_bits, CellRef, Header, Limits, Outcome, ShareCell};
+pub(crate) use super::header::{CANCEL, OUTCOME_SHIFT, RESOLVED, RESOLVING, WAITER, WATCHED};
 
 /// Who is waiting for a task's result.
 enum Waiter {
@@ -98,23 +99,164 @@ pub(crate) struct Core<T, E> {
     /// The handle's waiter. Locked only on the slow path: a handle that finds the
     /// task unresolved, and a resolver that finds `WAITER` set.
     waiter: Mutex<Option<Waiter>>,
-    /// An async task's executor waker: installed and registered by its
-    /// [`AsyncRun`] before each poll, woken by [`Core::fail`] so a cancelled
-    /// future is dropped promptly (see "Async tasks"). Null for a synchronous
-    /// task: a pointer rather than an inline `AtomicWaker` keeps every cell 16
-    /// bytes smaller (a cell is allocated per task; W1 felt the difference).
-    /// Set at most once; freed with the core.
-    poller: AtomicPtr<AtomicWaker>,
+    /// What only some tasks need, allocated on first use ([`Side`]): an async
+    /// task's executor waker, and progress watchers. Null for a synchronous
+    /// task nobody watches: a pointer rather than inline fields keeps every
+    /// cell 16 bytes smaller (a cell is allocated per task; W1 felt the
+    /// difference). Set at most once; freed with the core.
+    side: SideSlot,
 }
 
-impl<T, E> Drop for Core<T, E> {
+/// The parts of a cell only some tasks use, in one allocation made the first
+/// time one of them is needed.
+struct Side {
+    /// An async task's executor waker: registered by its [`AsyncRun`] before
+    /// each poll, woken by [`Core::fail`] so a cancelled future is dropped
+    /// promptly (see "Async tasks").
+    poller: AtomicWaker,
+    /// Progress watchers waiting for a change, by watcher id: one entry each
+    /// (a watcher that waits again replaces its own), so at most one per live
+    /// watcher. Taken whole and woken by whoever changes the progress or
+    /// resolves the task (`cell.md`, "Progress").
+    watchers: Mutex<Vec<(u64, Waiter)>>,
+}
+
+/// The pointer to a cell's [`Side`], installed on first use by whichever
+/// thread needs it first (a compare-exchange decides; the loser frees its
+/// copy).
+struct SideSlot(AtomicPtr<Side>);
+
+impl SideSlot {
+    fn new() -> Self {
+        SideSlot(AtomicPtr::new(std::ptr::null_mut()))
+    }
+
+    /// The side, if installed.
+    #[inline]
+    fn get(&self) -> Option<&Side> {
+        let current = self.0.load(SeqCst);
+        // SAFETY: non-null means installed by `get_or_install` from a `Box`
+        // that lives until the slot is dropped, which `&self` prevents.
+        (!current.is_null()).then(|| unsafe { &*current })
+    }
+
+    /// The side, installed now if it was not.
+    fn get_or_install(&self) -> &Side {
+        if let Some(side) = self.get() {
+            return side;
+        }
+        let new = Box::into_raw(Box::new(Side {
+            poller: AtomicWaker::new(),
+            watchers: Mutex::new(Vec::new()),
+        }));
+        let current = match self
+            .0
+            .compare_exchange(std::ptr::null_mut(), new, SeqCst, SeqCst)
+        {
+            Ok(_) => new,
+            Err(installed) => {
+                // SAFETY: `new` came from `Box::into_raw` above and was not
+                // published.
+                drop(unsafe { Box::from_raw(new) });
+                installed
+            }
+        };
+        // SAFETY: non-null, from `Box::into_raw`, freed only when the slot is
+        // dropped, which `&self` prevents.
+        unsafe { &*current }
+    }
+}
+
+impl Drop for SideSlot {
     fn drop(&mut self) {
-        let poller = *self.poller.get_mut();
-        if !poller.is_null() {
-            // SAFETY: a non-null `poller` came from `Box::into_raw` in
-            // `Core::poller` and is freed only here, once, when nothing else can
-            // reach the core.
-            drop(unsafe { Box::from_raw(poller) });
+        let side = *self.0.get_mut();
+        if !side.is_null() {
+            // SAFETY: a non-null pointer came from `Box::into_raw` in
+            // `get_or_install` and is freed only here, once, when nothing else
+            // can reach the slot.
+            drop(unsafe { Box::from_raw(side) });
+        }
+    }
+}
+
+/// A task's progress as its handle and watchers see it, without the task's
+/// types: its header (where the value is) and its side slot (where watchers
+/// wait).
+#[derive(Clone, Copy)]
+pub(crate) struct ProgressCore<'a> {
+    header: &'a Header,
+    side: &'a SideSlot,
+}
+
+impl ProgressCore<'_> {
+    /// The latest progress reported.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<f32> {
+        self.header.progress()
+    }
+
+    /// The stored bits: what a watcher passes back as `seen` to
+    /// [`register`](Self::register).
+    #[inline]
+    pub(crate) fn raw(&self) -> u32 {
+        self.header.progress_raw()
+    }
+
+    #[inline]
+    pub(crate) fn is_resolved(&self) -> bool {
+        self.header.is_resolved()
+    }
+
+    /// Stores watcher `id`'s waiter (`waker`, or this thread) to be woken when
+    /// the progress changes or the task resolves. Returns false, meaning "do
+    /// not sleep", if the task has resolved or the value is no longer `seen`
+    /// (`Header::set_progress` says why no change can slip between).
+    pub(crate) fn register(&self, id: u64, waker: Option<&Waker>, seen: u32) -> bool {
+        let side = self.side.get_or_install();
+        {
+            let waiter = match waker {
+                Some(w) => Waiter::Waker(w.clone()),
+                None => Waiter::Thread(current()),
+            };
+            let mut watchers = lock(&side.watchers);
+            match watchers.iter_mut().find(|(w, _)| *w == id) {
+                Some(entry) => entry.1 = waiter,
+                None => watchers.push((id, waiter)),
+            }
+        }
+        !self.header.watch() && self.header.progress_raw() == seen
+    }
+
+    /// Stores a report from outside the task's code (a worker process's
+    /// *progress* frame): `fraction` as [`Core::report_progress`] takes it.
+    /// True if the watchers must be woken ([`notify`](Self::notify)), which
+    /// the caller may do after releasing its own locks.
+    #[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
+    pub(crate) fn set(&self, fraction: f32) -> bool {
+        progress_bits(fraction).is_some_and(|bits| self.header.set_progress(bits))
+    }
+
+    /// Wakes the watchers (the value changed).
+    #[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))] // process backend only
+    pub(crate) fn notify(&self) {
+        wake_watchers(self.side);
+    }
+
+    /// Forgets watcher `id` (it is being dropped).
+    pub(crate) fn unregister(&self, id: u64) {
+        if let Some(side) = self.side.get() {
+            lock(&side.watchers).retain(|(w, _)| *w != id);
+        }
+    }
+}
+
+/// Wakes every registered progress watcher, outside the list's lock.
+#[cold]
+fn wake_watchers(side: &SideSlot) {
+    if let Some(side) = side.get() {
+        let watchers = std::mem::take(&mut *lock(&side.watchers));
+        for (_, waiter) in watchers {
+            waiter.wake();
         }
     }
 }
@@ -132,13 +274,38 @@ impl<T, E> Core<T, E> {
             header,
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
-            poller: AtomicPtr::new(std::ptr::null_mut()),
+            side: SideSlot::new(),
         }
     }
 
     #[inline]
     pub(crate) fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The task's progress, for its handle and watchers.
+    #[inline]
+    pub(crate) fn progress(&self) -> ProgressCore<'_> {
+        ProgressCore {
+            header: &self.header,
+            side: &self.side,
+        }
+    }
+
+    /// Stores a progress report (NaN ignored, clamped to `0.0..=1.0`) and
+    /// wakes the watchers if it changed the value. Ignored once the task is
+    /// decided.
+    pub(crate) fn report_progress(&self, fraction: f32) {
+        if let Some(bits) = progress_bits(fraction) {
+            if self.header.set_progress(bits) {
+                self.notify_progress();
+            }
+        }
+    }
+
+    /// Wakes the progress watchers (the value changed).
+    pub(crate) fn notify_progress(&self) {
+        wake_watchers(&self.side);
     }
 
     /// Writes `outcome` if no other outcome was chosen first. True if it did.
@@ -155,6 +322,10 @@ impl<T, E> Core<T, E> {
         let prev = self.header.state.fetch_or(RESOLVED | code, AcqRel);
         if prev & WAITER != 0 {
             self.wake_waiter();
+        }
+        if prev & WATCHED != 0 {
+            // Watchers learn that no more progress will come.
+            wake_watchers(&self.side);
         }
         true
     }
@@ -184,37 +355,16 @@ impl<T, E> Core<T, E> {
         // Pairs with the fence in `Resolve::poll`: either this load sees the
         // run's waker slot, or the run's check sees the task decided.
         fence(SeqCst);
-        let poller = self.poller.load(SeqCst);
-        if !poller.is_null() {
-            // SAFETY: non-null means installed by `Core::poller` from a `Box`
-            // that lives until the core is dropped, and `&self` keeps it alive.
-            unsafe { &*poller }.wake();
+        if let Some(side) = self.side.get() {
+            side.poller.wake();
         }
         resolved
     }
 
     /// The async run's waker slot, installed on first use. Only the task's run
-    /// (on its worker's thread) calls this.
+    /// (on its worker's thread) registers in it.
     fn poller(&self) -> &AtomicWaker {
-        let mut current = self.poller.load(Acquire);
-        if current.is_null() {
-            let new = Box::into_raw(Box::new(AtomicWaker::new()));
-            current = match self
-                .poller
-                .compare_exchange(std::ptr::null_mut(), new, SeqCst, Acquire)
-            {
-                Ok(_) => new,
-                Err(installed) => {
-                    // SAFETY: `new` came from `Box::into_raw` above and was not
-                    // published.
-                    drop(unsafe { Box::from_raw(new) });
-                    installed
-                }
-            };
-        }
-        // SAFETY: non-null, from `Box::into_raw`, freed only when the core is
-        // dropped, which `&self` prevents.
-        unsafe { &*current }
+        &self.side.get_or_install().poller
     }
 
     /// Takes the result.
@@ -433,9 +583,17 @@ pub(crate) trait Runnable<W>: CellRef {
     fn fail(&self, failure: Failure) -> bool;
 }
 
+/// A task whose progress can be watched, seen without its types: what a
+/// [`ProgressWatch`](crate::ProgressWatch) holds.
+pub(crate) trait Watched: Send + Sync {
+    /// The task's progress: its own core's, unless the handle stands for
+    /// another task (`task::mapped`).
+    fn progress(&self) -> ProgressCore<'_>;
+}
+
 /// The handle's view of a task: its core, and cancellation (which needs the payload
 /// type to drop the input early).
-pub(crate) trait Handle<T, E>: Send + Sync {
+pub(crate) trait Handle<T, E>: Watched {
     fn core(&self) -> &Core<T, E>;
     fn cancel(&self) -> bool;
     /// Resolves a task that has not started with `failure` (as `cancel` does with
@@ -465,6 +623,22 @@ where
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
+    }
+
+    fn notify_progress(&self) {
+        self.core.notify_progress();
+    }
+}
+
+impl<P, T, E> Watched for Cell<P, T, E>
+where
+    P: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    #[inline]
+    fn progress(&self) -> ProgressCore<'_> {
+        self.core.progress()
     }
 }
 
@@ -678,6 +852,10 @@ impl<W: 'static> ShareCell for Job<W> {
     fn share(&self) -> Arc<dyn CellRef> {
         Arc::clone(&self.0) as Arc<dyn CellRef>
     }
+
+    fn notify_progress(&self) {
+        self.0.notify_progress();
+    }
 }
 
 impl<W: Worker> Job<W> {
@@ -720,7 +898,7 @@ pub(crate) fn new_cell<P, T, E>(
             header,
             result: UnsafeCell::new(None),
             waiter: Mutex::new(None),
-            poller: AtomicPtr::new(std::ptr::null_mut()),
+            side: SideSlot::new(),
         },
         payload: UnsafeCell::new(Some(payload)),
     })
@@ -877,6 +1055,76 @@ mod loom_model {
                 Ok(v) => assert!(!taken_back && v == 42),
                 Err(e) => assert!(taken_back && e.is_closed()),
             }
+        });
+    }
+
+    /// What a progress watcher does (`ProgressWatch::recv`): look, register
+    /// its thread, park, until `enough` holds for the value and whether the
+    /// task resolved. Returns the bits it last saw. It runs on a thread of
+    /// its own: a late unpark must not reach a thread blocked in loom's
+    /// `join` (loom does not model such a spurious wake-up).
+    fn watch_until(
+        cell: Arc<dyn Watched>,
+        enough: impl Fn(u32, bool) -> bool + Send + 'static,
+    ) -> loom::thread::JoinHandle<u32> {
+        loom::thread::spawn(move || {
+            let progress = cell.progress();
+            loop {
+                let resolved = progress.is_resolved();
+                let seen = progress.raw();
+                if enough(seen, resolved) {
+                    return seen;
+                }
+                if progress.register(1, None, seen) {
+                    loom::thread::park();
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_report_wakes_a_waiting_watcher() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let ran = std::sync::Arc::new(AtomicBool::new(false));
+            let cell = task(&ran);
+            // Only the report can wake it: the task never resolves here.
+            let half = 0.5f32.to_bits();
+            let watcher = watch_until(Arc::clone(&cell) as Arc<dyn Watched>, move |bits, _| {
+                bits == half
+            });
+            Handle::core(&*cell).report_progress(0.5);
+            assert_eq!(watcher.join().unwrap(), half);
+        });
+    }
+
+    #[test]
+    fn the_resolution_wakes_a_watcher_and_shows_the_last_report() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let f = |ctx: &mut Context<'_>| {
+                ctx.progress(0.25);
+                ctx.progress(0.75);
+                7u64
+            };
+            let cell: Arc<Cell<_, u64, Infallible>> = new_cell(
+                TaskId(1),
+                Priority::Normal,
+                None,
+                false,
+                Some(Instant::now()),
+                0,
+                Call::new(f),
+            );
+            let watcher = watch_until(Arc::clone(&cell) as Arc<dyn Watched>, |_, resolved| {
+                resolved
+            });
+            let job = Job::<Closures>::new(cell);
+            job.run(&mut Closures, WorkerId::new(1), None).ran();
+            let last = watcher.join().unwrap();
+            assert_eq!(last, 0.75f32.to_bits(), "resolved after its last report");
         });
     }
 }

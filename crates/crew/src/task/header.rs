@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::error::{Failure, TaskError};
-use crate::sync::modelled::{AtomicU64, AtomicUsize};
+use crate::sync::modelled::{AtomicU32, AtomicU64, AtomicUsize};
 use crate::sync::Arc;
 use crate::task::{Priority, TaskId, WorkerId};
 
@@ -26,6 +26,11 @@ pub(crate) const RESOLVED: usize = 1 << 2;
 pub(crate) const CANCEL: usize = 1 << 3;
 /// The handle has a waiter stored in `waiter` and must be woken.
 pub(crate) const WAITER: usize = 1 << 4;
+/// Someone watches the task's progress (`Task::watch_progress`): a report that
+/// changes it, and the resolution, wake the watchers kept in the cell's side
+/// slot. Set by the first watcher that waits, never cleared; until then a
+/// report is one swap and one load. See `cell.md`, "Progress".
+pub(crate) const WATCHED: usize = 1 << 5;
 /// Bits `OUTCOME_SHIFT..` hold an [`Outcome`] code, written together with
 /// `RESOLVED` in the same `fetch_or`, so stats can tell how each task ended.
 pub(crate) const OUTCOME_SHIFT: u32 = 8;
@@ -214,6 +219,27 @@ pub(crate) struct Header {
     /// The thread pool that runs it (its `Shared`'s address), 0 elsewhere.
     /// Written once, at creation; read by `threads::join_watch`.
     pub(crate) pool: usize,
+    /// The latest progress reported (`Context::progress`): an `f32`'s bits,
+    /// or [`NO_PROGRESS`]. Written by the task's code (threads) or the link
+    /// thread (processes), latest wins; read by the handle and its watchers.
+    /// It sits in what was padding: the header is 72 bytes with or without it
+    /// (x86-64 Linux; `size_of_header_did_not_grow` below).
+    progress: AtomicU32,
+}
+
+/// `Header::progress` before any report. A NaN's bits, which a report never
+/// stores ([`progress_bits`] refuses NaN).
+pub(crate) const NO_PROGRESS: u32 = u32::MAX;
+
+/// What a progress report stores: `fraction` clamped to `0.0..=1.0` (and -0.0
+/// made 0.0), as bits; `None` for NaN, which is ignored.
+#[inline]
+pub(crate) fn progress_bits(fraction: f32) -> Option<u32> {
+    if fraction.is_nan() {
+        return None;
+    }
+    // `+ 0.0` turns -0.0 into 0.0, so equal fractions have equal bits.
+    Some((fraction.clamp(0.0, 1.0) + 0.0).to_bits())
 }
 
 impl Header {
@@ -242,6 +268,7 @@ impl Header {
             bounded,
             queued_at,
             pool: 0,
+            progress: AtomicU32::new(NO_PROGRESS),
         }
     }
 
@@ -309,6 +336,51 @@ impl Header {
     pub(super) fn claim(&self) -> bool {
         self.state.fetch_or(CLAIMED, AcqRel) & CLAIMED == 0
     }
+
+    /// The latest progress reported, as stored ([`progress_bits`]), or
+    /// `None` before the first report.
+    #[inline]
+    pub(crate) fn progress(&self) -> Option<f32> {
+        let bits = self.progress_raw();
+        (bits != NO_PROGRESS).then(|| f32::from_bits(bits))
+    }
+
+    /// The stored bits ([`NO_PROGRESS`] before any report).
+    #[inline]
+    pub(super) fn progress_raw(&self) -> u32 {
+        self.progress.load(Acquire)
+    }
+
+    /// Stores a report (`bits` from [`progress_bits`]), latest wins. Ignored
+    /// once the task is decided, so a finished task keeps its last value
+    /// (a report racing the resolution may still land). True if the value
+    /// changed and someone watches: the caller then wakes the watchers
+    /// (`Core::notify_progress`).
+    ///
+    /// No lost wake-up: the report swaps the value, then reads the state
+    /// with a read-modify-write (`fetch_or(0)`); a watcher registers, then
+    /// raises `WATCHED` with a read-modify-write, then reads the value. The
+    /// two read-modify-writes of `state` are ordered: if the watcher's comes
+    /// first, the report's sees `WATCHED` (and wakes the watcher); if the
+    /// report's comes first, the watcher's acquires it, so the watcher's read
+    /// sees the new value (and it does not sleep). `cell.md`, "Progress".
+    /// (A plain load would need `SeqCst` on all four, which loom does not
+    /// model.)
+    #[inline]
+    pub(crate) fn set_progress(&self, bits: u32) -> bool {
+        if self.is_decided() {
+            return false;
+        }
+        let old = self.progress.swap(bits, AcqRel);
+        old != bits && self.state.fetch_or(0, AcqRel) & WATCHED != 0
+    }
+
+    /// Raises `WATCHED` (a watcher registered itself first). Returns whether
+    /// the task had resolved: the watcher then must not sleep.
+    #[inline]
+    pub(super) fn watch(&self) -> bool {
+        self.state.fetch_or(WATCHED, AcqRel) & RESOLVED != 0
+    }
 }
 
 /// A task cell seen without its types: its header, and an owner that keeps the
@@ -317,6 +389,9 @@ pub(crate) trait CellRef: Send + Sync {
     fn header(&self) -> &Header;
     /// The same cell, typed again through `Any` (to `downcast` it).
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// Wakes the task's progress watchers (after [`Header::set_progress`]
+    /// said so).
+    fn notify_progress(&self);
 }
 
 /// Something that can hand out an owning reference to a task cell: the queue's
@@ -324,18 +399,47 @@ pub(crate) trait CellRef: Send + Sync {
 /// a context (and a run) that outlives the worker's call.
 pub(crate) trait ShareCell: Sync {
     fn share(&self) -> Arc<dyn CellRef>;
+    /// As [`CellRef::notify_progress`], without an `Arc` for it.
+    fn notify_progress(&self);
 }
 
-#[cfg(all(test, not(crew_loom), target_pointer_width = "64"))]
+#[cfg(all(test, not(crew_loom)))]
 mod tests {
     use super::*;
 
-    /// A header is in every task's one allocation: the deadline was packed in
-    /// (`Limits`) so that it did not grow.
+    /// A header is in every task's one allocation: progress sits in its
+    /// padding and the deadline is packed with the timeout (`Limits`), so tasks
+    /// that use neither pay nothing for them.
     #[test]
-    fn the_header_did_not_grow_with_the_deadline() {
-        assert!(std::mem::size_of::<Header>() <= 72);
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn size_of_header_did_not_grow() {
+        assert_eq!(std::mem::size_of::<Header>(), 72);
     }
+
+    #[test]
+    fn a_report_is_clamped_and_nan_is_ignored() {
+        assert_eq!(progress_bits(f32::NAN), None);
+        assert_eq!(progress_bits(-3.0), Some(0f32.to_bits()));
+        assert_eq!(progress_bits(-0.0), Some(0f32.to_bits()));
+        assert_eq!(progress_bits(2.0), Some(1f32.to_bits()));
+        assert_eq!(progress_bits(f32::INFINITY), Some(1f32.to_bits()));
+        assert_eq!(progress_bits(0.25), Some(0.25f32.to_bits()));
+        let h = Header::new(TaskId(1), Priority::Normal, Limits::NONE, false);
+        assert_eq!(h.progress(), None);
+        assert!(!h.set_progress(0.5f32.to_bits()), "nobody watches");
+        assert_eq!(h.progress(), Some(0.5));
+        h.watch();
+        assert!(!h.set_progress(0.5f32.to_bits()), "no change");
+        assert!(h.set_progress(0.75f32.to_bits()));
+        h.state.fetch_or(RESOLVING | RESOLVED, AcqRel);
+        assert!(!h.set_progress(1f32.to_bits()));
+        assert_eq!(h.progress(), Some(0.75), "a finished task keeps its value");
+    }
+}
+
+#[cfg(all(test, not(crew_loom), target_pointer_width = "64"))]
+mod limits_tests {
+    use super::*;
 
     #[test]
     fn limits_round_trip_and_pick_the_earlier_end() {

@@ -23,7 +23,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::AcqRel;
 use std::task::{Wake, Waker};
 
-use super::cell::{Core, Handle, Header, Limits};
+use super::cell::{Core, Handle, Header, Limits, ProgressCore, Watched};
 use super::{Priority, Task};
 use crate::error::{Failure, Panic, TaskError};
 use crate::sync::{Arc, AtomicBool};
@@ -109,6 +109,20 @@ where
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.complete();
+    }
+}
+
+/// The source's progress: the mapped task is the same work.
+impl<R, F, T, E, M> Watched for Mapped<R, F, T, E, M>
+where
+    R: Send + 'static,
+    F: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+    M: Fn(Result<R, TaskError<F>>) -> Result<T, TaskError<E>> + Send + Sync + 'static,
+{
+    fn progress(&self) -> ProgressCore<'_> {
+        self.source.progress()
     }
 }
 

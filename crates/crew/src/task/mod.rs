@@ -3,9 +3,11 @@
 pub(crate) mod cell;
 pub(crate) mod header;
 mod mapped;
+mod progress;
 
 pub use crate::scheduler::queues::Priority;
 pub(crate) use mapped::map_result;
+pub use progress::ProgressWatch;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Failure, TaskError};
 use crate::scheduler::spin::{Spin, JOIN_SPIN_ROUNDS, JOIN_YIELD_ROUNDS};
 use crate::sync::{after, Arc};
-use cell::Handle;
+use cell::{Handle, Watched};
 
 /// A task's number, unique within its pool and increasing in submission order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,6 +84,10 @@ impl fmt::Display for WorkerId {
 ///   [`Context::is_cancelled`](crate::Context::is_cancelled); whatever it returns
 ///   later is discarded.
 ///
+/// - Follow its [`progress`](Task::progress), as its code reports it with
+///   [`Context::progress`](crate::Context::progress), or
+///   [`watch`](Task::watch_progress) it change.
+///
 /// **Dropping a `Task` detaches it**: the task still runs (or stays queued) and its
 /// result is dropped when it is produced. This matches `std::thread::JoinHandle` and
 /// tokio's `JoinHandle`, and keeps fire-and-forget work cheap; call
@@ -116,6 +122,40 @@ impl<T, E> Task<T, E> {
     /// Whether the task has resolved (`join` would not block).
     pub fn is_finished(&self) -> bool {
         self.handle.core().header().is_resolved()
+    }
+
+    /// The latest progress the task's code reported with
+    /// [`Context::progress`](crate::Context::progress), a fraction from 0.0
+    /// to 1.0; `None` before its first report (and on an engine that does
+    /// not carry progress, such as the cluster). Once the task has resolved
+    /// it keeps its last value.
+    ///
+    /// One atomic load: poll it from a UI loop as often as you like, or
+    /// [`watch_progress`](Task::watch_progress) to be woken by each change.
+    ///
+    /// ```
+    /// let pool = crew::Pool::builder().workers(1).build()?;
+    /// let task = pool.spawn_with(|ctx| ctx.progress(0.5));
+    /// while !task.is_finished() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(task.progress(), Some(0.5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn progress(&self) -> Option<f32> {
+        self.handle.progress().get()
+    }
+
+    /// A [`ProgressWatch`] on this task: each change of its
+    /// [`progress`](Task::progress), by blocking, as an `Iterator`, or as a
+    /// `Stream`, until the task resolves. It does not borrow the handle, so
+    /// the task can be joined or awaited meanwhile; make as many as you like.
+    pub fn watch_progress(&self) -> ProgressWatch
+    where
+        T: 'static,
+        E: 'static,
+    {
+        ProgressWatch::new(Arc::clone(&self.handle) as Arc<dyn Watched>)
     }
 
     /// Cancels the task. Returns true if this call resolved it (as `Cancelled`), false

@@ -28,6 +28,7 @@ pub(crate) mod kind {
     pub(crate) const DONE: u8 = 0x23;
     pub(crate) const TO_PARENT_MESSAGE: u8 = 0x24;
     pub(crate) const CHUNK_DONE: u8 = 0x25;
+    pub(crate) const PROGRESS: u8 = 0x26;
 }
 
 /// The name `protocol.md` gives a kind byte, for error messages.
@@ -46,6 +47,7 @@ pub(crate) fn kind_name(kind: u8) -> Option<&'static str> {
         kind::DONE => "done",
         kind::TO_PARENT_MESSAGE => "message to parent",
         kind::CHUNK_DONE => "chunk done",
+        kind::PROGRESS => "progress",
         _ => return None,
     })
 }
@@ -183,8 +185,8 @@ pub enum ToWorker {
 }
 
 /// What a worker sends the parent after the handshake (exhaustive, as
-/// [`ToWorker`] is).
-#[derive(Clone, PartialEq, Eq)]
+/// [`ToWorker`] is). `PartialEq` but not `Eq`: a *progress* carries an `f32`.
+#[derive(Clone, PartialEq)]
 pub enum ToParent {
     /// The worker's start (its init) succeeded; it runs tasks from now on.
     Ready,
@@ -220,6 +222,17 @@ pub enum ToParent {
         run_nanos: u64,
         /// Every item's outcome.
         outcomes: ChunkOutcomes,
+    },
+    /// How far running task `id` got, as its code reported it: the latest
+    /// report only (a worker coalesces the rest). The parent ignores NaN,
+    /// clamps other values to `0.0..=1.0`, and ignores a progress for a task
+    /// that is not running there (finished, unknown, a chunk): none of that
+    /// is a protocol error.
+    Progress {
+        /// The task.
+        id: u64,
+        /// The fraction done, 0.0 to 1.0.
+        fraction: f32,
     },
 }
 
@@ -887,6 +900,7 @@ impl sealed::Encode for ToParent {
             ToParent::Done { .. } => kind::DONE,
             ToParent::Message { .. } => kind::TO_PARENT_MESSAGE,
             ToParent::ChunkDone { .. } => kind::CHUNK_DONE,
+            ToParent::Progress { .. } => kind::PROGRESS,
         }
     }
 
@@ -906,6 +920,7 @@ impl sealed::Encode for ToParent {
             }
             ToParent::Message { payload } => bytes_len(payload.len()),
             ToParent::ChunkDone { outcomes, .. } => 8 + 8 + 4 + outcomes.bytes.len() as u64,
+            ToParent::Progress { .. } => 8 + 4,
         }
     }
 
@@ -934,6 +949,10 @@ impl sealed::Encode for ToParent {
                 put_u64(out, *run_nanos);
                 put_u32(out, outcomes.count);
                 out.extend_from_slice(&outcomes.bytes);
+            }
+            ToParent::Progress { id, fraction } => {
+                put_u64(out, *id);
+                put_u32(out, fraction.to_bits());
             }
         }
     }
@@ -1026,6 +1045,15 @@ impl WireMessage for ToParent {
                     },
                 })
             }
+            kind::PROGRESS => {
+                let mut f = Fields::new("progress", &frame.body);
+                let id = f.u64("id")?;
+                // Any bits decode: what a NaN or an out-of-range value means
+                // is the receiver's policy, not a framing error.
+                let fraction = f32::from_bits(f.u32("fraction")?);
+                f.end()?;
+                Ok(ToParent::Progress { id, fraction })
+            }
             other => Err(ProtocolError::unexpected_kind(other, Role::Worker)),
         }
     }
@@ -1097,6 +1125,11 @@ impl fmt::Debug for ToParent {
                 .field("id", id)
                 .field("run_nanos", run_nanos)
                 .field("outcomes", outcomes)
+                .finish(),
+            ToParent::Progress { id, fraction } => f
+                .debug_struct("Progress")
+                .field("id", id)
+                .field("fraction", fraction)
                 .finish(),
         }
     }
