@@ -456,6 +456,11 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
 
     /// The program worker processes run, instead of the current executable. It
     /// calls [`crew::serve::<W>()`](crate::serve) (or `bootstrap`) in `main`.
+    ///
+    /// Not for a pool of [`Functions`](crate::Functions): a function is sent
+    /// as its place in the pool's own executable, so another program (or
+    /// another build of this one) refuses every call
+    /// ([`TaskError::is_protocol`](crate::TaskError::is_protocol)).
     #[must_use]
     pub fn program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.process_config("program").program = Some(path.into());

@@ -289,6 +289,15 @@ impl<E> TaskError<E> {
         }
     }
 
+    /// The user's error, or crew's failure as a `TaskError` of any user type.
+    #[cfg_attr(not(all(feature = "process", target_os = "linux")), allow(dead_code))]
+    pub(crate) fn split_user<F>(self) -> Result<E, TaskError<F>> {
+        match self.repr {
+            Repr::User(e) => Ok(e.0),
+            Repr::Failure(failure) => Err(TaskError::failure(failure)),
+        }
+    }
+
     /// crew's failure, if it is one (not the user's error).
     pub(crate) fn as_failure(&self) -> Option<&Failure> {
         match &self.repr {
@@ -361,6 +370,11 @@ impl<E> TaskError<E> {
     /// The worker process broke the wire protocol (garbage, a truncated or
     /// oversized frame) or sent an output that could not be decoded; it was
     /// killed and replaced.
+    ///
+    /// A call of a plain function (`Pool::spawn_fn`) also fails this way,
+    /// without a kill, when its worker would not run it: the worker is a
+    /// different build of the program, or serde could not encode or decode
+    /// its arguments, result or error. The message says which.
     pub fn is_protocol(&self) -> bool {
         matches!(self.repr, Repr::Failure(Failure::Protocol(_)))
     }

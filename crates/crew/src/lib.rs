@@ -16,10 +16,15 @@
 //! ```
 //!
 //! `Pool` alone is `Pool<`[`Closures`]`>`, whose [`Pool::spawn`] runs closures;
-//! `Pool<W>` runs a [`Worker`] type and takes inputs ([`Pool::submit`]). Rust does
-//! not fall back to a default type parameter when it infers `Pool::builder()`'s
-//! type, so where no `spawn` call pins it, write `let pool: crew::Pool =
-//! crew::Pool::builder().build()?`.
+//! `Pool<W>` runs a [`Worker`] type and takes inputs ([`Pool::submit`]).
+#![cfg_attr(
+    all(feature = "process", target_os = "linux"),
+    doc = "`Pool<`[`Functions`]`>` runs plain functions, in worker processes too \
+           ([`Pool::spawn_fn`], [`functions`])."
+)]
+//! Rust does not fall back to a default type parameter when it infers
+//! `Pool::builder()`'s type, so where no `spawn` call pins it, write `let pool:
+//! crew::Pool = crew::Pool::builder().build()?`.
 //!
 //! # How a task flows
 //!
@@ -147,6 +152,8 @@ mod builder;
 mod error;
 mod events;
 mod feed;
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub mod functions;
 mod health;
 mod messages;
 mod pool;
@@ -181,6 +188,8 @@ pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
 pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError, UserError};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
 pub use feed::{Feed, FeedStream};
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub use functions::Functions;
 pub use health::Health;
 /// The progress-bar crate crew draws with (feature `indicatif`), for building a
 /// `ProgressBar` or `ProgressDrawTarget` of the version crew takes.

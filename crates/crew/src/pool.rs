@@ -280,7 +280,7 @@ impl<W: Worker> Pool<W> {
     }
 
     #[inline]
-    fn submit_with(
+    pub(crate) fn submit_with(
         &self,
         input: W::Input,
         options: TaskOptions,
@@ -612,8 +612,10 @@ impl<W: Worker> Pool<W> {
 }
 
 /// Closures: `Pool` without a type argument is `Pool<Closures>`, a pool that runs
-/// any `FnOnce` and hands back its result. (Closures cannot cross into another
-/// process, so they are offered only here; a worker type's pool takes inputs.)
+/// any `FnOnce` and hands back its result. (A closure's captures cannot cross
+/// into another process, so closures are offered only here; a worker type's
+/// pool takes inputs, and a pool of `Functions` takes closures that capture
+/// nothing, in worker processes too.)
 impl Pool<Closures> {
     /// Runs a closure on the pool and returns its handle.
     ///

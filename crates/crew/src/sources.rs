@@ -137,6 +137,88 @@ impl<W: Worker> Pool<W> {
     }
 }
 
+/// How a pool of functions (`functions/`) turns a task's result into the
+/// caller's type.
+#[cfg(all(feature = "process", target_os = "linux"))]
+type Convert<W, T, E> =
+    fn(Result<<W as Worker>::Output, TaskError<<W as Worker>::Error>>) -> Result<T, TaskError<E>>;
+
+/// `map` and `map_unordered` through a conversion, for a pool of functions:
+/// each item becomes the worker's input by `make`, and each result comes back
+/// through `convert` (on a process pool, chunk by chunk: `chunked::convert_batch`).
+#[cfg(all(feature = "process", target_os = "linux"))]
+impl<W: Worker> Pool<W> {
+    pub(crate) fn map_through<'a, I, M, T, E>(
+        &'a self,
+        inputs: I,
+        make: M,
+        convert: Convert<W, T, E>,
+    ) -> Map<'a, T, E>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'a,
+        M: FnMut(I::Item) -> W::Input + 'a,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let inputs = inputs.into_iter().map(make);
+        if let Some(engine) = self.chunk_engine() {
+            let chunks =
+                chunked::Chunked::converted(Arc::clone(engine), inputs, self.size(), true, convert);
+            return Map::chunked(chunks);
+        }
+        Map::new(self.pull_through(inputs, convert), default_window(self))
+    }
+
+    pub(crate) fn map_unordered_through<'a, I, M, T, E>(
+        &'a self,
+        inputs: I,
+        make: M,
+        convert: Convert<W, T, E>,
+    ) -> MapUnordered<'a, T, E>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'a,
+        M: FnMut(I::Item) -> W::Input + 'a,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let inputs = inputs.into_iter().map(make);
+        if let Some(engine) = self.chunk_engine() {
+            let chunks = chunked::Chunked::converted(
+                Arc::clone(engine),
+                inputs,
+                self.size(),
+                false,
+                convert,
+            );
+            return MapUnordered::chunked(chunks);
+        }
+        MapUnordered::new(self.pull_through(inputs, convert), default_window(self))
+    }
+
+    fn pull_through<'a, I, T, E>(
+        &'a self,
+        mut inputs: I,
+        convert: Convert<W, T, E>,
+    ) -> Source<'a, T, E>
+    where
+        I: Iterator<Item = W::Input> + 'a,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let len = exact_len(inputs.size_hint());
+        let pull = Box::new(move || {
+            let input = inputs.next()?;
+            Some(match self.submit(input) {
+                Ok(task) => Slot::Task(crate::task::map_result(task, convert)),
+                Err(refused) => Slot::Refused(refused.failure()),
+            })
+        });
+        Source { pull, len }
+    }
+}
+
 impl Pool<Closures> {
     /// Runs `f` on every input on the pool and yields the results in input order,
     /// keeping at most `4 × size()` tasks in flight (rayon's `par_iter().map()`

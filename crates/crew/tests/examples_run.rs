@@ -62,6 +62,11 @@ fn isolation_survives_a_segfault_and_a_loop() {
 }
 
 #[test]
+fn functions_run_in_worker_processes_with_no_worker_type() {
+    run_example("functions", "functions: all checks passed");
+}
+
+#[test]
 fn rpc_calls_a_worker_process_by_client_and_by_name() {
     run_example("rpc", "rpc: all checks passed");
 }

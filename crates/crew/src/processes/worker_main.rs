@@ -180,13 +180,29 @@ fn serve_launch<W: RemoteWorker>(launch: Launch) -> ! {
 
 /// Runs the worker types a program can serve as a process worker, when it was
 /// started as one. See [`bootstrap`].
-#[derive(Default)]
+///
+/// Every `Bootstrap` also serves [`Functions`](crate::Functions), the worker of
+/// a pool of plain functions ([`Pool::spawn_fn`](crate::Pool::spawn_fn)): a
+/// program that calls any `bootstrap` can run its functions in worker
+/// processes, with nothing more to register.
 pub struct Bootstrap {
     types: Vec<(&'static str, fn(Launch) -> !)>,
 }
 
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Bootstrap {
+            types: vec![(
+                std::any::type_name::<crate::Functions>(),
+                serve_launch::<crate::Functions> as fn(Launch) -> !,
+            )],
+        }
+    }
+}
+
 impl Bootstrap {
-    /// An empty list.
+    /// A list with only [`Functions`](crate::Functions), which every program
+    /// serves.
     pub fn new() -> Self {
         Bootstrap::default()
     }

@@ -143,6 +143,46 @@ impl<'a, T, E> Chunked<'a, T, E> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'a,
     {
+        Chunked::through(engine, inputs, workers, window, ordered, |batch| batch)
+    }
+
+    /// A chunked window whose results go through `convert` (a pool of
+    /// functions, `functions/`).
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    pub(super) fn converted<W, I>(
+        engine: Arc<dyn Engine<W>>,
+        inputs: I,
+        workers: usize,
+        ordered: bool,
+        convert: fn(Result<W::Output, TaskError<W::Error>>) -> Result<T, TaskError<E>>,
+    ) -> Self
+    where
+        W: Worker,
+        I: IntoIterator<Item = W::Input>,
+        I::IntoIter: 'a,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        Chunked::through(engine, inputs, workers, None, ordered, move |batch| {
+            convert_batch(batch, convert)
+        })
+    }
+
+    /// The window over `inputs`, each batch the engine hands back passed
+    /// through `each`.
+    fn through<W, I>(
+        engine: Arc<dyn Engine<W>>,
+        inputs: I,
+        workers: usize,
+        window: Option<usize>,
+        ordered: bool,
+        each: impl Fn(Batch<W::Output, W::Error>) -> Batch<T, E> + 'a,
+    ) -> Self
+    where
+        W: Worker,
+        I: IntoIterator<Item = W::Input>,
+        I::IntoIter: 'a,
+    {
         let mut inputs = inputs.into_iter();
         let remaining = crate::feed::exact_len(inputs.size_hint()).map(|n| n as usize);
         let pull: PullChunk<'a, T, E> = Box::new(move |n| {
@@ -153,7 +193,7 @@ impl<'a, T, E> Chunked<'a, T, E> {
                 input
             };
             let batches = engine.submit_chunk(&mut next, n);
-            (batches, ended)
+            (batches.into_iter().map(&each).collect(), ended)
         });
         let workers = workers.max(1);
         Chunked {
@@ -350,6 +390,73 @@ impl<'a, T, E> Chunked<'a, T, E> {
                 }
             }
         }
+    }
+}
+
+/// A batch of a pool of functions, its results passed through `convert`
+/// (`Chunked::converted`). A chunk's own task resolves only with one of crew's
+/// failures (`processes/chunks.rs`), which `convert` passes on untouched; its
+/// items are converted as they are taken, on the consumer's thread, and split
+/// tasks get a converted handle each.
+#[cfg(all(feature = "process", target_os = "linux"))]
+fn convert_batch<T0, E0, T, E>(
+    batch: Batch<T0, E0>,
+    convert: fn(Result<T0, TaskError<E0>>) -> Result<T, TaskError<E>>,
+) -> Batch<T, E>
+where
+    T0: Send + 'static,
+    E0: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    use crate::backend::ChunkTask;
+    use crate::task::map_result;
+    match batch {
+        Batch::Task(task) => Batch::Task(map_result(task, convert)),
+        Batch::Refused(n) => Batch::Refused(n),
+        Batch::Chunk(chunk) => Batch::Chunk(ChunkTask {
+            task: map_result(chunk.task, convert),
+            results: Arc::new(Converted {
+                inner: chunk.results,
+                convert,
+            }),
+            len: chunk.len,
+        }),
+    }
+}
+
+/// A chunk's results, converted as they are taken.
+#[cfg(all(feature = "process", target_os = "linux"))]
+struct Converted<T0, E0, T, E> {
+    inner: Arc<dyn ChunkResults<T0, E0>>,
+    convert: fn(Result<T0, TaskError<E0>>) -> Result<T, TaskError<E>>,
+}
+
+#[cfg(all(feature = "process", target_os = "linux"))]
+impl<T0, E0, T, E> ChunkResults<T, E> for Converted<T0, E0, T, E>
+where
+    T0: Send + 'static,
+    E0: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn take(&self) -> Option<Delivered<T, E>> {
+        Some(match self.inner.take()? {
+            Delivered::Ran { results, run } => Delivered::Ran {
+                results: results.into_iter().map(self.convert).collect(),
+                run,
+            },
+            Delivered::Split(tasks) => Delivered::Split(
+                tasks
+                    .into_iter()
+                    .map(|task| crate::task::map_result(task, self.convert))
+                    .collect(),
+            ),
+        })
+    }
+
+    fn cancel_split(&self) {
+        self.inner.cancel_split();
     }
 }
 
