@@ -381,7 +381,7 @@ impl<E> TaskError<E> {
 
     /// The task's result (its output, or the worker's own error) or its input
     /// was larger, encoded, than the process pool's
-    /// [`max_message_size`](crate::PoolBuilder::max_message_size); the message
+    /// `PoolBuilder::max_message_size`; the message
     /// gives both sizes. A result this large is not sent back, and the worker
     /// goes on with its next task. (An input this large is refused by `submit`
     /// itself, [`SubmitError::is_too_large`]; `map` and `feed` report it here.)
@@ -632,7 +632,7 @@ impl<T> SubmitError<T> {
     }
 
     /// The input, encoded, is larger than the process pool's
-    /// [`max_message_size`](crate::PoolBuilder::max_message_size) (the message
+    /// `PoolBuilder::max_message_size` (the message
     /// gives both sizes). It was not sent; a thread pool never says this.
     pub fn is_too_large(&self) -> bool {
         matches!(self.kind, SubmitErrorKind::TooLarge { .. })

@@ -214,7 +214,7 @@ impl<W: Worker> Pool<W> {
     /// is full (or runs the task on this thread under
     /// [`WhenFull::CallerRuns`](crate::WhenFull::CallerRuns)). The input comes back
     /// inside the error if the pool is shut down, or if it is larger, encoded,
-    /// than a process pool's [`max_message_size`](PoolBuilder::max_message_size)
+    /// than a process pool's `PoolBuilder::max_message_size`
     /// ([`SubmitError::is_too_large`]).
     #[inline]
     pub fn submit(
@@ -250,7 +250,7 @@ impl<W: Worker> Pool<W> {
     /// [`WhenFull`](crate::WhenFull) policy: a batch never runs on the caller.
     ///
     /// If the pool shuts down part-way (or a process pool refuses an input
-    /// above its [`max_message_size`](PoolBuilder::max_message_size)), the
+    /// above its `PoolBuilder::max_message_size`), the
     /// error holds the input that was refused; the inputs after it are dropped,
     /// and the tasks queued before it keep running, detached.
     pub fn submit_batch<I>(

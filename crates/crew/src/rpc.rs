@@ -308,7 +308,7 @@ impl RpcError {
     }
 
     /// The call's arguments, encoded, are larger than the process pool's
-    /// [`max_message_size`](crate::PoolBuilder::max_message_size); it was not
+    /// `PoolBuilder::max_message_size`; it was not
     /// sent.
     pub fn is_too_large(&self) -> bool {
         matches!(
