@@ -159,8 +159,8 @@ impl<T: Send, E: Send> Wake for SlotWaker<T, E> {
     }
 }
 
-/// Wakes a thread blocked in `Feed::next`.
-struct Unpark(Thread);
+/// Wakes a thread blocked in `Feed::next` (or a pipeline's `next`).
+pub(crate) struct Unpark(pub(crate) Thread);
 
 impl Wake for Unpark {
     fn wake(self: Arc<Self>) {
@@ -416,6 +416,11 @@ impl<T, E> Feed<T, E> {
     /// finished and waiting to be yielded). Never more than the window.
     pub fn in_flight(&self) -> usize {
         lock(&self.exchange.state).in_flight
+    }
+
+    /// How many inputs the source holds, when it knows exactly.
+    pub(crate) fn source_len(&self) -> Option<u64> {
+        self.len
     }
 
     /// Whether every slot is empty.

@@ -92,6 +92,12 @@
 //! takes `.with_progress()`, and `pool.wait_idle_with_progress()` shows a pool
 //! draining.
 //!
+//! [`Map::then`] chains pools into a [`Pipeline`]: `decode.map(files).then(&resize)
+//! .then(&encode)`, each stage a pool of any backend with its own bounded window (a
+//! full stage stops the one before it), each item's error carried to the end as a
+//! [`StageError`] naming its stage, results in input order (from `map`) or as they
+//! finish (from `map_unordered` or a feed).
+//!
 //! # RPC by method name
 //!
 //! [`service!`] declares a worker with several named methods: it generates a
@@ -131,8 +137,8 @@
 //! # Cargo features
 //!
 //! - `process` (default): the process backend.
-//! - `indicatif`: progress bars (`with_progress()` on [`Map`], [`MapUnordered`]
-//!   and [`Feed`], and `Pool::wait_idle_with_progress`).
+//! - `indicatif`: progress bars (`with_progress()` on [`Map`], [`MapUnordered`],
+//!   [`Feed`] and each stage of a [`Pipeline`], and `Pool::wait_idle_with_progress`).
 //! - `tracing`: under the target `crew`, a `crew.worker` span (field `worker`)
 //!   around each worker thread's life with `worker started` and `worker exited`
 //!   (`reason`) events; a `task queued` event (`task`); a `crew.task` span
@@ -201,6 +207,7 @@ pub use pool::{AsyncJobBuilder, Idle, JobBuilder, Pool, SubmitAsync, TaskBuilder
 pub use processes::{bootstrap, serve, Bootstrap, OutputHandler, OutputStream, RemoteWorker};
 pub use scope::Scope;
 pub use shutdown::Shutdown;
+pub use sources::pipeline::{Pipeline, PipelineIter, PipelineStream, StageError};
 pub use sources::{Map, MapUnordered};
 pub use stats::{Latency, Stats, WorkerState, WorkerStats};
 pub use task::{Priority, ProgressWatch, Task, TaskId};

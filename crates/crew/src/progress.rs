@@ -1,6 +1,7 @@
 //! Progress bars (feature `indicatif`): how many items are done (of how many, when
 //! the source says), the rate, an ETA, and how many failed, for [`Map`],
-//! [`MapUnordered`], [`Feed`] and [`Pool::wait_idle_with_progress`].
+//! [`MapUnordered`], [`Feed`], each stage of a [`Pipeline`] and
+//! [`Pool::wait_idle_with_progress`].
 //!
 //! A source's results are counted where they are handed out (in `next()` /
 //! `poll_next`), so the bar shows what the caller has received, not what the
@@ -17,6 +18,7 @@
 //! [`Map`]: crate::Map
 //! [`MapUnordered`]: crate::MapUnordered
 //! [`Feed`]: crate::Feed
+//! [`Pipeline`]: crate::Pipeline
 
 use std::time::Duration;
 
@@ -79,6 +81,13 @@ impl Progress {
             self.failed += 1;
             self.bar.set_message(failures(self.failed));
         }
+        self.bar.inc(1);
+    }
+
+    /// One item passed on without being worked on here: a pipeline stage's
+    /// item that failed in an earlier stage. It advances the bar, not the
+    /// failures.
+    pub(crate) fn skip(&mut self) {
         self.bar.inc(1);
     }
 

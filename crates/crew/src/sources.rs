@@ -17,7 +17,9 @@
 //!
 //! On a process pool (without a default timeout) the three ship their inputs in
 //! adaptively sized *chunks* of many items instead of one task per item
-//! (`sources/chunked.rs`); results still come one per item.
+//! (`sources/chunked.rs`); results still come one per item. The chunked window
+//! is built on the first `next()`, so that a map that becomes a pipeline's first
+//! stage (`then`, `sources/pipeline.rs`) can go one task per item instead.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -35,6 +37,7 @@ use crate::task::Task;
 use crate::worker::{Closures, Worker};
 
 mod chunked;
+pub(crate) mod pipeline;
 
 /// One item's place in the window: its task, or the error it got without one.
 enum Slot<T, E> {
@@ -52,6 +55,16 @@ struct Source<'a, T, E> {
     pull: Pull<'a, T, E>,
     #[cfg_attr(not(feature = "indicatif"), allow(dead_code))]
     len: Option<u64>,
+}
+
+/// A process pool's `map` or `map_unordered` before its first result: built as a
+/// chunked window by the first `next()` (`true`), or as one task per item when
+/// the map becomes a pipeline's first stage (`false`).
+type Unstarted<'a, T, E> = Box<dyn FnOnce(bool) -> Started<'a, T, E> + 'a>;
+
+enum Started<'a, T, E> {
+    Chunked(chunked::Chunked<'a, T, E>),
+    PerItem(Source<'a, T, E>),
 }
 
 fn refused<T, E>(failure: Failure) -> Result<T, TaskError<E>> {
@@ -80,9 +93,9 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        if let Some(engine) = self.chunk_engine() {
-            let chunks = chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, true);
-            return Map::chunked(chunks);
+        if self.chunk_engine().is_some() {
+            let (unstarted, len) = self.unstarted(inputs, None, true);
+            return Map::unstarted(unstarted, len, default_window(self));
         }
         self.map_window(inputs, default_window(self))
     }
@@ -95,10 +108,9 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        if let Some(engine) = self.chunk_engine() {
-            let chunks =
-                chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), Some(window), true);
-            return Map::chunked(chunks);
+        if self.chunk_engine().is_some() {
+            let (unstarted, len) = self.unstarted(inputs, Some(window), true);
+            return Map::unstarted(unstarted, len, window);
         }
         Map::new(self.pull(inputs), window)
     }
@@ -111,12 +123,39 @@ impl<W: Worker> Pool<W> {
         I: IntoIterator<Item = W::Input>,
         I::IntoIter: 'static,
     {
-        if let Some(engine) = self.chunk_engine() {
-            let chunks =
-                chunked::Chunked::new(Arc::clone(engine), inputs, self.size(), None, false);
-            return MapUnordered::chunked(chunks);
+        if self.chunk_engine().is_some() {
+            let (unstarted, len) = self.unstarted(inputs, None, false);
+            return MapUnordered::unstarted(unstarted, len, default_window(self));
         }
         MapUnordered::new(self.pull(inputs), default_window(self))
+    }
+
+    /// A process pool's map, built on its first use (see [`Unstarted`]), and the
+    /// input's exact length if it knows it.
+    fn unstarted<I>(
+        &self,
+        inputs: I,
+        window: Option<usize>,
+        ordered: bool,
+    ) -> (Unstarted<'_, W::Output, W::Error>, Option<u64>)
+    where
+        I: IntoIterator<Item = W::Input>,
+        I::IntoIter: 'static,
+    {
+        let inputs = inputs.into_iter();
+        let len = exact_len(inputs.size_hint());
+        let unstarted: Unstarted<'_, W::Output, W::Error> =
+            Box::new(move |chunks| match self.chunk_engine() {
+                Some(engine) if chunks => Started::Chunked(chunked::Chunked::new(
+                    Arc::clone(engine),
+                    inputs,
+                    self.size(),
+                    window,
+                    ordered,
+                )),
+                _ => Started::PerItem(self.pull(inputs)),
+            });
+        (unstarted, len)
     }
 
     fn pull<I>(&self, inputs: I) -> Source<'_, W::Output, W::Error>
@@ -162,10 +201,9 @@ impl<W: Worker> Pool<W> {
         E: Send + 'static,
     {
         let inputs = inputs.into_iter().map(make);
-        if let Some(engine) = self.chunk_engine() {
-            let chunks =
-                chunked::Chunked::converted(Arc::clone(engine), inputs, self.size(), true, convert);
-            return Map::chunked(chunks);
+        if self.chunk_engine().is_some() {
+            let (unstarted, len) = self.unstarted_through(inputs, true, convert);
+            return Map::unstarted(unstarted, len, default_window(self));
         }
         Map::new(self.pull_through(inputs, convert), default_window(self))
     }
@@ -184,17 +222,38 @@ impl<W: Worker> Pool<W> {
         E: Send + 'static,
     {
         let inputs = inputs.into_iter().map(make);
-        if let Some(engine) = self.chunk_engine() {
-            let chunks = chunked::Chunked::converted(
+        if self.chunk_engine().is_some() {
+            let (unstarted, len) = self.unstarted_through(inputs, false, convert);
+            return MapUnordered::unstarted(unstarted, len, default_window(self));
+        }
+        MapUnordered::new(self.pull_through(inputs, convert), default_window(self))
+    }
+
+    /// As `unstarted`, through `convert`: chunked on the first `next()`, or one
+    /// task per item as a pipeline's first stage.
+    fn unstarted_through<'a, I, T, E>(
+        &'a self,
+        inputs: I,
+        ordered: bool,
+        convert: Convert<W, T, E>,
+    ) -> (Unstarted<'a, T, E>, Option<u64>)
+    where
+        I: Iterator<Item = W::Input> + 'a,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let len = exact_len(inputs.size_hint());
+        let unstarted: Unstarted<'a, T, E> = Box::new(move |chunks| match self.chunk_engine() {
+            Some(engine) if chunks => Started::Chunked(chunked::Chunked::converted(
                 Arc::clone(engine),
                 inputs,
                 self.size(),
-                false,
+                ordered,
                 convert,
-            );
-            return MapUnordered::chunked(chunks);
-        }
-        MapUnordered::new(self.pull_through(inputs, convert), default_window(self))
+            )),
+            _ => Started::PerItem(self.pull_through(inputs, convert)),
+        });
+        (unstarted, len)
     }
 
     fn pull_through<'a, I, T, E>(
@@ -276,6 +335,10 @@ pub struct Map<'a, T, E> {
     window: usize,
     exhausted: bool,
     in_flight: VecDeque<Slot<T, E>>,
+    /// Results handed out so far: the input index of the next one.
+    handed: usize,
+    /// On a process pool, until the first `next()`.
+    unstarted: Option<Unstarted<'a, T, E>>,
     /// On a process pool: the chunks in flight (then `source` and `in_flight`
     /// are unused).
     chunked: Option<chunked::Chunked<'a, T, E>>,
@@ -290,19 +353,33 @@ impl<'a, T, E> Map<'a, T, E> {
             window: window.max(1),
             exhausted: false,
             in_flight: VecDeque::new(),
+            handed: 0,
+            unstarted: None,
             chunked: None,
             #[cfg(feature = "indicatif")]
             progress: None,
         }
     }
-    fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
+
+    fn unstarted(unstarted: Unstarted<'a, T, E>, len: Option<u64>, window: usize) -> Self {
         let source = Source {
             pull: Box::new(|| None),
-            len: chunks.len(),
+            len,
         };
-        let mut map = Map::new(source, 1);
-        map.chunked = Some(chunks);
+        let mut map = Map::new(source, window);
+        map.unstarted = Some(unstarted);
         map
+    }
+
+    /// Builds an unstarted map: chunked (`next()`), or one task per item.
+    #[cold]
+    fn start(&mut self, chunks: bool) {
+        if let Some(unstarted) = self.unstarted.take() {
+            match unstarted(chunks) {
+                Started::Chunked(chunked) => self.chunked = Some(chunked),
+                Started::PerItem(source) => self.source.pull = source.pull,
+            }
+        }
     }
 
     #[cfg(feature = "indicatif")]
@@ -321,6 +398,9 @@ impl<T, E> Iterator for Map<'_, T, E> {
     type Item = Result<T, TaskError<E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.unstarted.is_some() {
+            self.start(true);
+        }
         if let Some(chunks) = &mut self.chunked {
             let result = chunks.next_ordered();
             #[cfg(feature = "indicatif")]
@@ -330,6 +410,7 @@ impl<T, E> Iterator for Map<'_, T, E> {
                     None => progress.finish(),
                 }
             }
+            self.handed += usize::from(result.is_some());
             return result;
         }
         while !self.exhausted && self.in_flight.len() < self.window {
@@ -353,6 +434,7 @@ impl<T, E> Iterator for Map<'_, T, E> {
         if let Some(progress) = &mut self.progress {
             progress.record(result.is_ok());
         }
+        self.handed += 1;
         Some(result)
     }
 }
@@ -415,6 +497,8 @@ pub struct MapUnordered<'a, T, E> {
     /// Items that finished (or were refused) before anyone asked.
     ready: VecDeque<(usize, Result<T, TaskError<E>>)>,
     next_index: usize,
+    /// On a process pool, until the first `next()`.
+    unstarted: Option<Unstarted<'a, T, E>>,
     /// On a process pool: the chunks in flight (then the fields above are
     /// unused).
     chunked: Option<chunked::Chunked<'a, T, E>>,
@@ -423,14 +507,25 @@ pub struct MapUnordered<'a, T, E> {
 }
 
 impl<'a, T, E> MapUnordered<'a, T, E> {
-    fn chunked(chunks: chunked::Chunked<'a, T, E>) -> Self {
+    fn unstarted(unstarted: Unstarted<'a, T, E>, len: Option<u64>, window: usize) -> Self {
         let source = Source {
             pull: Box::new(|| None),
-            len: chunks.len(),
+            len,
         };
-        let mut map = MapUnordered::new(source, 1);
-        map.chunked = Some(chunks);
+        let mut map = MapUnordered::new(source, window);
+        map.unstarted = Some(unstarted);
         map
+    }
+
+    /// Builds an unstarted map: chunked (`next()`), or one task per item.
+    #[cold]
+    fn start(&mut self, chunks: bool) {
+        if let Some(unstarted) = self.unstarted.take() {
+            match unstarted(chunks) {
+                Started::Chunked(chunked) => self.chunked = Some(chunked),
+                Started::PerItem(source) => self.source.pull = source.pull,
+            }
+        }
     }
 
     fn new(source: Source<'a, T, E>, window: usize) -> Self {
@@ -453,6 +548,7 @@ impl<'a, T, E> MapUnordered<'a, T, E> {
             woken,
             ready: VecDeque::new(),
             next_index: 0,
+            unstarted: None,
             chunked: None,
             #[cfg(feature = "indicatif")]
             progress: None,
@@ -516,6 +612,9 @@ impl<T, E> Iterator for MapUnordered<'_, T, E> {
     type Item = (usize, Result<T, TaskError<E>>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.unstarted.is_some() {
+            self.start(true);
+        }
         if let Some(chunks) = &mut self.chunked {
             let item = chunks.next_unordered();
             #[cfg(feature = "indicatif")]

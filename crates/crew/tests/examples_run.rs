@@ -49,6 +49,14 @@ fn image_queue_resizes_every_upload_but_the_broken_one() {
 }
 
 #[test]
+fn pipeline_writes_every_thumbnail_but_the_corrupt_file() {
+    run_example(
+        "pipeline --features indicatif",
+        "pipeline: 24 files, 23 thumbnails written, 1 failed in stage 0 (decode)",
+    );
+}
+
+#[test]
 fn messages_go_both_ways() {
     run_example(
         "messages",

@@ -214,11 +214,6 @@ impl<'a, T, E> Chunked<'a, T, E> {
         }
     }
 
-    /// The input's exact length, when it knows it (for a progress bar).
-    pub(super) fn len(&self) -> Option<u64> {
-        self.remaining.map(|n| (self.next_index + n) as u64)
-    }
-
     /// Items pulled and not handed out.
     pub(super) fn in_flight(&self) -> usize {
         self.pending + self.ready.len()
