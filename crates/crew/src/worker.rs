@@ -112,17 +112,16 @@ pub trait Worker: Sized + 'static {
     /// - **processes**: the worker process gets SIGTERM. Its running task sees
     ///   [`Context::is_cancelled`], no further task starts, and once the task
     ///   returns (or at once, if it was idle) `stop` runs, then its process
-    ///   group is killed. All of it must fit in
-    ///   [`kill_grace`](crate::PoolBuilder::kill_grace): at its end the group
-    ///   gets SIGKILL, and a `stop` that has not run, or not finished, never
-    ///   will. So a task that never checks `is_cancelled` (or is stuck in
-    ///   native code) gets no `stop`, nor does a worker that dies by itself (a
-    ///   segfault, `abort`, `exit`, the OOM killer). The same holds when the
-    ///   pool's own process dies: the worker gives itself `kill_grace`, then
-    ///   kills its group.
+    ///   group is killed. All of it must fit in `PoolBuilder::kill_grace`: at
+    ///   its end the group gets SIGKILL, and a `stop` that has not run, or not
+    ///   finished, never will. So a task that never checks `is_cancelled` (or
+    ///   is stuck in native code) gets no `stop`, nor does a worker that dies
+    ///   by itself (a segfault, `abort`, `exit`, the OOM killer). The same
+    ///   holds when the pool's own process dies: the worker gives itself
+    ///   `kill_grace`, then kills its group.
     ///
-    /// For what must happen even then, a process worker can keep its files
-    /// under a directory the next `start` cleans.
+    /// A task that checks `is_cancelled` between bounded steps is what lets
+    /// `stop` run after a kill:
     ///
     /// ```
     /// # use crew::{Context, StartError, Worker};
@@ -369,6 +368,11 @@ impl<'a> Context<'a> {
     /// Whether the current task was cancelled, timed out or killed, so the code
     /// should stop early. Its handle has already resolved; anything the task returns
     /// now is discarded. Always false in `start` and `stop`.
+    ///
+    /// In a worker process it also turns true when the process is told to stop
+    /// (killed, or its pool's process died): returning then, within
+    /// `PoolBuilder::kill_grace`, is what lets
+    /// [`Worker::stop`] run.
     ///
     /// An async task's future is dropped at its next poll once this is true; the
     /// flag matters only for long stretches of code between two `.await`s.

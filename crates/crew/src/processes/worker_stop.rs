@@ -56,6 +56,11 @@
 //!   but `PR_SET_PDEATHSIG` signals the worker alone, and children may ignore
 //!   SIGTERM: SIGKILL to the group is the one way to leave nothing behind.
 //!
+//! Worker code that sets its own SIGTERM handler with `sigaction` replaces
+//! crew's (one registered through signal-hook runs beside it): SIGTERM then
+//! does what that handler does, and the pool's SIGKILL at `kill_grace` still
+//! ends the group.
+//!
 //! If the signal thread cannot be set up (no thread, no self-pipe), SIGTERM
 //! falls back to killing the group at once, as a plain handler (`kill(2)` is
 //! async-signal-safe): nothing may outlive the pool, even without `stop`.
