@@ -487,9 +487,20 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
         self
     }
 
-    /// How long a worker process gets to exit after SIGTERM before SIGKILL
-    /// (default 2 s). crew's own SIGTERM handler in the worker ends its process
-    /// group at once; the grace matters for worker code that handles SIGTERM.
+    /// How long a worker process gets to clean up when it is killed (a cancel
+    /// or a timeout of its running task, [`Pool::kill_worker`](crate::Pool::kill_worker),
+    /// [`Pool::terminate`](crate::Pool::terminate)) before SIGKILL ends its
+    /// process group (default 2 s).
+    ///
+    /// The kill starts with SIGTERM to the group. The worker then flags its
+    /// running task ([`Context::is_cancelled`](crate::Context::is_cancelled)),
+    /// starts no other, and once that task returns (at once if it was idle) runs
+    /// [`Worker::stop`](crate::Worker::stop) and ends its group itself. A task
+    /// that does not return within the grace is ended by the SIGKILL, and
+    /// `stop` does not run. If the pool's process dies, its workers give
+    /// themselves this same grace. Zero: no cleanup, the group is killed at
+    /// once. The handle of the task that was killed resolves at once either
+    /// way; the grace only delays the worker's exit and its reaping.
     #[must_use]
     pub fn kill_grace(mut self, grace: Duration) -> Self {
         self.process_config("kill_grace").kill_grace = grace;

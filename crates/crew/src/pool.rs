@@ -466,9 +466,10 @@ impl<W: Worker> Pool<W> {
     /// [`Context::is_cancelled`]; the thread, which cannot be stopped from outside,
     /// exits when that task returns. False if no live worker has this id.
     ///
-    /// On a process pool the worker's process group is killed (SIGTERM, then
-    /// SIGKILL after `kill_grace`), and the tasks waiting in its window run
-    /// elsewhere.
+    /// On a process pool the worker's process group is killed: SIGTERM, on
+    /// which the worker runs [`Worker::stop`](crate::Worker::stop) once its task
+    /// returns, then SIGKILL after `kill_grace`. The tasks waiting in its window
+    /// run elsewhere.
     pub fn kill_worker(&self, id: WorkerId) -> bool {
         match self.backend() {
             Backend::Threads(shared) => shared.kill_worker(id),

@@ -92,8 +92,71 @@ pub trait Worker: Sized + 'static {
         ctx: &mut Context<'_>,
     ) -> Result<Self::Output, Self::Error>;
 
-    /// Tears down the worker's state. The default does nothing (the value is then
-    /// dropped).
+    /// Tears down the worker's state: temporary files, locks, child services.
+    /// The default does nothing (the value is then dropped). Runs on the
+    /// worker's thread, between tasks, at most once per successful
+    /// [`start`](Worker::start); a panic in it is caught and ignored.
+    ///
+    /// It runs when the worker leaves on the pool's terms: [`Pool::shutdown`]
+    /// (after the queued work), an idle worker retired or recycled, and the
+    /// rebuild after a panic in a task or in
+    /// [`on_message`](Worker::on_message) (`stop`, then `start`).
+    ///
+    /// When the worker is stopped from outside (a cancel or a timeout of its
+    /// running task on processes, [`Pool::kill_worker`], [`Pool::terminate`]):
+    ///
+    /// - **threads**: a cancel or a timeout ends no worker, so `stop` does not
+    ///   run then; the state lives on. A killed, terminated or
+    ///   [abandoned](crate::PoolBuilder::abandon_grace) worker runs `stop` when
+    ///   its task returns, however late; never if it does not.
+    /// - **processes**: the worker process gets SIGTERM. Its running task sees
+    ///   [`Context::is_cancelled`], no further task starts, and once the task
+    ///   returns (or at once, if it was idle) `stop` runs, then its process
+    ///   group is killed. All of it must fit in `PoolBuilder::kill_grace`: at
+    ///   its end the group gets SIGKILL, and a `stop` that has not run, or not
+    ///   finished, never will. So a task that never checks `is_cancelled` (or
+    ///   is stuck in native code) gets no `stop`, nor does a worker that dies
+    ///   by itself (a segfault, `abort`, `exit`, the OOM killer). The same
+    ///   holds when the pool's own process dies: the worker gives itself
+    ///   `kill_grace`, then kills its group.
+    ///
+    /// A task that checks `is_cancelled` between bounded steps is what lets
+    /// `stop` run after a kill:
+    ///
+    /// ```
+    /// # use crew::{Context, StartError, Worker};
+    /// struct Scratch {
+    ///     dir: std::path::PathBuf,
+    /// }
+    ///
+    /// impl Worker for Scratch {
+    ///     # type Input = (); type Output = (); type Error = String; type Message = ();
+    ///     fn start(ctx: &mut Context<'_>) -> Result<Self, StartError> {
+    ///         let dir = std::env::temp_dir().join(format!("scratch-{}", ctx.worker_id()));
+    ///         std::fs::create_dir_all(&dir)?;
+    ///         Ok(Scratch { dir })
+    ///     }
+    ///
+    ///     fn run(&mut self, _: (), ctx: &mut Context<'_>) -> Result<(), String> {
+    ///         for _step in 0..1_000 {
+    ///             if ctx.is_cancelled() {
+    ///                 // Return soon: on processes, `stop` runs only after that.
+    ///                 return Err("cancelled".into());
+    ///             }
+    ///             // ... one bounded step of work in `self.dir` ...
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///
+    ///     fn stop(&mut self, _ctx: &mut Context<'_>) {
+    ///         let _ = std::fs::remove_dir_all(&self.dir);
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// [`Pool::shutdown`]: crate::Pool::shutdown
+    /// [`Pool::kill_worker`]: crate::Pool::kill_worker
+    /// [`Pool::terminate`]: crate::Pool::terminate
     fn stop(&mut self, ctx: &mut Context<'_>) {
         let _ = ctx;
     }
@@ -306,6 +369,11 @@ impl<'a> Context<'a> {
     /// Whether the current task was cancelled, timed out or killed, so the code
     /// should stop early. Its handle has already resolved; anything the task returns
     /// now is discarded. Always false in `start` and `stop`.
+    ///
+    /// In a worker process it also turns true when the process is told to stop
+    /// (killed, or its pool's process died): returning then, within
+    /// `PoolBuilder::kill_grace`, is what lets
+    /// [`Worker::stop`] run.
     ///
     /// An async task's future is dropped at its next poll once this is true; the
     /// flag matters only for long stretches of code between two `.await`s.

@@ -1,6 +1,8 @@
 //! Fault-injection soak on the process backend: a seeded mix of tasks that
 //! succeed, return errors, panic, are cancelled before or while running (a
-//! running task's cancel kills its worker process), time out (a hard kill), or
+//! running task's cancel sends its worker SIGTERM: the task sees
+//! `is_cancelled` and returns, and the worker ends itself without answering),
+//! time out while ignoring the cancellation (a hard kill at `kill_grace`), or
 //! kill their own worker process (exit, abort, segfault), stop it (SIGSTOP)
 //! under a timeout, write half a frame and go silent, or die in the middle of
 //! writing a frame, while a chaos thread kills workers and stops and continues
@@ -33,9 +35,11 @@ enum Fault {
     Panic,
     /// Cancelled right after submission (it may or may not have started).
     CancelEarly,
-    /// Runs until its worker is killed; the test cancels it once it has started.
+    /// Runs until it sees `is_cancelled` (its worker got SIGTERM), then returns
+    /// so the worker stops itself; the test cancels it once it has started.
     CancelRunning,
-    /// Spins far past a short timeout.
+    /// Spins far past a short timeout, ignoring the cancellation: only the
+    /// SIGKILL after `kill_grace` ends it.
     TimeOut,
     /// `exit(9)`.
     Exit,
@@ -83,7 +87,7 @@ impl Worker for Soak {
         Ok(Soak)
     }
 
-    fn run(&mut self, (id, fault): (u64, Fault), _ctx: &mut Context<'_>) -> Result<u64, u64> {
+    fn run(&mut self, (id, fault): (u64, Fault), ctx: &mut Context<'_>) -> Result<u64, u64> {
         match fault {
             Fault::None | Fault::CancelEarly => Ok(id),
             Fault::UserError => Err(id),
@@ -91,8 +95,13 @@ impl Worker for Soak {
             Fault::CancelRunning | Fault::TimeOut => {
                 // Only a kill ends it (or a generous bound, so a lost kill shows
                 // up as a wrong outcome, not a hang).
+                let cooperative = fault == Fault::CancelRunning;
                 let deadline = std::time::Instant::now() + LIMIT;
                 while std::time::Instant::now() < deadline {
+                    if cooperative && ctx.is_cancelled() {
+                        // Whatever it returns, the cancel decided its outcome.
+                        return Ok(id);
+                    }
                     std::hint::spin_loop();
                 }
                 Ok(id)
@@ -200,8 +209,10 @@ fn every_task_resolves_once_with_the_outcome_its_fault_implies() {
 
 fn soak(tasks: u64, seed: u64) {
     const WORKERS: usize = 3;
+    // Short: a task that ignores its kill (`TimeOut`) spins through the whole
+    // grace, on cores the other workers need.
     let pool = worker_processes::<Soak>(WORKERS)
-        .kill_grace(Duration::from_millis(100))
+        .kill_grace(Duration::from_millis(25))
         .silence_limit(Duration::from_millis(200))
         .build()
         .unwrap();

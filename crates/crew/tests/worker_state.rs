@@ -25,9 +25,10 @@ struct WaitFor(String);
 
 struct Held;
 
-fn wait_for_file(path: &Path) -> Result<(), String> {
+/// Waits until `path` exists, or `cancelled()`.
+fn wait_for_file(path: &Path, cancelled: impl Fn() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + LIMIT;
-    while !path.exists() {
+    while !path.exists() && !cancelled() {
         if Instant::now() > deadline {
             return Err(format!("{} never appeared", path.display()));
         }
@@ -46,14 +47,16 @@ impl Worker for Held {
         Ok(Held)
     }
 
-    fn run(&mut self, job: WaitFor, _ctx: &mut Context<'_>) -> Result<(), String> {
-        wait_for_file(Path::new(&job.0))
+    fn run(&mut self, job: WaitFor, ctx: &mut Context<'_>) -> Result<(), String> {
+        // Cooperative: a killed worker process's task returns, so it can stop
+        // and exit before its (long) `kill_grace` is up.
+        wait_for_file(Path::new(&job.0), || ctx.is_cancelled())
     }
 
     fn stop(&mut self, _ctx: &mut Context<'_>) {
         let gate = STOP_GATE.lock().unwrap().clone();
         if let Some(path) = gate {
-            let _ = wait_for_file(&path);
+            let _ = wait_for_file(&path, || false);
         }
     }
 }

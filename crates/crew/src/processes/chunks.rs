@@ -467,9 +467,10 @@ impl<W: RemoteWorker> Supervisor<W> {
                 .process
                 .max_memory
                 .is_some_and(|max| link.process.rss_bytes().is_some_and(|rss| rss > max));
-        if recycle && !link.retiring {
+        // A worker being killed is not recycled: its answers in the grace
+        // (`worker_stop.rs`) must not turn its kill into a retirement.
+        if recycle && !link.retiring && link.killing.is_none() {
             link.retiring = true;
-            link.killing = None;
             let more = self.plan_capacity(st);
             plan.start.extend(more.start);
         }

@@ -37,6 +37,7 @@ pub(crate) fn start<W: RemoteWorker>(
         // Without an arena (memfd refused), every input goes through the socket.
         arena: arena::Arena::new().ok(),
         frame_limit: process.frame_limit(),
+        kill_grace: process.kill_grace,
     };
     let shared = Arc::new(Supervisor::<W> {
         state: Mutex::new(State {

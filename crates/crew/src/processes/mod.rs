@@ -18,7 +18,9 @@
 //!   windows) and deadlines counted from submission. Any thread, under the lock.
 //! - `process_handle.rs`: the pool's handle on one worker process (spawn, its
 //!   `FrameWriter`, kill, reap, output capture).
-//! - `worker_main.rs`: what runs inside a worker process (`bootstrap`, `serve`).
+//! - `worker_main.rs`: what runs inside a worker process (`bootstrap`, `serve`);
+//!   `worker_stop.rs`: how it stops when killed or orphaned (SIGTERM, then
+//!   `Worker::stop` within `kill_grace`).
 //! - `chunks.rs`, `arena.rs`, `codec.rs`: `map`'s chunks, the shared-memory
 //!   payload arena, serde encoding.
 //!
@@ -47,6 +49,7 @@ pub(crate) mod guard;
 mod key_table;
 mod process_handle;
 mod worker_main;
+mod worker_stop;
 
 pub use codec::RemoteWorker;
 pub use process_handle::{OutputHandler, OutputStream};

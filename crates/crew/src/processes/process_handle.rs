@@ -11,9 +11,10 @@
 //! - `setpgid(0, 0)`: the worker leads its own process group, so a kill reaches
 //!   everything it started;
 //! - `PR_SET_PDEATHSIG(SIGTERM)`: if the thread that started it dies (the pool's
-//!   process is killed), the kernel sends SIGTERM, and crew's handler in the worker
-//!   kills the group. That thread is the worker's link thread, which lives until
-//!   the worker is reaped.
+//!   process is killed), the kernel sends SIGTERM, and the worker stops as it
+//!   does when killed (`worker_stop.rs`): `Worker::stop` if its task returns
+//!   within `kill_grace`, then it kills its group. That thread is the worker's
+//!   link thread, which lives until the worker is reaped.
 //!
 //! stdin is `/dev/null`; stdout and stderr are pipes read line by line by one
 //! capture thread each.
@@ -29,8 +30,10 @@
 //!
 //! # Killing and reaping
 //!
-//! Kills go to the process group: SIGTERM first, then SIGKILL after the grace
-//! period (the monitor's job). The link thread reaps: it waits for the exit
+//! Kills go to the process group: SIGTERM first, which the worker answers by
+//! running `Worker::stop` once its task returns and killing its group itself
+//! (`worker_stop.rs`), then SIGKILL after the grace period (the monitor's job)
+//! for a worker whose task did not return. The link thread reaps: it waits for the exit
 //! without reaping (`waitid` with `WNOWAIT`), kills the group with SIGKILL (the
 //! worker's own children), and only then reaps, under the `reaped` lock. A signal
 //! is only ever sent under that lock, with `reaped` false, so it can never reach a
@@ -55,7 +58,7 @@ use nix::sys::socket::{send, MsgFlags};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::worker_main::{ENV_ARENA_FD, ENV_FD, ENV_ID, ENV_PARENT, ENV_TYPE};
+use super::worker_main::{ENV_ARENA_FD, ENV_FD, ENV_GRACE, ENV_ID, ENV_PARENT, ENV_TYPE};
 use crate::error::Crash;
 use crate::sync::lock;
 use crate::wire::FrameEncoder;
@@ -106,6 +109,10 @@ pub(crate) struct Launcher {
     /// The frame limit of every worker's channel, both ways
     /// (`ProcessConfig::frame_limit`): crew's worker adopts the pool's.
     pub(crate) frame_limit: u32,
+    /// `kill_grace`, in the worker's environment: how long it gives itself to
+    /// stop once told to, when no pool is left to SIGKILL it
+    /// (`worker_stop.rs`).
+    pub(crate) kill_grace: Duration,
 }
 
 /// A started worker process.
@@ -151,6 +158,7 @@ impl WorkerProcess {
             .env(ENV_TYPE, launcher.type_name)
             .env(ENV_ID, id.as_u64().to_string())
             .env(ENV_PARENT, std::process::id().to_string())
+            .env(ENV_GRACE, launcher.kill_grace.as_micros().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

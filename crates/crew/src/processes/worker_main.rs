@@ -9,7 +9,10 @@
 //!    that arrived meanwhile are read at most every [`POLL_EVERY`] (one cheap
 //!    non-blocking `recv`), so a *cancel* for a task still waiting here is seen
 //!    before that task would start;
-//! 3. on *shutdown*, run what was received, `W::stop`, exit 0.
+//! 3. on *shutdown*, run what was received, `W::stop`, exit 0;
+//! 4. told to stop instead (SIGTERM, or the end of the channel): no further
+//!    task, `W::stop` once the running task returns, then the process group is
+//!    killed (see "Stopping early").
 //!
 //! A *chunk* is run like one task (one *started*, the watcher watches it as one):
 //! its items in order, each as a task would run (a panic fails that item and
@@ -47,12 +50,16 @@
 //! parks only then, so a steady stream of tasks with short gaps never pays for
 //! waking it: only the first task after a quiet spell does.
 //!
-//! # Death of the parent
+//! # Stopping early: kills and the death of the parent
 //!
-//! The pool sets `PR_SET_PDEATHSIG` to SIGTERM for each worker, and crew's
-//! SIGTERM handler here kills the worker's whole process group with SIGKILL, so
-//! processes the worker's code started die with it. The end of the socket (the
-//! parent closed it, or died) does the same.
+//! The pool kills a worker with SIGTERM to its process group, then SIGKILL
+//! after `kill_grace`; it sets `PR_SET_PDEATHSIG` to SIGTERM, so the worker
+//! hears of its parent's death too, as it does from the end of its channel. In
+//! each case the worker cancels the task it runs (`Context::is_cancelled`),
+//! runs no other, runs `W::stop` once that task returns, and kills its own
+//! process group, so processes its code started die with it. A watchdog bounds
+//! all of it by the grace, for when no pool is left to send the SIGKILL. The
+//! protocol, and exactly when `stop` runs, is in `worker_stop.rs`.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -62,16 +69,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::signal::{self, Signal};
 use nix::sys::socket::{recv, MsgFlags};
 use nix::unistd::Pid;
 
 use super::arena::ArenaView;
 use super::codec::{self, RemoteWorker};
+use super::worker_stop::Stopping;
 use crate::error::{panic_message, StartError};
 use crate::sync::lock;
-use crate::task::cell::{Header, Limits};
-use crate::task::{Priority, TaskId};
+use crate::task::TaskId;
 use crate::wire::{
     ChunkItems, ChunkOutcomes, FrameDecoder, FrameEncoder, Hello, ItemOutcome, Outcome,
     ProtocolError, Role, ToParent, ToWorker, WireMessage, DEFAULT_FRAME_LIMIT, MIN_FRAME_LIMIT,
@@ -85,6 +92,11 @@ pub(crate) const ENV_ID: &str = "CREW_WORKER_ID";
 pub(crate) const ENV_PARENT: &str = "CREW_PARENT_PID";
 /// The payload arena's memory file (`processes/arena.rs`), if the pool has one.
 pub(crate) const ENV_ARENA_FD: &str = "CREW_ARENA_FD";
+/// The pool's `kill_grace` in microseconds: how long the worker gives itself
+/// to stop once told to (`worker_stop.rs`). [`DEFAULT_GRACE`] if absent.
+pub(crate) const ENV_GRACE: &str = "CREW_KILL_GRACE_US";
+/// The grace of a worker started without [`ENV_GRACE`]: the pool's default.
+const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
 /// Exit code of a worker process whose program does not serve the requested
 /// worker type (its `bootstrap` does not list it).
@@ -109,6 +121,8 @@ struct Launch {
     worker: WorkerId,
     type_name: String,
     arena: Option<ArenaView>,
+    /// How long the worker gives itself once told to stop.
+    grace: Duration,
 }
 
 /// Reads the launch variables. `None` if this process was not started as a crew
@@ -149,15 +163,27 @@ fn launch_from_env() -> Option<Result<Launch, String>> {
                 Some(ArenaView::map(file).map_err(|e| format!("payload arena: {e}"))?)
             }
         };
+        let grace = std::env::var(ENV_GRACE)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(DEFAULT_GRACE, Duration::from_micros);
         Ok(Launch {
             stream: UnixStream::from(owned),
             worker,
             type_name,
             arena,
+            grace,
         })
     };
     let launch = parse();
-    for var in [ENV_FD, ENV_TYPE, ENV_ID, ENV_PARENT, ENV_ARENA_FD] {
+    for var in [
+        ENV_FD,
+        ENV_TYPE,
+        ENV_ID,
+        ENV_PARENT,
+        ENV_ARENA_FD,
+        ENV_GRACE,
+    ] {
         // Only at start-up, before the worker's code runs: no other thread reads
         // the environment yet. A pool the worker builds itself must not see them.
         std::env::remove_var(var);
@@ -167,8 +193,11 @@ fn launch_from_env() -> Option<Result<Launch, String>> {
 
 /// Sets up the process-level guards, then serves `W` and exits.
 fn serve_launch<W: RemoteWorker>(launch: Launch) -> ! {
-    install_group_kill_on_term();
-    let code = match run_worker::<W>(launch.stream, launch.worker, launch.arena) {
+    // First, before the worker's code runs: from here SIGTERM stops the worker
+    // as `worker_stop.rs` says (a SIGTERM that came earlier killed it outright,
+    // before it had anything to clean up).
+    let stopping = Stopping::install(&launch.stream, launch.grace);
+    let code = match run_worker::<W>(launch.stream, launch.worker, launch.arena, stopping) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("crew worker {}: {e}", launch.worker);
@@ -295,22 +324,9 @@ pub fn serve<W: RemoteWorker>() -> ! {
     }
 }
 
-/// SIGTERM (sent by the pool to kill a worker, and by the kernel when the parent
-/// dies, through `PR_SET_PDEATHSIG`) kills the whole process group at once.
-fn install_group_kill_on_term() {
-    extern "C" fn kill_group(_: nix::libc::c_int) {
-        // kill(2) is async-signal-safe; pid 0 is this process's group.
-        let _ = signal::kill(Pid::from_raw(0), Signal::SIGKILL);
-    }
-    // SAFETY: the handler only calls kill(2), which is async-signal-safe.
-    unsafe {
-        let _ = signal::signal(Signal::SIGTERM, SigHandler::Handler(kill_group));
-    }
-}
-
-/// Kills this process's group (itself included): the parent is gone, so nothing
-/// the worker started may outlive it.
-fn kill_own_group() -> ! {
+/// Kills this process's group (itself included): the worker was told to stop,
+/// or its parent is gone, so nothing the worker started may outlive it.
+pub(super) fn kill_own_group() -> ! {
     let _ = signal::kill(Pid::from_raw(0), Signal::SIGKILL);
     std::process::exit(EXIT_CHANNEL)
 }
@@ -328,6 +344,8 @@ struct Channel {
     /// by the task's code to store, and by whoever holds `out` to take it:
     /// the watcher at each tick, the runner at a task's start and answer.
     progress: Mutex<ProgressSlot>,
+    /// Whether the worker was told to stop, and the task it runs.
+    stopping: Arc<Stopping>,
 }
 
 /// The running task's latest progress report, waiting to go out as one
@@ -442,13 +460,14 @@ impl Inbox {
         Ok(())
     }
 
-    /// Reads what the socket has without blocking; false at the end of the stream.
-    fn read_available(&mut self, stream: &UnixStream) -> Result<bool, String> {
+    /// Reads what the socket has without blocking; false at the end of the
+    /// stream, or if the socket fails (a pool that died with frames of this
+    /// worker unread leaves a reset, not an end): either way the pool is gone.
+    fn read_available(&mut self, stream: &UnixStream) -> bool {
         match self.decoder.read_from(&mut NonBlocking(stream)) {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-            Err(e) => Err(format!("channel: {e}")),
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         }
     }
 }
@@ -615,15 +634,15 @@ impl Channel {
             let long_task = st
                 .task_since
                 .is_some_and(|t| now.duration_since(t) >= FLUSH_AFTER);
-            if long_task {
+            // Once told to stop, the worker reads nothing more.
+            if long_task && !self.stopping.is_requested() {
                 drop(st);
                 // `try_lock`: if the runner holds the inbox, it is between tasks
                 // and reads for itself.
                 if let Ok(mut inbox) = self.inbox.try_lock() {
-                    match inbox.read_available(&self.stream) {
-                        Ok(true) => {}
-                        Ok(false) => kill_own_group(),
-                        Err(_) => return,
+                    if !inbox.read_available(&self.stream) {
+                        // The pool is gone: the worker stops (`worker_stop.rs`).
+                        self.stopping.request();
                     }
                     if let Err(e) = inbox.absorb(self) {
                         eprintln!("crew worker: {e}");
@@ -686,12 +705,13 @@ fn protocol(e: ProtocolError) -> String {
     format!("protocol error from the pool: {e}")
 }
 
-/// The worker's conversation with the pool, until shutdown or the end of the
-/// channel.
+/// The worker's conversation with the pool, until shutdown, or until it is told
+/// to stop (`worker_stop.rs`; then it does not return).
 fn run_worker<W: RemoteWorker>(
     stream: UnixStream,
     id: WorkerId,
     arena: Option<ArenaView>,
+    stopping: Arc<Stopping>,
 ) -> Result<(), String> {
     let io_err = |e: io::Error| format!("channel: {e}");
     let channel = Arc::new(Channel {
@@ -716,6 +736,7 @@ fn run_worker<W: RemoteWorker>(
             shutting_down: false,
         }),
         progress: Mutex::new(ProgressSlot::default()),
+        stopping,
     });
     // The pool's hello first: its frame limit (the pool's `max_message_size`
     // and the frame's fields) becomes this side's too, for the frames it reads
@@ -729,6 +750,8 @@ fn run_worker<W: RemoteWorker>(
                 break Hello::decode(frame).map_err(protocol)?;
             }
             if inbox.decoder.read_from(&mut &stream).map_err(io_err)? == 0 {
+                // The pool is gone, or told this worker to stop: there is no
+                // state to stop yet.
                 kill_own_group();
             }
         };
@@ -780,11 +803,19 @@ fn run_worker<W: RemoteWorker>(
 
     let mut last_read = Instant::now();
     loop {
+        // Told to stop (during `start`, a message, or the task that just ended):
+        // no further task.
+        if channel.stopping.is_requested() {
+            stop_early(&mut runner);
+        }
         let next = {
             let mut inbox = lock(&channel.inbox);
             if !inbox.pending.is_empty() && last_read.elapsed() >= POLL_EVERY {
-                if !inbox.read_available(&stream)? {
-                    kill_own_group();
+                if !inbox.read_available(&stream) {
+                    // The pool is gone.
+                    drop(inbox);
+                    channel.stopping.request();
+                    stop_early(&mut runner);
                 }
                 last_read = Instant::now();
             }
@@ -798,9 +829,18 @@ fn run_worker<W: RemoteWorker>(
                     // Nothing to run: block until the pool speaks.
                     channel.set_idle();
                     channel.flush().map_err(io_err)?;
-                    if read_soon(&mut inbox.decoder, &stream, IDLE_POLL).map_err(io_err)? == 0 {
-                        // The pool closed the channel without a shutdown: it is gone.
-                        kill_own_group();
+                    match read_soon(&mut inbox.decoder, &stream, IDLE_POLL) {
+                        Ok(n) if n > 0 => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // The end of the channel: the pool closed it without a
+                        // shutdown (it is gone), or this worker was told to
+                        // stop (which shuts its reading side down to wake it
+                        // here). A failed read is a pool gone too.
+                        _ => {
+                            drop(inbox);
+                            channel.stopping.request();
+                            stop_early(&mut runner);
+                        }
                     }
                     last_read = Instant::now();
                     channel.set_busy();
@@ -826,16 +866,29 @@ fn run_worker<W: RemoteWorker>(
             TaskInput::Chunk(items) => {
                 let answer = runner.run_chunk(task, items, hello.frame_limit);
                 drop(payload);
-                channel.end_with(&answer)?;
+                if let Some(answer) = answer {
+                    channel.end_with(&answer)?;
+                }
                 continue;
             }
         };
-        let outcome = runner.run(task, bytes, hello.frame_limit);
+        // `None`: told to stop while it ran; the loop's first check stops.
+        if let Some(outcome) = runner.run(task, bytes, hello.frame_limit) {
+            channel.end_task(task, outcome)?;
+        }
         drop(payload);
-        channel.end_task(task, outcome)?;
     }
     runner.stop();
     finish(&channel)
+}
+
+/// The worker was told to stop (`worker_stop.rs`): `W::stop`, then what is
+/// buffered goes out (answers of tasks that ended before, messages `stop`
+/// sent), then the process group is killed, this process with it.
+fn stop_early<W: RemoteWorker>(runner: &mut Runner<'_, W>) -> ! {
+    runner.stop();
+    let _ = runner.channel.flush();
+    kill_own_group()
 }
 
 /// Runs `W` for [`run_worker`]: start, one task, stop, and a restart after a
@@ -955,13 +1008,22 @@ impl<W: RemoteWorker> Runner<'_, W> {
     /// runs the unanswered items again as tasks of their own (the item whose
     /// outcome did not fit ran here, and runs once more there; the ones after
     /// it are not run here at all). See `wire/protocol.md`, *chunk done*.
-    fn run_chunk(&mut self, chunk: u64, items: &ChunkItems, limit: u32) -> ToParent {
+    ///
+    /// Told to stop, it ends the answer before the item that was running (and
+    /// the pool runs that one and the rest elsewhere, as above); with no item
+    /// answered, there is no answer (`None`).
+    fn run_chunk(&mut self, chunk: u64, items: &ChunkItems, limit: u32) -> Option<ToParent> {
         let since = Instant::now();
         let mut outcomes = ChunkOutcomes::new();
         // The frame's fixed fields (kind, id, run time, count) and a margin.
         let budget = (limit as usize).saturating_sub(64);
         for (i, input) in items.iter().enumerate() {
-            let outcome = self.run(chunk.wrapping_add(i as u64), input, limit);
+            let Some(outcome) = self.run(chunk.wrapping_add(i as u64), input, limit) else {
+                if outcomes.is_empty() {
+                    return None;
+                }
+                break;
+            };
             let item = match &outcome {
                 Outcome::Ok(bytes) => ItemOutcome::Ok(bytes),
                 Outcome::UserError(bytes) => ItemOutcome::UserError(bytes),
@@ -974,30 +1036,43 @@ impl<W: RemoteWorker> Runner<'_, W> {
             }
             outcomes.push(item);
         }
-        ToParent::ChunkDone {
+        Some(ToParent::ChunkDone {
             id: chunk,
             run_nanos: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
             outcomes,
-        }
+        })
     }
 
-    fn run(&mut self, task: u64, payload: &[u8], limit: u32) -> Outcome {
+    /// Runs one task (or chunk item) and gives its outcome, or `None` if the
+    /// worker was told to stop before it returned: that outcome is not sent,
+    /// the kill decided it (`worker_stop.rs`).
+    fn run(&mut self, task: u64, payload: &[u8], limit: u32) -> Option<Outcome> {
         let input: W::Input = match codec::decode(payload) {
             Ok(input) => input,
             Err(e) => {
-                return Outcome::Panicked(codec::shorten(
+                return Some(Outcome::Panicked(codec::shorten(
                     format!("crew could not decode the task's input in the worker: {e}"),
                     limit,
-                ))
+                )))
             }
         };
         let Some(worker) = self.worker.as_mut() else {
-            return Outcome::Panicked("the worker has no state (its restart failed)".into());
+            return Some(Outcome::Panicked(
+                "the worker has no state (its restart failed)".into(),
+            ));
         };
-        let header =
-            Header::with_queued_at(TaskId(task), Priority::Normal, Limits::NONE, false, None);
+        let stopping = &self.channel.stopping;
+        let header = stopping.enter(task);
         let mut ctx = Context::new(self.id, Some(&header)).with_outbox(&self.outbox);
         let result = catch_unwind(AssertUnwindSafe(|| worker.run(input, &mut ctx)));
+        if stopping.leave() {
+            // Even after a panic: `stop` runs once, on this state, as the
+            // rebuild after a panic would have begun.
+            if let Err(panic) = result {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+            }
+            return None;
+        }
         let outcome = match result {
             Ok(Ok(output)) => match codec::encode(&output) {
                 Ok(bytes) => Outcome::Ok(bytes),
@@ -1015,6 +1090,6 @@ impl<W: RemoteWorker> Runner<'_, W> {
                 Outcome::Panicked(codec::shorten(message, limit))
             }
         };
-        codec::fit_outcome(outcome, limit)
+        Some(codec::fit_outcome(outcome, limit))
     }
 }

@@ -282,6 +282,16 @@ impl Header {
         self.state.load(Relaxed) & CANCEL != 0
     }
 
+    /// Raises `CANCEL` without deciding an outcome. Only for the header a
+    /// worker process builds for the task it runs, which has no result slot:
+    /// the pool decides that task's outcome. The worker raises it when it is
+    /// told to stop (`processes/worker_stop.rs`), so the task's code sees
+    /// `Context::is_cancelled` and can return.
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    pub(crate) fn request_cancel(&self) {
+        self.state.fetch_or(CANCEL, AcqRel);
+    }
+
     #[inline]
     pub(crate) fn is_resolved(&self) -> bool {
         self.state.load(Acquire) & RESOLVED != 0
