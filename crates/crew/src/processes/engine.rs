@@ -14,7 +14,7 @@ use super::process_handle::Launcher;
 use super::state::{Entry, Lifecycle, Observed, Plan, State, Supervisor};
 use super::ProcessConfig;
 use crate::backend::{Admission, BackendKind, Batch, Config, Engine};
-use crate::error::{Failure, ShutdownTimedOut, SubmitError};
+use crate::error::{Failure, ResizeError, ShutdownTimedOut, SubmitError};
 use crate::events::{Bus, Events, ExitReason};
 use crate::stats::{Figures, OutcomeCounts, Stats, WorkerFigures};
 use crate::task::cell::Outcome;
@@ -44,6 +44,8 @@ pub(crate) fn start<W: RemoteWorker>(
             queue: Default::default(),
             links: Vec::new(),
             starting: 0,
+            min_workers: config.workers(),
+            max_workers: config.max_workers(),
             key_owners: KeyTable::new(KEY_TABLE_CAP),
             estimates: KeyTable::new(KEY_TABLE_CAP),
             counts: [0; Outcome::SLOTS],
@@ -259,7 +261,11 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
     }
 
     fn size(&self) -> usize {
-        self.config.workers
+        self.lock().min_workers
+    }
+
+    fn resize(&self, workers: std::ops::RangeInclusive<usize>) -> Result<(), ResizeError> {
+        Supervisor::resize(self, *workers.start(), *workers.end())
     }
 
     fn events(&self) -> Events {
