@@ -1,7 +1,7 @@
 //! The process backend as the pool sees it: starting it, and the [`Engine`]
 //! implementation behind `Pool`'s `Remote` arm, stats included.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -66,6 +66,7 @@ pub(crate) fn start<W: RemoteWorker>(
         alarm: Condvar::new(),
         next_task: AtomicU64::new(1),
         next_worker: AtomicU64::new(1),
+        size: AtomicUsize::new(config.workers()),
         config,
         process,
         launcher,
@@ -261,7 +262,7 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
     }
 
     fn size(&self) -> usize {
-        self.lock().min_workers
+        self.size.load(Ordering::Relaxed)
     }
 
     fn resize(&self, workers: std::ops::RangeInclusive<usize>) -> Result<(), ResizeError> {

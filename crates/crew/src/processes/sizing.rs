@@ -26,6 +26,7 @@
 //! - **Growing under a backlog** ([`Supervisor::grow_if_backlogged`]) and
 //!   **retiring idle workers** ([`Supervisor::retire_idle`]): see their docs.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         st.min_workers = min;
         st.max_workers = max;
+        self.size.store(min, Relaxed);
         let mut plan = Plan::default();
         let counted = Self::counted(&st);
         if counted < min {

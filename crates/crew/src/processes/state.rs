@@ -8,7 +8,7 @@
 //! `supervisor.md` beside this file.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -71,6 +71,9 @@ pub(super) struct Supervisor<W: RemoteWorker> {
     pub(super) next_task: AtomicU64,
     /// The next worker id. Taken by a link thread as it starts its process.
     pub(super) next_worker: AtomicU64,
+    /// `State::min_workers`, readable without the lock (`Pool::size`, which
+    /// `Debug` prints). Written with it, under the lock, by `resize`.
+    pub(super) size: AtomicUsize,
     /// The pool's validated settings; read-only.
     pub(super) config: Config,
     /// The process settings; read-only.

@@ -900,6 +900,14 @@ impl<W: Worker> Local<W> {
             // (The drain also ends the event stream, after its own events.)
             self.shared.drain(Failure::Closed);
         }
+        if self.retired && self.shared.is_elastic() && !self.shared.injectors.is_empty() {
+            // A task submitted as this worker retired may have found it still
+            // counted (so no growth) and spent its wake-up on it (handed over
+            // by `stop_waiting` only if another worker sleeps): with a minimum
+            // of 0 nobody else would run it. Grow for it (`maybe_grow` sees
+            // this worker gone).
+            self.shared.maybe_grow();
+        }
         self.shared.exited.notify_all();
         self.shared.notify_idle();
     }
