@@ -259,7 +259,7 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
         let wanted = match st.lifecycle {
             // Unless a shrink came first: the pool already counts its
             // maximum without this start (`sizing.rs`).
-            Lifecycle::Open => Supervisor::<W>::counted(&st) - 1 < st.max_workers,
+            Lifecycle::Open => Supervisor::<W>::counted(&st).saturating_sub(1) < st.max_workers,
             Lifecycle::Closing => Supervisor::<W>::queued(&st) > 0,
             Lifecycle::Terminating => false,
         };
