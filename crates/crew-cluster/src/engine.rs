@@ -18,12 +18,16 @@
 //! bus stays silent), `kill_worker` and per-worker rows (workers live on other
 //! hosts), sticky keys and retries (redelivery is the cluster's retry),
 //! `cancel_queued` (the seam's default: it cancels nothing and returns 0;
-//! `Task::cancel` still withdraws one task) and deadlines counted from
+//! `Task::cancel` still withdraws one task), deadlines counted from
 //! submission (`TaskBuilder::deadline` is ignored: only the timeout, counted
 //! on the node from the task's start, is sent), and a task's progress
 //! (`Context::progress` on a node reaches the node's local handle only;
 //! `Task::progress` here stays `None`: the engine never calls
-//! `Resolver::set_progress`).
+//! `Resolver::set_progress`), and `Pool::resize` (the
+//! seam's default: `ResizeError::is_unsupported`). The workers are the nodes'
+//! local pools, each sized by the builder its node was started with (a node
+//! fetches as many tasks as its pool's size); the cluster's capacity changes
+//! by starting and stopping nodes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

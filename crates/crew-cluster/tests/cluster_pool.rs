@@ -110,6 +110,9 @@ fn shutdown_waits_terminate_cancels_and_submit_after_is_closed() {
         .cluster(cluster.clone())
         .build()
         .unwrap();
+    // The nodes size their own pools: the client's pool cannot be resized.
+    let resize = pool.resize(3).unwrap_err();
+    assert!(resize.is_unsupported(), "{resize:?}");
     let queued: Vec<_> = (0..5)
         .map(|n| pool.submit(Job::Double(n)).unwrap())
         .collect();

@@ -105,6 +105,8 @@ impl<W: Worker> PoolBuilder<W> {
     }
 
     /// A fixed number of workers. Defaults to `std::thread::available_parallelism()`.
+    /// The last of `workers`, `workers_range` and `processes` sets the size;
+    /// [`Pool::resize`] changes it at run time.
     #[must_use]
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
@@ -116,6 +118,24 @@ impl<W: Worker> PoolBuilder<W> {
     /// `max` while the queue's backlog exceeds [`grow_backlog`](Self::grow_backlog)
     /// tasks per worker and every worker is busy, and retires workers that stayed
     /// idle for [`idle_timeout`](Self::idle_timeout), down to `min`.
+    /// [`Pool::resize_range`] moves the range at run time.
+    ///
+    /// On a process pool, `.processes(min).workers_range(min..=max)` (the last
+    /// size setting wins; `processes` picks the backend): the backlog also
+    /// counts the tasks waiting in each worker's [`window`](Self::window)
+    /// behind the one it runs, and a process starts only when no other start
+    /// is in flight (a process start costs milliseconds; the new worker then
+    /// takes tasks back from the busiest window).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool: crew::Pool = crew::Pool::builder()
+    ///     .workers_range(1..=8)
+    ///     .idle_timeout(Duration::from_secs(30))
+    ///     .build()?;
+    /// assert_eq!(pool.size(), 1); // the minimum
+    /// # Ok::<(), crew::BuildError>(())
+    /// ```
     #[must_use]
     pub fn workers_range(mut self, range: RangeInclusive<usize>) -> Self {
         self.range = Some(range);
@@ -124,7 +144,7 @@ impl<W: Worker> PoolBuilder<W> {
     }
 
     /// How long an extra worker of an elastic pool may stay idle before it
-    /// retires. Default 10 s.
+    /// retires (threads and processes alike). Default 10 s.
     #[must_use]
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
@@ -134,7 +154,8 @@ impl<W: Worker> PoolBuilder<W> {
     /// Queued tasks per worker above which an elastic pool grows. Default 2: the
     /// queue is then deeper than the workers can start within one task's time
     /// each, and a new thread (≈ 20–50 µs to start) pays off for any task longer
-    /// than that.
+    /// than that. A process takes milliseconds to start: a process pool grows
+    /// one process at a time (see [`workers_range`](Self::workers_range)).
     #[must_use]
     pub fn grow_backlog(mut self, tasks_per_worker: usize) -> Self {
         self.grow_backlog = tasks_per_worker;
@@ -366,11 +387,6 @@ impl<W: Worker> PoolBuilder<W> {
                 let setting = process.first_setting.unwrap_or("a process setting");
                 return Err(BuildError::new(BuildErrorKind::NeedsProcesses(setting)));
             }
-            if self.range.is_some() {
-                return Err(BuildError::new(BuildErrorKind::NotForProcesses(
-                    "workers_range",
-                )));
-            }
             if self.concurrency > 1 {
                 // A worker process runs one task at a time; several in flight
                 // would need an executor in the worker process.
@@ -423,9 +439,11 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     /// dedicated worker [`program`](PoolBuilder::program) that calls
     /// [`crew::serve::<W>()`](crate::serve).
     ///
-    /// The other settings keep their meaning; `workers_range` (elastic sizing) is
-    /// not offered for processes, and [`WhenFull::CallerRuns`] waits like `Block`
-    /// (the caller's thread cannot run a process worker's code).
+    /// The other settings keep their meaning, and [`WhenFull::CallerRuns`]
+    /// waits like `Block` (the caller's thread cannot run a process worker's
+    /// code). For an elastic process pool, follow with
+    /// [`workers_range`](PoolBuilder::workers_range): the last size setting
+    /// wins.
     ///
     /// This is the only way to choose the process backend: the process-only
     /// settings below (`retries`, `kill_grace`, `window`, …) on a pool without
@@ -434,6 +452,7 @@ impl<W: crate::RemoteWorker> PoolBuilder<W> {
     #[must_use]
     pub fn processes(mut self, n: usize) -> Self {
         self.workers = Some(n);
+        self.range = None;
         self.process_settings().chosen = true;
         self
     }

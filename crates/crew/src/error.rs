@@ -802,6 +802,84 @@ impl StdError for BuildError {
     }
 }
 
+/// Why [`Pool::resize`](crate::Pool::resize) (or
+/// [`resize_range`](crate::Pool::resize_range)) changed nothing. The pool and
+/// its tasks are untouched.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResizeError {
+    kind: ResizeErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResizeErrorKind {
+    /// `resize(0)`, or a range that is empty or has `max == 0`.
+    NoWorkers,
+    /// The pool is shut down (or shutting down).
+    Closed,
+    /// The pool's engine cannot change its size (the cluster: its workers are
+    /// the nodes' own pools).
+    Unsupported,
+}
+
+impl ResizeError {
+    pub(crate) fn no_workers() -> Self {
+        ResizeError {
+            kind: ResizeErrorKind::NoWorkers,
+        }
+    }
+
+    pub(crate) fn closed() -> Self {
+        ResizeError {
+            kind: ResizeErrorKind::Closed,
+        }
+    }
+
+    pub(crate) fn unsupported() -> Self {
+        ResizeError {
+            kind: ResizeErrorKind::Unsupported,
+        }
+    }
+
+    /// The size asked for leaves the pool no worker to run its tasks:
+    /// `resize(0)`, or a range that is empty or ends at 0, refused as
+    /// `PoolBuilder::workers(0)` is. (A range that starts at 0 is accepted: the
+    /// pool then grows from nothing when work comes.)
+    pub fn is_no_workers(&self) -> bool {
+        self.kind == ResizeErrorKind::NoWorkers
+    }
+
+    /// The pool is shut down, or shutting down: its size no longer changes.
+    pub fn is_closed(&self) -> bool {
+        self.kind == ResizeErrorKind::Closed
+    }
+
+    /// The pool's backend cannot be resized from here (the cluster backend:
+    /// each node sizes its own pool).
+    pub fn is_unsupported(&self) -> bool {
+        self.kind == ResizeErrorKind::Unsupported
+    }
+}
+
+impl fmt::Debug for ResizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResizeError")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl fmt::Display for ResizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            ResizeErrorKind::NoWorkers => "a pool needs at least one worker",
+            ResizeErrorKind::Closed => "the pool is shut down; its size no longer changes",
+            ResizeErrorKind::Unsupported => "this pool's backend cannot be resized",
+        })
+    }
+}
+
+impl StdError for ResizeError {}
+
 /// `Pool::shutdown_timeout` ran out of time. Every task has still been resolved:
 /// what had not run was resolved as closed, what was running as cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -257,7 +257,10 @@ impl From<Outcome> for TaskOutcome {
 pub enum ExitReason {
     /// The pool shut down (or terminated).
     Shutdown,
-    /// An elastic pool's extra worker stayed idle for `idle_timeout`.
+    /// An elastic pool's extra worker stayed idle for `idle_timeout`, or
+    /// [`Pool::resize`](crate::Pool::resize) shrank the pool. It runs
+    /// `Worker::stop` as it leaves (a thread, after this event; a process,
+    /// before it).
     Retired,
     /// [`Pool::kill_worker`](crate::Pool::kill_worker) retired it.
     Killed,

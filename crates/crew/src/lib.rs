@@ -78,6 +78,8 @@
 //!   with one id reservation and one wake-up.
 //! - **Elastic size**: [`PoolBuilder::workers_range`] grows the pool while every
 //!   worker is busy and the backlog is deep, and retires idle extra workers.
+//!   [`Pool::resize`] and [`Pool::resize_range`] change the size at run time: a
+//!   shrink retires idle workers first and lets busy ones finish their task.
 //! - **Priorities**: a worker takes queued [`Priority::High`] tasks before
 //!   `Normal` ones and `Normal` before `Low`, except that one pick in every eight
 //!   starts at `Low` and one at `Normal`, so a flood of high-priority work cannot
@@ -191,7 +193,9 @@ mod worker;
 pub use async_worker::{Async, AsyncWorker};
 pub use backend::BackendKind;
 pub use builder::{PoolBuilder, SpawnHandler, WhenFull};
-pub use error::{BuildError, ShutdownTimedOut, StartError, SubmitError, TaskError, UserError};
+pub use error::{
+    BuildError, ResizeError, ShutdownTimedOut, StartError, SubmitError, TaskError, UserError,
+};
 pub use events::{Event, Events, ExitReason, RecvAsync, TaskOutcome};
 pub use feed::{Feed, FeedStream};
 #[cfg(all(feature = "process", target_os = "linux"))]

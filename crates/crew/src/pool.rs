@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::task::{Context as PollContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Admission, BackendKind, Config, Engine};
 use crate::builder::PoolBuilder;
-use crate::error::{BuildError, BuildErrorKind, ShutdownTimedOut, SubmitError};
+use crate::error::{BuildError, BuildErrorKind, ResizeError, ShutdownTimedOut, SubmitError};
 use crate::events::Events;
 use crate::health::{Health, Probe, Watcher};
 use crate::stats::Stats;
@@ -486,11 +487,96 @@ impl<W: Worker> Pool<W> {
     }
 
     /// The number of workers the pool keeps: the fixed size, or an elastic
-    /// pool's minimum (see `workers()` for the workers alive now).
+    /// pool's minimum (see `workers()` for the workers alive now). After
+    /// [`resize`](Pool::resize), the new size at once, while workers start or
+    /// leave to match it.
     pub fn size(&self) -> usize {
         match self.backend() {
-            Backend::Threads(shared) => shared.config.workers,
+            Backend::Threads(shared) => shared.min_workers(),
             Backend::Remote(engine) => engine.size(),
+        }
+    }
+
+    /// Changes the number of workers at run time, to a fixed `workers`, as if
+    /// the pool had been built with [`PoolBuilder::workers`]`(workers)`: an
+    /// elastic pool ([`PoolBuilder::workers_range`]) stops being elastic (use
+    /// [`resize_range`](Pool::resize_range) to move its range instead). Returns
+    /// at once; [`size`](Pool::size) says `workers` from then on, and the
+    /// workers follow:
+    ///
+    /// - **Growing** starts the missing workers at once. Workers that a
+    ///   shrink asked to leave and that have not left yet stay instead.
+    /// - **Shrinking** retires idle workers first. A busy worker chosen to
+    ///   retire takes no new task and leaves when the task it runs returns:
+    ///   nothing running is cancelled. On a process pool, the tasks a retiring
+    ///   worker holds in its [`window`](PoolBuilder::window) and has not begun
+    ///   are taken back (as steal-back takes them) and run on the workers that
+    ///   stay. Every retired worker runs [`Worker::stop`](crate::Worker::stop),
+    ///   and its [`Event::WorkerExited`](crate::Event::WorkerExited) says
+    ///   [`ExitReason::Retired`](crate::ExitReason::Retired).
+    ///
+    /// [`workers`](Pool::workers) leaves out the workers asked to leave at
+    /// once; [`stats`](Pool::stats) shows each of them until it has left (busy
+    /// while its task runs, then stopping). Every task resolves exactly once,
+    /// whatever runs meanwhile: submissions, other resizes, a shutdown.
+    ///
+    /// `resize(0)` is refused ([`ResizeError::is_no_workers`]), as
+    /// `workers(0)` is at build time: a pool with tasks queued and no worker
+    /// would never run them. For a pool that costs nothing while idle, use
+    /// `resize_range(0..=n)`, which grows from zero when work comes. A closed
+    /// pool refuses too ([`ResizeError::is_closed`]); so does the cluster
+    /// backend, whose nodes size their own pools
+    /// ([`ResizeError::is_unsupported`]).
+    ///
+    /// ```
+    /// let pool = crew::Pool::builder().workers(2).build()?;
+    /// pool.resize(4)?;
+    /// assert_eq!(pool.size(), 4);
+    /// // The two new workers are starting; wait for them (with a deadline).
+    /// let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    /// while pool.workers().len() < 4 && std::time::Instant::now() < deadline {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(pool.workers().len(), 4);
+    ///
+    /// pool.resize(1)?; // three idle workers retire
+    /// assert_eq!(pool.workers().len(), 1);
+    /// assert_eq!(pool.spawn(|| 6 * 7).join()?, 42);
+    ///
+    /// assert!(pool.resize(0).unwrap_err().is_no_workers());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resize(&self, workers: usize) -> Result<(), ResizeError> {
+        self.resize_range(workers..=workers)
+    }
+
+    /// Makes the pool elastic with a new range, as if it had been built with
+    /// [`PoolBuilder::workers_range`]`(min..=max)` (its
+    /// [`idle_timeout`](PoolBuilder::idle_timeout) and
+    /// [`grow_backlog`](PoolBuilder::grow_backlog) stay): fewer than `min`
+    /// workers, the missing ones start at once; more than `max`, the extra ones
+    /// retire as [`resize`](Pool::resize) retires them (idle ones first, busy
+    /// ones after their task); in between, nothing changes now, and the pool
+    /// grows under a backlog and retires workers idle for `idle_timeout`, down
+    /// to `min`. `min..=min` is `resize(min)`.
+    ///
+    /// A range that is empty or ends at 0 is refused
+    /// ([`ResizeError::is_no_workers`]); one that starts at 0 is accepted.
+    ///
+    /// ```
+    /// let pool = crew::Pool::builder().workers(4).build()?;
+    /// pool.resize_range(1..=8)?; // keep 1, grow up to 8 under a backlog
+    /// assert_eq!(pool.size(), 1);
+    /// assert_eq!(pool.spawn(|| 6 * 7).join()?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resize_range(&self, workers: RangeInclusive<usize>) -> Result<(), ResizeError> {
+        if workers.is_empty() || *workers.end() == 0 {
+            return Err(ResizeError::no_workers());
+        }
+        match self.backend() {
+            Backend::Threads(shared) => shared.resize(*workers.start(), *workers.end()),
+            Backend::Remote(engine) => engine.resize(workers),
         }
     }
 

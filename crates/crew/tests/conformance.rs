@@ -30,9 +30,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use common::{recv_to_end, recv_until, wait_until, worker_processes, LIMIT};
+use std::sync::mpsc::RecvTimeoutError;
+
 use crew::{
-    Context, Event, ExitReason, Health, Pool, PoolBuilder, Priority, StartError, Task, TaskError,
-    TaskId, TaskOutcome, Worker, WorkerId,
+    Context, Event, ExitReason, Health, Messages, Pool, PoolBuilder, Priority, StartError, Task,
+    TaskError, TaskId, TaskOutcome, Worker, WorkerId,
 };
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -71,11 +73,18 @@ struct Probe {
     ran: u64,
 }
 
+/// What a probe worker tells the pool outside tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Note {
+    /// Its `Worker::stop` ran (sent from inside it: the sender is the worker).
+    Stopped,
+}
+
 impl Worker for Probe {
     type Input = Job;
     type Output = Reply;
     type Error = String;
-    type Message = ();
+    type Message = Note;
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Probe { ran: 0 })
@@ -105,6 +114,12 @@ impl Worker for Probe {
             worker: ctx.worker_id().as_u64(),
             ran: self.ran,
         })
+    }
+
+    fn stop(&mut self, ctx: &mut Context<'_>) {
+        // Counted by the scenarios that retire workers (`stops_until`); the
+        // messages channel reaches the test from a worker process too.
+        let _ = ctx.send(Note::Stopped);
     }
 }
 
@@ -213,6 +228,10 @@ conformance!(
     sticky_keys,
     submit_async_and_await,
     progress_reaches_the_caller_before_the_result,
+    resize_grows_then_retires_idle_workers,
+    resize_lets_busy_workers_finish_their_task,
+    resize_racing_submit_loses_nothing,
+    elastic_grows_under_a_burst_and_shrinks_when_idle,
 );
 
 // ------------------------------------------------------------------ helpers
@@ -340,6 +359,40 @@ fn started(events: &[Event], worker: WorkerId) -> bool {
     events
         .iter()
         .any(|e| matches!(e, Event::WorkerStarted { worker: w, .. } if *w == worker))
+}
+
+/// Receives the workers' [`Note::Stopped`] until every worker in `workers` has
+/// said it; returns how many each sender said so far.
+#[track_caller]
+fn stops_until(messages: &Messages<Note>, workers: &HashSet<WorkerId>) -> HashMap<WorkerId, usize> {
+    let deadline = Instant::now() + LIMIT;
+    let mut stops: HashMap<WorkerId, usize> = HashMap::new();
+    while !workers.iter().all(|w| stops.contains_key(w)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match messages.recv_timeout(left) {
+            Ok((from, Note::Stopped)) => *stops.entry(from).or_default() += 1,
+            Err(e) => panic!("no stop from each of {workers:?} ({e:?}); saw {stops:?}"),
+        }
+    }
+    stops
+}
+
+/// Every `Worker::stop` a pool's workers report until the pool (shut down)
+/// ends the messages stream, by worker, added to `stops`.
+#[track_caller]
+fn stops_to_end(
+    messages: &Messages<Note>,
+    mut stops: HashMap<WorkerId, usize>,
+) -> HashMap<WorkerId, usize> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match messages.recv_timeout(left) {
+            Ok((from, Note::Stopped)) => *stops.entry(from).or_default() += 1,
+            Err(RecvTimeoutError::Disconnected) => return stops,
+            Err(RecvTimeoutError::Timeout) => panic!("the messages did not end; saw {stops:?}"),
+        }
+    }
 }
 
 /// Polls `future` once, with a waker that does nothing.
@@ -1260,5 +1313,272 @@ fn submit_async_and_await(backend: Backend) {
     assert_eq!(futures::executor::block_on(waiting).unwrap().value, 1);
     assert_eq!(futures::executor::block_on(blocker).unwrap().value, 0);
     futures::executor::block_on(pool.idle());
+    pool.shutdown();
+}
+
+/// `resize` grows the pool (the new workers start and run tasks) and shrinks
+/// it: with every worker idle, the extra ones leave at once, each running
+/// `Worker::stop` and exiting as `Retired`; the one that stays goes on. A size
+/// of 0, an empty range and a closed pool are refused.
+fn resize_grows_then_retires_idle_workers(backend: Backend) {
+    let pool = backend.pool(2);
+    let events = pool.events();
+    let messages = pool.messages();
+
+    pool.resize(4).unwrap();
+    assert_eq!(pool.size(), 4, "the new size at once");
+    full_size(&pool);
+    let before: HashSet<WorkerId> = pool.workers().into_iter().collect();
+    assert_eq!(before.len(), 4);
+    assert_eq!(pool.stats().workers, 4, "{}", pool.stats());
+    let tasks: Vec<_> = (0..40)
+        .map(|i| pool.submit(Job::Echo(i)).unwrap())
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let r = reply(task);
+        assert_eq!(r.value, i as u64);
+        assert!(before.iter().any(|w| w.as_u64() == r.worker), "{r:?}");
+    }
+    assert!(pool.wait_idle_timeout(LIMIT));
+
+    pool.resize(1).unwrap();
+    assert_eq!(pool.size(), 1);
+    wait_until("three idle workers leave", || {
+        pool.workers().len() == 1 && pool.stats().workers == 1
+    });
+    let kept = pool.workers()[0];
+    assert!(before.contains(&kept), "{kept} was one of {before:?}");
+    let retired: HashSet<WorkerId> = before.iter().copied().filter(|w| *w != kept).collect();
+    let seen = recv_until(&events, |seen| {
+        retired.iter().all(|w| !exits_of(seen, *w).is_empty())
+    });
+    for w in &retired {
+        assert_eq!(
+            exits_of(&seen, *w),
+            vec![ExitReason::Retired],
+            "{w}: {seen:#?}"
+        );
+    }
+    assert!(exits_of(&seen, kept).is_empty(), "{kept} stays: {seen:#?}");
+    let stops = stops_until(&messages, &retired);
+    assert_eq!(
+        stops.keys().copied().collect::<HashSet<_>>(),
+        retired,
+        "{stops:?}"
+    );
+    assert_eq!(echo(&pool, 7).worker, kept.as_u64());
+
+    let zero = pool.resize(0).unwrap_err();
+    assert!(zero.is_no_workers() && !zero.is_closed(), "{zero:?}");
+    #[allow(clippy::reversed_empty_ranges)] // the point
+    let empty = pool.resize_range(3..=2).unwrap_err();
+    assert!(empty.is_no_workers(), "{empty:?}");
+    assert_eq!(pool.size(), 1, "a refused resize changes nothing");
+
+    pool.shutdown();
+    let stops = stops_to_end(&messages, stops);
+    for w in before.iter() {
+        assert_eq!(stops.get(w), Some(&1), "{w} stopped once: {stops:?}");
+    }
+    let closed = pool.resize(2).unwrap_err();
+    assert!(closed.is_closed(), "{closed:?}");
+    let stats = pool.stats();
+    assert_eq!((stats.submitted, stats.completed), (41, 41), "{stats}");
+}
+
+/// A shrink while every worker is busy: the busy workers chosen to leave
+/// finish the task they run (nothing running is cancelled), take nothing new,
+/// then run `stop` and exit as `Retired`. The tasks queued behind them
+/// (processes: in their windows) run on the worker that stays. Every task
+/// resolves exactly once.
+fn resize_lets_busy_workers_finish_their_task(backend: Backend) {
+    let pool = backend.pool(3);
+    let events = pool.events();
+    let messages = pool.messages();
+    let gate = FileGate::new();
+    let held: Vec<_> = (0..3).map(|_| pool.submit(gate.hold()).unwrap()).collect();
+    let on: Vec<WorkerId> = held.iter().map(|t| wait_running(&pool, t)).collect();
+    assert_eq!(
+        on.iter().collect::<HashSet<_>>().len(),
+        3,
+        "one each: {on:?}"
+    );
+    let queued: Vec<_> = (0..30)
+        .map(|i| pool.submit(Job::Echo(i)).unwrap())
+        .collect();
+
+    pool.resize(1).unwrap();
+    assert_eq!(pool.size(), 1);
+    wait_until("workers() lists only the one that stays", || {
+        pool.workers().len() == 1
+    });
+    let kept = pool.workers()[0];
+    assert!(on.contains(&kept));
+    let stats = pool.stats();
+    assert_eq!(
+        stats.busy, 3,
+        "the leaving workers still run their task: {stats}"
+    );
+    assert!(
+        held.iter().all(|t| !t.is_finished()),
+        "nothing running was cancelled"
+    );
+
+    gate.open();
+    for (task, worker) in held.into_iter().zip(&on) {
+        let r = reply(task);
+        assert_eq!(r.worker, worker.as_u64(), "it finished where it ran");
+    }
+    let ids: Vec<TaskId> = queued.iter().map(Task::id).collect();
+    for (i, task) in queued.into_iter().enumerate() {
+        assert_eq!(reply(task).value, i as u64);
+    }
+    wait_until("the two leave once their task is done", || {
+        pool.stats().workers == 1
+    });
+    let retired: HashSet<WorkerId> = on.iter().copied().filter(|w| *w != kept).collect();
+    let stops = stops_until(&messages, &retired);
+    assert!(!stops.contains_key(&kept), "{stops:?}");
+
+    pool.shutdown();
+    let seen = recv_to_end(&events);
+    for id in ids {
+        assert_eq!(
+            outcome_of(&seen, id),
+            (TaskOutcome::Completed, true),
+            "{id}"
+        );
+    }
+    for w in &retired {
+        assert_eq!(exits_of(&seen, *w), vec![ExitReason::Retired], "{w}");
+    }
+    assert_eq!(exits_of(&seen, kept), vec![ExitReason::Shutdown]);
+    let stops = stops_to_end(&messages, stops);
+    for w in &on {
+        assert_eq!(stops.get(w), Some(&1), "{w} stopped once: {stops:?}");
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.submitted, stats.completed), (33, 33), "{stats}");
+}
+
+/// Resizes up and down while another thread submits: every task resolves
+/// with its answer, once, and the pool ends at its last size.
+fn resize_racing_submit_loses_nothing(backend: Backend) {
+    const TASKS: u64 = 300;
+    let pool = backend.pool(2);
+    let submitter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            (0..TASKS)
+                .map(|i| pool.submit(Job::Echo(i)).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    // Process starts are slow: fewer rounds there, the same interleavings.
+    let rounds = match backend {
+        Backend::Processes => 2,
+        Backend::Threads | Backend::Loopback => 10,
+    };
+    for _ in 0..rounds {
+        for n in [4, 1, 3, 1] {
+            pool.resize(n).unwrap();
+            std::thread::yield_now();
+        }
+    }
+    pool.resize(2).unwrap();
+    let tasks = submitter.join().unwrap();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(reply(task).value, i as u64);
+    }
+    full_size(&pool);
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.submitted, stats.completed),
+        (TASKS, TASKS),
+        "{stats}"
+    );
+    assert_eq!(stats.queued, 0, "{stats}");
+    pool.shutdown();
+}
+
+/// `workers_range` with `idle_timeout` (threads and processes alike): a burst
+/// that keeps every worker busy grows the pool, never above its maximum; once
+/// idle for `idle_timeout` the extra workers retire (`stop` runs, `Retired`)
+/// down to the minimum.
+fn elastic_grows_under_a_burst_and_shrinks_when_idle(backend: Backend) {
+    const IDLE: Duration = Duration::from_millis(200);
+    let pool = backend
+        .builder(1)
+        .workers_range(1..=3)
+        .grow_backlog(1)
+        .idle_timeout(IDLE)
+        .build()
+        .unwrap();
+    full_size(&pool);
+    let events = pool.events();
+    let messages = pool.messages();
+    let first = pool.workers();
+    let gate = FileGate::new();
+    let mut held = vec![pool.submit(gate.hold()).unwrap()];
+    wait_running(&pool, &held[0]);
+    // Growth is decided as tasks come: keep submitting until the pool is at
+    // its maximum, checking that it never goes past it.
+    let deadline = Instant::now() + LIMIT;
+    while pool.workers().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not grow to 3 under a backlog of {}: {}",
+            held.len(),
+            pool.stats()
+        );
+        held.push(pool.submit(gate.hold()).unwrap());
+        assert!(pool.workers().len() <= 3, "{:?}", pool.workers());
+        assert!(pool.stats().workers <= 3, "{}", pool.stats());
+        std::thread::sleep(Duration::from_millis(2)); // paces the submitter
+    }
+    wait_until("every worker runs a held task", || pool.stats().busy == 3);
+    assert!(pool.stats().workers <= 3, "{}", pool.stats());
+    let grown: HashSet<WorkerId> = pool.workers().into_iter().collect();
+    let extra: HashSet<WorkerId> = grown
+        .iter()
+        .copied()
+        .filter(|w| !first.contains(w))
+        .collect();
+    assert_eq!(extra.len(), 2, "{grown:?} from {first:?}");
+
+    gate.open();
+    let count = held.len() as u64;
+    for task in held {
+        assert_eq!(reply(task).value, 0);
+    }
+    assert!(pool.wait_idle_timeout(LIMIT));
+    wait_until("the idle pool shrinks back to its minimum", || {
+        pool.workers().len() == 1 && pool.stats().workers == 1
+    });
+    assert_eq!(pool.size(), 1);
+    let seen = recv_until(&events, |seen| {
+        grown
+            .iter()
+            .filter(|w| !exits_of(seen, **w).is_empty())
+            .count()
+            == 2
+    });
+    let left: HashSet<WorkerId> = grown
+        .iter()
+        .copied()
+        .filter(|w| exits_of(&seen, *w) == vec![ExitReason::Retired])
+        .collect();
+    assert_eq!(left.len(), 2, "two retired: {seen:#?}");
+    assert!(stops_until(&messages, &left).len() >= 2);
+
+    assert_eq!(echo(&pool, 9).value, 9);
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.submitted, stats.completed),
+        (count + 1, count + 1),
+        "{stats}"
+    );
     pool.shutdown();
 }

@@ -313,3 +313,30 @@ fn an_empty_or_zero_range_is_rejected() {
         pool.shutdown();
     }
 }
+
+#[test]
+fn resize_range_from_zero_empties_an_idle_pool_and_grows_for_one_task() {
+    // `Pool::resize`'s docs: for a pool that costs nothing while idle, use
+    // `resize_range(0..=n)`; a task then gets a worker as it comes.
+    let threads = Threads::default();
+    let pool = Pool::builder()
+        .workers(2)
+        .idle_timeout(IDLE)
+        .spawn_handler(threads.handler())
+        .build()
+        .unwrap();
+    pool.resize_range(0..=2).unwrap();
+    assert_eq!(pool.size(), 0);
+    wait_until("the idle pool retires every worker", || {
+        pool.workers().is_empty()
+    });
+    wait_until("the retired threads exit", || threads.alive() == 0);
+    for i in 0..3 {
+        assert_eq!(
+            join(pool.spawn(move || i)).unwrap(),
+            i,
+            "one task at a time"
+        );
+    }
+    pool.shutdown();
+}

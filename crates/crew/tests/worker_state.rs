@@ -205,3 +205,49 @@ fn processes_a_killed_worker_still_holding_its_place_is_busy() {
     task_gate.open();
     pool.shutdown();
 }
+
+/// A worker that `resize` retires while it runs a task: `workers()` leaves it
+/// out at once, its row stays `Busy` (and counted in `busy`) until its task
+/// ends, then it goes; the rows and the counts agree all along.
+fn a_retiring_worker_is_busy_until_its_task_ends(pool: Pool<Held>, name: &str) {
+    let gate = FileGate::new(name);
+    let tasks: Vec<_> = (0..2).map(|_| pool.submit(gate.job()).unwrap()).collect();
+    wait_until("both tasks run", || pool.stats().busy == 2);
+    let before: Vec<WorkerId> = pool.workers();
+    pool.resize(1).unwrap();
+    let kept = pool.workers();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let leaving = *before.iter().find(|w| !kept.contains(w)).unwrap();
+    let stats = pool.stats();
+    assert_eq!(row(&stats, leaving), Some(WorkerState::Busy), "{stats}");
+    assert_eq!((stats.workers, stats.busy), (2, 2), "{stats}");
+    assert_rows_agree(&stats);
+
+    gate.open();
+    for task in tasks {
+        join(task).unwrap();
+    }
+    wait_until("the retired worker's row goes", || {
+        row(&pool.stats(), leaving).is_none()
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.workers, 1, "{stats}");
+    assert_rows_agree(&stats);
+    pool.shutdown();
+}
+
+#[test]
+fn threads_a_retiring_worker_is_busy_until_its_task_ends() {
+    let pool = Pool::<Held>::builder().workers(2).build().unwrap();
+    a_retiring_worker_is_busy_until_its_task_ends(pool, "state-threads-resize");
+}
+
+#[test]
+fn processes_a_retiring_worker_is_busy_until_its_task_ends() {
+    let pool = worker_processes::<Held>(2).build().unwrap();
+    wait_until("both workers are up", || {
+        let stats = pool.stats();
+        stats.workers == 2 && stats.per_worker.iter().all(|w| w.started)
+    });
+    a_retiring_worker_is_busy_until_its_task_ends(pool, "state-processes-resize");
+}

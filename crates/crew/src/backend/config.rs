@@ -65,10 +65,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub(crate) fn is_elastic(&self) -> bool {
-        self.max_workers > self.workers
-    }
-
     /// Workers started at build time (an elastic pool's minimum).
     pub fn workers(&self) -> usize {
         self.workers
@@ -77,6 +73,16 @@ impl Config {
     /// The most workers the pool may run (equal to `workers` unless elastic).
     pub fn max_workers(&self) -> usize {
         self.max_workers
+    }
+
+    /// How long a worker above the minimum may stay idle before it retires.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// Tasks waiting per worker above which an elastic pool grows.
+    pub fn grow_backlog(&self) -> usize {
+        self.grow_backlog
     }
 
     /// The pool's default task timeout.

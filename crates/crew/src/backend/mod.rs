@@ -28,6 +28,9 @@
 //!   happened. Nothing is left pending at shutdown or when a worker dies.
 //! - `submit` gives the input back in a [`SubmitError`] when it refuses it
 //!   (closed, or full under [`Admission::Try`]).
+//! - `resize` returns at once; the workers it adds or retires follow. A
+//!   retired worker finishes the task it runs; what it holds and has not begun
+//!   runs on another worker.
 //! - `close` is idempotent and does not wait; `shutdown` waits (up to its
 //!   deadline) for every task to resolve and every worker to stop; `terminate`
 //!   resolves what is queued as closed and what runs as cancelled.
@@ -50,11 +53,12 @@ pub use crate::stats::{Figures, OutcomeCounts, Timings, WorkerFigures};
 pub use crate::task::TaskOptions;
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
-use crate::error::{ShutdownTimedOut, SubmitError, TaskError};
+use crate::error::{ResizeError, ShutdownTimedOut, SubmitError, TaskError};
 use crate::events::Events;
 use crate::messages::Messages;
 use crate::stats::Stats;
@@ -169,8 +173,26 @@ pub trait Engine<W: Worker>: Send + Sync {
     /// The live workers, by id.
     fn worker_ids(&self) -> Vec<WorkerId>;
 
-    /// The number of workers the pool keeps.
+    /// The number of workers the pool keeps (an elastic pool's minimum).
     fn size(&self) -> usize;
+
+    /// Makes the pool keep `workers.start()` workers, growing up to
+    /// `workers.end()` under a backlog (equal bounds: a fixed size), as
+    /// [`Pool::resize_range`](crate::Pool::resize_range) documents: growing
+    /// starts workers; shrinking retires idle workers first and lets busy ones
+    /// finish the task they run, while the tasks they hold and have not begun
+    /// run elsewhere; each retired worker runs `Worker::stop`. `Pool` has
+    /// checked the range (not empty, an end of at least 1). Returns at once,
+    /// [`resize_closed`] on a closed pool; `size()` reports the new minimum
+    /// from then on.
+    ///
+    /// The default refuses ([`resize_unsupported`]): an engine whose workers
+    /// the pool cannot size (the cluster, whose nodes size their own pools)
+    /// says so in its docs.
+    fn resize(&self, workers: RangeInclusive<usize>) -> Result<(), ResizeError> {
+        let _ = workers;
+        Err(ResizeError::unsupported())
+    }
 
     /// A new event subscription.
     fn events(&self) -> Events {
@@ -256,6 +278,16 @@ pub fn submit_closed<T>(input: T) -> SubmitError<T> {
 /// The refusal of a submission under [`Admission::Try`] to a full queue.
 pub fn submit_full<T>(input: T) -> SubmitError<T> {
     SubmitError::full(input)
+}
+
+/// The refusal of a `resize` by a closed pool.
+pub fn resize_closed() -> ResizeError {
+    ResizeError::closed()
+}
+
+/// The refusal of a `resize` by an engine that cannot change its size.
+pub fn resize_unsupported() -> ResizeError {
+    ResizeError::unsupported()
 }
 
 /// The error of a `shutdown` whose deadline passed with `still_running` tasks.

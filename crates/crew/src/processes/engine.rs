@@ -1,7 +1,7 @@
 //! The process backend as the pool sees it: starting it, and the [`Engine`]
 //! implementation behind `Pool`'s `Remote` arm, stats included.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use super::process_handle::Launcher;
 use super::state::{Entry, Lifecycle, Observed, Plan, State, Supervisor};
 use super::ProcessConfig;
 use crate::backend::{Admission, BackendKind, Batch, Config, Engine};
-use crate::error::{Failure, ShutdownTimedOut, SubmitError};
+use crate::error::{Failure, ResizeError, ShutdownTimedOut, SubmitError};
 use crate::events::{Bus, Events, ExitReason};
 use crate::stats::{Figures, OutcomeCounts, Stats, WorkerFigures};
 use crate::task::cell::Outcome;
@@ -46,6 +46,8 @@ pub(crate) fn start<W: RemoteWorker>(
             queue: Default::default(),
             links: Vec::new(),
             starting: 0,
+            min_workers: config.workers(),
+            max_workers: config.max_workers(),
             key_owners: KeyTable::new(KEY_TABLE_CAP),
             estimates: KeyTable::new(KEY_TABLE_CAP),
             counts: [0; Outcome::SLOTS],
@@ -66,6 +68,7 @@ pub(crate) fn start<W: RemoteWorker>(
         alarm: Condvar::new(),
         next_task: AtomicU64::new(1),
         next_worker: AtomicU64::new(1),
+        size: AtomicUsize::new(config.workers()),
         config,
         process,
         launcher,
@@ -261,7 +264,11 @@ impl<W: RemoteWorker> Engine<W> for Arc<Supervisor<W>> {
     }
 
     fn size(&self) -> usize {
-        self.config.workers
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn resize(&self, workers: std::ops::RangeInclusive<usize>) -> Result<(), ResizeError> {
+        Supervisor::resize(self, *workers.start(), *workers.end())
     }
 
     fn events(&self) -> Events {

@@ -45,6 +45,7 @@ impl<W: RemoteWorker> Supervisor<W> {
                         return Err("a second ready".into());
                     }
                     st.links[i].ready = true;
+                    st.links[i].idle_since = Some(Instant::now());
                     st.start_failures = 0;
                     crate::trace::worker_started(id);
                     if self.events.is_active() {
@@ -240,6 +241,10 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         // Answers moved the head of the window: the next task's clock starts.
         self.arm_head(st, i);
+        let link = &mut st.links[i];
+        if link.window.is_empty() && link.backlog.is_empty() && link.idle_since.is_none() {
+            link.idle_since = Some(Instant::now()); // elastic retirement's clock
+        }
         self.dispatch(st, plan);
         Ok(())
     }
@@ -282,7 +287,9 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
     {
         let mut st = shared.lock();
         let wanted = match st.lifecycle {
-            Lifecycle::Open => true,
+            // Unless a shrink came first: the pool already counts its
+            // maximum without this start (`sizing.rs`).
+            Lifecycle::Open => Supervisor::<W>::counted(&st).saturating_sub(1) < st.max_workers,
             Lifecycle::Closing => Supervisor::<W>::queued(&st) > 0,
             Lifecycle::Terminating => false,
         };
@@ -330,6 +337,7 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
             process: Arc::clone(&process),
             ready: false,
             retiring: false,
+            retired: false,
             killing: None,
             shutdown_sent: false,
             window: VecDeque::new(),
@@ -340,6 +348,7 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
             recycle_after,
             timings: Timings::new(),
             born: Instant::now(),
+            idle_since: None,
             silenced: None,
             silence_armed: false,
         });
@@ -354,6 +363,17 @@ pub(super) fn link_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>, backoff: D
         }
         if st.lifecycle == Lifecycle::Terminating {
             shared.kill_link(&mut st, id, ExitReason::Shutdown, None);
+        }
+        if st.lifecycle == Lifecycle::Open && Supervisor::<W>::counted(&st) > st.max_workers {
+            // A shrink came while this process was starting (after the check
+            // above): it retires as soon as it is up, running `stop`.
+            let i = st.links.len() - 1;
+            shared.retire_link(&mut st, i, &mut Plan::default());
+        }
+        if Supervisor::<W>::counted(&st) > st.min_workers {
+            // Above its minimum, the pool retires idle workers: the monitor
+            // may be waiting with no deadline at all (`retire_idle`).
+            shared.alarm.notify_all();
         }
     }
     process.writer.pump();
@@ -526,6 +546,9 @@ pub(super) fn link_ended<W: RemoteWorker>(
     let mut window = link.window;
     let reason = match (&link.killing, link.retiring, &end) {
         (Some(reason), _, _) => *reason,
+        (None, true, End::Closed) if crash.exit_code == Some(0) && link.retired => {
+            ExitReason::Retired
+        }
         (None, true, End::Closed) if crash.exit_code == Some(0) => ExitReason::Recycled,
         (None, false, End::Closed) if link.shutdown_sent && crash.exit_code == Some(0) => {
             ExitReason::Shutdown

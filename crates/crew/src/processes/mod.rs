@@ -16,6 +16,8 @@
 //!   after the grace.
 //! - `queue_control.rs`: `cancel_queued` (taking unstarted tasks back from
 //!   windows) and deadlines counted from submission. Any thread, under the lock.
+//! - `sizing.rs`: `resize`, elastic growth under a backlog, retiring idle
+//!   workers. Any thread, under the lock (the monitor for idle retirement).
 //! - `process_handle.rs`: the pool's handle on one worker process (spawn, its
 //!   `FrameWriter`, kill, reap, output capture).
 //! - `worker_main.rs`: what runs inside a worker process (`bootstrap`, `serve`);
@@ -58,6 +60,7 @@ mod engine;
 mod link;
 mod monitor;
 mod queue_control;
+mod sizing;
 mod state;
 
 pub(crate) use engine::start;

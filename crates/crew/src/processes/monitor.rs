@@ -1,6 +1,7 @@
 //! The monitor thread: keeps the deadlines (task timeouts, tasks' deadlines
-//! counted from submission, and SIGKILL for a worker that did not exit within
-//! the grace after SIGTERM) until the pool is closed and every worker is gone.
+//! counted from submission, SIGKILL for a worker that did not exit within the
+//! grace after SIGTERM, and an elastic pool's idle workers) until the pool is
+//! closed and every worker is gone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,16 +89,22 @@ pub(super) fn monitor_main<W: RemoteWorker>(shared: &Arc<Supervisor<W>>) {
         }
         // Deadlines from submission, wherever their tasks are (`queue_control.rs`).
         shared.expire_deadlines(&mut st, now, &mut plan);
+        // Workers idle for `idle_timeout` above the minimum (`sizing.rs`).
+        let idle_check = shared.retire_idle(&mut st, now, &mut plan);
         if !plan.start.is_empty() || plan.notify {
             drop(st);
             shared.finish(std::mem::take(&mut plan));
             st = shared.lock();
             continue;
         }
-        let next = match (st.alarms.iter().map(|a| a.at).min(), st.deadlines.next()) {
-            (Some(a), Some(d)) => Some(a.min(d)),
-            (a, d) => a.or(d),
-        };
+        let next = [
+            st.alarms.iter().map(|a| a.at).min(),
+            st.deadlines.next(),
+            idle_check,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         st = match next {
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());

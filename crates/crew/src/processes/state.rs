@@ -8,7 +8,7 @@
 //! `supervisor.md` beside this file.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -71,6 +71,9 @@ pub(super) struct Supervisor<W: RemoteWorker> {
     pub(super) next_task: AtomicU64,
     /// The next worker id. Taken by a link thread as it starts its process.
     pub(super) next_worker: AtomicU64,
+    /// `State::min_workers`, readable without the lock (`Pool::size`, which
+    /// `Debug` prints). Written with it, under the lock, by `resize`.
+    pub(super) size: AtomicUsize,
     /// The pool's validated settings; read-only.
     pub(super) config: Config,
     /// The process settings; read-only.
@@ -105,8 +108,15 @@ pub(super) struct State<W: RemoteWorker> {
     /// settlement.
     pub(super) links: Vec<LinkState<W>>,
     /// Link threads started whose process has not registered yet. Raised by
-    /// `plan_capacity` (whoever starts links), lowered by the link thread.
+    /// `plan_capacity` and `grow_if_backlogged` (whoever starts links),
+    /// lowered by the link thread.
     pub(super) starting: usize,
+    /// The worker processes the pool keeps (`Pool::size`), and the most it
+    /// may grow to (equal for a fixed size). From `Config` at start; written
+    /// by `resize` (`sizing.rs`); read by replacement, growth and idle
+    /// retirement.
+    pub(super) min_workers: usize,
+    pub(super) max_workers: usize,
     /// Sticky key -> the worker it is bound to. Bound by dispatch when a
     /// keyed task first goes to a worker; unbound by the link thread when that
     /// worker ends. At most `KEY_TABLE_CAP` keys, the least recently used
@@ -226,8 +236,13 @@ pub(super) struct LinkState<W: RemoteWorker> {
     pub(super) process: Arc<WorkerProcess>,
     /// Its *ready* arrived: it takes tasks.
     pub(super) ready: bool,
-    /// No new tasks: it is recycled, killed, or failed.
+    /// No new tasks: it is recycled, killed, or failed, or the pool shrank.
     pub(super) retiring: bool,
+    /// Retiring because the pool shrank (`resize`, `idle_timeout`), not
+    /// recycled: reported as `Retired`, and its unstarted tasks were asked
+    /// back (`sizing.rs`). Set with `retiring` by `retire_link`; cleared by a
+    /// `resize` that grows the pool again before it was told to shut down.
+    pub(super) retired: bool,
     /// Why crew is killing it, if it is; decides how it is reported.
     pub(super) killing: Option<ExitReason>,
     /// A *shutdown* frame was sent (the pool is closing and it has nothing
@@ -250,6 +265,11 @@ pub(super) struct LinkState<W: RemoteWorker> {
     pub(super) timings: Timings,
     /// When its link thread registered it (`Stats::worker_time`).
     pub(super) born: Instant,
+    /// Since when its window and backlog have been empty (`None` while it
+    /// holds tasks): its idle time, for elastic retirement. Set by its link
+    /// thread (*ready*, and answers that empty the window); cleared by
+    /// `send_to`.
+    pub(super) idle_since: Option<Instant>,
     /// Why crew killed it for silence, if it did: added to its crash report.
     /// Set by the monitor (`Supervisor::kill_silent`); read by its link thread.
     pub(super) silenced: Option<String>,
@@ -535,6 +555,7 @@ impl<W: RemoteWorker> Supervisor<W> {
         }
         let link = &mut st.links[i];
         link.outstanding += est;
+        link.idle_since = None;
         link.window.push_back(InFlight {
             entry,
             est,
@@ -718,6 +739,7 @@ impl<W: RemoteWorker> Supervisor<W> {
             plan.wakers.append(&mut st.idle_wakers);
             plan.notify = true;
         }
+        self.grow_if_backlogged(st, plan);
     }
 
     /// When the queue is empty and a worker has an empty window, takes the last
@@ -813,28 +835,13 @@ impl<W: RemoteWorker> Supervisor<W> {
     pub(super) fn plan_capacity(&self, st: &mut State<W>) -> Plan {
         let mut plan = Plan::default();
         let wanted = match st.lifecycle {
-            Lifecycle::Open => self.config.workers,
-            Lifecycle::Closing if Self::queued(st) > 0 => self.config.workers,
+            Lifecycle::Open => st.min_workers,
+            Lifecycle::Closing if Self::queued(st) > 0 => st.min_workers.max(1),
             _ => 0,
         };
-        let live = st
-            .links
-            .iter()
-            .filter(|l| !l.retiring && l.killing.is_none())
-            .count()
-            + st.starting;
-        for _ in live..wanted {
+        for _ in Self::counted(st)..wanted {
             st.starting += 1;
-            let backoff = if st.start_failures == 0 {
-                Duration::ZERO
-            } else {
-                let exp = st.start_failures.saturating_sub(1).min(16);
-                self.config
-                    .start_backoff
-                    .saturating_mul(1 << exp)
-                    .min(self.config.max_start_backoff)
-            };
-            plan.start.push(backoff);
+            plan.start.push(self.start_backoff(st));
         }
         plan
     }

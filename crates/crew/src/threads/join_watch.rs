@@ -27,11 +27,16 @@
 //!   and starts a replacement, which may then run the queue. The list still
 //!   includes the abandoned thread, so a join can be refused that a replacement
 //!   would have served. Joining inside tasks with timeouts is best avoided.
+//! - A pool shrunk by `Pool::resize`: the maximum is the new one at once, while
+//!   the workers asked to leave finish their tasks, so a join from one of them
+//!   still listed can make a join refused that a staying worker would have
+//!   served.
 //! - `.await` on a task of the same pool inside an async task (`spawn_async`)
 //!   does not block the thread; with `concurrency(1)` such a task holds the only
 //!   slot and the awaited task never starts. Give the pool `concurrency(n > 1)`.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use crate::sync::lock;
@@ -40,8 +45,9 @@ use crate::task::cell::Header;
 /// One pool's list of workers blocked in a join that nobody may serve.
 #[derive(Debug)]
 pub(crate) struct JoinWatch {
-    /// The pool's maximum number of workers (`Config::max_workers`). Fixed.
-    max: usize,
+    /// The pool's maximum number of workers (`Config::max_workers`, then
+    /// whatever `Pool::resize` sets). Written by `resize`; read by joiners.
+    max: AtomicUsize,
     /// The headers of the tasks that this pool's worker threads are blocked
     /// joining, one entry per blocked thread. Pushed and removed by those
     /// threads, read by each new joiner, under the lock (only on this slow path:
@@ -68,9 +74,14 @@ thread_local! {
 impl JoinWatch {
     pub(crate) fn new(max: usize) -> Self {
         JoinWatch {
-            max,
+            max: AtomicUsize::new(max),
             waiting: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The pool's maximum changed (`Pool::resize`).
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Relaxed);
     }
 }
 
@@ -139,7 +150,7 @@ fn before_join_slow(watch: *const JoinWatch, header: &Header) -> Verdict {
         // SAFETY: listed entries are alive (see `Waiting`); we hold the lock.
         !unsafe { &*w.0 }.is_resolved()
     });
-    if stuck && waiting.len() + 1 >= watch.max {
+    if stuck && waiting.len() + 1 >= watch.max.load(Relaxed) {
         return Verdict::Deadlock;
     }
     let entry = Waiting(header as *const Header);

@@ -123,6 +123,14 @@ pub(crate) struct Slot<W: Worker> {
     /// Set once, by `abandon`: the pool no longer counts this worker; its thread
     /// exits as soon as it gets control back.
     abandoned: AtomicBool,
+    /// Set by `resize` (under the registry lock) when the pool shrinks: the
+    /// worker takes no new task and leaves once nothing is in flight on it.
+    /// Cleared, under the same lock, by a `resize` that grows the pool again
+    /// before it left, or by whoever takes it out of `live` (its own
+    /// `try_retire`, `abandon`, its exit). `Registry::retiring` counts the
+    /// set flags. Read by the worker at each turn (`Relaxed` on the hot path,
+    /// confirmed under the lock) and by `workers()` and `stats()`.
+    retire: AtomicBool,
     /// `Worker::start` succeeded and `stop` has not run. Written under the registry
     /// lock.
     started: AtomicBool,
@@ -208,8 +216,12 @@ impl<W: Worker> Slot<W> {
 
 /// The registry of workers. Guarded by `Shared::registry`.
 struct Registry<W: Worker> {
-    /// Workers the pool counts: starting, running or idle.
+    /// Workers the pool counts: starting, running or idle, and those asked to
+    /// retire that have not left yet (`Slot::retire`).
     live: Vec<Arc<Slot<W>>>,
+    /// How many of `live` are asked to retire: `live.len() - retiring` is the
+    /// pool's size as growth, replacement and idle retirement see it.
+    retiring: usize,
     /// Threads given up on (timed out, killed) that have not exited yet. Their
     /// deques stay stealable.
     abandoned: Vec<Arc<Slot<W>>>,
@@ -263,8 +275,15 @@ pub(crate) struct Shared<W: Worker> {
     deadlines: Mutex<Deadlines<Job<W>>>,
     /// The queue bound, if `queue_capacity` was set.
     capacity: Option<Capacity>,
-    /// `Registry::live.len()`, readable without the lock (elastic sizing).
+    /// `Registry::live.len()` minus the workers asked to retire, readable
+    /// without the lock (elastic sizing). Written under the registry lock.
     live_count: AtomicUsize,
+    /// The workers the pool keeps (`Pool::size`), and the most it may grow
+    /// to (equal for a fixed size). From `Config` at start; written by
+    /// `resize` under the registry lock; read without it (growth, parking,
+    /// `size`) and under it (spawning, idle retirement).
+    min_workers: AtomicUsize,
+    max_workers: AtomicUsize,
     /// Set while one thread is growing the pool, so a burst adds one worker at a
     /// time.
     growing: AtomicBool,
@@ -309,6 +328,7 @@ impl<W: Worker> Shared<W> {
             counts: new_counts(),
             registry: Mutex::new(Registry {
                 live: Vec::new(),
+                retiring: 0,
                 abandoned: Vec::new(),
                 handles: Vec::new(),
                 retired: [0; Outcome::SLOTS],
@@ -330,6 +350,8 @@ impl<W: Worker> Shared<W> {
             deadlines: Mutex::new(Deadlines::default()),
             capacity,
             live_count: AtomicUsize::new(0),
+            min_workers: AtomicUsize::new(workers),
+            max_workers: AtomicUsize::new(max_workers),
             growing: AtomicBool::new(false),
             events,
             messages: Arc::new(Bus::new(config_event_buffer)),
@@ -346,6 +368,29 @@ impl<W: Worker> Shared<W> {
             }
         }
         Ok(shared)
+    }
+
+    /// The workers the pool keeps: `Pool::size`.
+    pub(crate) fn min_workers(&self) -> usize {
+        self.min_workers.load(Relaxed)
+    }
+
+    /// The most workers the pool may grow to.
+    fn max_workers(&self) -> usize {
+        self.max_workers.load(Relaxed)
+    }
+
+    /// Whether the pool grows and shrinks by itself (`max > min`): its idle
+    /// workers then park with a timeout, and busy submitters consider growing.
+    #[inline]
+    pub(crate) fn is_elastic(&self) -> bool {
+        self.max_workers.load(Relaxed) > self.min_workers.load(Relaxed)
+    }
+
+    /// Publishes the registry's count of workers that stay (`live_count`).
+    fn set_live_count(&self, reg: &Registry<W>) {
+        self.live_count
+            .store(reg.live.len() - reg.retiring, Relaxed);
     }
 
     fn key(&self) -> usize {
@@ -622,7 +667,7 @@ impl<W: Worker> Shared<W> {
                 workers.push(WorkerFigures {
                     id: slot.id,
                     started: slot.started.load(Relaxed),
-                    stopping: slot.stopping.load(Relaxed),
+                    stopping: slot.stopping.load(Relaxed) || slot.retire.load(Relaxed),
                     current_task,
                     occupied: tasks_running,
                     tasks_done: done,

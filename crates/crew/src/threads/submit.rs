@@ -12,7 +12,7 @@ use crossbeam_deque::Worker as Deque;
 
 use crate::backend::{Admission, WhenFull};
 use crate::error::{panic_message, Failure, SubmitError};
-use crate::events::{Event, TaskOutcome};
+use crate::events::{Event, ExitReason, TaskOutcome};
 use crate::sync::{lock, Arc};
 use crate::task::cell::{new_cell, Job, Limits, Outcome, Payload, Started};
 use crate::task::{Priority, Task, TaskId, TaskOptions};
@@ -205,7 +205,7 @@ impl<W: Worker> Shared<W> {
                 self.count(Outcome::Closed);
             }
         }
-        if self.sleep.notify_work() && self.config.is_elastic() {
+        if self.sleep.notify_work() && self.is_elastic() {
             self.maybe_grow();
         }
         (tasks, rejected)
@@ -333,7 +333,7 @@ impl<W: Worker> Shared<W> {
         if let Some(job) = job {
             self.injectors.push(job, priority);
         }
-        if notify && self.sleep.notify_work() && self.config.is_elastic() {
+        if notify && self.sleep.notify_work() && self.is_elastic() {
             self.maybe_grow();
         }
     }
@@ -353,18 +353,29 @@ impl<W: Worker> Shared<W> {
             let live = self.live_count.load(Relaxed);
             let backlog = self.injectors.len();
             let wanted = backlog > 0 && (live == 0 || backlog > self.config.grow_backlog * live);
-            if live >= self.config.max_workers || !wanted || self.spawn_worker().is_err() {
+            if live >= self.max_workers() || !wanted || self.spawn_worker().is_err() {
                 break;
             }
         }
         self.growing.store(false, Release);
     }
 
-    /// An idle worker of an elastic pool asks to retire. Granted (and the worker
-    /// removed from the pool's count) only while the pool is above its minimum.
-    pub(super) fn try_retire(&self, slot: &Arc<Slot<W>>) -> bool {
+    /// A worker with nothing in flight asks to retire: because `resize` asked
+    /// it to (`Slot::retire`), or, on an elastic pool, because it stayed idle
+    /// for `idle_timeout` (`idle`). Granted (and the worker removed from the
+    /// pool's count) if the request still stands (a `resize` that grew the
+    /// pool again may have withdrawn it), or for an idle worker while the pool
+    /// is above its minimum.
+    pub(super) fn try_retire(&self, slot: &Arc<Slot<W>>, idle: bool) -> bool {
+        // Declared before the guard, so dropped (and its readers woken) after it.
+        let _wake;
         let mut reg = lock(&self.registry);
-        if reg.live.len() <= self.config.workers || slot.abandoned.load(SeqCst) {
+        if slot.abandoned.load(SeqCst) {
+            return false;
+        }
+        let asked = slot.retire.load(SeqCst);
+        let above_min = reg.live.len() - reg.retiring > self.min_workers();
+        if !(asked || (idle && above_min)) {
             return false;
         }
         let Some(at) = reg.live.iter().position(|s| Arc::ptr_eq(s, slot)) else {
@@ -374,12 +385,23 @@ impl<W: Worker> Shared<W> {
         // idle, so its counts are final: move them to the retired totals now, so
         // the pool's counters stay whole while its `Worker::stop` runs.
         reg.live.swap_remove(at);
-        self.live_count.store(reg.live.len(), Relaxed);
+        if slot.retire.swap(false, SeqCst) {
+            reg.retiring -= 1;
+        }
+        self.set_live_count(&reg);
         Self::retire_counts(&mut reg, slot);
         if slot.started.swap(false, SeqCst) {
             reg.started -= 1;
         }
         self.publish_peers(&mut reg);
+        // Its `WorkerExited` goes out now, under the lock that takes it out of
+        // `live`: the pool no longer counts it while its `stop` runs, and an
+        // event pushed later, at its exit, could come after the last live
+        // worker ended the stream (`maybe_close_events`) and be lost.
+        _wake = self.events.emit_deferred(Event::WorkerExited {
+            worker: slot.id,
+            reason: ExitReason::Retired,
+        });
         true
     }
 

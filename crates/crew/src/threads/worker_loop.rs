@@ -81,7 +81,8 @@ struct Local<W: Worker> {
     peers_epoch: usize,
     /// Whether this worker is counted as searching in the sleep state.
     searching: bool,
-    /// Set when an elastic pool granted this idle worker's retirement.
+    /// Set when the pool granted this worker's retirement (`try_retire`: it
+    /// was idle on an elastic pool, or `resize` asked it to leave).
     retired: bool,
     /// When the previous task returned, if this worker went straight on to the
     /// next one (found without searching): that instant is then also the next
@@ -153,6 +154,9 @@ pub(super) fn run<W: Worker>(shared: Arc<Shared<W>>, slot: Arc<Slot<W>>, deque: 
                 // The instance may be half-updated: retire it and build a fresh one.
                 let reason = local.rebuild.take();
                 local.stop(worker.take());
+                if local.retire_now() {
+                    break; // asked to retire: no state to rebuild
+                }
                 worker = local.start(reason);
                 local.last_end = None;
                 continue;
@@ -303,12 +307,16 @@ impl<W: Worker> Local<W> {
     /// exit instead (shutdown, abandoned). `restarted`: why the state is being
     /// rebuilt (the event says `WorkerRestarted` rather than `WorkerStarted`).
     fn start(&mut self, restarted: Option<String>) -> Option<W> {
-        let config = &self.shared.config;
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
         let mut delay = config.start_backoff;
         let mut failures: u32 = 0;
         let mut restarted = restarted;
         loop {
-            if self.must_leave() || (self.shared.is_closed() && !self.has_work()) {
+            if self.must_leave()
+                || (self.shared.is_closed() && !self.has_work())
+                || self.retire_now()
+            {
                 return None;
             }
             let mut ctx = Context::new(self.id(), None).with_outbox(&self.outbox);
@@ -334,7 +342,11 @@ impl<W: Worker> Local<W> {
             }
             self.shared.on_start_failed(message);
             let until = after(Instant::now(), delay);
-            while Instant::now() < until && !self.must_leave() && !self.shared.is_closed() {
+            while Instant::now() < until
+                && !self.must_leave()
+                && !self.shared.is_closed()
+                && !self.slot.retire.load(SeqCst)
+            {
                 std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
             }
             delay = delay.saturating_mul(2).min(config.max_start_backoff);
@@ -648,8 +660,11 @@ impl<W: Worker> Local<W> {
             if self.slot.has_mail.load(Relaxed) {
                 return Next::Mail;
             }
-            if let Some(job) = self.find() {
-                return Next::Job(job);
+            // A worker asked to retire takes no new task (`search` sees it out).
+            if !self.slot.retire.load(Relaxed) {
+                if let Some(job) = self.find() {
+                    return Next::Job(job);
+                }
             }
         }
         self.search()
@@ -676,6 +691,9 @@ impl<W: Worker> Local<W> {
             loop {
                 if self.must_leave() {
                     return Next::Leave;
+                }
+                if let Some(next) = self.retire_if_asked() {
+                    return next;
                 }
                 if self.shared.is_closed() && !self.has_work() {
                     if self.executor.is_empty() {
@@ -713,12 +731,15 @@ impl<W: Worker> Local<W> {
             // (`Parked::Interrupted`); see `executor.rs`.
             let stay_awake = || {
                 slot.abandoned.load(SeqCst)
+                    || slot.retire.load(SeqCst)
                     || shared.lifecycle() & CLOSING != 0
                     || futures.is_ready()
             };
             // An elastic pool's extra workers park with a timeout and retire when it
-            // passes with nothing to do (and no future in flight).
-            let elastic = shared.config.is_elastic();
+            // passes with nothing to do (and no future in flight). (`resize` wakes
+            // every parked worker, so each parks again with the timeout its new
+            // range calls for.)
+            let elastic = shared.is_elastic();
             let timeout = elastic.then_some(shared.config.idle_timeout);
             let mut parked = shared.sleep.park(
                 &slot.sleeper,
@@ -728,7 +749,7 @@ impl<W: Worker> Local<W> {
                 timeout,
             );
             while parked == Parked::TimedOut {
-                if self.executor.is_empty() && shared.try_retire(&slot) {
+                if self.executor.is_empty() && shared.try_retire(&slot, true) {
                     self.executor.awake();
                     self.retired = true;
                     shared.sleep.stop_waiting(&slot.sleeper);
@@ -755,6 +776,9 @@ impl<W: Worker> Local<W> {
             if self.must_leave() {
                 return Some(Next::Leave);
             }
+            if let Some(next) = self.retire_if_asked() {
+                return Some(next);
+            }
             if self.executor.is_ready() {
                 return Some(Next::Poll);
             }
@@ -768,6 +792,33 @@ impl<W: Worker> Local<W> {
         None
     }
 
+    /// `Pool::resize` asked this worker to retire (`Slot::retire`): it takes
+    /// no new task. With nothing in flight it leaves, once `try_retire`
+    /// confirms the request under the registry lock (a `resize` that grew the
+    /// pool again may have withdrawn it: the worker then goes on); with async
+    /// tasks in flight it waits for them first, as a closing pool's worker
+    /// does.
+    #[inline]
+    fn retire_if_asked(&mut self) -> Option<Next<W>> {
+        if !self.slot.retire.load(Relaxed) {
+            return None;
+        }
+        if !self.executor.is_empty() {
+            self.stop_searching();
+            return Some(Next::Wait);
+        }
+        self.retire_now().then_some(Next::Leave)
+    }
+
+    /// Retires now if `resize` asked and the request still stands.
+    #[cold]
+    fn retire_now(&mut self) -> bool {
+        if self.slot.retire.load(SeqCst) && self.shared.try_retire(&self.slot, false) {
+            self.retired = true;
+        }
+        self.retired
+    }
+
     fn stop_searching(&mut self) {
         if !self.searching {
             return;
@@ -776,7 +827,7 @@ impl<W: Worker> Local<W> {
         if self.shared.sleep.stop_searching() {
             self.refresh_peers();
             let all_busy = self.shared.sleep.wake_if_work(|| self.has_work());
-            if all_busy && self.shared.config.is_elastic() {
+            if all_busy && self.shared.is_elastic() {
                 self.shared.maybe_grow();
             }
         }
@@ -804,7 +855,7 @@ impl<W: Worker> Local<W> {
         // Exactly one `WorkerExited` per worker: whoever removes it from `live`
         // says why. Still live here means the pool is closing (nothing else makes
         // a live worker leave); `try_retire` and `abandon` removed it otherwise,
-        // and `abandon` emitted its own event.
+        // and emitted its event then.
         //
         // It is pushed under the registry lock, like `WorkerStarted`: the last
         // worker to leave ends the event stream once it sees `live` empty, and
@@ -814,10 +865,15 @@ impl<W: Worker> Local<W> {
             let mut reg = lock(&self.shared.registry);
             let was_live = reg.live.iter().any(|s| Arc::ptr_eq(s, &self.slot));
             reg.live.retain(|s| !Arc::ptr_eq(s, &self.slot));
-            self.shared.live_count.store(reg.live.len(), Relaxed);
+            if self.slot.retire.swap(false, SeqCst) {
+                reg.retiring -= 1; // asked to retire, and the pool closed first
+            }
+            self.shared.set_live_count(&reg);
             reg.abandoned.retain(|s| !Arc::ptr_eq(s, &self.slot));
             Shared::retire_counts(&mut reg, &self.slot);
             self.shared.publish_peers(&mut reg);
+            // `try_retire` emitted a retired worker's event as it took it out
+            // of `live`, under this lock too.
             let reason = if was_live {
                 Some(ExitReason::Shutdown)
             } else if self.retired {
@@ -825,7 +881,7 @@ impl<W: Worker> Local<W> {
             } else {
                 None
             };
-            let wake = reason.map(|reason| {
+            let wake = reason.filter(|_| was_live).map(|reason| {
                 self.shared.events.emit_deferred(Event::WorkerExited {
                     worker: self.id(),
                     reason,
@@ -843,6 +899,14 @@ impl<W: Worker> Local<W> {
             // still queued has no worker left to run it.
             // (The drain also ends the event stream, after its own events.)
             self.shared.drain(Failure::Closed);
+        }
+        if self.retired && self.shared.is_elastic() && !self.shared.injectors.is_empty() {
+            // A task submitted as this worker retired may have found it still
+            // counted (so no growth) and spent its wake-up on it (handed over
+            // by `stop_waiting` only if another worker sleeps): with a minimum
+            // of 0 nobody else would run it. Grow for it (`maybe_grow` sees
+            // this worker gone).
+            self.shared.maybe_grow();
         }
         self.shared.exited.notify_all();
         self.shared.notify_idle();

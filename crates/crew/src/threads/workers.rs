@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Stealer, Worker as Deque};
 use crossbeam_utils::CachePadded;
 
-use crate::error::{panic_message, Failure};
+use crate::error::{panic_message, Failure, ResizeError};
 use crate::events::{Event, ExitReason};
 use crate::messages::{Mail, Mailbox};
 use crate::scheduler::sleep::Sleeper;
@@ -52,6 +52,7 @@ impl<W: Worker> Shared<W> {
             born: Instant::now(),
             stopping: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            retire: AtomicBool::new(false),
             started: AtomicBool::new(false),
             counts: CachePadded::new(new_counts()),
             counts_retired: AtomicBool::new(false),
@@ -66,11 +67,12 @@ impl<W: Worker> Shared<W> {
             // Checked under the lock that adds the worker: growth and a
             // replacement racing each other must not take the pool past its
             // maximum (each saw room before the other added its worker).
-            if reg.live.len() >= self.config.max_workers {
+            // Workers asked to retire are on their way out: they do not count.
+            if reg.live.len() - reg.retiring >= self.max_workers() {
                 return Ok(());
             }
             reg.live.push(Arc::clone(&slot));
-            self.live_count.store(reg.live.len(), Relaxed);
+            self.set_live_count(&reg);
             self.publish_peers(&mut reg);
         }
         let thread_slot = Arc::clone(&slot);
@@ -98,7 +100,7 @@ impl<W: Worker> Shared<W> {
             }
             Err(e) => {
                 reg.live.retain(|s| !Arc::ptr_eq(s, &slot));
-                self.live_count.store(reg.live.len(), Relaxed);
+                self.set_live_count(&reg);
                 self.publish_peers(&mut reg);
                 drop(reg);
                 // The thread never ran: the worker failed to start, once (its
@@ -224,7 +226,10 @@ impl<W: Worker> Shared<W> {
             };
             slot.abandoned.store(true, SeqCst);
             let slot = reg.live.swap_remove(at);
-            self.live_count.store(reg.live.len(), Relaxed);
+            if slot.retire.swap(false, SeqCst) {
+                reg.retiring -= 1;
+            }
+            self.set_live_count(&reg);
             reg.handles.retain(|(id, _)| *id != slot.id); // detach
             if slot.started.swap(false, SeqCst) {
                 reg.started -= 1;
@@ -303,6 +308,81 @@ impl<W: Worker> Shared<W> {
         slot.is_some_and(|slot| self.abandon(&slot, Failure::Killed))
     }
 
+    // ------------------------------------------------------------ resizing
+
+    /// `Pool::resize_range` (`threads.md`, "Resizing"): the pool keeps `min`
+    /// workers and may grow to `max`. Decided under the registry lock, so two
+    /// resizes, growth, a replacement and a worker's retirement see one count:
+    ///
+    /// - below `min`: workers asked to retire that have not left stay instead
+    ///   (their flag cleared), then new ones start, after the lock;
+    /// - above `max`: the extra ones are asked to retire, idle ones first (no
+    ///   task on them now). Each finishes what runs on it, takes nothing new,
+    ///   and leaves through `try_retire`, which confirms the request under this
+    ///   lock: a request withdrawn meanwhile keeps the worker.
+    ///
+    /// Every idle worker is woken, so that each parks again with the timeout
+    /// the new range calls for (a fixed pool's workers park without one).
+    pub(crate) fn resize(&self, min: usize, max: usize) -> Result<(), ResizeError> {
+        let (spawn, asked) = {
+            let mut reg = lock(&self.registry);
+            if self.is_closed() {
+                return Err(ResizeError::closed());
+            }
+            self.min_workers.store(min, Relaxed);
+            self.max_workers.store(max, Relaxed);
+            self.joins.set_max(max);
+            let staying = reg.live.len() - reg.retiring;
+            let mut spawn = 0;
+            let mut asked = Vec::new();
+            if staying < min {
+                let mut missing = min - staying;
+                for slot in &reg.live {
+                    if missing > 0 && slot.retire.swap(false, SeqCst) {
+                        missing -= 1;
+                    }
+                }
+                reg.retiring -= (min - staying) - missing;
+                spawn = missing;
+            } else if staying > max {
+                // Idle first: a worker with nothing in flight now leaves at
+                // once; a busy one after its task.
+                let mut candidates: Vec<(bool, Arc<Slot<W>>)> = reg
+                    .live
+                    .iter()
+                    .filter(|s| !s.retire.load(SeqCst))
+                    .map(|s| (!lock(&s.work).is_empty(), Arc::clone(s)))
+                    .collect();
+                candidates.sort_by_key(|(busy, _)| *busy);
+                for (_, slot) in candidates.into_iter().take(staying - max) {
+                    slot.retire.store(true, SeqCst);
+                    reg.retiring += 1;
+                    asked.push(slot);
+                }
+            }
+            self.set_live_count(&reg);
+            (spawn, asked)
+        };
+        for slot in &asked {
+            // A parked worker wakes and leaves; one waiting out a start backoff
+            // gives up starting.
+            self.sleep.wake_worker(&slot.sleeper);
+        }
+        self.sleep.wake_all();
+        for started in 0..spawn {
+            if self.spawn_worker().is_err() {
+                // The monitor starts the rest after a backoff, as replacements.
+                let retry_at = self.schedule_retry(spawn - started);
+                if let Some(shared) = self.arc() {
+                    self.monitor.wake_at(&shared, retry_at);
+                }
+                break;
+            }
+        }
+        self.notify_idle();
+        Ok(())
+    }
+
     // ------------------------------------------------------------ messages
 
     /// Puts `message` in every live worker's mailbox (and, if `sticky`, in the
@@ -354,9 +434,15 @@ impl<W: Worker> Shared<W> {
         self.sleep.wake_worker(&slot.sleeper);
     }
 
-    /// The ids of the workers the pool counts, oldest first.
+    /// The ids of the workers the pool counts, oldest first (not those asked
+    /// to retire).
     pub(crate) fn worker_ids(&self) -> Vec<WorkerId> {
-        let mut ids: Vec<WorkerId> = lock(&self.registry).live.iter().map(|s| s.id).collect();
+        let mut ids: Vec<WorkerId> = lock(&self.registry)
+            .live
+            .iter()
+            .filter(|s| !s.retire.load(Relaxed))
+            .map(|s| s.id)
+            .collect();
         ids.sort();
         ids
     }

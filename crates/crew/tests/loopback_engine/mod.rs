@@ -10,13 +10,14 @@
 //! emits into, fed by a forwarding thread with the inner pool's events.
 
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as PollContext, Poll, Waker};
 use std::time::Instant;
 
 use crew::backend::{Admission, BackendKind, Config, Engine, EventBus, TaskOptions, WhenFull};
 use crew::{Events, Idle, Messages, Pool, PoolBuilder, SendError, ShutdownTimedOut, Stats, Task};
-use crew::{SubmitError, Worker, WorkerId};
+use crew::{ResizeError, SubmitError, Worker, WorkerId};
 
 /// The inner pool's event buffer: large, so the forwarder never drops.
 const FORWARD_BUFFER: usize = 1 << 16;
@@ -43,7 +44,9 @@ impl<W: Worker> Loopback<W> {
 
     fn start_with(config: &Config, chunks: bool) -> std::io::Result<Arc<dyn Engine<W>>> {
         let mut builder = Pool::<W>::builder()
-            .workers(config.workers())
+            .workers_range(config.workers()..=config.max_workers())
+            .idle_timeout(config.idle_timeout())
+            .grow_backlog(config.grow_backlog())
             .event_buffer(FORWARD_BUFFER)
             .start_attempts(config.start_attempts())
             .start_backoff(config.start_backoff())
@@ -210,6 +213,10 @@ impl<W: Worker> Engine<W> for Loopback<W> {
 
     fn size(&self) -> usize {
         self.inner.size()
+    }
+
+    fn resize(&self, workers: RangeInclusive<usize>) -> Result<(), ResizeError> {
+        self.inner.resize_range(workers)
     }
 
     fn chunks_enabled(&self) -> bool {
