@@ -122,7 +122,7 @@ impl<W: Worker> PoolBuilder<W> {
     ///
     /// On a process pool, `.processes(min).workers_range(min..=max)` (the last
     /// size setting wins; `processes` picks the backend): the backlog also
-    /// counts the tasks waiting in each worker's [`window`](Self::window)
+    /// counts the tasks waiting in each worker's `window`
     /// behind the one it runs, and a process starts only when no other start
     /// is in flight (a process start costs milliseconds; the new worker then
     /// takes tasks back from the busiest window).

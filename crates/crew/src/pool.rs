@@ -509,7 +509,7 @@ impl<W: Worker> Pool<W> {
     /// - **Shrinking** retires idle workers first. A busy worker chosen to
     ///   retire takes no new task and leaves when the task it runs returns:
     ///   nothing running is cancelled. On a process pool, the tasks a retiring
-    ///   worker holds in its [`window`](PoolBuilder::window) and has not begun
+    ///   worker holds in its `window` and has not begun
     ///   are taken back (as steal-back takes them) and run on the workers that
     ///   stay. Every retired worker runs [`Worker::stop`](crate::Worker::stop),
     ///   and its [`Event::WorkerExited`](crate::Event::WorkerExited) says
