@@ -1112,7 +1112,7 @@ mod loom_model {
             let cell: Arc<Cell<_, u64, Infallible>> = new_cell(
                 TaskId(1),
                 Priority::Normal,
-                None,
+                Limits::NONE,
                 false,
                 Some(Instant::now()),
                 0,
