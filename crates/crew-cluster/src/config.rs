@@ -173,6 +173,14 @@ pub(crate) struct Names {
     pub(crate) runs: String,
     /// Where cancels of running tasks are published.
     pub(crate) cancel_subject: String,
+    /// Where nodes publish their workers' events.
+    pub(crate) events_subject: String,
+    /// Where nodes publish their workers' messages to the pool.
+    pub(crate) messages_subject: String,
+    /// Where clients ask the nodes for their reports.
+    pub(crate) stats_subject: String,
+    /// Where clients send every node a control message (a broadcast).
+    pub(crate) control_subject: String,
 }
 
 impl Names {
@@ -187,7 +195,17 @@ impl Names {
             nodes: format!("crew_{pool}_nodes"),
             runs: format!("crew_{pool}_runs"),
             cancel_subject: format!("crew.{pool}.cancel"),
+            events_subject: format!("crew.{pool}.events"),
+            messages_subject: format!("crew.{pool}.messages"),
+            stats_subject: format!("crew.{pool}.stats"),
+            control_subject: format!("crew.{pool}.control"),
         }
+    }
+
+    /// Where clients send one node a control message (to one of its
+    /// workers, a kill).
+    pub(crate) fn node_control_subject(&self, node: &str) -> String {
+        format!("crew.{}.control.{node}", self.pool)
     }
 
     /// The subject of a task of this priority.

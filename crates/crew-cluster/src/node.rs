@@ -27,8 +27,8 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use async_nats::HeaderMap;
-use crew::backend::{Figures, OutcomeCounts};
-use crew::{Pool, PoolBuilder, RemoteWorker, TaskError};
+use crew::backend::{Figures, OutcomeCounts, Timings};
+use crew::{Pool, PoolBuilder, RemoteWorker, TaskError, TaskId};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{
@@ -38,8 +38,14 @@ use tokio::sync::{
 
 use crate::broker::{self, bounded, PoolObjects};
 use crate::config::{Cluster, Names};
-use crate::envelope::{self, Outcome, ResultBody, H_DEAD_REASON, H_DELIVERIES, H_REPLY, H_TASK};
+use crate::envelope::{
+    self, Outcome, ResultBody, H_DEAD_REASON, H_DELIVERIES, H_NOTIFY, H_REPLY, H_TASK,
+};
+
+mod relay;
+
 use crate::error::BrokerError;
+pub(crate) use relay::Report;
 
 /// How long one pull request waits on the server for tasks. A slot freed while a
 /// pull is open is used from the next pull, so this bounds how long a freed slot
@@ -143,6 +149,28 @@ struct NodeCtx<W: RemoteWorker> {
     /// redelivery (write-preferring: a waiting redelivery holds back new tasks).
     exclusive: Arc<RwLock<()>>,
     counters: Counters,
+    /// The cluster task each task of the local pool runs, by local task id.
+    /// Written by task handlers (inserted under this lock around the local
+    /// submit, so the event relay never sees a local id before its entry;
+    /// removed once the local task resolved); read by the relays
+    /// (`relay.rs`) to name the cluster task of a local event or worker row.
+    local: Mutex<HashMap<TaskId, LocalTask>>,
+    /// Wait and run times of the tasks this node ran, recorded by the task
+    /// handlers before they publish the result; read by reports.
+    timings: Mutex<Timings>,
+    /// Local tasks resolved so far (written by task handlers): a report waits
+    /// until the local pool's own counts include them (`relay.rs`).
+    resolved_local: AtomicU64,
+    /// When the node started (a report's uptime).
+    born: std::time::Instant,
+}
+
+/// The cluster task a local task runs.
+struct LocalTask {
+    /// Its cluster id.
+    key: String,
+    /// Its client's inbox, if its client wants its start told (`H_NOTIFY`).
+    notify: Option<String>,
 }
 
 /// A running node, started by [`Node::start`]. Dropping it shuts it down as
@@ -195,7 +223,7 @@ impl Node {
         );
         let (stop, stop_rx) = watch::channel(false);
         let main = runtime.block_on(async {
-            let (client, js, objects, consumer, cancels) = loop {
+            let (client, js, objects, consumer, cancels, relays) = loop {
                 match setup(&cluster, &names, &id).await {
                     Ok(parts) => break parts,
                     Err(e) if patient => {
@@ -227,8 +255,16 @@ impl Node {
                 exclusive: Arc::new(RwLock::new(())),
                 handing_back: AtomicBool::new(false),
                 counters: Counters::default(),
+                local: Mutex::new(HashMap::new()),
+                timings: Mutex::new(Timings::new()),
+                resolved_local: AtomicU64::new(0),
+                born: std::time::Instant::now(),
             });
+            relay::start(&ctx, relays);
             tokio::spawn(cancel_listener(Arc::clone(&ctx), cancels));
+            // Listed before `start` returns, so that a client that asks for
+            // the nodes right after finds this one.
+            beat(&ctx).await;
             tokio::spawn(heartbeat(Arc::clone(&ctx), stop_rx.clone()));
             // What a shutdown may take (`fetch_loop`'s end): one ack wait for
             // running tasks, two broker timeouts for the handed-back ones, one
@@ -313,6 +349,7 @@ async fn setup(
         PoolObjects,
         PullConsumer,
         async_nats::Subscriber,
+        relay::Subscriptions,
     ),
     String,
 > {
@@ -326,7 +363,8 @@ async fn setup(
         client.subscribe(names.cancel_subject.clone()),
     )
     .await?;
-    Ok((client, js, objects, consumer, cancels))
+    let relays = relay::subscribe(&client, cluster, names, id).await?;
+    Ok((client, js, objects, consumer, cancels, relays))
 }
 
 /// How long a node started by [`serve`] waits before trying an unreachable
@@ -498,6 +536,10 @@ async fn pull<W: RemoteWorker>(
         }
     };
     let limit = PULL_WAIT + ctx.cluster.broker_timeout;
+    {
+        let mut c = consumer.clone();
+        if let Ok(info) = c.info().await {}
+    }
     loop {
         match tokio::time::timeout(limit, batch.next()).await {
             Ok(Some(Ok(message))) => {
@@ -652,7 +694,25 @@ async fn handle<W: RemoteWorker>(
     if let Some(ms) = body.timeout_ms {
         builder = builder.timeout(Duration::from_millis(ms));
     }
-    let mut running = match builder.submit() {
+    let notify = match header(headers, H_NOTIFY) {
+        Some("started") => reply.clone(),
+        _ => None,
+    };
+    let submitted_at = std::time::Instant::now();
+    let waited = waited_since(&message);
+    let submitted = {
+        // Under the lock: the event relay looks the local id up when the
+        // local task starts, which may be before `submit` returns.
+        let mut local = lock(&ctx.local);
+        builder.submit().inspect(|t| {
+            let entry = LocalTask {
+                key: task.clone(),
+                notify,
+            };
+            local.insert(t.id(), entry);
+        })
+    };
+    let mut running = match submitted {
         Ok(t) => t,
         Err(_) => {
             // The local pool is closing: give the task back for another node.
@@ -687,6 +747,17 @@ async fn handle<W: RemoteWorker>(
         }
     };
     drop(exclusive);
+    let ran = submitted_at.elapsed();
+    let worker = running.worker().map_or(0, |w| w.as_u64());
+    {
+        // Before the result goes out: a client that has it and asks for the
+        // node's figures finds this task in them.
+        let mut timings = lock(&ctx.timings);
+        timings.record_wait(waited);
+        timings.record_run(ran, 1);
+    }
+    lock(&ctx.local).remove(&running.id());
+    ctx.resolved_local.fetch_add(1, Ordering::Relaxed);
     lock(&ctx.running).remove(&task);
     ctx.counters.busy.fetch_sub(1, Ordering::Relaxed);
     if ctx.handing_back.load(Ordering::Acquire) && result.as_ref().is_err_and(|e| e.is_cancelled())
@@ -714,6 +785,8 @@ async fn handle<W: RemoteWorker>(
         task: task.clone(),
         node: ctx.id.clone(),
         delivery: delivered,
+        worker,
+        ran_micros: u64::try_from(ran.as_micros()).unwrap_or(u64::MAX),
         outcome,
     };
     let bytes = match envelope::encode_result(&body) {
@@ -723,6 +796,8 @@ async fn handle<W: RemoteWorker>(
                 task: task.clone(),
                 node: ctx.id.clone(),
                 delivery: delivered,
+                worker,
+                ran_micros: 0,
                 outcome: Outcome::Protocol(format!("the task's result could not be encoded: {e}")),
             };
             envelope::encode_result(&failed).expect("a unit result always encodes")
@@ -730,6 +805,20 @@ async fn handle<W: RemoteWorker>(
     };
     deliver(&ctx, &message, &task, reply.as_deref(), bytes.into(), keep).await;
     ctx.counters.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long a task waited between its publication (the stream's timestamp,
+/// the broker's clock) and now (this host's clock): across hosts this carries
+/// their clocks' offset; a negative wait counts as none.
+fn waited_since(message: &jetstream::Message) -> Duration {
+    let Ok(info) = message.info() else {
+        return Duration::ZERO;
+    };
+    let published = info.published.unix_timestamp_nanos();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    u64::try_from(now - published).map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// What a redelivered task finds once it has its turn.
@@ -996,6 +1085,8 @@ async fn dead_letter<W: RemoteWorker>(
                 task: task.clone(),
                 node: ctx.id.clone(),
                 delivery: deliveries,
+                worker: 0,
+                ran_micros: 0,
                 outcome: Outcome::DeadLettered { deliveries, reason },
             };
             let bytes = envelope::encode_result(&body).expect("a unit result always encodes");
@@ -1038,14 +1129,33 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let c = &ctx.counters;
+        beat(&ctx).await;
+    }
+}
+
+/// Writes the node's row in the nodes bucket.
+async fn beat<W: RemoteWorker>(ctx: &NodeCtx<W>) {
+    if let Ok(bytes) = postcard::to_stdvec(&ctx.row()) {
+        let _ = bounded(
+            ctx.cluster.broker_timeout,
+            "writing the heartbeat",
+            ctx.objects.nodes.put(&ctx.id, bytes.into()),
+        )
+        .await;
+    }
+}
+
+impl<W: RemoteWorker> NodeCtx<W> {
+    /// The node's row, as its heartbeat and its reports carry it.
+    fn row(&self) -> NodeRow {
+        let c = &self.counters;
         let [succeeded, user_errors, panicked, timed_out, cancelled, other_failures] =
             c.outcome_columns();
-        let row = NodeRow {
-            id: ctx.id.clone(),
-            host: ctx.host.clone(),
+        NodeRow {
+            id: self.id.clone(),
+            host: self.host.clone(),
             pid: std::process::id(),
-            workers: ctx.slots,
+            workers: self.slots,
             busy: c.busy.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),
             done: c.done.load(Ordering::Relaxed),
@@ -1057,14 +1167,6 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             other_failures,
             redeliveries: c.redeliveries.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-        };
-        if let Ok(bytes) = postcard::to_stdvec(&row) {
-            let _ = bounded(
-                ctx.cluster.broker_timeout,
-                "writing the heartbeat",
-                ctx.objects.nodes.put(&ctx.id, bytes.into()),
-            )
-            .await;
         }
     }
 }
