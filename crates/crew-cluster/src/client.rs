@@ -172,7 +172,7 @@ impl<W: RemoteWorker> ClusterClient<W> {
                     .await?;
             let js = broker::jetstream(client.clone(), &cluster);
             let objects = broker::ensure_pool(&js, &cluster, &names).await?;
-            broker::ensure_consumer(&objects.tasks, &cluster, &names).await?;
+            broker::ensure_consumers(&objects.tasks, &cluster, &names).await?;
             let inbox = names.reply_subject(&client_id);
             let results = bounded(
                 cluster.broker_timeout,

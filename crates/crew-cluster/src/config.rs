@@ -153,14 +153,29 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The priorities a node takes tasks of, in the order it takes them
+/// (`protocol.md`, "Priorities").
+pub(crate) const LEVELS: [crew::Priority; 3] = [
+    crew::Priority::High,
+    crew::Priority::Normal,
+    crew::Priority::Low,
+];
+
+/// A priority's name in subjects and consumer names.
+fn level_name(priority: crew::Priority) -> &'static str {
+    match priority {
+        crew::Priority::High => "high",
+        crew::Priority::Low => "low",
+        _ => "normal",
+    }
+}
+
 /// Every broker name of one pool (`protocol.md`, "Names").
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
     pub(crate) pool: String,
     /// The WorkQueue stream of tasks.
     pub(crate) stream: String,
-    /// The durable pull consumer every node shares.
-    pub(crate) consumer: String,
     /// The dead-letter stream.
     pub(crate) dead_stream: String,
     /// The subject dead letters are published on.
@@ -188,7 +203,6 @@ impl Names {
         Names {
             pool: pool.to_owned(),
             stream: format!("CREW_{pool}"),
-            consumer: "nodes".to_owned(),
             dead_stream: format!("CREW_{pool}_DEAD"),
             dead_subject: format!("crew.{pool}.dead"),
             results: format!("crew_{pool}_results"),
@@ -210,12 +224,13 @@ impl Names {
 
     /// The subject of a task of this priority.
     pub(crate) fn task_subject(&self, priority: crew::Priority) -> String {
-        let level = match priority {
-            crew::Priority::High => "high",
-            crew::Priority::Low => "low",
-            _ => "normal",
-        };
-        format!("crew.{}.task.{level}", self.pool)
+        format!("crew.{}.task.{}", self.pool, level_name(priority))
+    }
+
+    /// The durable pull consumer every node shares for the tasks of this
+    /// priority (its filter is the priority's subject).
+    pub(crate) fn consumer(&self, priority: crew::Priority) -> String {
+        format!("nodes-{}", level_name(priority))
     }
 
     /// Every task subject.

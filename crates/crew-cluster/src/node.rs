@@ -42,15 +42,11 @@ use crate::envelope::{
     self, Outcome, ResultBody, H_DEAD_REASON, H_DELIVERIES, H_NOTIFY, H_REPLY, H_TASK,
 };
 
+mod fetch;
 mod relay;
 
 use crate::error::BrokerError;
 pub(crate) use relay::Report;
-
-/// How long one pull request waits on the server for tasks. A slot freed while a
-/// pull is open is used from the next pull, so this bounds how long a freed slot
-/// can stay unused when the queue is not empty.
-const PULL_WAIT: Duration = Duration::from_millis(500);
 
 /// The wait before the fetch loop reopens the consumer after a broker error.
 const RETRY_WAIT: Duration = Duration::from_millis(250);
@@ -223,7 +219,7 @@ impl Node {
         );
         let (stop, stop_rx) = watch::channel(false);
         let main = runtime.block_on(async {
-            let (client, js, objects, consumer, cancels, relays) = loop {
+            let (client, js, objects, consumers, cancels, relays) = loop {
                 match setup(&cluster, &names, &id).await {
                     Ok(parts) => break parts,
                     Err(e) if patient => {
@@ -233,7 +229,8 @@ impl Node {
                     Err(e) => return Err(e),
                 }
             };
-            let config = &consumer.cached_info().config;
+            // Every level's consumer has the same policy: read the normal one's.
+            let config = &consumers[1].cached_info().config;
             let ack_wait = config.ack_wait;
             let max_deliver = u32::try_from(config.max_deliver).unwrap_or(u32::MAX);
             let max_attempts = broker::attempts(config.max_deliver);
@@ -271,7 +268,7 @@ impl Node {
             // for the local pool and one for the heartbeat's removal.
             let shutdown_bound = ack_wait + ctx.cluster.broker_timeout * 4 + Duration::from_secs(1);
             Ok::<_, String>((
-                tokio::spawn(fetch_loop(ctx, consumer, stop_rx)),
+                tokio::spawn(fetch::fetch_loop(ctx, consumers, stop_rx)),
                 shutdown_bound,
             ))
         });
@@ -347,7 +344,7 @@ async fn setup(
         async_nats::Client,
         jetstream::Context,
         PoolObjects,
-        PullConsumer,
+        [PullConsumer; 3],
         async_nats::Subscriber,
         relay::Subscriptions,
     ),
@@ -356,7 +353,7 @@ async fn setup(
     let client = broker::connect(cluster, &format!("crew node {id}"), || {}).await?;
     let js = broker::jetstream(client.clone(), cluster);
     let objects = broker::ensure_pool(&js, cluster, names).await?;
-    let consumer = broker::ensure_consumer(&objects.tasks, cluster, names).await?;
+    let consumers = broker::ensure_consumers(&objects.tasks, cluster, names).await?;
     let cancels = bounded(
         cluster.broker_timeout,
         "subscribing to cancels",
@@ -364,7 +361,7 @@ async fn setup(
     )
     .await?;
     let relays = relay::subscribe(&client, cluster, names, id).await?;
-    Ok((client, js, objects, consumer, cancels, relays))
+    Ok((client, js, objects, consumers, cancels, relays))
 }
 
 /// How long a node started by [`serve`] waits before trying an unreachable
@@ -433,57 +430,10 @@ pub fn bootstrap<W: RemoteWorker>() {
     std::process::exit(2);
 }
 
-/// Pulls tasks while there are free slots, until stopped; then waits for every
-/// slot to come back (every running task delivered) and closes the local pool.
-async fn fetch_loop<W: RemoteWorker>(
-    ctx: Arc<NodeCtx<W>>,
-    consumer: PullConsumer,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(ctx.slots));
-    let mut consumer = Some(consumer);
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        let current = match consumer.take() {
-            Some(c) => c,
-            None => match reopen(&ctx).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(node = %ctx.id, "the node's consumer: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETRY_WAIT) => {}
-                        _ = stop.changed() => {}
-                    }
-                    continue;
-                }
-            },
-        };
-        // At least one free slot, then every other free slot: the pull asks for
-        // exactly that many tasks.
-        let first = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
-            permits.push(p);
-        }
-        let healthy = pull(&ctx, &current, &mut permits).await;
-        drop(permits);
-        if healthy {
-            consumer = Some(current);
-        } else {
-            tokio::select! {
-                _ = tokio::time::sleep(RETRY_WAIT) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
+/// The end of a node's fetch loop (`fetch.rs`), once it stopped taking
+/// tasks: waits for every slot to come back (every running task delivered),
+/// then closes the local pool and removes the node's row.
+async fn wind_down<W: RemoteWorker>(ctx: &NodeCtx<W>, slots: &Semaphore) {
     // Every handler holds a slot until its task is delivered and acked. Running
     // tasks get one ack wait to finish; then they are cancelled on the local
     // pool and handed back to the stream for another node.
@@ -508,64 +458,6 @@ async fn fetch_loop<W: RemoteWorker>(
         ctx.objects.nodes.delete(&ctx.id),
     )
     .await;
-}
-
-/// One pull of up to `permits.len()` tasks; each task that arrives takes a
-/// permit to its handler. False if the broker failed (the consumer is then
-/// reopened).
-async fn pull<W: RemoteWorker>(
-    ctx: &Arc<NodeCtx<W>>,
-    consumer: &PullConsumer,
-    permits: &mut Vec<OwnedSemaphorePermit>,
-) -> bool {
-    let batch = bounded(
-        ctx.cluster.broker_timeout,
-        "pulling tasks",
-        consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(PULL_WAIT)
-            .messages(),
-    )
-    .await;
-    let mut batch = match batch {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(node = %ctx.id, "{e}");
-            return false;
-        }
-    };
-    let limit = PULL_WAIT + ctx.cluster.broker_timeout;
-    {
-        let mut c = consumer.clone();
-        if let Ok(info) = c.info().await {}
-    }
-    loop {
-        match tokio::time::timeout(limit, batch.next()).await {
-            Ok(Some(Ok(message))) => {
-                let Some(permit) = permits.pop() else {
-                    // The server sent more than asked: leave it for its ack wait
-                    // to hand to someone with room (never reached in practice).
-                    return true;
-                };
-                tokio::spawn(handle(Arc::clone(ctx), message, permit));
-            }
-            Ok(None) => return true,
-            Ok(Some(Err(e))) => {
-                tracing::warn!(node = %ctx.id, "pulling tasks: {e}");
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!(node = %ctx.id, "pulling tasks: no answer in {limit:?}");
-                return false;
-            }
-        }
-    }
-}
-
-async fn reopen<W: RemoteWorker>(ctx: &NodeCtx<W>) -> Result<PullConsumer, String> {
-    let objects = broker::ensure_pool(&ctx.js, &ctx.cluster, &ctx.names).await?;
-    broker::ensure_consumer(&objects.tasks, &ctx.cluster, &ctx.names).await
 }
 
 fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {

@@ -98,6 +98,16 @@ impl Backend {
         pool
     }
 
+    /// How each of a pool's workers exits when the pool shuts down: with
+    /// `Shutdown`, except on a cluster, whose workers belong to the nodes and
+    /// outlive a client's pool (they exit when their node shuts down).
+    pub fn exits_at_shutdown(self) -> &'static [ExitReason] {
+        match self {
+            Backend::Threads | Backend::Processes | Backend::Loopback => &[ExitReason::Shutdown],
+            Backend::Cluster => &[],
+        }
+    }
+
     /// Why `scenario` does not run on this backend, if it does not. The
     /// cluster's list is the one in crew-cluster's `engine.rs` module docs
     /// and the README's "not carried yet" (its runner checks that each is
@@ -114,7 +124,18 @@ impl Backend {
 }
 
 /// The scenarios a cluster pool does not run, and why.
-pub const CLUSTER_SKIPS: &[(&str, &str)] = &[];
+pub const CLUSTER_SKIPS: &[(&str, &str)] = &[
+    (
+        "submit_async_and_await",
+        "a cluster pool's queue is its stream, whose capacity counts the tasks nodes run \
+         as well as the queued ones (a WorkQueue stream keeps a message until its ack), \
+         and a submission that waits for room polls the stream instead of being woken",
+    ),
+    (
+        "progress_reaches_the_caller_before_the_result",
+        "a task's progress is not carried from its node to its client yet",
+    ),
+];
 
 // ------------------------------------------------------------------ waiting
 
@@ -818,7 +839,7 @@ pub fn shutdown_runs_queued_work(backend: Backend) {
         assert_eq!(outcome_of(&seen, id), (TaskOutcome::Completed, true));
     }
     for w in workers {
-        assert_eq!(exits_of(&seen, w), [ExitReason::Shutdown], "{seen:#?}");
+        assert_eq!(exits_of(&seen, w), backend.exits_at_shutdown(), "{seen:#?}");
     }
     let stats = pool.stats();
     assert_eq!(stats.completed, 6, "{stats}");
@@ -1052,7 +1073,7 @@ pub fn events_per_task_and_worker(backend: Backend) {
             }
             assert_eq!(
                 exits_of(events, *w),
-                [ExitReason::Shutdown],
+                backend.exits_at_shutdown(),
                 "{w}: {events:?}"
             );
         }
