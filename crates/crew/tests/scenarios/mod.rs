@@ -66,6 +66,8 @@ macro_rules! every_scenario {
             sticky_keys,
             submit_async_and_await,
             progress_reaches_the_caller_before_the_result,
+            messages_both_ways,
+            map_and_feed_keep_a_bounded_window,
         );
     };
 }
@@ -206,6 +208,19 @@ pub enum Job {
     /// For each gate in turn: reports `i / (gates + 1)` of progress, then
     /// holds like `Hold` until that gate opens. Answers the number of gates.
     Steps { gates: Vec<PathBuf> },
+    /// Sends the pool `Note::Step(i)` for each `i` in `0..n`, then answers `n`.
+    Tell(u64),
+}
+
+/// Messages between the pool and a probe worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Note {
+    /// Pool to worker: take this setting (the worker answers `Ack`).
+    Set(u64),
+    /// Worker to pool: "I now have this setting".
+    Ack(u64),
+    /// Worker to pool, from a task: a step of `Job::Tell`.
+    Step(u64),
 }
 
 /// Every answer says who ran the task and how many tasks that worker instance
@@ -225,10 +240,16 @@ impl Worker for Probe {
     type Input = Job;
     type Output = Reply;
     type Error = String;
-    type Message = ();
+    type Message = Note;
 
     fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
         Ok(Probe { ran: 0 })
+    }
+
+    fn on_message(&mut self, note: Note, ctx: &mut Context<'_>) {
+        if let Note::Set(setting) = note {
+            let _ = ctx.send(Note::Ack(setting));
+        }
     }
 
     fn run(&mut self, job: Job, ctx: &mut Context<'_>) -> Result<Reply, String> {
@@ -240,6 +261,12 @@ impl Worker for Probe {
             Job::Hold { gate } => {
                 hold(&gate, ctx)?;
                 0
+            }
+            Job::Tell(n) => {
+                for i in 0..n {
+                    ctx.send(Note::Step(i)).map_err(|e| e.to_string())?;
+                }
+                n
             }
             Job::Steps { gates } => {
                 let steps = gates.len() + 1;
@@ -1323,4 +1350,125 @@ pub fn submit_async_and_await(backend: Backend) {
     assert_eq!(futures::executor::block_on(blocker).unwrap().value, 0);
     futures::executor::block_on(pool.idle());
     pool.shutdown();
+}
+
+/// Messages cross both ways: what a task sends (`Context::send`) reaches a
+/// `messages()` subscriber with its sender's id, in the order sent; a
+/// broadcast reaches every worker, `send_to` one (each worker answers a
+/// setting with an `Ack`). On threads and processes a message a task sends
+/// also arrives before its result; a cluster carries the two on different
+/// subjects and promises no order between them, so this does not ask.
+pub fn messages_both_ways(backend: Backend) {
+    let pool = backend.pool(2);
+    let workers = pool.workers();
+    let messages = pool.messages();
+    let task = pool.submit(Job::Tell(3)).unwrap();
+    let told: Vec<(WorkerId, Note)> = (0..3)
+        .map(|_| messages.recv_timeout(LIMIT).expect("a step"))
+        .collect();
+    let r = reply(task);
+    assert_eq!(r.value, 3);
+    assert!(
+        told.iter().all(|(w, _)| w.as_u64() == r.worker),
+        "from the worker that ran it ({}): {told:?}",
+        r.worker
+    );
+    let steps: Vec<Note> = told.into_iter().map(|(_, n)| n).collect();
+    assert_eq!(steps, [Note::Step(0), Note::Step(1), Note::Step(2)]);
+
+    pool.broadcast(Note::Set(7));
+    let acks: HashMap<WorkerId, Note> = (0..2)
+        .map(|_| messages.recv_timeout(LIMIT).expect("an ack"))
+        .collect();
+    let acked: HashSet<WorkerId> = acks.keys().copied().collect();
+    assert_eq!(acked, workers.iter().copied().collect(), "{acks:?}");
+    assert!(acks.values().all(|n| *n == Note::Ack(7)), "{acks:?}");
+
+    pool.send_to(workers[1], Note::Set(9)).unwrap();
+    assert_eq!(
+        messages.recv_timeout(LIMIT).expect("an ack"),
+        (workers[1], Note::Ack(9))
+    );
+    assert_eq!(messages.dropped(), 0);
+    pool.shutdown();
+}
+
+/// `map` yields results in input order and `map_unordered` each item once
+/// with its index, and neither pulls its source further than its window
+/// ahead of what it yielded (an endless source stays bounded); `feed` does
+/// the same from a channel another thread fills, and ends when it closes.
+pub fn map_and_feed_keep_a_bounded_window(backend: Backend) {
+    let pool = backend.pool(2);
+    let checks = {
+        let pool = pool.clone();
+        move || {
+            const WINDOW: usize = 4;
+            let pulled = std::sync::Arc::new(AtomicUsize::new(0));
+            let source = {
+                let pulled = std::sync::Arc::clone(&pulled);
+                (0u64..).inspect(move |_| {
+                    pulled.fetch_add(1, SeqCst);
+                })
+            };
+            let mut yielded = 0;
+            for result in pool.map_window(source.map(Job::Echo), WINDOW).take(50) {
+                assert_eq!(reply_of(result).value, yielded as u64);
+                yielded += 1;
+                let ahead = pulled.load(SeqCst) - yielded;
+                assert!(ahead <= WINDOW, "{ahead} pulled ahead, window {WINDOW}");
+            }
+
+            let mut seen = HashSet::new();
+            for (index, result) in pool.map_unordered((0..40u64).map(Job::Echo)) {
+                assert_eq!(reply_of(result).value, index as u64);
+                assert!(seen.insert(index), "{index} came twice");
+            }
+            assert_eq!(seen.len(), 40);
+
+            let (jobs, queue) = std::sync::mpsc::channel();
+            let producer = std::thread::spawn(move || {
+                for n in 0..30 {
+                    jobs.send(Job::Echo(n)).unwrap();
+                }
+            });
+            let mut feed = pool.feed(queue).window(3);
+            let mut fed = std::collections::BTreeMap::new();
+            while let Some((index, result)) = feed.next() {
+                assert!(feed.in_flight() <= 3, "{}", feed.in_flight());
+                assert!(fed.insert(index, reply_of(result).value).is_none());
+            }
+            producer.join().unwrap();
+            let expected: std::collections::BTreeMap<usize, u64> =
+                (0..30).map(|n| (n as usize, n as u64)).collect();
+            assert_eq!(fed, expected);
+        }
+    };
+    // The iterators block without a bound of their own: they run on a thread
+    // of their own, and a result that never comes fails the test instead.
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks));
+        let _ = done.send(result);
+    });
+    match outcome.recv_timeout(LIMIT * 3) {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("map and feed did not end within {:?}", LIMIT * 3),
+    }
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    // Every task resolved once: `take(50)` dropped the endless map with its
+    // window in flight, which cancelled what had not finished.
+    assert_eq!(stats.submitted, stats.finished(), "{stats}");
+    assert_eq!(stats.failed + stats.panicked + stats.crashed, 0, "{stats}");
+    pool.shutdown();
+}
+
+/// The answer in a `map` or `feed` result.
+#[track_caller]
+fn reply_of(result: Result<Reply, TaskError<String>>) -> Reply {
+    match result {
+        Ok(reply) => reply,
+        Err(e) => panic!("expected an answer, got {e:?}"),
+    }
 }
