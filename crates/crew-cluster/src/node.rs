@@ -1,19 +1,22 @@
 //! A worker node: an ordinary local crew pool fed from the pool's JetStream
-//! consumer (`protocol.md`, "A node").
+//! consumers (`protocol.md`, "A node").
 //!
 //! Threads of a node (all on its own small tokio runtime):
-//! - the *fetch loop* waits for a free slot of the local pool, then pulls as many
-//!   tasks as there are free slots (never more: no hoarding), and hands each to
-//!   a *task handler* with its slot;
+//! - the *fetch loop* (`fetch.rs`) waits for a free slot of the local pool,
+//!   then takes as many tasks as there are free slots, high before normal
+//!   before low, and hands each to a *task handler* with its slot;
 //! - a *task handler* decodes the task (or dead-letters it), runs it on the
 //!   local pool while renewing its lease with in-progress acks, writes its result
 //!   (results bucket, then the client's inbox), and only then acks it; at each
 //!   renewal it also checks that the task's message is still in the stream
 //!   (gone means withdrawn: a cancel whose message this node missed);
 //! - the *cancel listener* cancels a running task the client asked to cancel;
-//! - the *heartbeat* writes the node's row in the nodes bucket.
+//! - the *heartbeat* writes the node's row in the nodes bucket;
+//! - the *relays* (`relay.rs`) tell clients of task starts, worker events and
+//!   worker messages, answer their stats requests with the node's report, and
+//!   take their broadcasts, messages and kills.
 //!
-//! Any broker error in the fetch loop drops the consumer handle and opens it
+//! Any broker error in the fetch loop drops the consumer handles and opens them
 //! again after a backoff; async-nats reconnects the connection underneath. So a
 //! broker restart costs a node a few seconds, never its life.
 
@@ -48,7 +51,7 @@ mod relay;
 use crate::error::BrokerError;
 pub(crate) use relay::Report;
 
-/// The wait before the fetch loop reopens the consumer after a broker error.
+/// The wait before the fetch loop reopens the consumers after a broker error.
 const RETRY_WAIT: Duration = Duration::from_millis(250);
 
 /// A node's heartbeat row in the nodes bucket (`protocol.md`, "Heartbeats").
@@ -334,7 +337,8 @@ impl std::fmt::Debug for Node {
 }
 
 /// What a node needs of the broker: its connection, JetStream, the pool's
-/// streams and buckets, the consumer, and the cancel subscription.
+/// streams and buckets, the consumers, the cancel subscription and the relays'
+/// subscriptions.
 async fn setup(
     cluster: &Cluster,
     names: &Names,

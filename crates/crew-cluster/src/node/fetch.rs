@@ -48,9 +48,11 @@ use crew::RemoteWorker;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{handle, withdrawn, NodeCtx, RETRY_WAIT};
 use crate::broker::{self, bounded};
+use crate::envelope::H_TASK;
 
 /// How long one poll waits on the server for a task. Bounds how often an
 /// idle node sweeps (once per this, when nothing comes).
@@ -61,8 +63,8 @@ const EMPTY_FOR: Duration = Duration::from_millis(5);
 
 /// What a poll sends the loop.
 enum Polled {
-    /// A task of level `.0`.
-    Task(usize, jetstream::Message),
+    /// A task of level `.0` (boxed: a message is large, an end is not).
+    Task(usize, Box<jetstream::Message>),
     /// The poll of level `.0` ended; `.1` is false if the broker failed.
     End(usize, bool),
 }
@@ -86,7 +88,7 @@ impl Levels {
 
     fn absorb(&mut self, polled: Polled) {
         match polled {
-            Polled::Task(level, message) => self.reserve[level].push_back(message),
+            Polled::Task(level, message) => self.reserve[level].push_back(*message),
             Polled::End(level, healthy) => {
                 self.polling[level] = false;
                 if !healthy {
@@ -205,7 +207,8 @@ async fn sweep<W: RemoteWorker>(
                 break;
             };
             if let Some(permit) = permits.pop() {
-                tokio::spawn(held(Arc::clone(ctx), message, permit));
+                let span = task_span(ctx, &message);
+                tokio::spawn(held(Arc::clone(ctx), message, permit).instrument(span));
             }
         }
         if permits.is_empty() {
@@ -224,7 +227,8 @@ async fn sweep<W: RemoteWorker>(
                 for message in messages {
                     match permits.pop() {
                         Some(permit) => {
-                            tokio::spawn(handle(Arc::clone(ctx), message, permit));
+                            let span = task_span(ctx, &message);
+                            tokio::spawn(handle(Arc::clone(ctx), message, permit).instrument(span));
                         }
                         // More than asked (never in practice): it waits its
                         // turn in the reserve.
@@ -244,6 +248,18 @@ async fn sweep<W: RemoteWorker>(
             }
         }
     }
+}
+
+/// The span a task's handler runs in: `crew.cluster.task`, with the node's id
+/// and the task's, so that what the handler (and a `tracing` subscriber on
+/// the node) records says where it ran.
+fn task_span<W: RemoteWorker>(ctx: &NodeCtx<W>, message: &jetstream::Message) -> tracing::Span {
+    let task = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(H_TASK))
+        .map_or("", |v| v.as_str());
+    tracing::info_span!("crew.cluster.task", node = %ctx.id, task = %task)
 }
 
 /// Up to `n` tasks the consumer has now, without waiting.
@@ -291,7 +307,7 @@ async fn poll(
         Ok(mut batch) => loop {
             match tokio::time::timeout(PULL_WAIT + limit, batch.next()).await {
                 Ok(Some(Ok(message))) => {
-                    let _ = to.send(Polled::Task(level, message));
+                    let _ = to.send(Polled::Task(level, Box::new(message)));
                 }
                 Ok(None) => break true,
                 Ok(Some(Err(_))) | Err(_) => break false,

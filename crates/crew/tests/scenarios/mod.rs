@@ -301,7 +301,6 @@ pub fn hold(gate: &std::path::Path, ctx: &Context<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// The worker processes' `main`: in a worker it serves and exits; in the test
 // ------------------------------------------------------------------ helpers
 
 /// A file that holds `Job::Hold` tasks while it exists; opening the gate
