@@ -161,3 +161,24 @@ fn a_poison_task_fails_as_a_crash() {
     let why = e.crash().unwrap().stderr_tail().join("\n");
     assert!(why.contains("dead-lettered after 3"), "{why}");
 }
+
+/// A pool whose last handle is dropped with tasks in flight still resolves
+/// them: its client lives until they have.
+#[test]
+fn dropping_the_pool_leaves_its_tasks_resolving() {
+    let server = server();
+    let cluster = cluster(&server, "pool-dropped");
+    let pool = Pool::<Chaos>::builder()
+        .cluster(cluster.clone())
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|n| pool.submit(Job::Double(n)).unwrap())
+        .collect();
+    drop(pool);
+    // The node comes after the pool is gone.
+    let _node = Node::start(cluster, Pool::<Chaos>::builder().workers(2)).unwrap();
+    for (n, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), 2 * n as u64);
+    }
+}

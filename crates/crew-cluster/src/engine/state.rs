@@ -38,7 +38,8 @@ use crate::envelope::{
 use crate::error::{BrokerError, ClusterError};
 
 /// What the engine keeps, shared with the client's hooks and timers (which
-/// hold it weakly, so that dropping the pool drops it).
+/// hold it weakly) and with each unresolved task's sink (which holds it, so
+/// that the client lives until every task it accepted has resolved).
 pub(super) struct State<W: RemoteWorker> {
     pub(super) client: ClusterClient<W>,
     default_timeout: Option<Duration>,
@@ -145,17 +146,16 @@ impl<W: RemoteWorker> State<W> {
             options.priority(),
             Some(on_cancel),
         );
+        // The sink holds the state (and so the client and its connection)
+        // until the task resolves: a pool whose last handle is dropped with
+        // tasks in flight still resolves them. (The client's pending table
+        // holds the sink: the cycle ends when the sink runs or is dropped.)
         let sink: Sink<W> = {
-            let state = Arc::downgrade(self);
+            let state = Arc::clone(self);
             let resolver = resolver.clone();
             Box::new(move |result, origin| {
                 let result = result.map_err(to_task_error);
-                match state.upgrade() {
-                    Some(state) => state.settle(n, &resolver, result, origin),
-                    None => {
-                        resolver.resolve(result);
-                    }
-                }
+                state.settle(n, &resolver, result, origin);
             })
         };
         lock(&self.tasks).insert(
