@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use crew::{Pool, PoolBuilder};
+use crew::{Pool, PoolBuilder, RemoteWorker};
 use crew_cluster::testing::NatsServer;
 use crew_cluster::{Cluster, Node, PoolBuilderExt};
-use scenarios::{Backend, Probe, CLUSTER_SKIPS};
+use scenarios::{Backend, CLUSTER_SKIPS};
 
 /// The most a scenario may take, its node's shutdown included. Each of its
 /// waits is bounded by far less (`scenarios::LIMIT`); this is the backstop.
@@ -94,10 +94,10 @@ fn settings(url: &str, pool: &str) -> Cluster {
         .heartbeat(Duration::from_millis(200))
 }
 
-/// A builder for a cluster pool of `n` probe workers: a new pool name, and a
-/// node with `n` worker threads serving it (the scenario's node, shut down
-/// when the scenario ends).
-fn builder(backend: Backend, n: usize) -> PoolBuilder<Probe> {
+/// A builder for a cluster pool of `n` workers of type `W`: a new pool name,
+/// and a node with `n` worker threads serving it (the scenario's node, shut
+/// down when the scenario ends).
+fn builder<W: RemoteWorker>(backend: Backend, n: usize) -> PoolBuilder<W> {
     assert_eq!(
         backend,
         Backend::Cluster,
@@ -108,10 +108,10 @@ fn builder(backend: Backend, n: usize) -> PoolBuilder<Probe> {
         let env = env.as_mut().expect("a cluster scenario runs inside `run`");
         let name = format!("conformance{}", NEXT_POOL.fetch_add(1, Ordering::Relaxed));
         let cluster = settings(&env.server.url, &name);
-        let node = Node::start(cluster.clone(), Pool::<Probe>::builder().workers(n))
+        let node = Node::start(cluster.clone(), Pool::<W>::builder().workers(n))
             .unwrap_or_else(|e| panic!("starting a node: {e}"));
         env.nodes.push(node);
-        Pool::<Probe>::builder().cluster(cluster)
+        Pool::<W>::builder().cluster(cluster)
     })
 }
 

@@ -21,22 +21,25 @@ mod loopback_engine;
 mod scenarios;
 
 use common::worker_processes;
-use crew::{Pool, PoolBuilder};
-use scenarios::{Backend, Probe};
+use crew::{Pool, PoolBuilder, RemoteWorker};
+use scenarios::{sums, Backend, Probe, Sums};
 
 /// The worker processes' `main`: in a worker it serves and exits; in the test
 /// run itself it returns at once.
 #[test]
 fn crew_worker_entry() {
-    crew::Bootstrap::new().worker::<Probe>().run();
+    crew::Bootstrap::new()
+        .worker::<Probe>()
+        .worker::<sums::Worker<Sums>>()
+        .run();
 }
 
-/// A builder for a pool of `n` probe workers on `backend`.
-fn builder(backend: Backend, n: usize) -> PoolBuilder<Probe> {
+/// A builder for a pool of `n` workers of type `W` on `backend`.
+fn builder<W: RemoteWorker>(backend: Backend, n: usize) -> PoolBuilder<W> {
     match backend {
-        Backend::Threads => Pool::<Probe>::builder().workers(n),
-        Backend::Processes => worker_processes::<Probe>(n),
-        Backend::Loopback => loopback_engine::Loopback::<Probe>::builder(n),
+        Backend::Threads => Pool::<W>::builder().workers(n),
+        Backend::Processes => worker_processes::<W>(n),
+        Backend::Loopback => loopback_engine::Loopback::<W>::builder(n),
         Backend::Cluster => unreachable!("crew-cluster's tests/conformance.rs runs the cluster"),
     }
 }

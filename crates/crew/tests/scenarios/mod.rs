@@ -10,8 +10,11 @@
 //!   cluster crate: it depends on crew).
 //!
 //! A scenario is a function of the [`Backend`] it runs on; it builds its pool with
-//! `backend.builder(n)`, which calls the including crate's own
-//! `fn builder(backend: Backend, n: usize) -> PoolBuilder<Probe>`. Where the
+//! `backend.builder(n)` (or `backend.builder_of::<W>(n)` for another worker
+//! type), which calls the including crate's own
+//! `fn builder<W: RemoteWorker>(backend: Backend, n: usize) -> PoolBuilder<W>`.
+//! Each worker type the scenarios use is served by a process pool's worker
+//! entry: [`Probe`] and [`Sums`] (`sums::Worker<Sums>`). Where the
 //! backends promise different things (a running task's cancel is cooperative on
 //! threads but kills the worker process, say), the scenario says so in a
 //! `match backend` and asserts each side; the README's feature table states
@@ -34,8 +37,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crew::{
-    Context, Event, Events, ExitReason, Health, Pool, PoolBuilder, Priority, StartError, Task,
-    TaskError, TaskId, TaskOutcome, Worker, WorkerId,
+    Context, Event, Events, ExitReason, Health, Pool, PoolBuilder, Priority, RemoteWorker,
+    StartError, Task, TaskError, TaskId, TaskOutcome, Worker, WorkerId,
 };
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -68,6 +71,7 @@ macro_rules! every_scenario {
             progress_reaches_the_caller_before_the_result,
             messages_both_ways,
             map_and_feed_keep_a_bounded_window,
+            rpc_by_name,
         );
     };
 }
@@ -90,7 +94,12 @@ pub enum Backend {
 impl Backend {
     /// A builder for a pool of `n` probe workers on this backend.
     pub fn builder(self, n: usize) -> PoolBuilder<Probe> {
-        super::builder(self, n)
+        super::builder::<Probe>(self, n)
+    }
+
+    /// A builder for a pool of `n` workers of type `W` on this backend.
+    pub fn builder_of<W: RemoteWorker>(self, n: usize) -> PoolBuilder<W> {
+        super::builder::<W>(self, n)
     }
 
     /// A pool of `n` workers, every one of them started.
@@ -1279,7 +1288,9 @@ pub fn priorities(backend: Backend) {
 
 /// Sticky keys: every task with a key gets its answer. Processes: tasks with
 /// the same key run on the same worker while it lives. Threads share memory,
-/// so a thread pool ignores the key and promises nothing about placement.
+/// so a thread pool ignores the key and promises nothing about placement; a
+/// cluster pool ignores it too, for now (`engine.rs` in crew-cluster: "not
+/// carried yet").
 pub fn sticky_keys(backend: Backend) {
     let pool = backend.pool(2);
     let mut tasks = Vec::new();
@@ -1469,5 +1480,80 @@ fn reply_of(result: Result<Reply, TaskError<String>>) -> Reply {
     match result {
         Ok(reply) => reply,
         Err(e) => panic!("expected an answer, got {e:?}"),
+    }
+}
+
+crew::service! {
+    /// The conformance suite's service: sums, and a division that can fail.
+    pub mod sums {
+        /// `a + b`.
+        fn add(a: i64, b: i64) -> i64;
+        /// `a / b`, or `DivByZero`.
+        fn div(a: i64, b: i64) -> Result<i64, DivByZero>;
+    }
+}
+
+/// `sums::div`'s own error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DivByZero;
+
+impl std::fmt::Display for DivByZero {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("division by zero")
+    }
+}
+
+impl std::error::Error for DivByZero {}
+
+/// The state behind `sums`: none.
+pub struct Sums;
+
+impl sums::Handler for Sums {
+    fn start(_ctx: &mut Context<'_>) -> Result<Self, StartError> {
+        Ok(Sums)
+    }
+
+    fn add(&mut self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+
+    fn div(&mut self, a: i64, b: i64) -> Result<i64, DivByZero> {
+        a.checked_div(b).ok_or(DivByZero)
+    }
+}
+
+/// RPC: a service's methods called through its typed client (a method's own
+/// error comes back as it was returned) and by name; a name the service does
+/// not have is refused on the caller's side, with nothing submitted.
+pub fn rpc_by_name(backend: Backend) {
+    let pool = backend.builder_of::<sums::Worker<Sums>>(2).build().unwrap();
+    let client = sums::Client::new(&pool);
+    assert_eq!(join_any(client.add(2, 3).unwrap()).unwrap(), 5);
+    assert_eq!(join_any(client.div(84, 2).unwrap()).unwrap(), 42);
+    let err = join_any(client.div(1, 0).unwrap()).unwrap_err();
+    assert_eq!(err.user_error(), Some(&DivByZero), "{err:?}");
+
+    let reply = join_any(pool.call("add", (40i64, 2i64)).unwrap()).unwrap();
+    assert!(matches!(reply, sums::Reply::add(42)), "{reply:?}");
+    let reply = join_any(pool.call("div", (9i64, 3i64)).unwrap()).unwrap();
+    assert!(matches!(reply, sums::Reply::div(3)), "{reply:?}");
+    let unknown = pool.call("mul", (6i64, 7i64)).unwrap_err();
+    assert!(unknown.is_unknown_method(), "{unknown:?}");
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.submitted, stats.completed, stats.failed),
+        (5, 4, 1),
+        "{stats}"
+    );
+    pool.shutdown();
+}
+
+/// Joins any task within [`LIMIT`].
+#[track_caller]
+fn join_any<T, E>(task: Task<T, E>) -> Result<T, TaskError<E>> {
+    match task.join_timeout(LIMIT) {
+        Ok(result) => result,
+        Err(task) => panic!("{task:?} did not resolve within {LIMIT:?}"),
     }
 }
