@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 
-use crate::config::{Cluster, Names};
+use crate::config::{Cluster, Names, LEVELS};
 
 /// Runs `call`, failing with a clear message after `limit`.
 pub(crate) async fn bounded<T, E: std::fmt::Display>(
@@ -189,33 +189,57 @@ pub(crate) fn attempts(max_deliver: i64) -> u32 {
         .max(1)
 }
 
-/// Creates, or opens as it is, the durable pull consumer the nodes share.
-pub(crate) async fn ensure_consumer(
+/// Creates, or opens as they are, the durable pull consumers the nodes share:
+/// one per priority, each filtered on its priority's subject, in
+/// [`LEVELS`] order.
+///
+/// One consumer per level is what lets a node take high before normal before
+/// low (`protocol.md`, "Priorities"). Each filter is a literal subject, never
+/// a wildcard: on nats-server 2.9, a consumer filtered by a wildcard skips a
+/// message for good when a later message of the same subject is deleted
+/// (a withdrawn task), so a queued task could be left in the stream with no
+/// node ever given it.
+pub(crate) async fn ensure_consumers(
     tasks: &stream::Stream,
     cluster: &Cluster,
     names: &Names,
-) -> Result<consumer::PullConsumer, String> {
-    bounded(
-        cluster.broker_timeout,
-        "creating the node consumer",
-        tasks.get_or_create_consumer(
-            &names.consumer,
-            consumer::pull::Config {
-                durable_name: Some(names.consumer.clone()),
-                filter_subject: names.task_subjects(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: cluster.ack_wait,
-                // Deliveries are not runs: a task can be delivered to a node
-                // that dies before its turn. Runs are counted in the runs
-                // bucket; this is the backstop, whose last delivery is not run,
-                // only dead-lettered (protocol.md, "Dead letters").
-                max_deliver: max_deliver(cluster.max_attempts),
-                // Nodes fetch no more than their free slots; this only caps
-                // the total a cluster can hold unacknowledged.
-                max_ack_pending: 100_000,
-                ..Default::default()
-            },
-        ),
-    )
-    .await
+) -> Result<[consumer::PullConsumer; 3], String> {
+    let mut out = Vec::with_capacity(LEVELS.len());
+    for level in LEVELS {
+        let name = names.consumer(level);
+        let created = bounded(
+            cluster.broker_timeout,
+            "creating the node consumers",
+            tasks.get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: names.task_subject(level),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: cluster.ack_wait,
+                    // Deliveries are not runs: a task can be delivered to a
+                    // node that dies before its turn. Runs are counted in the
+                    // runs bucket; this is the backstop, whose last delivery
+                    // is not run, only dead-lettered (protocol.md, "Dead
+                    // letters").
+                    max_deliver: max_deliver(cluster.max_attempts),
+                    // Nodes fetch no more than their free slots; this only
+                    // caps the total a cluster can hold unacknowledged.
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "{e} (a pool created by crew-cluster before envelope version 2 has one \
+                 consumer `nodes` for every priority: drain it, then delete the stream {})",
+                names.stream
+            )
+        })?;
+        out.push(created);
+    }
+    out.try_into()
+        .map_err(|_| unreachable!("one consumer per level"))
 }

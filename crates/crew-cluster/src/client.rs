@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::task::{Context as PollContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -30,9 +30,15 @@ use tokio::sync::Notify;
 
 use crate::broker::{self, bounded, PoolObjects};
 use crate::config::{Cluster, Names};
-use crate::envelope::{self, TaskBody, H_REPLY, H_TASK};
+use crate::envelope::{
+    self, StartedBody, TaskBody, H_NOTIFY, H_REPLY, H_TASK, KIND_AT, KIND_STARTED,
+};
 use crate::error::{BrokerError, ClusterError, SubmitError};
 use crate::node::NodeRow;
+
+// What the pool's engine (`engine.rs`) uses of the client beside tasks:
+// core-NATS calls (requests, subscriptions) on the client's connection.
+mod calls;
 
 /// The most late tasks one sweep looks up (the rest wait for the next sweep).
 const SWEEP_BATCH: usize = 1024;
@@ -96,12 +102,32 @@ struct Shared<W: RemoteWorker> {
     idle: Condvar,
     /// Woken when `outstanding` drops to zero; pushed by `poll_idle`.
     idle_wakers: Mutex<Vec<Waker>>,
+    /// Told each task's start (`envelope::StartedBody`) by the dispatcher,
+    /// with the task's number; set once by the pool's engine. While it is
+    /// set, tasks ask their node for it (`Crew-Notify`).
+    on_started: OnceLock<OnStarted>,
 }
 
-/// Where a task's result goes: called once, by whoever resolves the task.
+/// What the dispatcher calls with a task's number when its start is told.
+pub(crate) type OnStarted = Box<dyn Fn(u64, StartedBody) + Send + Sync>;
+
+/// Where a result came from: the node, its local worker, and how long the
+/// task ran there.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub(crate) node: String,
+    /// 0 if no worker ran it (a dead letter).
+    pub(crate) worker: u64,
+    pub(crate) ran: Duration,
+}
+
+/// Where a task's result goes: called once, by whoever resolves the task,
+/// with where the result came from if a node sent it.
 pub(crate) type Sink<W> = Box<
-    dyn FnOnce(Result<<W as crew::Worker>::Output, ClusterError<<W as crew::Worker>::Error>>)
-        + Send,
+    dyn FnOnce(
+            Result<<W as crew::Worker>::Output, ClusterError<<W as crew::Worker>::Error>>,
+            Option<Origin>,
+        ) + Send,
 >;
 
 /// A task id: the client's id, a dot, the task's number.
@@ -146,7 +172,7 @@ impl<W: RemoteWorker> ClusterClient<W> {
                     .await?;
             let js = broker::jetstream(client.clone(), &cluster);
             let objects = broker::ensure_pool(&js, &cluster, &names).await?;
-            broker::ensure_consumer(&objects.tasks, &cluster, &names).await?;
+            broker::ensure_consumers(&objects.tasks, &cluster, &names).await?;
             let inbox = names.reply_subject(&client_id);
             let results = bounded(
                 cluster.broker_timeout,
@@ -168,6 +194,7 @@ impl<W: RemoteWorker> ClusterClient<W> {
                 outstanding: Mutex::new(0),
                 idle: Condvar::new(),
                 idle_wakers: Mutex::new(Vec::new()),
+                on_started: OnceLock::new(),
             });
             tokio::spawn(dispatcher(Arc::clone(&shared), results));
             tokio::spawn(sweeper(Arc::clone(&shared)));
@@ -218,7 +245,7 @@ impl<W: RemoteWorker> ClusterClient<W> {
         let slot = Arc::new(Slot::new());
         let sink: Sink<W> = {
             let slot = Arc::clone(&slot);
-            Box::new(move |result| {
+            Box::new(move |result, _| {
                 slot.fill(result);
             })
         };
@@ -337,7 +364,7 @@ impl<W: RemoteWorker> ClusterClient<W> {
     pub(crate) fn resolve_all(&self, outcome: impl Fn() -> ClusterError<W::Error>) {
         let all: Vec<(String, Pending<W>)> = lock(&self.inner.shared.pending).drain().collect();
         for (id, pending) in all {
-            (pending.sink)(Err(outcome()));
+            (pending.sink)(Err(outcome()), None);
             self.inner.shared.done_one();
             if let Some(runtime) = &self.inner.runtime {
                 let shared = Arc::clone(&self.inner.shared);
@@ -405,7 +432,7 @@ impl<W: RemoteWorker> ClusterClient<W> {
                 bounded(limit, "reading a result", shared.objects.results.get(id)).await
             })?
             .map_err(BrokerError::new)?;
-        Ok(entry.map(|bytes| decode::<W>(&bytes)))
+        Ok(entry.map(|bytes| decode::<W>(&bytes).0))
     }
 
     /// The nodes serving this pool now (each one's last heartbeat).
@@ -564,11 +591,14 @@ impl<W: RemoteWorker> Shared<W> {
         let limit = self.cluster.broker_timeout;
         let deadline = tokio::time::Instant::now() + limit * 2;
         loop {
-            let message = PublishMessage::build()
+            let mut message = PublishMessage::build()
                 .payload(bytes.clone())
                 .message_id(id)
                 .header(H_TASK, id)
                 .header(H_REPLY, self.inbox.as_str());
+            if self.on_started.get().is_some() {
+                message = message.header(H_NOTIFY, "started");
+            }
             let attempt = async {
                 let ack = bounded(
                     limit,
@@ -620,8 +650,24 @@ impl<W: RemoteWorker> Shared<W> {
             // bucket), a second run's after a redelivery, or a cancelled task's.
             return;
         };
-        (pending.sink)(decode::<W>(bytes));
+        let (result, origin) = decode::<W>(bytes);
+        (pending.sink)(result, origin);
         self.done_one();
+    }
+
+    /// A task's start, told by its node: for the engine's hook.
+    fn started(&self, bytes: &[u8]) {
+        let Some(hook) = self.on_started.get() else {
+            return;
+        };
+        let Ok(body) = envelope::decode_kind::<StartedBody>(bytes, KIND_STARTED, "started") else {
+            return;
+        };
+        // Everything on this inbox is this client's: the number is the id's
+        // last part.
+        if let Some(n) = body.task.rsplit('.').next().and_then(|n| n.parse().ok()) {
+            hook(n, body);
+        }
     }
 
     /// Resolves task `id` as cancelled, if it still waits.
@@ -629,7 +675,7 @@ impl<W: RemoteWorker> Shared<W> {
         let Some(pending) = self.take(id) else {
             return false;
         };
-        (pending.sink)(Err(ClusterError::cancelled()));
+        (pending.sink)(Err(ClusterError::cancelled()), None);
         self.done_one();
         true
     }
@@ -709,16 +755,33 @@ impl<W: RemoteWorker> Shared<W> {
     }
 }
 
-fn decode<W: RemoteWorker>(bytes: &[u8]) -> Result<W::Output, ClusterError<W::Error>> {
+/// A result and where it came from.
+type Decoded<W> = (
+    Result<<W as crew::Worker>::Output, ClusterError<<W as crew::Worker>::Error>>,
+    Option<Origin>,
+);
+
+fn decode<W: RemoteWorker>(bytes: &[u8]) -> Decoded<W> {
     match envelope::decode_result::<W::Output, W::Error>(bytes) {
-        Ok(body) => ClusterError::from_outcome(body.outcome),
-        Err(e) => Err(ClusterError::protocol(format!("a result: {e}"))),
+        Ok(body) => {
+            let origin = Origin {
+                node: body.node,
+                worker: body.worker,
+                ran: Duration::from_micros(body.ran_micros),
+            };
+            (ClusterError::from_outcome(body.outcome), Some(origin))
+        }
+        Err(e) => (Err(ClusterError::protocol(format!("a result: {e}"))), None),
     }
 }
 
 /// Reads the inbox and resolves handles.
 async fn dispatcher<W: RemoteWorker>(shared: Arc<Shared<W>>, mut results: async_nats::Subscriber) {
     while let Some(message) = results.next().await {
+        if message.payload.get(KIND_AT) == Some(&KIND_STARTED) {
+            shared.started(&message.payload);
+            continue;
+        }
         let id = message
             .headers
             .as_ref()

@@ -153,14 +153,29 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The priorities a node takes tasks of, in the order it takes them
+/// (`protocol.md`, "Priorities").
+pub(crate) const LEVELS: [crew::Priority; 3] = [
+    crew::Priority::High,
+    crew::Priority::Normal,
+    crew::Priority::Low,
+];
+
+/// A priority's name in subjects and consumer names.
+fn level_name(priority: crew::Priority) -> &'static str {
+    match priority {
+        crew::Priority::High => "high",
+        crew::Priority::Low => "low",
+        _ => "normal",
+    }
+}
+
 /// Every broker name of one pool (`protocol.md`, "Names").
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
     pub(crate) pool: String,
     /// The WorkQueue stream of tasks.
     pub(crate) stream: String,
-    /// The durable pull consumer every node shares.
-    pub(crate) consumer: String,
     /// The dead-letter stream.
     pub(crate) dead_stream: String,
     /// The subject dead letters are published on.
@@ -173,6 +188,14 @@ pub(crate) struct Names {
     pub(crate) runs: String,
     /// Where cancels of running tasks are published.
     pub(crate) cancel_subject: String,
+    /// Where nodes publish their workers' events.
+    pub(crate) events_subject: String,
+    /// Where nodes publish their workers' messages to the pool.
+    pub(crate) messages_subject: String,
+    /// Where clients ask the nodes for their reports.
+    pub(crate) stats_subject: String,
+    /// Where clients send every node a control message (a broadcast).
+    pub(crate) control_subject: String,
 }
 
 impl Names {
@@ -180,24 +203,34 @@ impl Names {
         Names {
             pool: pool.to_owned(),
             stream: format!("CREW_{pool}"),
-            consumer: "nodes".to_owned(),
             dead_stream: format!("CREW_{pool}_DEAD"),
             dead_subject: format!("crew.{pool}.dead"),
             results: format!("crew_{pool}_results"),
             nodes: format!("crew_{pool}_nodes"),
             runs: format!("crew_{pool}_runs"),
             cancel_subject: format!("crew.{pool}.cancel"),
+            events_subject: format!("crew.{pool}.events"),
+            messages_subject: format!("crew.{pool}.messages"),
+            stats_subject: format!("crew.{pool}.stats"),
+            control_subject: format!("crew.{pool}.control"),
         }
+    }
+
+    /// Where clients send one node a control message (to one of its
+    /// workers, a kill).
+    pub(crate) fn node_control_subject(&self, node: &str) -> String {
+        format!("crew.{}.control.{node}", self.pool)
     }
 
     /// The subject of a task of this priority.
     pub(crate) fn task_subject(&self, priority: crew::Priority) -> String {
-        let level = match priority {
-            crew::Priority::High => "high",
-            crew::Priority::Low => "low",
-            _ => "normal",
-        };
-        format!("crew.{}.task.{level}", self.pool)
+        format!("crew.{}.task.{}", self.pool, level_name(priority))
+    }
+
+    /// The durable pull consumer every node shares for the tasks of this
+    /// priority (its filter is the priority's subject).
+    pub(crate) fn consumer(&self, priority: crew::Priority) -> String {
+        format!("nodes-{}", level_name(priority))
     }
 
     /// Every task subject.

@@ -2,50 +2,85 @@
 //! (`crew::backend::Engine`) over a [`ClusterClient`], and [`PoolBuilderExt`]
 //! adds the one builder line, `.cluster(Cluster::connect(url).pool_name(p))`.
 //!
-//! What the engine maps, and how:
+//! What the engine maps, and how (`protocol.md`, "Beside tasks", has the
+//! subjects and payloads):
 //! - a task is a cluster task whose result resolves a crew `Task` (through its
 //!   `Resolver`); crew's `Task::cancel` withdraws it from the stream and cancels
 //!   it on the node that runs it;
-//! - the pool's default timeout applies to tasks that set none; priorities are
-//!   the task's subject;
+//! - the pool's default timeout applies to tasks that set none; a priority is
+//!   the task's subject, and nodes take high before normal before low
+//!   (`protocol.md`, "Priorities"); a deadline from submission is kept by this
+//!   client's clock: a task still unresolved at its deadline resolves as timed
+//!   out and is withdrawn (and cancelled on its node if it runs);
+//! - the pool's workers are the nodes' local workers. This client numbers
+//!   them: a node gets an ordinal the first time the client hears of it, and
+//!   its local worker `l` is the pool's worker `ordinal << 32 | l`, so the
+//!   first node's workers keep their local ids ([`view`]). `workers()`,
+//!   `size()` and `stats()` ask every node for its report (a core NATS
+//!   request each node answers, bounded); a pool that has shut down lists none;
+//! - `stats()` counts this client's tasks by outcome (and so `queued`: this
+//!   client's tasks neither finished nor running), and takes from the nodes'
+//!   reports one row per worker (with its node's pid and RSS), the wait and run
+//!   histograms (merged), the worker time, and from the dead-letter stream its
+//!   count (`Stats::dead_letters`). A node's row (host, pid, RSS, tasks done,
+//!   each outcome) is in [`ClusterClient::stats`];
+//! - events: each task's `TaskStarted` comes from its node (a notice to this
+//!   client's inbox) or, if that notice was lost, is made up from the result
+//!   (which names the worker and the run time) just before its end; the end
+//!   (`TaskFinished`, or `TaskDiscarded` for a task that never started) is
+//!   this client's, emitted by whoever resolves the handle; worker events come
+//!   from the nodes (the pool's events subject). Core NATS: lossy, as crew's
+//!   own events are when a subscriber falls behind;
+//! - messages both ways: `broadcast` (sticky too) reaches every node's local
+//!   workers, `send_to` one worker; what workers send (`Context::send`) comes
+//!   from every node to every client of the pool. Unlike on threads and
+//!   processes, a message a task sends may arrive after its result;
+//! - `kill_worker` asks the worker's node (a request): its task resolves as
+//!   killed at once, and the node replaces the worker;
+//! - `cancel_queued` cancels this client's tasks no node has said it started;
+//!   a task that a node took but whose start has not reached this client yet
+//!   is cancelled too (its node stops it at its next lease renewal);
 //! - `wait_idle`, `shutdown` and `idle()` wait for this client's tasks;
-//!   `terminate` resolves them as cancelled and withdraws them;
-//! - `stats()` counts this client's tasks by outcome, and takes workers, busy,
-//!   idle and queued from the nodes' heartbeats and the stream.
+//!   `terminate` resolves the ones that started as cancelled and the rest as
+//!   closed, and withdraws them all. The nodes and their workers outlive the
+//!   pool: no worker exits when it shuts down.
 //!
-//! Not carried yet (documented, not pretended): messages between the pool and
-//! its workers (`broadcast`, `send_to`, `messages()` are empty), events (the
-//! bus stays silent), `kill_worker` and per-worker rows (workers live on other
-//! hosts), sticky keys and retries (redelivery is the cluster's retry),
-//! `cancel_queued` (the seam's default: it cancels nothing and returns 0;
-//! `Task::cancel` still withdraws one task), deadlines counted from
-//! submission (`TaskBuilder::deadline` is ignored: only the timeout, counted
-//! on the node from the task's start, is sent), and a task's progress
-//! (`Context::progress` on a node reaches the node's local handle only;
-//! `Task::progress` here stays `None`: the engine never calls
-//! `Resolver::set_progress`), and `Pool::resize` (the
-//! seam's default: `ResizeError::is_unsupported`). The workers are the nodes'
-//! local pools, each sized by the builder its node was started with (a node
-//! fetches as many tasks as its pool's size); the cluster's capacity changes
-//! by starting and stopping nodes.
+//! Not carried yet (documented, not pretended):
+//! - sticky keys and retries (redelivery is the cluster's retry): a key is
+//!   ignored;
+//! - a task's progress (`Context::progress` on a node reaches the node's local
+//!   handle only; `Task::progress` here stays `None`): the conformance
+//!   scenario `progress_reaches_the_caller_before_the_result` is skipped;
+//! - a bounded queue that counts only waiting tasks: the stream's capacity
+//!   (`queue_capacity`) counts the tasks nodes run too (a WorkQueue stream
+//!   keeps a message until its ack), and a submission that waits for room
+//!   polls the stream (`poll_room` says there is room): the conformance
+//!   scenario `submit_async_and_await` is skipped.
+//! - resizing (`Pool::resize` is refused, `ResizeError::is_unsupported`): the
+//!   workers are the nodes' local pools, each sized by the builder its node
+//!   was started with (a node fetches as many tasks as its pool's size), so
+//!   the cluster's capacity changes by starting and stopping nodes. The
+//!   conformance scenarios `resize_grows_then_retires_idle_workers`,
+//!   `resize_lets_busy_workers_finish_their_task`,
+//!   `resize_racing_submit_loses_nothing` and
+//!   `elastic_grows_under_a_burst_and_shrinks_when_idle` are skipped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+mod state;
+mod view;
+
+use std::sync::Arc;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crew::backend::{
-    self, Admission, BackendKind, Config, Engine, EventBus, Failure, Figures, MessageBus,
-    OutcomeCounts, TaskOptions,
-};
+use crew::backend::{Admission, BackendKind, Config, Engine, EventBus, TaskOptions};
 use crew::{
     Events, Messages, PoolBuilder, RemoteWorker, ShutdownTimedOut, Stats, SubmitError, Task,
-    TaskError, WorkerId,
+    WorkerId,
 };
 
-use crate::client::{ClusterClient, Sink};
+use crate::client::ClusterClient;
 use crate::config::Cluster;
-use crate::error::ClusterError;
+use state::State;
 
 /// Adds [`cluster`](PoolBuilderExt::cluster) to crew's `PoolBuilder`.
 pub trait PoolBuilderExt<W: RemoteWorker> {
@@ -68,21 +103,7 @@ impl<W: RemoteWorker> PoolBuilderExt<W> for PoolBuilder<W> {
 
 /// A `Pool<W>` whose workers are the nodes of a cluster pool.
 pub struct ClusterEngine<W: RemoteWorker> {
-    client: ClusterClient<W>,
-    default_timeout: Option<Duration>,
-    bus: Arc<EventBus>,
-    mail: Arc<MessageBus<W::Message>>,
-    closed: AtomicBool,
-    built: Instant,
-    /// Written when a task is accepted and when it resolves (by the client's
-    /// dispatcher, sweeper, or a cancel); read by `stats`.
-    counts: Arc<Mutex<Counts>>,
-}
-
-#[derive(Default)]
-struct Counts {
-    submitted: u64,
-    outcomes: OutcomeCounts,
+    state: Arc<State<W>>,
 }
 
 impl<W: RemoteWorker> ClusterEngine<W> {
@@ -91,52 +112,15 @@ impl<W: RemoteWorker> ClusterEngine<W> {
             cluster.queue_capacity = config.queue_capacity().map(|n| n as u64);
         }
         let client = cluster.client::<W>().map_err(std::io::Error::other)?;
-        Ok(ClusterEngine {
-            client,
-            default_timeout: config.default_timeout(),
-            bus: Arc::new(EventBus::new(config.event_buffer())),
-            mail: Arc::new(MessageBus::new(config.event_buffer())),
-            closed: AtomicBool::new(false),
-            built: Instant::now(),
-            counts: Arc::new(Mutex::new(Counts::default())),
-        })
+        let state = State::start(client, config).map_err(std::io::Error::other)?;
+        Ok(ClusterEngine { state })
     }
 
     /// The client underneath, for what `Pool` has no method for
     /// ([`ClusterClient::stats`], status by id).
     pub fn client(&self) -> &ClusterClient<W> {
-        &self.client
+        &self.state.client
     }
-}
-
-/// The cluster's error as crew's. A dead letter is a crash: the task took
-/// down every node that ran it (or was not a task at all); the crash's stderr
-/// tail holds the reason.
-fn to_task_error<E>(error: ClusterError<E>) -> TaskError<E> {
-    if error.is_user() {
-        return match error.into_user_error() {
-            Ok(user) => backend::user_error(user),
-            Err(_) => unreachable!("is_user said so"),
-        };
-    }
-    let failure = if let Some(message) = error.panic_message() {
-        Failure::Panicked(backend::Panic::message(message))
-    } else if error.is_timeout() {
-        Failure::TimedOut
-    } else if error.is_cancelled() {
-        Failure::Cancelled
-    } else if error.is_killed() {
-        Failure::Killed
-    } else if error.is_closed() {
-        Failure::Closed
-    } else if error.is_start_failure() {
-        Failure::StartFailed(error.to_string())
-    } else if error.is_dead_letter() || error.is_crash() {
-        Failure::Crashed(backend::crash(None, None, vec![error.to_string()]))
-    } else {
-        Failure::Protocol(error.to_string())
-    };
-    backend::failed(failure)
 }
 
 impl<W: RemoteWorker> Engine<W> for ClusterEngine<W> {
@@ -150,53 +134,7 @@ impl<W: RemoteWorker> Engine<W> for ClusterEngine<W> {
         options: TaskOptions,
         admission: Admission,
     ) -> Result<Task<W::Output, W::Error>, SubmitError<W::Input>> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(backend::submit_closed(input));
-        }
-        // The task's number is its crew id too, so a cancel (which names the
-        // crew id) finds the cluster task.
-        let client = self.client.clone();
-        let on_cancel: backend::OnCancel = {
-            let counts = Arc::clone(&self.counts);
-            Arc::new(move |id: crew::TaskId| {
-                lock(&counts)
-                    .outcomes
-                    .record_failure(&Failure::Cancelled, 1);
-                client.forget(id.as_u64());
-            })
-        };
-        let n = self.client.next_number();
-        let (task, resolver) = backend::new_task::<W::Output, W::Error>(
-            backend::task_id(n),
-            options.priority(),
-            Some(on_cancel),
-        );
-        let sink: Sink<W> = {
-            let counts = Arc::clone(&self.counts);
-            Box::new(move |result: Result<W::Output, ClusterError<W::Error>>| {
-                let result = result.map_err(to_task_error);
-                let mut counts = lock(&counts);
-                // A handle cancelled first keeps its cancel (counted then).
-                if !resolver.is_resolved() {
-                    counts.outcomes.record(&result);
-                }
-                drop(counts);
-                resolver.resolve(result);
-            })
-        };
-        let timeout = options.timeout().or(self.default_timeout);
-        let wait = !matches!(admission, Admission::Try);
-        match self
-            .client
-            .submit_numbered(n, input, options.priority(), timeout, wait, sink)
-        {
-            Ok(()) => {
-                lock(&self.counts).submitted += 1;
-                Ok(task)
-            }
-            Err(e) if e.is_full() => Err(backend::submit_full(e.into_inner())),
-            Err(e) => Err(backend::submit_closed(e.into_inner())),
-        }
+        self.state.submit(input, options, admission)
     }
 
     fn poll_room(&self, _waker: &Waker) -> bool {
@@ -206,105 +144,75 @@ impl<W: RemoteWorker> Engine<W> for ClusterEngine<W> {
     }
 
     fn wait_idle(&self, deadline: Option<Instant>) -> bool {
-        self.client.wait_idle(deadline)
+        self.state.client.wait_idle(deadline)
     }
 
     fn poll_idle(&self, waker: &Waker) -> bool {
-        self.client.poll_idle(waker)
+        self.state.client.poll_idle(waker)
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.state.close();
     }
 
     fn shutdown(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
-        self.close();
-        if self.client.wait_idle(deadline) {
-            self.bus.close();
-            return Ok(());
-        }
-        let still = self.client.pending();
-        self.terminate();
-        Err(backend::shutdown_timed_out(still))
+        self.state.shutdown(deadline)
     }
 
     fn terminate(&self) {
-        self.close();
-        self.client.resolve_all(ClusterError::cancelled);
-        self.bus.close();
+        self.state.terminate();
     }
 
     fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.state.is_closed()
     }
 
-    fn kill_worker(&self, _id: WorkerId) -> bool {
-        // Workers are on other hosts; a node's own pool kills its workers.
-        false
+    fn cancel_queued(&self) -> usize {
+        self.state.cancel_queued()
+    }
+
+    fn kill_worker(&self, id: WorkerId) -> bool {
+        self.state.kill_worker(id)
     }
 
     fn worker_ids(&self) -> Vec<WorkerId> {
-        Vec::new()
+        self.state.worker_ids()
     }
 
     fn size(&self) -> usize {
-        self.client
-            .nodes()
-            .map(|nodes| nodes.iter().map(|n| n.workers).sum())
-            .unwrap_or(0)
+        self.state.size()
     }
 
     fn events(&self) -> Events {
-        self.bus.subscribe()
+        self.state.bus.subscribe()
     }
 
     fn stats(&self) -> Stats {
-        let counts = lock(&self.counts);
-        let figures = Figures {
-            submitted: counts.submitted,
-            outcomes: counts.outcomes,
-            uptime: self.built.elapsed(),
-            ..Figures::default()
-        };
-        drop(counts);
-        let mut stats = figures.into_stats();
-        if let Ok(cluster) = self.client.stats() {
-            stats.workers = cluster.workers;
-            stats.busy = cluster.busy;
-            stats.idle = cluster.idle;
-            stats.queued = usize::try_from(cluster.queued.saturating_sub(cluster.busy as u64))
-                .unwrap_or(usize::MAX);
-        }
-        stats
+        self.state.stats()
     }
 
     fn bus(&self) -> Arc<EventBus> {
-        Arc::clone(&self.bus)
+        Arc::clone(&self.state.bus)
     }
 
     fn messages(&self) -> Messages<W::Message> {
-        backend::subscribe_messages(&self.mail)
+        crew::backend::subscribe_messages(&self.state.mail)
     }
 
-    fn broadcast(&self, _message: W::Message, _sticky: bool) {
-        // Not carried to nodes yet (see the module docs).
+    fn broadcast(&self, message: W::Message, sticky: bool) {
+        self.state.broadcast(message, sticky);
     }
 
-    fn send_to(&self, _id: WorkerId, message: W::Message) -> Result<(), W::Message> {
-        Err(message)
+    fn send_to(&self, id: WorkerId, message: W::Message) -> Result<(), W::Message> {
+        self.state.send_to(id, message)
     }
 }
 
 impl<W: RemoteWorker> std::fmt::Debug for ClusterEngine<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterEngine")
-            .field("client", &self.client)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("client", &self.state.client)
+            .field("closed", &self.state.is_closed())
             .finish_non_exhaustive()
     }
-}
-
-/// No user code runs under this lock.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

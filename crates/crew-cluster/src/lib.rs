@@ -14,7 +14,8 @@
 //!    publish is stored once). It returns a [`ClusterTask`] handle once the
 //!    stream has acknowledged it.
 //! 2. A node ([`serve`], [`Node::start`]) pulls tasks from the pool's durable
-//!    consumer, never more than its local crew pool has free slots, and runs
+//!    consumers, high priority before normal before low, never more than its
+//!    local crew pool has free slots, and runs
 //!    each on that local pool (threads, or processes for isolation: timeouts,
 //!    crash isolation and recycling are crew's own). While a task runs, the node
 //!    renews its lease with in-progress acks.
@@ -34,8 +35,17 @@
 //! kept in the pool's dead-letter stream. Bytes on the task subject that are not
 //! a crew task are dead-lettered at once; a node never crashes on them.
 //!
-//! The protocol (names, envelopes, acks, dead letters) is in `protocol.md`
-//! beside this file.
+//! # Beside tasks
+//! A `Pool` on the cluster is the same `Pool` as on one machine: its events
+//! (task starts from the nodes, ends from the client, worker events from the
+//! nodes), `stats()` (this client's counts; every node's workers, latency
+//! histograms and the dead-letter count), messages both ways, `kill_worker`,
+//! `cancel_queued` and deadlines. What is not carried yet is in the `engine`
+//! module's docs; crew's conformance scenarios run on the cluster
+//! (`tests/conformance.rs`).
+//!
+//! The protocol (names, envelopes, acks, dead letters, what travels beside
+//! tasks) is in `protocol.md` beside this file.
 //!
 //! # Example
 //! ```no_run

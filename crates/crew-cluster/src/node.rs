@@ -1,19 +1,22 @@
 //! A worker node: an ordinary local crew pool fed from the pool's JetStream
-//! consumer (`protocol.md`, "A node").
+//! consumers (`protocol.md`, "A node").
 //!
 //! Threads of a node (all on its own small tokio runtime):
-//! - the *fetch loop* waits for a free slot of the local pool, then pulls as many
-//!   tasks as there are free slots (never more: no hoarding), and hands each to
-//!   a *task handler* with its slot;
+//! - the *fetch loop* (`fetch.rs`) waits for a free slot of the local pool,
+//!   then takes as many tasks as there are free slots, high before normal
+//!   before low, and hands each to a *task handler* with its slot;
 //! - a *task handler* decodes the task (or dead-letters it), runs it on the
 //!   local pool while renewing its lease with in-progress acks, writes its result
 //!   (results bucket, then the client's inbox), and only then acks it; at each
 //!   renewal it also checks that the task's message is still in the stream
 //!   (gone means withdrawn: a cancel whose message this node missed);
 //! - the *cancel listener* cancels a running task the client asked to cancel;
-//! - the *heartbeat* writes the node's row in the nodes bucket.
+//! - the *heartbeat* writes the node's row in the nodes bucket;
+//! - the *relays* (`relay.rs`) tell clients of task starts, worker events and
+//!   worker messages, answer their stats requests with the node's report, and
+//!   take their broadcasts, messages and kills.
 //!
-//! Any broker error in the fetch loop drops the consumer handle and opens it
+//! Any broker error in the fetch loop drops the consumer handles and opens them
 //! again after a backoff; async-nats reconnects the connection underneath. So a
 //! broker restart costs a node a few seconds, never its life.
 
@@ -27,8 +30,8 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use async_nats::HeaderMap;
-use crew::backend::{Figures, OutcomeCounts};
-use crew::{Pool, PoolBuilder, RemoteWorker, TaskError};
+use crew::backend::{Figures, OutcomeCounts, Timings};
+use crew::{Pool, PoolBuilder, RemoteWorker, TaskError, TaskId};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{
@@ -38,15 +41,17 @@ use tokio::sync::{
 
 use crate::broker::{self, bounded, PoolObjects};
 use crate::config::{Cluster, Names};
-use crate::envelope::{self, Outcome, ResultBody, H_DEAD_REASON, H_DELIVERIES, H_REPLY, H_TASK};
+use crate::envelope::{
+    self, Outcome, ResultBody, H_DEAD_REASON, H_DELIVERIES, H_NOTIFY, H_REPLY, H_TASK,
+};
+
+mod fetch;
+mod relay;
+
 use crate::error::BrokerError;
+pub(crate) use relay::Report;
 
-/// How long one pull request waits on the server for tasks. A slot freed while a
-/// pull is open is used from the next pull, so this bounds how long a freed slot
-/// can stay unused when the queue is not empty.
-const PULL_WAIT: Duration = Duration::from_millis(500);
-
-/// The wait before the fetch loop reopens the consumer after a broker error.
+/// The wait before the fetch loop reopens the consumers after a broker error.
 const RETRY_WAIT: Duration = Duration::from_millis(250);
 
 /// A node's heartbeat row in the nodes bucket (`protocol.md`, "Heartbeats").
@@ -143,6 +148,28 @@ struct NodeCtx<W: RemoteWorker> {
     /// redelivery (write-preferring: a waiting redelivery holds back new tasks).
     exclusive: Arc<RwLock<()>>,
     counters: Counters,
+    /// The cluster task each task of the local pool runs, by local task id.
+    /// Written by task handlers (inserted under this lock around the local
+    /// submit, so the event relay never sees a local id before its entry;
+    /// removed once the local task resolved); read by the relays
+    /// (`relay.rs`) to name the cluster task of a local event or worker row.
+    local: Mutex<HashMap<TaskId, LocalTask>>,
+    /// Wait and run times of the tasks this node ran, recorded by the task
+    /// handlers before they publish the result; read by reports.
+    timings: Mutex<Timings>,
+    /// Local tasks resolved so far (written by task handlers): a report waits
+    /// until the local pool's own counts include them (`relay.rs`).
+    resolved_local: AtomicU64,
+    /// When the node started (a report's uptime).
+    born: std::time::Instant,
+}
+
+/// The cluster task a local task runs.
+struct LocalTask {
+    /// Its cluster id.
+    key: String,
+    /// Its client's inbox, if its client wants its start told (`H_NOTIFY`).
+    notify: Option<String>,
 }
 
 /// A running node, started by [`Node::start`]. Dropping it shuts it down as
@@ -195,7 +222,7 @@ impl Node {
         );
         let (stop, stop_rx) = watch::channel(false);
         let main = runtime.block_on(async {
-            let (client, js, objects, consumer, cancels) = loop {
+            let (client, js, objects, consumers, cancels, relays) = loop {
                 match setup(&cluster, &names, &id).await {
                     Ok(parts) => break parts,
                     Err(e) if patient => {
@@ -205,7 +232,8 @@ impl Node {
                     Err(e) => return Err(e),
                 }
             };
-            let config = &consumer.cached_info().config;
+            // Every level's consumer has the same policy: read the normal one's.
+            let config = &consumers[1].cached_info().config;
             let ack_wait = config.ack_wait;
             let max_deliver = u32::try_from(config.max_deliver).unwrap_or(u32::MAX);
             let max_attempts = broker::attempts(config.max_deliver);
@@ -227,15 +255,23 @@ impl Node {
                 exclusive: Arc::new(RwLock::new(())),
                 handing_back: AtomicBool::new(false),
                 counters: Counters::default(),
+                local: Mutex::new(HashMap::new()),
+                timings: Mutex::new(Timings::new()),
+                resolved_local: AtomicU64::new(0),
+                born: std::time::Instant::now(),
             });
+            relay::start(&ctx, relays);
             tokio::spawn(cancel_listener(Arc::clone(&ctx), cancels));
+            // Listed before `start` returns, so that a client that asks for
+            // the nodes right after finds this one.
+            beat(&ctx).await;
             tokio::spawn(heartbeat(Arc::clone(&ctx), stop_rx.clone()));
             // What a shutdown may take (`fetch_loop`'s end): one ack wait for
             // running tasks, two broker timeouts for the handed-back ones, one
             // for the local pool and one for the heartbeat's removal.
             let shutdown_bound = ack_wait + ctx.cluster.broker_timeout * 4 + Duration::from_secs(1);
             Ok::<_, String>((
-                tokio::spawn(fetch_loop(ctx, consumer, stop_rx)),
+                tokio::spawn(fetch::fetch_loop(ctx, consumers, stop_rx)),
                 shutdown_bound,
             ))
         });
@@ -301,7 +337,8 @@ impl std::fmt::Debug for Node {
 }
 
 /// What a node needs of the broker: its connection, JetStream, the pool's
-/// streams and buckets, the consumer, and the cancel subscription.
+/// streams and buckets, the consumers, the cancel subscription and the relays'
+/// subscriptions.
 async fn setup(
     cluster: &Cluster,
     names: &Names,
@@ -311,22 +348,24 @@ async fn setup(
         async_nats::Client,
         jetstream::Context,
         PoolObjects,
-        PullConsumer,
+        [PullConsumer; 3],
         async_nats::Subscriber,
+        relay::Subscriptions,
     ),
     String,
 > {
     let client = broker::connect(cluster, &format!("crew node {id}"), || {}).await?;
     let js = broker::jetstream(client.clone(), cluster);
     let objects = broker::ensure_pool(&js, cluster, names).await?;
-    let consumer = broker::ensure_consumer(&objects.tasks, cluster, names).await?;
+    let consumers = broker::ensure_consumers(&objects.tasks, cluster, names).await?;
     let cancels = bounded(
         cluster.broker_timeout,
         "subscribing to cancels",
         client.subscribe(names.cancel_subject.clone()),
     )
     .await?;
-    Ok((client, js, objects, consumer, cancels))
+    let relays = relay::subscribe(&client, cluster, names, id).await?;
+    Ok((client, js, objects, consumers, cancels, relays))
 }
 
 /// How long a node started by [`serve`] waits before trying an unreachable
@@ -395,57 +434,10 @@ pub fn bootstrap<W: RemoteWorker>() {
     std::process::exit(2);
 }
 
-/// Pulls tasks while there are free slots, until stopped; then waits for every
-/// slot to come back (every running task delivered) and closes the local pool.
-async fn fetch_loop<W: RemoteWorker>(
-    ctx: Arc<NodeCtx<W>>,
-    consumer: PullConsumer,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(ctx.slots));
-    let mut consumer = Some(consumer);
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        let current = match consumer.take() {
-            Some(c) => c,
-            None => match reopen(&ctx).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(node = %ctx.id, "the node's consumer: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETRY_WAIT) => {}
-                        _ = stop.changed() => {}
-                    }
-                    continue;
-                }
-            },
-        };
-        // At least one free slot, then every other free slot: the pull asks for
-        // exactly that many tasks.
-        let first = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
-            permits.push(p);
-        }
-        let healthy = pull(&ctx, &current, &mut permits).await;
-        drop(permits);
-        if healthy {
-            consumer = Some(current);
-        } else {
-            tokio::select! {
-                _ = tokio::time::sleep(RETRY_WAIT) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
+/// The end of a node's fetch loop (`fetch.rs`), once it stopped taking
+/// tasks: waits for every slot to come back (every running task delivered),
+/// then closes the local pool and removes the node's row.
+async fn wind_down<W: RemoteWorker>(ctx: &NodeCtx<W>, slots: &Semaphore) {
     // Every handler holds a slot until its task is delivered and acked. Running
     // tasks get one ack wait to finish; then they are cancelled on the local
     // pool and handed back to the stream for another node.
@@ -470,60 +462,6 @@ async fn fetch_loop<W: RemoteWorker>(
         ctx.objects.nodes.delete(&ctx.id),
     )
     .await;
-}
-
-/// One pull of up to `permits.len()` tasks; each task that arrives takes a
-/// permit to its handler. False if the broker failed (the consumer is then
-/// reopened).
-async fn pull<W: RemoteWorker>(
-    ctx: &Arc<NodeCtx<W>>,
-    consumer: &PullConsumer,
-    permits: &mut Vec<OwnedSemaphorePermit>,
-) -> bool {
-    let batch = bounded(
-        ctx.cluster.broker_timeout,
-        "pulling tasks",
-        consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(PULL_WAIT)
-            .messages(),
-    )
-    .await;
-    let mut batch = match batch {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(node = %ctx.id, "{e}");
-            return false;
-        }
-    };
-    let limit = PULL_WAIT + ctx.cluster.broker_timeout;
-    loop {
-        match tokio::time::timeout(limit, batch.next()).await {
-            Ok(Some(Ok(message))) => {
-                let Some(permit) = permits.pop() else {
-                    // The server sent more than asked: leave it for its ack wait
-                    // to hand to someone with room (never reached in practice).
-                    return true;
-                };
-                tokio::spawn(handle(Arc::clone(ctx), message, permit));
-            }
-            Ok(None) => return true,
-            Ok(Some(Err(e))) => {
-                tracing::warn!(node = %ctx.id, "pulling tasks: {e}");
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!(node = %ctx.id, "pulling tasks: no answer in {limit:?}");
-                return false;
-            }
-        }
-    }
-}
-
-async fn reopen<W: RemoteWorker>(ctx: &NodeCtx<W>) -> Result<PullConsumer, String> {
-    let objects = broker::ensure_pool(&ctx.js, &ctx.cluster, &ctx.names).await?;
-    broker::ensure_consumer(&objects.tasks, &ctx.cluster, &ctx.names).await
 }
 
 fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
@@ -652,7 +590,25 @@ async fn handle<W: RemoteWorker>(
     if let Some(ms) = body.timeout_ms {
         builder = builder.timeout(Duration::from_millis(ms));
     }
-    let mut running = match builder.submit() {
+    let notify = match header(headers, H_NOTIFY) {
+        Some("started") => reply.clone(),
+        _ => None,
+    };
+    let submitted_at = std::time::Instant::now();
+    let waited = waited_since(&message);
+    let submitted = {
+        // Under the lock: the event relay looks the local id up when the
+        // local task starts, which may be before `submit` returns.
+        let mut local = lock(&ctx.local);
+        builder.submit().inspect(|t| {
+            let entry = LocalTask {
+                key: task.clone(),
+                notify,
+            };
+            local.insert(t.id(), entry);
+        })
+    };
+    let mut running = match submitted {
         Ok(t) => t,
         Err(_) => {
             // The local pool is closing: give the task back for another node.
@@ -687,6 +643,17 @@ async fn handle<W: RemoteWorker>(
         }
     };
     drop(exclusive);
+    let ran = submitted_at.elapsed();
+    let worker = running.worker().map_or(0, |w| w.as_u64());
+    {
+        // Before the result goes out: a client that has it and asks for the
+        // node's figures finds this task in them.
+        let mut timings = lock(&ctx.timings);
+        timings.record_wait(waited);
+        timings.record_run(ran, 1);
+    }
+    lock(&ctx.local).remove(&running.id());
+    ctx.resolved_local.fetch_add(1, Ordering::Relaxed);
     lock(&ctx.running).remove(&task);
     ctx.counters.busy.fetch_sub(1, Ordering::Relaxed);
     if ctx.handing_back.load(Ordering::Acquire) && result.as_ref().is_err_and(|e| e.is_cancelled())
@@ -714,6 +681,8 @@ async fn handle<W: RemoteWorker>(
         task: task.clone(),
         node: ctx.id.clone(),
         delivery: delivered,
+        worker,
+        ran_micros: u64::try_from(ran.as_micros()).unwrap_or(u64::MAX),
         outcome,
     };
     let bytes = match envelope::encode_result(&body) {
@@ -723,6 +692,8 @@ async fn handle<W: RemoteWorker>(
                 task: task.clone(),
                 node: ctx.id.clone(),
                 delivery: delivered,
+                worker,
+                ran_micros: 0,
                 outcome: Outcome::Protocol(format!("the task's result could not be encoded: {e}")),
             };
             envelope::encode_result(&failed).expect("a unit result always encodes")
@@ -730,6 +701,20 @@ async fn handle<W: RemoteWorker>(
     };
     deliver(&ctx, &message, &task, reply.as_deref(), bytes.into(), keep).await;
     ctx.counters.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long a task waited between its publication (the stream's timestamp,
+/// the broker's clock) and now (this host's clock): across hosts this carries
+/// their clocks' offset; a negative wait counts as none.
+fn waited_since(message: &jetstream::Message) -> Duration {
+    let Ok(info) = message.info() else {
+        return Duration::ZERO;
+    };
+    let published = info.published.unix_timestamp_nanos();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    u64::try_from(now - published).map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// What a redelivered task finds once it has its turn.
@@ -996,6 +981,8 @@ async fn dead_letter<W: RemoteWorker>(
                 task: task.clone(),
                 node: ctx.id.clone(),
                 delivery: deliveries,
+                worker: 0,
+                ran_micros: 0,
                 outcome: Outcome::DeadLettered { deliveries, reason },
             };
             let bytes = envelope::encode_result(&body).expect("a unit result always encodes");
@@ -1038,14 +1025,33 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let c = &ctx.counters;
+        beat(&ctx).await;
+    }
+}
+
+/// Writes the node's row in the nodes bucket.
+async fn beat<W: RemoteWorker>(ctx: &NodeCtx<W>) {
+    if let Ok(bytes) = postcard::to_stdvec(&ctx.row()) {
+        let _ = bounded(
+            ctx.cluster.broker_timeout,
+            "writing the heartbeat",
+            ctx.objects.nodes.put(&ctx.id, bytes.into()),
+        )
+        .await;
+    }
+}
+
+impl<W: RemoteWorker> NodeCtx<W> {
+    /// The node's row, as its heartbeat and its reports carry it.
+    fn row(&self) -> NodeRow {
+        let c = &self.counters;
         let [succeeded, user_errors, panicked, timed_out, cancelled, other_failures] =
             c.outcome_columns();
-        let row = NodeRow {
-            id: ctx.id.clone(),
-            host: ctx.host.clone(),
+        NodeRow {
+            id: self.id.clone(),
+            host: self.host.clone(),
             pid: std::process::id(),
-            workers: ctx.slots,
+            workers: self.slots,
             busy: c.busy.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),
             done: c.done.load(Ordering::Relaxed),
@@ -1057,14 +1063,6 @@ async fn heartbeat<W: RemoteWorker>(ctx: Arc<NodeCtx<W>>, mut stop: watch::Recei
             other_failures,
             redeliveries: c.redeliveries.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-        };
-        if let Ok(bytes) = postcard::to_stdvec(&row) {
-            let _ = bounded(
-                ctx.cluster.broker_timeout,
-                "writing the heartbeat",
-                ctx.objects.nodes.put(&ctx.id, bytes.into()),
-            )
-            .await;
         }
     }
 }

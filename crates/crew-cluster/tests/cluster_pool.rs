@@ -1,8 +1,7 @@
-//! `Pool<W>` on the cluster, through crew's backend seam: the conformance
-//! scenarios that apply to a pool whose workers are on other hosts, against a
-//! real nats-server and nodes in this process. (Scenarios about local workers,
-//! kill_worker, worker ids, events, messages and sticky keys do not apply yet:
-//! see the `engine` module docs.)
+//! `Pool<W>` on the cluster, through crew's backend seam, against a real
+//! nats-server and nodes in this process or in child processes: what crew's
+//! conformance scenarios (`tests/conformance.rs`) do not cover, a node in a
+//! child process, a poison task, a pool built before its nodes start.
 
 mod common;
 
@@ -123,9 +122,10 @@ fn shutdown_waits_terminate_cancels_and_submit_after_is_closed() {
         .unwrap_err();
     assert_eq!(e.still_running(), 5);
     assert!(started.elapsed() < LIMIT);
+    // Never started: closed, as a terminated pool's queued tasks are.
     for task in queued {
         let e = task.join_timeout(LIMIT).unwrap().unwrap_err();
-        assert!(e.is_cancelled(), "{e}");
+        assert!(e.is_closed(), "{e}");
     }
     let refused = pool.submit(Job::Double(9)).unwrap_err();
     assert!(refused.is_closed());
@@ -163,4 +163,25 @@ fn a_poison_task_fails_as_a_crash() {
     assert!(e.is_crash(), "{e}");
     let why = e.crash().unwrap().stderr_tail().join("\n");
     assert!(why.contains("dead-lettered after 3"), "{why}");
+}
+
+/// A pool whose last handle is dropped with tasks in flight still resolves
+/// them: its client lives until they have.
+#[test]
+fn dropping_the_pool_leaves_its_tasks_resolving() {
+    let server = server();
+    let cluster = cluster(&server, "pool-dropped");
+    let pool = Pool::<Chaos>::builder()
+        .cluster(cluster.clone())
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|n| pool.submit(Job::Double(n)).unwrap())
+        .collect();
+    drop(pool);
+    // The node comes after the pool is gone.
+    let _node = Node::start(cluster, Pool::<Chaos>::builder().workers(2)).unwrap();
+    for (n, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), 2 * n as u64);
+    }
 }

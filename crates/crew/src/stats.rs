@@ -76,6 +76,11 @@ pub struct Stats {
     pub start_failures: u32,
     /// The message of the most recent `Worker::start` failure, if any ever failed.
     pub last_start_error: Option<String>,
+    /// Messages in a cluster pool's dead-letter stream (tasks that took down
+    /// every node that ran them, or were not tasks at all), whoever submitted
+    /// them; this pool's own dead-lettered tasks are also in `crashed`. Always
+    /// 0 on threads and processes.
+    pub dead_letters: u64,
     /// How long tasks waited between `submit` and the moment a worker started
     /// them. One sample per task that started.
     pub wait: Latency,
@@ -240,6 +245,9 @@ impl fmt::Display for Stats {
         if self.abandoned_threads > 0 {
             write!(f, " | abandoned threads {}", self.abandoned_threads)?;
         }
+        if self.dead_letters > 0 {
+            write!(f, " | dead letters {}", self.dead_letters)?;
+        }
         if self.start_failures > 0 {
             if let Some(e) = &self.last_start_error {
                 write!(f, " | start failing ({}x): {e}", self.start_failures)?;
@@ -365,6 +373,14 @@ impl OutcomeCounts {
     /// Counts `n` tasks that ended with `failure`.
     pub fn record_failure(&mut self, failure: &Failure, n: u64) {
         self.0[Outcome::of_failure(failure) as usize] += n;
+    }
+
+    /// Adds `other`'s counts to these (an engine that counts a task in a
+    /// scratch record first, and keeps it only if its result won).
+    pub fn add(&mut self, other: &OutcomeCounts) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
     }
 
     /// Every task counted, whatever its outcome.
@@ -499,6 +515,7 @@ impl Figures {
             abandoned_threads: self.abandoned_threads,
             start_failures: self.start_failures,
             last_start_error: self.last_start_error,
+            dead_letters: 0,
             wait: self.timings.wait_latency(),
             run: self.timings.run_latency(),
             uptime: self.uptime,
@@ -578,6 +595,52 @@ impl Timings {
     }
 }
 
+/// What a [`Timings`] holds, as plain numbers, for an engine that records
+/// timings in one process and reports them in another (a cluster node to its
+/// client): each histogram as `(value in nanoseconds, count)` per recorded
+/// bucket (a few hundred at most, at two significant digits), and the busy
+/// time. [`Timings::samples`] takes them; [`Timings::from_samples`] rebuilds
+/// an equal record, whose percentiles are the original's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimingSamples {
+    /// The wait-time histogram's buckets.
+    pub wait: Vec<(u64, u64)>,
+    /// The run-time histogram's buckets.
+    pub run: Vec<(u64, u64)>,
+    /// The busy time (each sample times its weight).
+    pub busy: Duration,
+}
+
+impl Timings {
+    /// This record's buckets and busy time ([`TimingSamples`]).
+    pub fn samples(&self) -> TimingSamples {
+        let buckets = |h: &Histogram<u64>| {
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect()
+        };
+        TimingSamples {
+            wait: buckets(&self.wait),
+            run: buckets(&self.run),
+            busy: self.busy,
+        }
+    }
+
+    /// A record with `samples`' buckets and busy time. Values are clamped to
+    /// the histograms' range, as when recorded.
+    pub fn from_samples(samples: &TimingSamples) -> Self {
+        let mut timings = Timings::new();
+        for &(value, count) in &samples.wait {
+            timings.wait.saturating_record_n(value, count);
+        }
+        for &(value, count) in &samples.run {
+            timings.run.saturating_record_n(value, count);
+        }
+        timings.busy = samples.busy;
+        timings
+    }
+}
+
 impl fmt::Debug for Timings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timings")
@@ -634,6 +697,22 @@ mod tests {
         sum.add(&t);
         assert_eq!(sum.run_latency().count, 2000);
         assert_eq!(sum.busy(), t.busy() * 2);
+    }
+
+    #[test]
+    fn samples_rebuild_the_same_figures() {
+        let mut t = Timings::new();
+        for micros in [1u64, 7, 7, 300, 45_000, 2_000_000] {
+            t.record_run(Duration::from_micros(micros), 2);
+            t.record_wait(Duration::from_nanos(micros * 3));
+        }
+        let samples = t.samples();
+        assert!(samples.run.len() <= 6, "{samples:?}");
+        let back = Timings::from_samples(&samples);
+        assert_eq!(back.run_latency(), t.run_latency());
+        assert_eq!(back.wait_latency(), t.wait_latency());
+        assert_eq!(back.busy(), t.busy());
+        assert_eq!(back.samples(), samples);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub use task::{new_task, OnCancel, Resolver};
 pub use crate::error::{Crash, Failure, Panic};
 pub use crate::events::Bus as EventBus;
 pub use crate::messages::MessageBus;
-pub use crate::stats::{Figures, OutcomeCounts, Timings, WorkerFigures};
+pub use crate::stats::{Figures, OutcomeCounts, TimingSamples, Timings, WorkerFigures};
 pub use crate::task::TaskOptions;
 
 use std::fmt;
@@ -249,6 +249,12 @@ pub trait Engine<W: Worker>: Send + Sync {
 /// A task's id from its number (an engine numbers its own tasks, from 1).
 pub fn task_id(n: u64) -> TaskId {
     TaskId(n)
+}
+
+/// A worker's id from its number, for an engine whose workers are numbered
+/// elsewhere (the cluster's, on its nodes). Ids are never 0: `None` for 0.
+pub fn worker_id(n: u64) -> Option<WorkerId> {
+    WorkerId::from_raw(n)
 }
 
 /// The error for a task that ran and returned the worker's own error.
