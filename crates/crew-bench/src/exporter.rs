@@ -186,6 +186,17 @@ impl Drop for Observed {
             mean.as_secs_f64() * 1e6,
             st.longest.as_secs_f64() * 1e6
         );
+        if exporter.mode == Mode::Events {
+            // What the event reader could not keep up with (the pool dropped
+            // those events rather than wait for it).
+            let text = st.metrics.as_ref().map(Metrics::encode).unwrap_or_default();
+            let dropped = text
+                .lines()
+                .find(|l| l.starts_with("crew_observer_events_dropped_total"))
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or("?");
+            eprintln!("[crew-bench] exporter (Events): {dropped} events dropped");
+        }
         // `st.metrics` (its pool handle, and in events mode its reader
         // thread, joined here) is dropped now, outside the lock.
     }
