@@ -2,6 +2,7 @@
 //!
 //! Usage: crew-bench --workload <overhead|latency|cpu|payload|spawn|all>
 //!                   [--backend <threads|processes|cluster>]
+//!                   [--exporter [metrics|events]] [--scrape-every <ms>]
 //!
 //! Prints one JSON object per line on stdout, in the same format, with the same
 //! metrics, units, rounding and constants as the Rust peers (`shared/bench/rust-peers`):
@@ -28,10 +29,18 @@
 //!   2 node processes of 1 worker each (this binary, re-run as nodes through
 //!   `crew_cluster::bootstrap`), and submits from one client,
 //!   `Pool::<Inc>::builder().cluster(..)`, one `submit` per task.
+//!
+//! `--exporter` (off by default) registers each pool under test with
+//! crew-observe's Prometheus exporter and scrapes it every `--scrape-every` ms
+//! (default 10) while the workload runs; the impl names get `[exporter]` (or
+//! `[exporter=events]`). See the `exporter` module; W5 is not measured with it.
+//! `scripts/bench-ab.sh` runs the same binary with and without it.
+
+mod exporter;
 
 use std::hint::black_box;
 use std::process::exit;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crew::{Context, Pool, RemoteWorker, StartError, Task, Worker};
 use serde_bytes::ByteBuf;
@@ -77,9 +86,11 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// One result line; the impl name gets the exporter's tag when it is on.
 fn emit(imp: &str, workload: &str, metric: &str, value: f64, unit: &str) {
+    let tag = exporter::tag();
     println!(
-        "{{\"impl\":\"{imp}\",\"workload\":\"{workload}\",\"metric\":\"{metric}\",\"value\":{},\"unit\":\"{unit}\"}}",
+        "{{\"impl\":\"{imp}{tag}\",\"workload\":\"{workload}\",\"metric\":\"{metric}\",\"value\":{},\"unit\":\"{unit}\"}}",
         fmt_num(value)
     );
 }
@@ -268,6 +279,7 @@ fn w1_overhead_processes(imp: &str) {
 /// W1 for one way of submitting: `submit_all(pool, n)` runs `inc(i)` for
 /// `i in 0..n` and returns the sum of the results.
 fn w1_run<W: Worker>(imp: &str, pool: Pool<W>, submit_all: impl Fn(&Pool<W>, u64) -> u64) {
+    let _scraped = exporter::observe(&pool);
     let mut rates = Vec::new();
     for run in 0..=W1_RUNS {
         let n = if run == 0 { W1_WARMUP_TASKS } else { W1_TASKS };
@@ -289,6 +301,7 @@ fn w1_run<W: Worker>(imp: &str, pool: Pool<W>, submit_all: impl Fn(&Pool<W>, u64
 
 /// W2: `round_trip(pool, i)` submits `inc(i)` and waits for its result.
 fn w2_latency<W: Worker>(imp: &str, pool: Pool<W>, round_trip: impl Fn(&Pool<W>, u64) -> u64) {
+    let _scraped = exporter::observe(&pool);
     for i in 0..W2_WARMUP as u64 {
         assert_eq!(round_trip(&pool, i), i + 1);
     }
@@ -324,6 +337,7 @@ fn w3_cpu<W: Worker>(
 ) {
     let (single, want) = w3_serial();
     let pool = new_pool();
+    let _scraped = exporter::observe(&pool);
     let mut spans = Vec::new();
     for run in 0..=W3_RUNS {
         let t = Instant::now();
@@ -365,6 +379,7 @@ fn w4_payload<W: Worker>(
     pool: Pool<W>,
     run_all: impl Fn(&Pool<W>, Vec<Vec<u8>>) -> PayloadOut,
 ) {
+    let _scraped = exporter::observe(&pool);
     let mut rates = Vec::new();
     for run in 0..=W4_RUNS {
         let n = if run == 0 { W4_WARMUP_TASKS } else { W4_TASKS };
@@ -494,10 +509,10 @@ fn run_cluster(imp: &str, w: &str) {
                 .unwrap_or_else(|e| panic!("a node process: {e}"))
         })
         .collect();
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while pool.stats().workers < WORKERS {
         assert!(Instant::now() < deadline, "the nodes did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
     match w {
         "overhead" => w1_run(imp, pool, |pool, n| submit_all(pool, 0..n).sum()),
@@ -521,7 +536,20 @@ fn run_processes(imp: &str, w: &str) {
 
 fn usage() -> String {
     format!(
-        "usage: crew-bench --workload <{}|all> [--backend <threads|processes|cluster>]",
+        "usage: crew-bench --workload <{}|all> [--backend <threads|processes|cluster>]
+                  [--exporter [metrics|events]] [--scrape-every <ms>]
+
+  --exporter [metrics]  register each pool under test with crew-observe's
+                        Prometheus exporter (Metrics::pool: read at scrape
+                        time only) and scrape it while the workload runs;
+                        impl names get [exporter]. Off by default.
+  --exporter events     the same with Metrics::pool_with_events (subscribes
+                        to the pool's events); impl names get [exporter=events]
+  --scrape-every <ms>   the scrape interval with --exporter (default 10: far
+                        more often than Prometheus, so that even a run of tens
+                        of milliseconds sees scrapes)
+
+  W5 (spawn) is not measured with --exporter (with `all` it is skipped).",
         ALL_WORKLOADS.join("|")
     )
 }
@@ -540,11 +568,32 @@ fn main() {
 
     let mut workload = None;
     let mut backend = String::from("threads");
-    let mut args = std::env::args().skip(1);
+    let mut exporter_mode = None;
+    let mut scrape_every = Duration::from_millis(10);
+    let mut args = std::env::args().skip(1).peekable();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--workload" => workload = args.next(),
             "--backend" => backend = args.next().unwrap_or_default(),
+            "--exporter" => {
+                // The mode is optional: `--exporter` alone means `metrics`.
+                let mode = args.next_if(|m| exporter::Mode::parse(m).is_some());
+                exporter_mode = Some(
+                    mode.as_deref()
+                        .and_then(exporter::Mode::parse)
+                        .unwrap_or(exporter::Mode::Metrics),
+                );
+            }
+            "--scrape-every" => match args.next().and_then(|ms| ms.parse::<u64>().ok()) {
+                Some(ms) if ms > 0 => scrape_every = Duration::from_millis(ms),
+                _ => {
+                    eprintln!(
+                        "crew-bench: --scrape-every needs a number of milliseconds above 0\n{}",
+                        usage()
+                    );
+                    exit(2);
+                }
+            },
             "-h" | "--help" => {
                 eprintln!("{}", usage());
                 return;
@@ -559,7 +608,7 @@ fn main() {
         eprintln!("crew-bench: --workload is required\n{}", usage());
         exit(2);
     };
-    let workloads: Vec<&str> = match workload.as_str() {
+    let mut workloads: Vec<&str> = match workload.as_str() {
         "all" => ALL_WORKLOADS.to_vec(),
         w if ALL_WORKLOADS.contains(&w) => vec![w],
         w => {
@@ -567,6 +616,19 @@ fn main() {
             exit(2);
         }
     };
+    if let Some(mode) = exporter_mode {
+        // W5 times a pool's creation, a pool per cycle: with an exporter it
+        // would time the registration rather than the pool.
+        if workloads == ["spawn"] {
+            eprintln!(
+                "crew-bench: --exporter does not apply to spawn (W5)\n{}",
+                usage()
+            );
+            exit(2);
+        }
+        workloads.retain(|w| *w != "spawn");
+        exporter::start(mode, scrape_every);
+    }
     let run: fn(&str, &str) = match backend.as_str() {
         "threads" => run_threads,
         "processes" => run_processes,
@@ -580,6 +642,10 @@ fn main() {
     for w in workloads {
         let t = Instant::now();
         run(&imp, w);
-        eprintln!("[crew-bench] {imp} {w}: {:.1}s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "[crew-bench] {imp}{} {w}: {:.1}s",
+            exporter::tag(),
+            t.elapsed().as_secs_f64()
+        );
     }
 }
