@@ -214,11 +214,14 @@ impl Node {
             .build()
             .map_err(|e| BrokerError::new(format!("starting the node's runtime: {e}")))?;
         let host = host_name();
+        // The whole nuid: its first characters are a prefix shared by every
+        // nuid this process makes, so two nodes of one process would share a
+        // shorter id (and so a row, a control subject and a worker numbering).
         let id = format!(
             "{}-{}-{}",
             key_safe(&host),
             std::process::id(),
-            &nuid::next()[..8]
+            nuid::next()
         );
         let (stop, stop_rx) = watch::channel(false);
         let main = runtime.block_on(async {
