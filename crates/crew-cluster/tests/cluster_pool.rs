@@ -160,6 +160,8 @@ fn a_poison_task_fails_as_a_crash() {
     assert!(e.is_crash(), "{e}");
     let why = e.crash().unwrap().stderr_tail().join("\n");
     assert!(why.contains("dead-lettered after 3"), "{why}");
+    let stats = pool.stats();
+    assert_eq!((stats.crashed, stats.dead_letters), (1, 1), "{stats}");
 }
 
 /// A pool whose last handle is dropped with tasks in flight still resolves
