@@ -31,6 +31,9 @@
 //!   this client's, emitted by whoever resolves the handle; worker events come
 //!   from the nodes (the pool's events subject). Core NATS: lossy, as crew's
 //!   own events are when a subscriber falls behind;
+//! - a task's progress: its node sends each change (`Context::progress`) to
+//!   this client, the last one before the result, and the engine stores it in
+//!   the handle (`Task::progress`, `Task::watch_progress`);
 //! - messages both ways: `broadcast` (sticky too) reaches every node's local
 //!   workers, `send_to` one worker; what workers send (`Context::send`) comes
 //!   from every node to every client of the pool. Unlike on threads and
@@ -48,9 +51,6 @@
 //! Not carried yet (documented, not pretended):
 //! - sticky keys and retries (redelivery is the cluster's retry): a key is
 //!   ignored;
-//! - a task's progress (`Context::progress` on a node reaches the node's local
-//!   handle only; `Task::progress` here stays `None`): the conformance
-//!   scenario `progress_reaches_the_caller_before_the_result` is skipped;
 //! - a bounded queue that counts only waiting tasks: the stream's capacity
 //!   (`queue_capacity`) counts the tasks nodes run too (a WorkQueue stream
 //!   keeps a message until its ack), and a submission that waits for room

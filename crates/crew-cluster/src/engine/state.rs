@@ -31,7 +31,7 @@ use crew::{
 };
 
 use super::view::WorkerIds;
-use crate::client::{ClusterClient, Origin, Sink};
+use crate::client::{ClusterClient, Notice, Origin, Sink};
 use crate::envelope::{
     self, NodeEvent, NodeEventBody, StartedBody, WorkerMessage, KIND_MESSAGE, KIND_NODE_EVENT,
 };
@@ -96,9 +96,12 @@ impl<W: RemoteWorker> State<W> {
             ids: Mutex::new(WorkerIds::default()),
         });
         let weak = Arc::downgrade(&state);
-        state.client.on_started(Box::new(move |n, body| {
+        state.client.on_notice(Box::new(move |n, notice| {
             if let Some(state) = weak.upgrade() {
-                state.started(n, body);
+                match notice {
+                    Notice::Started(body) => state.started(n, body),
+                    Notice::Progress(fraction) => state.progress(n, fraction),
+                }
             }
         }));
         let names = state.client.names().clone();
@@ -295,6 +298,15 @@ impl<W: RemoteWorker> State<W> {
     fn started(&self, n: u64, body: StartedBody) {
         if let Some(worker) = self.worker(&body.node, body.worker) {
             self.running(n, worker);
+        }
+    }
+
+    /// The progress hook: task `n` reported `fraction` on its node.
+    fn progress(&self, n: u64, fraction: f32) {
+        let resolver = lock(&self.tasks).get(&n).map(|e| e.resolver.clone());
+        // Outside the table's lock: it wakes the task's progress watchers.
+        if let Some(resolver) = resolver {
+            resolver.set_progress(fraction);
         }
     }
 
