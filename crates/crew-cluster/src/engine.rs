@@ -40,6 +40,12 @@
 //!   processes, a message a task sends may arrive after its result;
 //! - `kill_worker` asks the worker's node (a request): its task resolves as
 //!   killed at once, and the node replaces the worker;
+//! - `queue_capacity` bounds this client's tasks no node has said it started
+//!   (a submission waits for room, `try_submit` gives the input back, and
+//!   `submit_async` is woken when a task starts or ends): the pool's queue is
+//!   this client's. The stream's own bound, [`Cluster::queue_capacity`],
+//!   counts every client's tasks and the ones nodes run too (a WorkQueue
+//!   stream keeps a message until its ack);
 //! - `cancel_queued` cancels this client's tasks no node has said it started;
 //!   a task that a node took but whose start has not reached this client yet
 //!   is cancelled too (its node stops it at its next lease renewal);
@@ -48,14 +54,13 @@
 //!   closed, and withdraws them all. The nodes and their workers outlive the
 //!   pool: no worker exits when it shuts down.
 //!
-//! Not carried yet (documented, not pretended):
-//! - sticky keys and retries (redelivery is the cluster's retry): a key is
-//!   ignored;
-//! - a bounded queue that counts only waiting tasks: the stream's capacity
-//!   (`queue_capacity`) counts the tasks nodes run too (a WorkQueue stream
-//!   keeps a message until its ack), and a submission that waits for room
-//!   polls the stream (`poll_room` says there is room): the conformance
-//!   scenario `submit_async_and_await` is skipped.
+//! Not carried yet (documented, not pretended): sticky keys and retries
+//! (redelivery is the cluster's retry): a key is ignored, and any node may
+//! run any task.
+//!
+//! Every conformance scenario of crew (`crates/crew/tests/scenarios/`) runs on
+//! the cluster (`tests/conformance.rs`); one that cannot would be named here,
+//! with its reason, and in the scenarios' `CLUSTER_SKIPS`.
 
 mod state;
 mod view;
@@ -80,7 +85,8 @@ pub trait PoolBuilderExt<W: RemoteWorker> {
     /// threads: `Pool::<W>::builder().cluster(Cluster::connect(url).pool_name("resize")).build()`.
     /// `build()` connects, and fails if the broker cannot be reached. The
     /// pool's `workers` setting is the nodes' business and is ignored here; its
-    /// `queue_capacity` bounds the stream if this client creates it.
+    /// `queue_capacity` bounds this client's tasks that no node has started
+    /// ([`Cluster::queue_capacity`] bounds the stream, for every client).
     fn cluster(self, cluster: Cluster) -> PoolBuilder<W>;
 }
 
@@ -99,10 +105,7 @@ pub struct ClusterEngine<W: RemoteWorker> {
 }
 
 impl<W: RemoteWorker> ClusterEngine<W> {
-    fn start(mut cluster: Cluster, config: &Config) -> std::io::Result<ClusterEngine<W>> {
-        if cluster.queue_capacity.is_none() {
-            cluster.queue_capacity = config.queue_capacity().map(|n| n as u64);
-        }
+    fn start(cluster: Cluster, config: &Config) -> std::io::Result<ClusterEngine<W>> {
         let client = cluster.client::<W>().map_err(std::io::Error::other)?;
         let state = State::start(client, config).map_err(std::io::Error::other)?;
         Ok(ClusterEngine { state })
@@ -129,10 +132,8 @@ impl<W: RemoteWorker> Engine<W> for ClusterEngine<W> {
         self.state.submit(input, options, admission)
     }
 
-    fn poll_room(&self, _waker: &Waker) -> bool {
-        // The stream is the queue, and its room is known only by publishing:
-        // a submission that finds it full waits (or is refused under `Try`).
-        true
+    fn poll_room(&self, waker: &Waker) -> bool {
+        self.state.poll_room(waker)
     }
 
     fn wait_idle(&self, deadline: Option<Instant>) -> bool {

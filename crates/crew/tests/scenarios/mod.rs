@@ -135,12 +135,7 @@ impl Backend {
 }
 
 /// The scenarios a cluster pool does not run, and why.
-pub const CLUSTER_SKIPS: &[(&str, &str)] = &[(
-    "submit_async_and_await",
-    "a cluster pool's queue is its stream, whose capacity counts the tasks nodes run \
-         as well as the queued ones (a WorkQueue stream keeps a message until its ack), \
-         and a submission that waits for room polls the stream instead of being woken",
-)];
+pub const CLUSTER_SKIPS: &[(&str, &str)] = &[];
 
 // ------------------------------------------------------------------ waiting
 
