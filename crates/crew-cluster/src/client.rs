@@ -31,7 +31,8 @@ use tokio::sync::Notify;
 use crate::broker::{self, bounded, PoolObjects};
 use crate::config::{Cluster, Names};
 use crate::envelope::{
-    self, StartedBody, TaskBody, H_NOTIFY, H_REPLY, H_TASK, KIND_AT, KIND_STARTED,
+    self, ProgressBody, StartedBody, TaskBody, H_NOTIFY, H_REPLY, H_TASK, KIND_AT, KIND_PROGRESS,
+    KIND_STARTED,
 };
 use crate::error::{BrokerError, ClusterError, SubmitError};
 use crate::node::NodeRow;
@@ -102,14 +103,21 @@ struct Shared<W: RemoteWorker> {
     idle: Condvar,
     /// Woken when `outstanding` drops to zero; pushed by `poll_idle`.
     idle_wakers: Mutex<Vec<Waker>>,
-    /// Told each task's start (`envelope::StartedBody`) by the dispatcher,
+    /// Told each task's start and progress ([`Notice`]) by the dispatcher,
     /// with the task's number; set once by the pool's engine. While it is
-    /// set, tasks ask their node for it (`Crew-Notify`).
-    on_started: OnceLock<OnStarted>,
+    /// set, tasks ask their node for them (`Crew-Notify`).
+    on_notice: OnceLock<OnNotice>,
 }
 
-/// What the dispatcher calls with a task's number when its start is told.
-pub(crate) type OnStarted = Box<dyn Fn(u64, StartedBody) + Send + Sync>;
+/// What a node tells a client of a running task, beside its result.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    Started(StartedBody),
+    Progress(f32),
+}
+
+/// What the dispatcher calls with a task's number and a notice about it.
+pub(crate) type OnNotice = Box<dyn Fn(u64, Notice) + Send + Sync>;
 
 /// Where a result came from: the node, its local worker, and how long the
 /// task ran there.
@@ -194,7 +202,7 @@ impl<W: RemoteWorker> ClusterClient<W> {
                 outstanding: Mutex::new(0),
                 idle: Condvar::new(),
                 idle_wakers: Mutex::new(Vec::new()),
-                on_started: OnceLock::new(),
+                on_notice: OnceLock::new(),
             });
             tokio::spawn(dispatcher(Arc::clone(&shared), results));
             tokio::spawn(sweeper(Arc::clone(&shared)));
@@ -596,7 +604,7 @@ impl<W: RemoteWorker> Shared<W> {
                 .message_id(id)
                 .header(H_TASK, id)
                 .header(H_REPLY, self.inbox.as_str());
-            if self.on_started.get().is_some() {
+            if self.on_notice.get().is_some() {
                 message = message.header(H_NOTIFY, "started");
             }
             let attempt = async {
@@ -655,18 +663,27 @@ impl<W: RemoteWorker> Shared<W> {
         self.done_one();
     }
 
-    /// A task's start, told by its node: for the engine's hook.
-    fn started(&self, bytes: &[u8]) {
-        let Some(hook) = self.on_started.get() else {
+    /// A task's start or progress, told by its node: for the engine's hook.
+    fn notice(&self, bytes: &[u8]) {
+        let Some(hook) = self.on_notice.get() else {
             return;
         };
-        let Ok(body) = envelope::decode_kind::<StartedBody>(bytes, KIND_STARTED, "started") else {
-            return;
+        let (task, notice) = match bytes.get(KIND_AT) {
+            Some(&KIND_STARTED) => {
+                match envelope::decode_kind::<StartedBody>(bytes, KIND_STARTED, "started") {
+                    Ok(body) => (body.task.clone(), Notice::Started(body)),
+                    Err(_) => return,
+                }
+            }
+            _ => match envelope::decode_kind::<ProgressBody>(bytes, KIND_PROGRESS, "progress") {
+                Ok(body) => (body.task, Notice::Progress(body.fraction)),
+                Err(_) => return,
+            },
         };
         // Everything on this inbox is this client's: the number is the id's
         // last part.
-        if let Some(n) = body.task.rsplit('.').next().and_then(|n| n.parse().ok()) {
-            hook(n, body);
+        if let Some(n) = task.rsplit('.').next().and_then(|n| n.parse().ok()) {
+            hook(n, notice);
         }
     }
 
@@ -778,8 +795,11 @@ fn decode<W: RemoteWorker>(bytes: &[u8]) -> Decoded<W> {
 /// Reads the inbox and resolves handles.
 async fn dispatcher<W: RemoteWorker>(shared: Arc<Shared<W>>, mut results: async_nats::Subscriber) {
     while let Some(message) = results.next().await {
-        if message.payload.get(KIND_AT) == Some(&KIND_STARTED) {
-            shared.started(&message.payload);
+        if matches!(
+            message.payload.get(KIND_AT),
+            Some(&KIND_STARTED | &KIND_PROGRESS)
+        ) {
+            shared.notice(&message.payload);
             continue;
         }
         let id = message

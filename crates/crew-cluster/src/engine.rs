@@ -31,12 +31,21 @@
 //!   this client's, emitted by whoever resolves the handle; worker events come
 //!   from the nodes (the pool's events subject). Core NATS: lossy, as crew's
 //!   own events are when a subscriber falls behind;
+//! - a task's progress: its node sends each change (`Context::progress`) to
+//!   this client, the last one before the result, and the engine stores it in
+//!   the handle (`Task::progress`, `Task::watch_progress`);
 //! - messages both ways: `broadcast` (sticky too) reaches every node's local
 //!   workers, `send_to` one worker; what workers send (`Context::send`) comes
 //!   from every node to every client of the pool. Unlike on threads and
 //!   processes, a message a task sends may arrive after its result;
 //! - `kill_worker` asks the worker's node (a request): its task resolves as
 //!   killed at once, and the node replaces the worker;
+//! - `queue_capacity` bounds this client's tasks no node has said it started
+//!   (a submission waits for room, `try_submit` gives the input back, and
+//!   `submit_async` is woken when a task starts or ends): the pool's queue is
+//!   this client's. The stream's own bound, [`Cluster::queue_capacity`],
+//!   counts every client's tasks and the ones nodes run too (a WorkQueue
+//!   stream keeps a message until its ack);
 //! - `cancel_queued` cancels this client's tasks no node has said it started;
 //!   a task that a node took but whose start has not reached this client yet
 //!   is cancelled too (its node stops it at its next lease renewal);
@@ -45,25 +54,20 @@
 //!   closed, and withdraws them all. The nodes and their workers outlive the
 //!   pool: no worker exits when it shuts down.
 //!
-//! Not carried yet (documented, not pretended):
-//! - sticky keys and retries (redelivery is the cluster's retry): a key is
-//!   ignored;
-//! - a task's progress (`Context::progress` on a node reaches the node's local
-//!   handle only; `Task::progress` here stays `None`): the conformance
-//!   scenario `progress_reaches_the_caller_before_the_result` is skipped;
-//! - a bounded queue that counts only waiting tasks: the stream's capacity
-//!   (`queue_capacity`) counts the tasks nodes run too (a WorkQueue stream
-//!   keeps a message until its ack), and a submission that waits for room
-//!   polls the stream (`poll_room` says there is room): the conformance
-//!   scenario `submit_async_and_await` is skipped.
-//! - resizing (`Pool::resize` is refused, `ResizeError::is_unsupported`): the
-//!   workers are the nodes' local pools, each sized by the builder its node
-//!   was started with (a node fetches as many tasks as its pool's size), so
-//!   the cluster's capacity changes by starting and stopping nodes. The
-//!   conformance scenarios `resize_grows_then_retires_idle_workers`,
-//!   `resize_lets_busy_workers_finish_their_task`,
-//!   `resize_racing_submit_loses_nothing` and
-//!   `elastic_grows_under_a_burst_and_shrinks_when_idle` are skipped.
+//! Not carried yet (documented, not pretended): sticky keys and retries
+//! (redelivery is the cluster's retry): a key is ignored, and any node may
+//! run any task. Resizing: `Pool::resize` is refused
+//! (`ResizeError::is_unsupported`): the workers are the nodes' local pools,
+//! each sized by the builder its node was started with, so the cluster's
+//! capacity changes by starting and stopping nodes.
+//!
+//! Every conformance scenario of crew (`crates/crew/tests/scenarios/`) runs on
+//! the cluster (`tests/conformance.rs`) but the four that resize a pool,
+//! skipped for the reason above and listed, with it, in the scenarios'
+//! `CLUSTER_SKIPS`: `resize_grows_then_retires_idle_workers`,
+//! `resize_lets_busy_workers_finish_their_task`,
+//! `resize_racing_submit_loses_nothing` and
+//! `elastic_grows_under_a_burst_and_shrinks_when_idle`.
 
 mod state;
 mod view;
@@ -88,7 +92,8 @@ pub trait PoolBuilderExt<W: RemoteWorker> {
     /// threads: `Pool::<W>::builder().cluster(Cluster::connect(url).pool_name("resize")).build()`.
     /// `build()` connects, and fails if the broker cannot be reached. The
     /// pool's `workers` setting is the nodes' business and is ignored here; its
-    /// `queue_capacity` bounds the stream if this client creates it.
+    /// `queue_capacity` bounds this client's tasks that no node has started
+    /// ([`Cluster::queue_capacity`] bounds the stream, for every client).
     fn cluster(self, cluster: Cluster) -> PoolBuilder<W>;
 }
 
@@ -107,10 +112,7 @@ pub struct ClusterEngine<W: RemoteWorker> {
 }
 
 impl<W: RemoteWorker> ClusterEngine<W> {
-    fn start(mut cluster: Cluster, config: &Config) -> std::io::Result<ClusterEngine<W>> {
-        if cluster.queue_capacity.is_none() {
-            cluster.queue_capacity = config.queue_capacity().map(|n| n as u64);
-        }
+    fn start(cluster: Cluster, config: &Config) -> std::io::Result<ClusterEngine<W>> {
         let client = cluster.client::<W>().map_err(std::io::Error::other)?;
         let state = State::start(client, config).map_err(std::io::Error::other)?;
         Ok(ClusterEngine { state })
@@ -137,10 +139,8 @@ impl<W: RemoteWorker> Engine<W> for ClusterEngine<W> {
         self.state.submit(input, options, admission)
     }
 
-    fn poll_room(&self, _waker: &Waker) -> bool {
-        // The stream is the queue, and its room is known only by publishing:
-        // a submission that finds it full waits (or is refused under `Try`).
-        true
+    fn poll_room(&self, waker: &Waker) -> bool {
+        self.state.poll_room(waker)
     }
 
     fn wait_idle(&self, deadline: Option<Instant>) -> bool {

@@ -2,8 +2,8 @@
 //!
 //! Every payload starts with a four-byte header: the magic `b"CW"`, the
 //! envelope version, and the kind (a task, a result, or one of the notices
-//! beside them: a task's start, a node's worker event, a node's report, a
-//! control message and its answer, a worker's message). The body after it is
+//! beside them: a task's start and progress, a node's worker event, a node's
+//! report, a control message and its answer, a worker's message). The body after it is
 //! [`postcard`], as in the process backend: both ends are built from the same
 //! worker type, so nothing needs to describe itself. A payload that is short,
 //! has another magic, version or kind, or whose body does not decode as the
@@ -34,6 +34,8 @@ pub(crate) const KIND_CONTROL: u8 = 6;
 pub(crate) const KIND_KILLED: u8 = 7;
 /// A message from a worker to the pool ([`WorkerMessage`]).
 pub(crate) const KIND_MESSAGE: u8 = 8;
+/// A running task's progress ([`ProgressBody`]), to the task's client.
+pub(crate) const KIND_PROGRESS: u8 = 9;
 /// The offset of the kind byte.
 pub(crate) const KIND_AT: usize = 3;
 const HEADER_LEN: usize = 4;
@@ -42,8 +44,8 @@ const HEADER_LEN: usize = 4;
 pub(crate) const H_TASK: &str = "Crew-Task";
 /// The NATS header that names the subject a task's result goes to.
 pub(crate) const H_REPLY: &str = "Crew-Reply";
-/// The NATS header on a task whose client wants its start told
-/// ([`StartedBody`]); its value is `started`.
+/// The NATS header on a task whose client wants its start and its progress
+/// told ([`StartedBody`], [`ProgressBody`]); its value is `started`.
 pub(crate) const H_NOTIFY: &str = "Crew-Notify";
 /// The NATS header that says why a message was dead-lettered.
 pub(crate) const H_DEAD_REASON: &str = "Crew-Dead-Reason";
@@ -93,6 +95,15 @@ pub(crate) struct StartedBody {
     pub(crate) node: String,
     /// The node's local worker that runs it.
     pub(crate) worker: u64,
+}
+
+/// A running task's progress report (`Context::progress`, already clamped
+/// to `0.0..=1.0`): sent by its node to the task's client, like
+/// [`StartedBody`], each time it changes, the last one before the result.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct ProgressBody {
+    pub(crate) task: String,
+    pub(crate) fraction: f32,
 }
 
 /// A node's worker event, on the pool's events subject.

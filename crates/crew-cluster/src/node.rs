@@ -214,11 +214,14 @@ impl Node {
             .build()
             .map_err(|e| BrokerError::new(format!("starting the node's runtime: {e}")))?;
         let host = host_name();
+        // The whole nuid: its first characters are a prefix shared by every
+        // nuid this process makes, so two nodes of one process would share a
+        // shorter id (and so a row, a control subject and a worker numbering).
         let id = format!(
             "{}-{}-{}",
             key_safe(&host),
             std::process::id(),
-            &nuid::next()[..8]
+            nuid::next()
         );
         let (stop, stop_rx) = watch::channel(false);
         let main = runtime.block_on(async {
@@ -596,6 +599,7 @@ async fn handle<W: RemoteWorker>(
     };
     let submitted_at = std::time::Instant::now();
     let waited = waited_since(&message);
+    let progress_to = notify.clone();
     let submitted = {
         // Under the lock: the event relay looks the local id up when the
         // local task starts, which may be before `submit` returns.
@@ -623,9 +627,19 @@ async fn handle<W: RemoteWorker>(
         }
     };
     ctx.counters.busy.fetch_add(1, Ordering::Relaxed);
+    // The task's progress goes to its client as it changes, if it asked.
+    let mut progress = progress_to.as_ref().map(|_| running.watch_progress());
+    let mut told = None;
     let result = loop {
         tokio::select! {
             result = &mut running => break result,
+            report = next_progress(&mut progress) => match (report, &progress_to) {
+                (Some(fraction), Some(to)) => {
+                    relay::progress(&ctx, &task, to, fraction).await;
+                    told = Some(fraction);
+                }
+                _ => progress = None,
+            },
             _ = renew.tick() => {
                 renew_lease(&ctx, &message).await;
                 // The cancel message is core NATS, at most once: one this node
@@ -644,6 +658,12 @@ async fn handle<W: RemoteWorker>(
     };
     drop(exclusive);
     let ran = submitted_at.elapsed();
+    // The last report, if the watch had not yielded it yet: before the result.
+    if let (Some(to), Some(fraction)) = (&progress_to, running.progress()) {
+        if told != Some(fraction) {
+            relay::progress(&ctx, &task, to, fraction).await;
+        }
+    }
     let worker = running.worker().map_or(0, |w| w.as_u64());
     {
         // Before the result goes out: a client that has it and asks for the
@@ -701,6 +721,14 @@ async fn handle<W: RemoteWorker>(
     };
     deliver(&ctx, &message, &task, reply.as_deref(), bytes.into(), keep).await;
     ctx.counters.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The next change of a task's progress; pending for ever without a watch.
+async fn next_progress(watch: &mut Option<crew::ProgressWatch>) -> Option<f32> {
+    match watch {
+        Some(watch) => futures_util::StreamExt::next(watch).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long a task waited between its publication (the stream's timestamp,

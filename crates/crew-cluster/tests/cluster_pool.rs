@@ -163,6 +163,8 @@ fn a_poison_task_fails_as_a_crash() {
     assert!(e.is_crash(), "{e}");
     let why = e.crash().unwrap().stderr_tail().join("\n");
     assert!(why.contains("dead-lettered after 3"), "{why}");
+    let stats = pool.stats();
+    assert_eq!((stats.crashed, stats.dead_letters), (1, 1), "{stats}");
 }
 
 /// A pool whose last handle is dropped with tasks in flight still resolves
@@ -184,4 +186,90 @@ fn dropping_the_pool_leaves_its_tasks_resolving() {
     for (n, task) in tasks.into_iter().enumerate() {
         assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), 2 * n as u64);
     }
+}
+
+/// Two nodes make one pool: their workers have distinct ids (the first node's
+/// keep their local ids, the second's are numbered past them), `stats()` has a
+/// row for each with its node's pid, merges both nodes' latencies and counts
+/// the dead letters; a busy worker of the second node is killed by its id,
+/// and its task resolves as killed.
+#[test]
+fn several_nodes_make_one_pool() {
+    let server = server();
+    let cluster = cluster(&server, "pool-two").ack_wait(Duration::from_secs(10));
+    let _a = Node::start(cluster.clone(), Pool::<Chaos>::builder().workers(1)).unwrap();
+    let _b = Node::start(cluster.clone(), Pool::<Chaos>::builder().workers(2)).unwrap();
+    let pool = Pool::<Chaos>::builder().cluster(cluster).build().unwrap();
+    let events = pool.events();
+    wait_until(LIMIT, "three workers", || pool.size() == 3);
+    let workers = pool.workers();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    let (first, second): (Vec<crew::WorkerId>, Vec<crew::WorkerId>) =
+        workers.iter().partition(|w| w.as_u64() < 1 << 32);
+    assert!(!first.is_empty(), "the first node's ids: {workers:?}");
+    assert!(!second.is_empty(), "ids past the first node's: {workers:?}");
+
+    let tasks: Vec<_> = (0..20)
+        .map(|n| pool.submit(Job::Double(n)).unwrap())
+        .collect();
+    for (n, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.join_timeout(LIMIT).unwrap().unwrap(), 2 * n as u64);
+    }
+    assert!(pool.wait_idle_timeout(LIMIT));
+    let stats = pool.stats();
+    assert_eq!(stats.workers, 3, "{stats}");
+    assert_eq!(stats.completed, 20, "{stats}");
+    assert_eq!(stats.run.count, 20, "both nodes' runs, merged: {stats}");
+    assert_eq!(stats.wait.count, 20, "{stats}");
+    let done: u64 = stats.per_worker.iter().map(|w| w.tasks_done).sum();
+    assert_eq!(done, 20, "{stats}");
+    assert!(
+        stats
+            .per_worker
+            .iter()
+            .all(|w| w.pid == Some(std::process::id())),
+        "each row has its node's pid: {stats}"
+    );
+
+    // A worker of the second node, busy, killed by the pool's id for it.
+    let spinning: Vec<_> = (0..3).map(|_| pool.submit(Job::Spin).unwrap()).collect();
+    wait_until(LIMIT, "every worker busy", || pool.stats().busy == 3);
+    let victim = second[0];
+    let on_victim = spinning
+        .iter()
+        .position(|t| t.worker() == Some(victim))
+        .expect("a task runs on every worker");
+    assert!(pool.kill_worker(victim));
+    assert!(spinning[on_victim].is_finished(), "resolved at once");
+    for (i, task) in spinning.into_iter().enumerate() {
+        if i == on_victim {
+            let e = task.join_timeout(LIMIT).unwrap().unwrap_err();
+            assert!(e.is_killed(), "{e}");
+        } else {
+            assert!(task.cancel());
+        }
+    }
+    let seen = recv_until(
+        &events,
+        |e| matches!(e, crew::Event::WorkerExited { worker, .. } if *worker == victim),
+    );
+    assert!(seen, "the victim's exit reaches the pool's events");
+    wait_until(LIMIT, "a replacement on the second node", || {
+        let now = pool.workers();
+        now.len() == 3 && !now.contains(&victim)
+    });
+    pool.shutdown();
+}
+
+/// Receives events until one matches; false after [`LIMIT`].
+fn recv_until(events: &crew::Events, wanted: impl Fn(&crew::Event) -> bool) -> bool {
+    let deadline = Instant::now() + LIMIT;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(e) if wanted(&e) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
 }

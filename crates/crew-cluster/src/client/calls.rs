@@ -1,6 +1,6 @@
 //! What the pool's engine (`engine.rs`) asks of a client beside tasks, on the
 //! client's connection and runtime (`protocol.md`, "Beside tasks"): the hook
-//! told each task's start, subscriptions to the pool's events and messages,
+//! told each task's start and progress, subscriptions to the pool's events and messages,
 //! publishes and requests to the nodes, a gathering of every node's answer,
 //! and timers. Every call is bounded, as the client's own are.
 
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crew::RemoteWorker;
 use futures_util::StreamExt;
 
-use super::{ClusterClient, OnStarted};
+use super::{ClusterClient, OnNotice};
 use crate::broker::bounded;
 use crate::config::Names;
 use crate::error::BrokerError;
@@ -21,11 +21,11 @@ use crate::error::BrokerError;
 const GATHER_WAIT: Duration = Duration::from_millis(500);
 
 impl<W: RemoteWorker> ClusterClient<W> {
-    /// Sets the hook the dispatcher tells each task's start (with the task's
-    /// number); from then on, tasks ask their node for it. False if a hook was
-    /// set already.
-    pub(crate) fn on_started(&self, hook: OnStarted) -> bool {
-        self.inner.shared.on_started.set(hook).is_ok()
+    /// Sets the hook the dispatcher tells each task's start and progress
+    /// (with the task's number); from then on, tasks ask their node for them.
+    /// False if a hook was set already.
+    pub(crate) fn on_notice(&self, hook: OnNotice) -> bool {
+        self.inner.shared.on_notice.set(hook).is_ok()
     }
 
     /// The pool's broker names.

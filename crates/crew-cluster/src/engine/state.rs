@@ -19,7 +19,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crew::backend::{
@@ -31,7 +32,7 @@ use crew::{
 };
 
 use super::view::WorkerIds;
-use crate::client::{ClusterClient, Origin, Sink};
+use crate::client::{ClusterClient, Notice, Origin, Sink};
 use crate::envelope::{
     self, NodeEvent, NodeEventBody, StartedBody, WorkerMessage, KIND_MESSAGE, KIND_NODE_EVENT,
 };
@@ -56,8 +57,17 @@ pub(super) struct State<W: RemoteWorker> {
     /// This client's unresolved tasks, by number. Inserted by `submit`
     /// (before the publish: a start can be told before the publish's ack);
     /// a start is recorded by the started hook and by `stats` (a worker row
-    /// that runs it); removed by whoever resolves the task.
-    tasks: Mutex<HashMap<u64, Entry<W>>>,
+    /// that runs it); removed by whoever resolves the task. Its `waiting`
+    /// count is the queue `capacity` bounds.
+    tasks: Mutex<Tasks<W>>,
+    /// The most tasks this client keeps waiting (not started): the pool's
+    /// `queue_capacity`.
+    capacity: Option<usize>,
+    /// Notified when a waiting task starts or ends, or the pool closes:
+    /// blocking submissions wait on it for room (with `tasks`' lock).
+    room: Condvar,
+    /// Woken then too: `submit_async` futures waiting for room.
+    room_wakers: Mutex<Vec<Waker>>,
     /// The pool's worker ids for the nodes' workers ([`WorkerIds`]).
     pub(super) ids: Mutex<WorkerIds>,
 }
@@ -66,6 +76,26 @@ pub(super) struct State<W: RemoteWorker> {
 pub(super) struct Counts {
     pub(super) submitted: u64,
     pub(super) outcomes: OutcomeCounts,
+}
+
+/// This client's unresolved tasks.
+struct Tasks<W: RemoteWorker> {
+    entries: HashMap<u64, Entry<W>>,
+    /// How many of them have not started (as far as this client knows).
+    waiting: usize,
+}
+
+impl<W: RemoteWorker> Tasks<W> {
+    /// Removes task `n`; the second value says whether a waiting task left
+    /// (room for another).
+    fn remove(&mut self, n: u64) -> (Option<Entry<W>>, bool) {
+        let entry = self.entries.remove(&n);
+        let freed = entry.as_ref().is_some_and(|e| e.started.is_none());
+        if freed {
+            self.waiting -= 1;
+        }
+        (entry, freed)
+    }
 }
 
 /// One unresolved task.
@@ -92,13 +122,22 @@ impl<W: RemoteWorker> State<W> {
             ended: AtomicBool::new(false),
             built: Instant::now(),
             counts: Mutex::new(Counts::default()),
-            tasks: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Tasks {
+                entries: HashMap::new(),
+                waiting: 0,
+            }),
+            capacity: config.queue_capacity(),
+            room: Condvar::new(),
+            room_wakers: Mutex::new(Vec::new()),
             ids: Mutex::new(WorkerIds::default()),
         });
         let weak = Arc::downgrade(&state);
-        state.client.on_started(Box::new(move |n, body| {
+        state.client.on_notice(Box::new(move |n, notice| {
             if let Some(state) = weak.upgrade() {
-                state.started(n, body);
+                match notice {
+                    Notice::Started(body) => state.started(n, body),
+                    Notice::Progress(fraction) => state.progress(n, fraction),
+                }
             }
         }));
         let names = state.client.names().clone();
@@ -130,6 +169,26 @@ impl<W: RemoteWorker> State<W> {
         if self.is_closed() {
             return Err(backend::submit_closed(input));
         }
+        let mut tasks = lock(&self.tasks);
+        if let Some(capacity) = self.capacity {
+            // The queue is this client's tasks no node has started: a
+            // submission waits (or, under `Try`, is refused) while it is full.
+            while tasks.waiting >= capacity {
+                if self.is_closed() {
+                    return Err(backend::submit_closed(input));
+                }
+                if matches!(admission, Admission::Try) {
+                    return Err(backend::submit_full(input));
+                }
+                tasks = self
+                    .room
+                    .wait(tasks)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if self.is_closed() {
+                return Err(backend::submit_closed(input));
+            }
+        }
         // The task's number is its crew id too, so a cancel (which names the
         // crew id) finds the cluster task.
         let n = self.client.next_number();
@@ -158,7 +217,8 @@ impl<W: RemoteWorker> State<W> {
                 state.settle(n, &resolver, result, origin);
             })
         };
-        lock(&self.tasks).insert(
+        // Before the publish: a start can be told before the publish's ack.
+        tasks.entries.insert(
             n,
             Entry {
                 resolver,
@@ -166,6 +226,8 @@ impl<W: RemoteWorker> State<W> {
                 started: None,
             },
         );
+        tasks.waiting += 1;
+        drop(tasks);
         // Counted before the publish (and uncounted if it is refused), so
         // that a result that comes first never finds more outcomes than tasks.
         lock(&self.counts).submitted += 1;
@@ -175,7 +237,8 @@ impl<W: RemoteWorker> State<W> {
             self.client
                 .submit_numbered(n, input, options.priority(), timeout, wait, sink);
         if let Err(e) = published {
-            lock(&self.tasks).remove(&n);
+            let (_, freed) = lock(&self.tasks).remove(n);
+            self.room_freed(freed);
             lock(&self.counts).submitted -= 1;
             return Err(if e.is_full() {
                 backend::submit_full(e.into_inner())
@@ -218,7 +281,8 @@ impl<W: RemoteWorker> State<W> {
         let ran = origin
             .filter(|o| o.worker != 0)
             .and_then(|o| Some((self.worker(&o.node, o.worker)?, o.ran)));
-        let entry = lock(&self.tasks).remove(&n);
+        let (entry, freed) = lock(&self.tasks).remove(n);
+        self.room_freed(freed);
         self.ended(n, entry, outcome, ran);
     }
 
@@ -227,7 +291,8 @@ impl<W: RemoteWorker> State<W> {
         lock(&self.counts)
             .outcomes
             .record_failure(&Failure::Cancelled, 1);
-        let entry = lock(&self.tasks).remove(&n);
+        let (entry, freed) = lock(&self.tasks).remove(n);
+        self.room_freed(freed);
         self.ended(n, entry, TaskOutcome::Cancelled, None);
         self.client.forget(n);
     }
@@ -236,14 +301,19 @@ impl<W: RemoteWorker> State<W> {
     /// `withdraw`, also takes it out of the stream and cancels it on its
     /// node. True if this resolved it.
     fn fail(&self, n: u64, failure: Failure, withdraw: bool) -> bool {
-        let Some(resolver) = lock(&self.tasks).get(&n).map(|e| e.resolver.clone()) else {
+        let Some(resolver) = lock(&self.tasks)
+            .entries
+            .get(&n)
+            .map(|e| e.resolver.clone())
+        else {
             return false;
         };
         if !resolver.fail(failure.clone()) {
             return false;
         }
         lock(&self.counts).outcomes.record_failure(&failure, 1);
-        let entry = lock(&self.tasks).remove(&n);
+        let (entry, freed) = lock(&self.tasks).remove(n);
+        self.room_freed(freed);
         let outcome = event::outcome_of(&Err::<(), TaskError<()>>(backend::failed(failure)));
         self.ended(n, entry, outcome, None);
         if withdraw {
@@ -298,10 +368,22 @@ impl<W: RemoteWorker> State<W> {
         }
     }
 
+    /// The progress hook: task `n` reported `fraction` on its node.
+    fn progress(&self, n: u64, fraction: f32) {
+        let resolver = lock(&self.tasks)
+            .entries
+            .get(&n)
+            .map(|e| e.resolver.clone());
+        // Outside the table's lock: it wakes the task's progress watchers.
+        if let Some(resolver) = resolver {
+            resolver.set_progress(fraction);
+        }
+    }
+
     /// Records that task `n` runs on `worker` (once), and emits its start.
     pub(super) fn running(&self, n: u64, worker: WorkerId) {
         let mut tasks = lock(&self.tasks);
-        let Some(entry) = tasks.get_mut(&n) else {
+        let Some(entry) = tasks.entries.get_mut(&n) else {
             return;
         };
         if entry.started.is_some() {
@@ -315,6 +397,38 @@ impl<W: RemoteWorker> State<W> {
         // entry, comes after.
         self.bus
             .emit(event::task_started(backend::task_id(n), worker, waited));
+        tasks.waiting -= 1;
+        drop(tasks);
+        self.room_freed(true);
+    }
+
+    /// A waiting task started or ended (if `freed`): wakes a submission that
+    /// waits for room.
+    fn room_freed(&self, freed: bool) {
+        if !freed || self.capacity.is_none() {
+            return;
+        }
+        self.room.notify_all();
+        let wakers = std::mem::take(&mut *lock(&self.room_wakers));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// True if a task may be submitted now (or the pool is closed: it is then
+    /// refused at once); otherwise `waker` is woken when that may change.
+    pub(super) fn poll_room(&self, waker: &Waker) -> bool {
+        let Some(capacity) = self.capacity else {
+            return true;
+        };
+        let tasks = lock(&self.tasks);
+        if tasks.waiting < capacity || self.is_closed() {
+            return true;
+        }
+        // Under `tasks`' lock: a start cannot free room between the check and
+        // the push unseen (`room_freed` takes the wakers after it).
+        lock(&self.room_wakers).push(waker.clone());
+        false
     }
 
     /// The pool's worker id of `node`'s local worker `local`.
@@ -365,6 +479,9 @@ impl<W: RemoteWorker> State<W> {
 
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // Submissions waiting for room are refused now.
+        drop(lock(&self.tasks));
+        self.room_freed(true);
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -397,6 +514,7 @@ impl<W: RemoteWorker> State<W> {
     pub(super) fn terminate(&self) {
         self.close();
         let all: Vec<(u64, bool)> = lock(&self.tasks)
+            .entries
             .iter()
             .map(|(n, e)| (*n, e.started.is_some()))
             .collect();
@@ -416,6 +534,7 @@ impl<W: RemoteWorker> State<W> {
     /// Cancels every task no node has said it started.
     pub(super) fn cancel_queued(&self) -> usize {
         let queued: Vec<u64> = lock(&self.tasks)
+            .entries
             .iter()
             .filter(|(_, e)| e.started.is_none())
             .map(|(n, _)| *n)

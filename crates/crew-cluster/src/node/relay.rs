@@ -2,7 +2,8 @@
 //! (`protocol.md`, "Beside tasks"). Each runs as a task of the node's runtime:
 //!
 //! - the *event relay* reads the local pool's events: a task's start goes to
-//!   the task's client when it asked for it (`Crew-Notify`), a worker's start,
+//!   the task's client when it asked for it (`Crew-Notify`; so does its
+//!   progress, which the task's handler sends with [`progress`]), a worker's start,
 //!   restart, failed start or exit goes on the pool's events subject;
 //! - the *message relay* reads what the local workers send their pool
 //!   (`Context::send`) and publishes it on the pool's messages subject;
@@ -27,8 +28,9 @@ use super::{lock, NodeCtx, NodeRow};
 use crate::broker::bounded;
 use crate::config::{Cluster, Names};
 use crate::envelope::{
-    self, Control, Killed, NodeEvent, NodeEventBody, StartedBody, WorkerMessage, H_TASK,
-    KIND_CONTROL, KIND_KILLED, KIND_MESSAGE, KIND_NODE_EVENT, KIND_REPORT, KIND_STARTED,
+    self, Control, Killed, NodeEvent, NodeEventBody, ProgressBody, StartedBody, WorkerMessage,
+    H_TASK, KIND_CONTROL, KIND_KILLED, KIND_MESSAGE, KIND_NODE_EVENT, KIND_PROGRESS, KIND_REPORT,
+    KIND_STARTED,
 };
 
 /// The most a report waits for the local pool's counts to include every task
@@ -191,6 +193,24 @@ async fn started<W: RemoteWorker>(ctx: &NodeCtx<W>, key: String, reply: String, 
     };
     if let Ok(bytes) = envelope::encode_kind(KIND_STARTED, &body) {
         publish(ctx, reply, Some(headers), bytes).await;
+    }
+}
+
+/// Tells a task's client its progress (`to` is its inbox).
+pub(in crate::node) async fn progress<W: RemoteWorker>(
+    ctx: &NodeCtx<W>,
+    key: &str,
+    to: &str,
+    fraction: f32,
+) {
+    let mut headers = HeaderMap::new();
+    headers.insert(H_TASK, key);
+    let body = ProgressBody {
+        task: key.to_owned(),
+        fraction,
+    };
+    if let Ok(bytes) = envelope::encode_kind(KIND_PROGRESS, &body) {
+        publish(ctx, to.to_owned(), Some(headers), bytes).await;
     }
 }
 

@@ -141,16 +141,6 @@ impl Backend {
 /// The scenarios a cluster pool does not run, and why.
 pub const CLUSTER_SKIPS: &[(&str, &str)] = &[
     (
-        "submit_async_and_await",
-        "a cluster pool's queue is its stream, whose capacity counts the tasks nodes run \
-         as well as the queued ones (a WorkQueue stream keeps a message until its ack), \
-         and a submission that waits for room polls the stream instead of being woken",
-    ),
-    (
-        "progress_reaches_the_caller_before_the_result",
-        "a task's progress is not carried from its node to its client yet",
-    ),
-    (
         "resize_grows_then_retires_idle_workers",
         "a cluster's workers are its nodes' local pools: capacity changes by starting and \
          stopping nodes (`Pool::resize` is refused as unsupported)",
