@@ -12,9 +12,10 @@
 //! ([`Metrics::pool_with_events`](crate::Metrics::pool_with_events)), and why
 //! the dashboard, which needs these figures, says so in its docs. Measured
 //! (BENCHMARKS.md, "Exporter on vs off"): a round trip on an idle pool (W2)
-//! costs about 10% more on threads and 4% more on processes; on threads,
-//! tiny tasks (W1) lose much more, most of it to the two workers contending
-//! for the event bus's locks.
+//! costs about 10% more on threads and 4–7% more on processes, and tiny
+//! tasks (W1) take about 70% more CPU on threads and 30% more on processes;
+//! on threads most of that is the two workers contending for the event bus's
+//! locks.
 //!
 //! # How the reader reads: in batches, not one wake-up per event
 //!
